@@ -1,0 +1,420 @@
+"""T stochastic forward passes as one batched computation.
+
+For each block of input rows the deterministic prefix of the model (the layers
+before the first stochastic one) runs once; its output is replicated along the
+batch dimension for a block of MC samples and the rest of the model runs on
+``samples x rows`` replicas at once, in chunks sized to the memory budget.
+Masks come from :class:`~mcdropout.sampler.MaskSampler`, so a row's answer
+depends only on (model, row, T, seed). Statistics stream into float64
+accumulators (:mod:`mcdropout.summary`).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from mcdropout.sampler import ChunkLayout, MaskSampler
+from mcdropout.stochastic import mc_dropout, stochastic_modules, unsampled_dropout
+from mcdropout.summary import (
+    ClassificationAccumulator,
+    ClassificationPrediction,
+    RegressionAccumulator,
+    RegressionPrediction,
+)
+
+Prediction = Union[RegressionPrediction, ClassificationPrediction]
+Task = Literal["regression", "classification"]
+ArrayLike = Union[torch.Tensor, np.ndarray, Sequence]
+
+TASKS = ("regression", "classification")
+MASK_MODES = ("shared", "per_row")
+AUTO_STEP = 32  # samples="auto" checks convergence every AUTO_STEP samples
+DEFAULT_CHUNK_ROWS = 4096  # replicas per forward pass when memory allows: stays cache-friendly
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(size: int | str) -> int:
+    """``268435456``, ``"256MB"`` or ``"256 MiB"`` -> bytes."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(size))
+        if not match or match.group(2).lower() not in _UNITS:
+            raise ValueError(f"memory_budget must be bytes or a size like '256MB' or '1GiB', got {size!r}")
+        value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value <= 0:
+        raise ValueError(f"memory_budget must be positive, got {size!r}")
+    return value
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use 'auto' or 'cpu'")
+    return resolved
+
+
+@dataclass(frozen=True)
+class _Plan:
+    rows: int  # input rows per block (prefix runs once per block)
+    samples: int  # MC samples per forward pass
+
+
+class MCPredictor:
+    """MC dropout predictions for one model.
+
+    Args:
+        model: a network with dropout (torch's ``nn.Dropout*``, ``AlphaDropout``,
+            functional ``F.dropout`` calls, or this project's layers).
+        task: ``"regression"`` (outputs, or a ``(mean, log_variance)`` tuple from a
+            heteroscedastic head) or ``"classification"`` (logits).
+        samples: T, an int >= 2, or ``"auto"``: sample until the MC standard error
+            is below ``tolerance`` (relative to the predictive std for regression,
+            absolute on class probabilities) or ``max_samples``, per row.
+        tau: model precision for regression; aleatoric variance is 1/tau.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``, ...
+        memory_budget: working memory for one chunk of replicas (activations and
+            masks), e.g. ``"256MB"``; the engine splits work to stay within it.
+        masks: ``"shared"`` (default): sample t uses one mask per layer for every
+            row, so rows are answered independently of their batch;
+            ``"per_row"``: independent masks per (sample, row), for comparison.
+        input_shape: the shape of one input row, checked when given.
+        strict: raise (True) or warn (False) when the model has dropout that
+            cannot be sampled (stacked ``nn.LSTM(dropout=...)``, attention dropout).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task = "regression",
+        samples: int | Literal["auto"] = 100,
+        *,
+        tau: float | None = None,
+        device: str | torch.device = "auto",
+        memory_budget: int | str = "256MB",
+        masks: Literal["shared", "per_row"] = "shared",
+        tolerance: float = 0.01,
+        max_samples: int = 10_000,
+        input_shape: Sequence[int] | None = None,
+        strict: bool = True,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        if masks not in MASK_MODES:
+            raise ValueError(f"unknown masks {masks!r}; expected one of {', '.join(MASK_MODES)}")
+        if tau is not None and not (isinstance(tau, (int, float)) and np.isfinite(tau) and tau > 0):
+            raise ValueError(f"tau must be a positive number, got {tau!r}")
+        if tau is not None and task != "regression":
+            raise ValueError("tau applies to regression only")
+        if not (isinstance(tolerance, (int, float)) and tolerance > 0):
+            raise ValueError(f"tolerance must be a positive number, got {tolerance!r}")
+        _check_samples(max_samples, "max_samples")
+        if not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+        self.task = task
+        self.samples = _check_samples(samples, "samples", allow_auto=True)
+        self.tau = None if tau is None else float(tau)
+        self.tolerance = float(tolerance)
+        self.max_samples = max_samples
+        self.masks = masks
+        self.memory_budget = parse_bytes(memory_budget)
+        self.chunk_rows = chunk_rows
+        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        unsampled = unsampled_dropout(model)
+        if unsampled:
+            message = "the model has dropout that MC sampling cannot reach:\n  " + "\n  ".join(unsampled)
+            if strict:
+                raise ValueError(message + "\n(pass strict=False to sample the rest and ignore these)")
+            warnings.warn(message, stacklevel=2)
+        self._prefix, self._suffix = _split_sequential(model)
+        self._probed: dict[tuple[int, ...], tuple[int, int]] = {}
+
+    # -- public --------------------------------------------------------------------
+
+    def predict(
+        self,
+        x: ArrayLike,
+        *,
+        samples: int | Literal["auto"] | None = None,
+        seed: int | None = None,
+        return_samples: bool = False,
+    ) -> Prediction:
+        """Predictive distribution for each row of ``x`` (batch dimension first).
+
+        ``seed`` picks the T sub-networks; None draws one, reported as ``.seed``.
+        ``return_samples=True`` adds ``.samples`` of shape (rows, T, ...): the
+        sampled outputs (regression) or probabilities (classification).
+        """
+        samples = self.samples if samples is None else _check_samples(samples, "samples", allow_auto=True)
+        seed = _check_seed(seed)
+        inputs = self._as_input(x)
+        auto = samples == "auto"
+        total = self.max_samples if auto else samples
+        with torch.inference_mode(), mc_dropout(self.model), MaskSampler(self.device) as sampler:
+            row_bytes, sample_bytes = self._probe(inputs, sampler)
+            plan = self._plan(len(inputs), total, row_bytes, sample_bytes)
+            accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples)
+        if bool((accumulator.spread() == 0).all()):
+            raise ValueError(
+                f"all {int(accumulator.moments.count.max())} MC samples came out identical for every row:"
+                " the stochastic layers have no effect on the output (dropout p=0, or dropout placed where"
+                " its effect cancels); MC dropout would report zero uncertainty"
+            )
+        return accumulator.result(seed, kept)
+
+    # -- input and planning ------------------------------------------------------
+
+    def _as_input(self, x: ArrayLike) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            tensor = x.detach()
+        else:
+            array = np.asarray(x)
+            if array.dtype.kind not in "biuf":
+                raise ValueError(f"inputs must be numeric, got an array of dtype {array.dtype}")
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if tensor.is_complex() or tensor.dtype == torch.bool:
+            raise ValueError(f"inputs must be real numbers, got dtype {tensor.dtype}")
+        if tensor.dim() == 0:
+            raise ValueError("inputs must have a batch dimension first, got a scalar")
+        if tensor.shape[0] == 0:
+            raise ValueError("inputs are empty: got 0 rows")
+        if self.input_shape is not None and tuple(tensor.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"inputs have rows of shape {tuple(tensor.shape[1:])}, expected {self.input_shape}"
+                f" (inputs of shape (rows, {', '.join(map(str, self.input_shape))}))"
+            )
+        if tensor.is_floating_point():
+            finite = torch.isfinite(tensor).reshape(len(tensor), -1).all(dim=1)
+            if not bool(finite.all()):
+                bad = torch.nonzero(~finite).flatten().tolist()
+                shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+                raise ValueError(f"inputs contain NaN or inf in {len(bad)} row(s): {shown}")
+            tensor = tensor.to(self.dtype)
+        return tensor
+
+    def _probe(self, inputs: torch.Tensor, sampler: MaskSampler) -> tuple[int, int]:
+        """Bytes per replica row and per MC sample, from one small forward pass."""
+        key = tuple(inputs.shape[1:])
+        if key in self._probed:
+            return self._probed[key]
+        first = inputs[:1].to(self.device)
+        leaf_bytes = [0]
+
+        def record(_module, _args, output):
+            if isinstance(output, torch.Tensor):
+                leaf_bytes[0] = max(leaf_bytes[0], output.numel() * output.element_size() // 2)
+
+        hooks = [m.register_forward_hook(record) for m in self.model.modules() if not list(m.children())]
+        calls_before = sampler.calls
+        try:
+            hidden = self._run_prefix(first, sampler)
+            layout = ChunkLayout(seed=0, first_sample=0, num_samples=2, num_rows=1, row_ids=self._row_ids(0, 1))
+            outputs = self._run_suffix(hidden, layout, sampler)
+        except (RuntimeError, IndexError, TypeError) as error:
+            raise ValueError(f"the model failed on inputs with rows of shape {key}: {error}") from error
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if sampler.calls == calls_before:
+            found = [name for name, _ in stochastic_modules(self.model)]
+            detail = f" (it has {', '.join(found)}, but none of them ran)" if found else ""
+            raise ValueError(
+                "the model has no stochastic layer that runs in its forward pass" + detail + ": MC dropout needs"
+                " nn.Dropout (or Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout, functional F.dropout,"
+                " mcdropout.DropConnect, mcdropout.LockedDropout) to sample from"
+            )
+        self._check_outputs(outputs)
+        hidden_bytes = hidden.numel() * hidden.element_size()
+        row_bytes = hidden_bytes + 3 * leaf_bytes[0]
+        if self.masks == "per_row":
+            row_bytes += sampler.sample_bytes
+            sample_bytes = 0
+        else:
+            sample_bytes = sampler.sample_bytes
+        self._probed[key] = (max(row_bytes, 1), sample_bytes)
+        return self._probed[key]
+
+    def _plan(self, rows: int, total: int, row_bytes: int, sample_bytes: int) -> _Plan:
+        budget = self.memory_budget
+        if sample_bytes + row_bytes > budget:
+            raise ValueError(
+                f"memory_budget of {budget} bytes is too small: one MC sample of one row needs about"
+                f" {sample_bytes + row_bytes} bytes"
+            )
+        capacity = min(self.chunk_rows, max(1, budget // row_bytes))
+        block_rows = min(rows, capacity, (budget - sample_bytes) // row_bytes)
+        per_pass = min(total, max(1, capacity // block_rows), budget // (sample_bytes + block_rows * row_bytes))
+        return _Plan(rows=block_rows, samples=max(1, per_pass))
+
+    def _row_ids(self, start: int, stop: int) -> np.ndarray | None:
+        return np.arange(start, stop) if self.masks == "per_row" else None
+
+    # -- running -------------------------------------------------------------------
+
+    def _run(self, inputs, sampler, plan, seed, total, auto, return_samples):
+        rows = len(inputs)
+        accumulator = None
+        kept = None
+        for start in range(0, rows, plan.rows):
+            stop = min(rows, start + plan.rows)
+            hidden = self._run_prefix(inputs[start:stop].to(self.device), sampler)
+            active = torch.arange(start, stop)
+            done = 0
+            while done < total and len(active):
+                window = min(total - done, AUTO_STEP) if auto else total - done
+                for first in range(done, done + window, plan.samples):
+                    count = min(plan.samples, done + window - first)
+                    local = active - start
+                    block = hidden if len(local) == stop - start else hidden[local.to(hidden.device)]
+                    layout = ChunkLayout(seed, first, count, len(active), self._row_ids_for(active))
+                    outputs = self._run_suffix(block, layout, sampler)
+                    if accumulator is None:
+                        accumulator = self._accumulator(rows, outputs)
+                    index = slice(start, stop) if len(local) == stop - start else active.to(self.device)
+                    values = accumulator.update(index, outputs)
+                    if return_samples:
+                        kept = self._keep(kept, rows, total, active, first, values)
+                done += window
+                if auto:
+                    still = ~accumulator.converged(self.tolerance)[active.to(self.device)].cpu()
+                    active = active[still]
+        return accumulator, kept
+
+    def _row_ids_for(self, active: torch.Tensor) -> np.ndarray | None:
+        return active.numpy() if self.masks == "per_row" else None
+
+    def _run_prefix(self, x: torch.Tensor, sampler: MaskSampler) -> torch.Tensor:
+        sampler.begin(None)  # a dropout call here raises: the prefix must be deterministic
+        for layer in self._prefix:
+            x = layer(x)
+        return x
+
+    def _run_suffix(self, hidden: torch.Tensor, layout: ChunkLayout, sampler: MaskSampler):
+        replicas = hidden.unsqueeze(0).expand(layout.num_samples, *hidden.shape)
+        sampler.begin(layout)
+        outputs = self._suffix(replicas.reshape(layout.batch, *hidden.shape[1:]))
+        return self._group(outputs, layout)
+
+    def _group(self, outputs, layout: ChunkLayout):
+        """(S*R, ...) model outputs -> (S, R, ...)."""
+        parts = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        grouped = []
+        for part in parts:
+            if not isinstance(part, torch.Tensor) or part.dim() == 0 or part.shape[0] != layout.batch:
+                raise ValueError(
+                    "the model must return a batch-first tensor (or a (mean, log_variance) pair for"
+                    f" heteroscedastic regression); got {_describe(outputs)}"
+                )
+            grouped.append(part.reshape(layout.num_samples, layout.num_rows, *part.shape[1:]))
+        return grouped[0] if len(grouped) == 1 else tuple(grouped)
+
+    def _check_outputs(self, outputs) -> None:
+        if isinstance(outputs, tuple):
+            if self.task != "regression" or len(outputs) != 2 or outputs[0].shape != outputs[1].shape:
+                raise ValueError(
+                    f"a {self.task} model must return one tensor"
+                    + (" or a (mean, log_variance) pair of equal shapes" if self.task == "regression" else "")
+                    + f"; got {_describe(outputs)}"
+                )
+            if self.tau is not None:
+                raise ValueError("the model is heteroscedastic (returns mean and log-variance); do not pass tau too")
+        elif self.task == "classification" and outputs.dim() != 3:
+            raise ValueError(f"a classifier must return logits of shape (rows, classes); got {_describe(outputs)}")
+
+    def _accumulator(self, rows: int, outputs):
+        if self.task == "classification":
+            classes = outputs.shape[-1]
+            return ClassificationAccumulator(rows, 2 if classes == 1 else classes, self.device)
+        shape = tuple((outputs[0] if isinstance(outputs, tuple) else outputs).shape[2:])
+        return RegressionAccumulator(rows, shape, self.device, self.tau)
+
+    @staticmethod
+    def _keep(kept, rows, total, active, first, values):
+        if kept is None:
+            kept = torch.full((rows, total, *values.shape[2:]), float("nan"), dtype=torch.float32)
+        kept[active, first : first + values.shape[0]] = values.transpose(0, 1).to(torch.float32).cpu()
+        return kept
+
+
+def predict(
+    model: nn.Module,
+    x: ArrayLike,
+    samples: int | Literal["auto"] = 100,
+    task: Task = "regression",
+    seed: int | None = None,
+    *,
+    return_samples: bool = False,
+    **options,
+) -> Prediction:
+    """One-off MC dropout prediction; ``options`` go to :class:`MCPredictor`."""
+    predictor = MCPredictor(model, task=task, samples=samples, **options)
+    return predictor.predict(x, seed=seed, return_samples=return_samples)
+
+
+def _split_sequential(model: nn.Module) -> tuple[list[nn.Module], Callable]:
+    """Deterministic leading layers of an ``nn.Sequential`` (recursively), and the rest."""
+    if not isinstance(model, nn.Sequential):
+        return [], model
+    children = list(model)
+    for index, child in enumerate(children):
+        if stochastic_modules(child) or not _known_deterministic(child):
+            if isinstance(child, nn.Sequential):
+                inner_prefix, inner_suffix = _split_sequential(child)
+                rest = nn.Sequential(inner_suffix, *children[index + 1 :]) if inner_prefix else None
+                if rest is not None:
+                    return children[:index] + inner_prefix, rest
+            return children[:index], nn.Sequential(*children[index:])
+    return children, nn.Sequential()
+
+
+def _known_deterministic(module: nn.Module) -> bool:
+    """Modules of torch's own whose forward calls no dropout function."""
+    return all(type(m).__module__.startswith("torch.nn.modules") for m in module.modules()) and not any(
+        isinstance(m, (nn.RNNBase, nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoderLayer,
+                       nn.TransformerDecoderLayer, nn.TransformerEncoder, nn.TransformerDecoder))
+        for m in module.modules()
+    )
+
+
+def _check_samples(samples, name: str, allow_auto: bool = False):
+    if allow_auto and samples == "auto":
+        return samples
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 2:
+        allowed = "an int >= 2" + (" or 'auto'" if allow_auto else "")
+        raise ValueError(f"{name} must be {allowed}, got {samples!r}")
+    return int(samples)
+
+
+def _check_seed(seed: int | None) -> int:
+    if seed is None:
+        return secrets.randbits(63)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    return int(seed)
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of " + ", ".join(_describe(v) for v in value)
+    return type(value).__name__

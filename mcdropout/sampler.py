@@ -1,0 +1,162 @@
+"""Per-sample dropout masks inside one batched forward pass.
+
+While the engine runs a chunk, the batch holds ``samples x rows`` replicas laid
+out sample-major: rows ``[s*R, (s+1)*R)`` belong to MC sample ``first_sample + s``.
+:class:`MaskSampler` is a ``TorchFunctionMode`` that intercepts every dropout
+call — from ``nn.Dropout*`` modules and from functional ``F.dropout(x, p,
+self.training)`` alike — and applies the mask of the replica's sample, drawn
+from (seed, layer, sample) by :mod:`mcdropout.masks`. Layers are numbered in
+call order within one forward pass. This project's own layers
+(:mod:`mcdropout.layers`) ask :func:`active_sampler` for their masks.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from mcdropout.masks import keep_masks
+
+_ALPHA = 1.7580993408473766  # SELU's -lambda * alpha, as in torch's alpha dropout
+
+_active: contextvars.ContextVar[MaskSampler | None] = contextvars.ContextVar("mcdropout_sampler", default=None)
+
+
+def active_sampler() -> MaskSampler | None:
+    """The sampler of the engine run in progress in this thread, if any."""
+    return _active.get()
+
+
+class StochasticPrefixError(RuntimeError):
+    """A layer assumed deterministic called dropout (prefix sharing must be off)."""
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Which MC samples and rows a forward pass holds."""
+
+    seed: int
+    first_sample: int
+    num_samples: int
+    num_rows: int
+    row_ids: np.ndarray | None = None  # per-row masks: each row's index in the caller's input
+
+    @property
+    def batch(self) -> int:
+        return self.num_samples * self.num_rows
+
+
+# func -> (channel-wise?, alpha?) ; positional p is the 2nd argument for all of them.
+_DROPOUT_FUNCTIONS: dict[Callable[..., Any], tuple[bool, bool]] = {
+    F.dropout: (False, False),
+    F.dropout1d: (True, False),
+    F.dropout2d: (True, False),
+    F.dropout3d: (True, False),
+    F.alpha_dropout: (False, True),
+    F.feature_alpha_dropout: (True, True),
+    torch.dropout: (False, False),
+    torch.feature_dropout: (True, False),
+    torch.alpha_dropout: (False, True),
+    torch.feature_alpha_dropout: (True, True),
+}
+
+
+class MaskSampler(TorchFunctionMode):
+    """Applies per-sample masks to every dropout call while active."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+        self.layout: ChunkLayout | None = None
+        self.layer = 0
+        self.calls = 0
+        self.deterministic = False
+        self.sample_bytes = 0  # mask and masked-weight bytes per MC sample, from the last pass
+        self._token: contextvars.Token | None = None
+
+    def __enter__(self) -> MaskSampler:
+        self._token = _active.set(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        if self._token is not None:
+            _active.reset(self._token)
+            self._token = None
+
+    def begin(self, layout: ChunkLayout | None) -> None:
+        """Start a forward pass over ``layout``; None runs deterministic layers only."""
+        self.layout = layout
+        self.deterministic = layout is None
+        self.layer = 0
+        self.sample_bytes = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kind = _DROPOUT_FUNCTIONS.get(func)
+        if kind is None:
+            return func(*args, **kwargs)
+        x = args[0] if args else kwargs["input"]
+        p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
+        return self.dropout(x, float(p), channelwise=kind[0], alpha=kind[1])
+
+    # -- masks -----------------------------------------------------------------
+
+    def keep(self, shape: tuple[int, ...], p: float, dtype: torch.dtype) -> torch.Tensor:
+        """Keep-masks (0/1 in ``dtype``) for the next layer: (S, 1, *shape), or (S, R, *shape) per row."""
+        layout = self._require_layout()
+        layer = self.layer
+        self.layer += 1
+        self.calls += 1
+        masks = keep_masks(
+            layout.seed, layer, layout.first_sample, layout.num_samples, shape, p, layout.row_ids
+        )
+        per_row = layout.row_ids is not None
+        if not per_row:
+            masks = masks[:, None]
+        itemsize = torch.finfo(dtype).bits // 8
+        self.sample_bytes += math.prod(shape) * (1 + 2 * itemsize) * (layout.num_rows if per_row else 1)
+        return torch.from_numpy(masks).to(self.device, non_blocking=True).to(dtype)
+
+    def split(self, x: torch.Tensor, what: str) -> torch.Tensor:
+        """View a batch-first tensor as (samples, rows, ...)."""
+        layout = self._require_layout()
+        if x.dim() == 0 or x.shape[0] != layout.batch:
+            raise ValueError(
+                f"{what} got a tensor of shape {tuple(x.shape)} whose first dimension is not the batch"
+                f" ({layout.batch} = {layout.num_samples} samples x {layout.num_rows} rows); MC sampling"
+                " needs batch-first tensors at stochastic layers"
+            )
+        return x.reshape(layout.num_samples, layout.num_rows, *x.shape[1:])
+
+    def dropout(self, x: torch.Tensor, p: float, *, channelwise: bool, alpha: bool) -> torch.Tensor:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+        if p == 0.0:
+            return x
+        grouped = self.split(x, "a dropout layer")
+        features = tuple(x.shape[1:])
+        mask_shape = (features[0],) if channelwise and features else features
+        keep = self.keep(mask_shape, p, x.dtype)
+        if channelwise and len(features) > 1:
+            keep = keep.reshape(*keep.shape, *([1] * (len(features) - 1)))
+        if p == 1.0:
+            return torch.zeros_like(x)
+        if not alpha:
+            return (grouped * keep.mul_(1.0 / (1.0 - p))).reshape(x.shape)
+        a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1.0) * (1.0 - p))
+        shift = (keep - 1.0) * (_ALPHA * a) + _ALPHA * a * p
+        return (grouped * (keep * a) + shift).reshape(x.shape)
+
+    def _require_layout(self) -> ChunkLayout:
+        if self.deterministic or self.layout is None:
+            raise StochasticPrefixError("a stochastic layer ran where the engine assumed none")
+        return self.layout

@@ -1,0 +1,71 @@
+"""Which modules are stochastic, and switching only them on."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import nn
+
+from mcdropout.layers import DropConnect, LockedDropout
+
+STOCHASTIC_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    DropConnect,
+    LockedDropout,
+)
+
+
+def is_stochastic(module: nn.Module) -> bool:
+    """True for the modules that MC mode switches on."""
+    return isinstance(module, STOCHASTIC_TYPES)
+
+
+def stochastic_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if is_stochastic(m)]
+
+
+def unsampled_dropout(model: nn.Module) -> list[str]:
+    """Dropout that runs inside fused torch kernels, out of reach of per-sample masks.
+
+    ``nn.LSTM(dropout=...)`` (and GRU/RNN) drop between layers inside one C++ call;
+    ``nn.MultiheadAttention(dropout=...)`` drops attention weights inside its own
+    kernel. MC sampling would silently leave these off, so they are named instead.
+    """
+    found = []
+    for name, module in model.named_modules():
+        label = name or "<model>"
+        if isinstance(module, nn.RNNBase) and module.dropout > 0 and module.num_layers > 1:
+            found.append(
+                f"{label} ({type(module).__name__}(num_layers={module.num_layers}, dropout={module.dropout})):"
+                " dropout between stacked layers runs inside torch's fused kernel; stack single-layer"
+                " modules with mcdropout.LockedDropout between them instead"
+            )
+        if isinstance(module, nn.MultiheadAttention) and module.dropout > 0:
+            found.append(
+                f"{label} (MultiheadAttention(dropout={module.dropout})): attention dropout runs inside"
+                " torch's attention kernel; set dropout=0 there and rely on the nn.Dropout layers"
+            )
+    return found
+
+
+@contextlib.contextmanager
+def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode with only its stochastic modules in train mode.
+
+    BatchNorm and every other module stay in eval, so no running statistic
+    changes. Every module's previous mode is restored on exit, also on error.
+    """
+    previous = [(m, m.training) for m in model.modules()]
+    try:
+        for module, _ in previous:
+            module.training = is_stochastic(module)
+        yield model
+    finally:
+        for module, training in previous:
+            module.training = training

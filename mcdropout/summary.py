@@ -1,0 +1,196 @@
+"""Streaming statistics over MC samples, and the prediction objects they make.
+
+Accumulators merge each chunk's statistics in float64 with Chan et al.'s
+parallel update, so memory does not grow with T and the result does not depend
+on how samples were chunked (up to float64 rounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from scipy import stats
+
+Index = slice | torch.Tensor
+
+
+class _Moments:
+    """Per-row count, mean and sum of squared deviations of a (rows, *shape) quantity."""
+
+    def __init__(self, rows: int, shape: tuple[int, ...], device: torch.device) -> None:
+        self.count = torch.zeros(rows, dtype=torch.int64, device=device)
+        self.mean = torch.zeros(rows, *shape, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(rows, *shape, dtype=torch.float64, device=device)
+
+    def update(self, index: Index, values: torch.Tensor) -> None:
+        """Merge ``values`` of shape (samples, rows_in_index, *shape)."""
+        n_b = values.shape[0]
+        mean_b = values.mean(dim=0)
+        m2_b = (values - mean_b).square_().sum(dim=0)
+        n_a = self.count[index].to(torch.float64).reshape(-1, *([1] * (values.dim() - 2)))
+        total = n_a + n_b
+        delta = mean_b - self.mean[index]
+        self.mean[index] = self.mean[index] + delta * (n_b / total)
+        self.m2[index] = self.m2[index] + m2_b + delta.square_() * (n_a * n_b / total)
+        self.count[index] += n_b
+
+    def variance(self) -> torch.Tensor:
+        """Population variance (divide by T), as MC dropout's predictive moments."""
+        return self.m2 / self.count.reshape(-1, *([1] * (self.m2.dim() - 1))).clamp(min=1)
+
+    def standard_error(self) -> torch.Tensor:
+        """Monte Carlo standard error of the mean."""
+        return (self.variance() / self.count.reshape(-1, *([1] * (self.m2.dim() - 1))).clamp(min=1)).sqrt()
+
+
+@dataclass(frozen=True)
+class RegressionPrediction:
+    """Predictive distribution of a regression model; tensors have the batch dimension first.
+
+    ``variance = epistemic + aleatoric``: epistemic is the variance of the T
+    sampled means, aleatoric is 1/tau or the mean of a heteroscedastic head's
+    variances (zero when the model gives neither).
+    """
+
+    mean: torch.Tensor
+    epistemic: torch.Tensor
+    aleatoric: torch.Tensor
+    num_samples: torch.Tensor
+    seed: int
+    samples: torch.Tensor | None = None
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.epistemic + self.aleatoric
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.variance.sqrt()
+
+    def interval(self, level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+        """Central interval of the Gaussian with the predictive mean and variance."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"interval level must be in (0, 1), got {level}")
+        lower, upper = stats.norm.interval(level, loc=self.mean.numpy(), scale=self.std.numpy())
+        return torch.from_numpy(lower), torch.from_numpy(upper)
+
+
+@dataclass(frozen=True)
+class ClassificationPrediction:
+    """Predictive distribution of a classifier; tensors have the batch dimension first.
+
+    ``entropy`` is the entropy of the mean probabilities (total uncertainty),
+    ``expected_entropy`` the mean entropy of the samples (aleatoric), and
+    ``mutual_information`` their difference (epistemic; BALD's score).
+    ``variation_ratio`` is the share of samples whose top class is not the mode.
+    """
+
+    probs: torch.Tensor
+    entropy: torch.Tensor
+    expected_entropy: torch.Tensor
+    variation_ratio: torch.Tensor
+    num_samples: torch.Tensor
+    seed: int
+    samples: torch.Tensor | None = None
+
+    @property
+    def label(self) -> torch.Tensor:
+        return self.probs.argmax(dim=-1)
+
+    @property
+    def mutual_information(self) -> torch.Tensor:
+        return (self.entropy - self.expected_entropy).clamp(min=0.0)
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -torch.special.xlogy(probs, probs).sum(dim=-1)
+
+
+class RegressionAccumulator:
+    def __init__(self, rows: int, shape: tuple[int, ...], device: torch.device, tau: float | None) -> None:
+        self.moments = _Moments(rows, shape, device)
+        self.noise = _Moments(rows, shape, device)  # heteroscedastic variances, when the model gives them
+        self.tau = tau
+        self.heteroscedastic = False
+
+    def update(self, index: Index, outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Merge (samples, rows, *shape) outputs; returns the per-sample values kept as raw samples."""
+        if isinstance(outputs, tuple):
+            mean, log_variance = (o.to(torch.float64) for o in outputs)
+            self.heteroscedastic = True
+            self.noise.update(index, log_variance.exp())
+        else:
+            mean = outputs.to(torch.float64)
+        self.moments.update(index, mean)
+        return mean
+
+    def converged(self, tolerance: float) -> torch.Tensor:
+        """Rows whose MC standard error of the mean is below ``tolerance`` x predictive std."""
+        error = self.moments.standard_error()
+        std = (self.moments.variance() + self._aleatoric()).sqrt()
+        return (error <= tolerance * std).flatten(1).all(dim=1)
+
+    def spread(self) -> torch.Tensor:
+        return self.moments.m2
+
+    def _aleatoric(self) -> torch.Tensor:
+        if self.heteroscedastic:
+            return self.noise.mean
+        if self.tau is not None:
+            return torch.full_like(self.moments.mean, 1.0 / self.tau)
+        return torch.zeros_like(self.moments.mean)
+
+    def result(self, seed: int, samples: torch.Tensor | None) -> RegressionPrediction:
+        return RegressionPrediction(
+            mean=self.moments.mean.cpu(),
+            epistemic=self.moments.variance().cpu(),
+            aleatoric=self._aleatoric().cpu(),
+            num_samples=self.moments.count.cpu(),
+            seed=seed,
+            samples=samples,
+        )
+
+
+class ClassificationAccumulator:
+    def __init__(self, rows: int, classes: int, device: torch.device) -> None:
+        self.moments = _Moments(rows, (classes,), device)
+        self.entropy_sum = torch.zeros(rows, dtype=torch.float64, device=device)
+        self.votes = torch.zeros(rows, classes, dtype=torch.int64, device=device)
+
+    def update(self, index: Index, logits: torch.Tensor) -> torch.Tensor:
+        probs = to_probabilities(logits)
+        self.moments.update(index, probs)
+        self.entropy_sum[index] += _entropy(probs).sum(dim=0)
+        votes = torch.nn.functional.one_hot(probs.argmax(dim=-1), probs.shape[-1]).sum(dim=0)
+        self.votes[index] += votes
+        return probs
+
+    def converged(self, tolerance: float) -> torch.Tensor:
+        """Rows whose MC standard error of every class probability is below ``tolerance``."""
+        return (self.moments.standard_error() <= tolerance).all(dim=1)
+
+    def spread(self) -> torch.Tensor:
+        return self.moments.m2
+
+    def result(self, seed: int, samples: torch.Tensor | None) -> ClassificationPrediction:
+        count = self.moments.count.to(torch.float64)
+        probs = self.moments.mean
+        return ClassificationPrediction(
+            probs=probs.cpu(),
+            entropy=_entropy(probs).cpu(),
+            expected_entropy=(self.entropy_sum / count).cpu(),
+            variation_ratio=(1.0 - self.votes.max(dim=1).values / count).cpu(),
+            num_samples=self.moments.count.cpu(),
+            seed=seed,
+            samples=samples,
+        )
+
+
+def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension in float64; one logit per row means a sigmoid."""
+    logits = logits.to(torch.float64)
+    if logits.shape[-1] == 1:
+        positive = torch.sigmoid(logits)
+        return torch.cat([1.0 - positive, positive], dim=-1)
+    return torch.softmax(logits, dim=-1)
