@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mcdropout.sampler import ChunkLayout, MaskSampler
+from mcdropout.sampler import ChunkLayout, MaskSampler, StochasticPrefixError
 from mcdropout.stochastic import mc_dropout, stochastic_modules, unsampled_dropout
 from mcdropout.summary import (
     ClassificationAccumulator,
@@ -226,7 +226,11 @@ class MCPredictor:
         hooks = [m.register_forward_hook(record) for m in self.model.modules() if not list(m.children())]
         calls_before = sampler.calls
         try:
-            hidden = self._run_prefix(first, sampler)
+            try:
+                hidden = self._run_prefix(first, sampler)
+            except StochasticPrefixError:  # a leading layer drops out functionally: share nothing
+                self._prefix, self._suffix = [], self.model
+                hidden = first
             layout = ChunkLayout(seed=0, first_sample=0, num_samples=2, num_rows=1, row_ids=self._row_ids(0, 1))
             outputs = self._run_suffix(hidden, layout, sampler)
         except (RuntimeError, IndexError, TypeError) as error:
@@ -337,7 +341,7 @@ class MCPredictor:
                 )
             if self.tau is not None:
                 raise ValueError("the model is heteroscedastic (returns mean and log-variance); do not pass tau too")
-        elif self.task == "classification" and outputs.dim() != 3:
+        elif self.task == "classification" and outputs.dim() != 3:  # (samples, rows, classes)
             raise ValueError(f"a classifier must return logits of shape (rows, classes); got {_describe(outputs)}")
 
     def _accumulator(self, rows: int, outputs):
@@ -371,28 +375,22 @@ def predict(
 
 
 def _split_sequential(model: nn.Module) -> tuple[list[nn.Module], Callable]:
-    """Deterministic leading layers of an ``nn.Sequential`` (recursively), and the rest."""
+    """Leading children of an ``nn.Sequential`` (recursively) that hold no stochastic module, and the rest.
+
+    A leading child may still call dropout functionally; the sampler raises
+    :class:`StochasticPrefixError` then, and the engine stops sharing the prefix.
+    """
     if not isinstance(model, nn.Sequential):
         return [], model
     children = list(model)
     for index, child in enumerate(children):
-        if stochastic_modules(child) or not _known_deterministic(child):
+        if stochastic_modules(child):
             if isinstance(child, nn.Sequential):
                 inner_prefix, inner_suffix = _split_sequential(child)
-                rest = nn.Sequential(inner_suffix, *children[index + 1 :]) if inner_prefix else None
-                if rest is not None:
-                    return children[:index] + inner_prefix, rest
+                if inner_prefix:
+                    return children[:index] + inner_prefix, nn.Sequential(inner_suffix, *children[index + 1 :])
             return children[:index], nn.Sequential(*children[index:])
     return children, nn.Sequential()
-
-
-def _known_deterministic(module: nn.Module) -> bool:
-    """Modules of torch's own whose forward calls no dropout function."""
-    return all(type(m).__module__.startswith("torch.nn.modules") for m in module.modules()) and not any(
-        isinstance(m, (nn.RNNBase, nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoderLayer,
-                       nn.TransformerDecoderLayer, nn.TransformerEncoder, nn.TransformerDecoder))
-        for m in module.modules()
-    )
 
 
 def _check_samples(samples, name: str, allow_auto: bool = False):

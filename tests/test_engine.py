@@ -1,0 +1,147 @@
+"""How the engine runs: one batched computation, the prefix once, streaming statistics."""
+
+import torch
+from torch import nn
+
+import mcdropout as mcd
+from mcdropout.engine import _split_sequential
+
+
+class _CountRows(nn.Module):
+    """Identity that counts the rows and calls it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = 0
+        self.calls = 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        self.calls += 1
+        return x
+
+
+def _mlp(counter: nn.Module) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Sequential(nn.Linear(5, 16), counter, nn.ReLU()),  # nested: the split descends into it
+        nn.Dropout(0.3),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Linear(16, 2),
+    )
+
+
+def test_samples_run_as_few_batched_passes_not_a_loop():
+    after = _CountRows()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Dropout(0.3), after, nn.Linear(16, 1))
+    mcd.predict(model, torch.randn(10, 5), samples=100, seed=0)
+    assert after.rows == 2 + 100 * 10  # probe (2 replicas) + every replica once
+    assert after.calls == 2  # probe + one pass: all 1000 replicas at once
+
+
+def test_chunks_follow_the_row_budget():
+    after = _CountRows()
+    model = nn.Sequential(nn.Linear(5, 16), nn.Dropout(0.3), after, nn.Linear(16, 1))
+    mcd.predict(model, torch.randn(10, 5), samples=100, seed=0, chunk_rows=250)
+    assert after.rows == 2 + 1000
+    assert after.calls == 1 + 4  # 25 samples x 10 rows per pass
+
+
+def test_prefix_before_first_dropout_runs_once_per_row():
+    """Layers before the first stochastic layer see each input row once, not T times (+1 probe row)."""
+    counter = _CountRows()
+    mcd.predict(_mlp(counter), torch.randn(12, 5), samples=200, seed=0)
+    assert counter.rows == 1 + 12
+
+
+def test_prefix_sharing_gives_the_answer_of_the_unsplit_model():
+    counter = _CountRows()
+    model = _mlp(counter)
+    x = torch.randn(6, 5)
+
+    class Unsplit(nn.Module):  # same layers, not a Sequential: the engine cannot split it
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, inputs):
+            return self.inner(inputs)
+
+    shared = mcd.predict(model, x, samples=50, seed=1)
+    whole = mcd.predict(Unsplit(), x, samples=50, seed=1)
+    assert counter.rows == 1 + 6 + 2 + 50 * 6
+    assert torch.allclose(shared.mean, whole.mean, atol=1e-6 * float(shared.std.max()))
+    assert torch.allclose(shared.epistemic, whole.epistemic, rtol=1e-5)
+
+
+def test_functional_dropout_in_a_leading_layer_turns_sharing_off():
+    class Custom(nn.Module):
+        def forward(self, x):
+            return nn.functional.dropout(x, 0.5, self.training)
+
+    counter = _CountRows()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), counter, Custom(), nn.Linear(8, 8), nn.Dropout(0.1), nn.Linear(8, 1))
+    prefix, _ = _split_sequential(model)
+    assert len(prefix) == 4  # nothing in the first four children is a stochastic module...
+    pred = mcd.predict(model, torch.randn(4, 3), samples=20, seed=0)
+    assert torch.all(pred.epistemic > 0)
+    # ...but Custom drops out: after the probe found that, every replica ran the whole model
+    assert counter.rows == 1 + 2 + 20 * 4
+
+
+def test_statistics_stream_without_keeping_samples():
+    model = _mlp(_CountRows())
+    pred = mcd.predict(model, torch.randn(3, 5), samples=500, seed=0, chunk_rows=64)
+    assert pred.samples is None
+    assert torch.equal(pred.num_samples, torch.full((3,), 500))
+    kept = mcd.predict(model, torch.randn(3, 5), samples=500, seed=0, chunk_rows=64, return_samples=True)
+    assert kept.samples.shape == (3, 500, 2)
+    assert torch.allclose(kept.mean, kept.samples.double().mean(dim=1), atol=1e-6)
+    assert torch.allclose(kept.epistemic, kept.samples.double().var(dim=1, unbiased=False), rtol=1e-5)
+
+
+def test_classification_statistics_match_their_definitions():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    pred = mcd.predict(model, torch.randn(5, 4) * 3, samples=300, seed=0, task="classification", return_samples=True)
+    probs = pred.samples.double()  # (rows, T, classes)
+    mean = probs.mean(dim=1)
+    entropy = -(mean * mean.log()).sum(-1)
+    expected = -(probs * probs.log()).sum(-1).mean(1)
+    votes = torch.nn.functional.one_hot(probs.argmax(-1), 3).sum(1)
+    assert torch.allclose(pred.probs, mean, atol=1e-6)
+    assert torch.allclose(pred.probs.sum(-1), torch.ones(5, dtype=torch.float64))
+    assert torch.equal(pred.label, mean.argmax(-1))
+    assert torch.allclose(pred.entropy, entropy, atol=1e-6)
+    assert torch.allclose(pred.expected_entropy, expected, atol=1e-6)
+    assert torch.allclose(pred.mutual_information, entropy - expected, atol=1e-6)
+    assert torch.all(pred.mutual_information >= 0)
+    assert torch.allclose(pred.variation_ratio, 1 - votes.max(-1).values.double() / 300.0)
+
+
+def test_single_logit_classifier_is_binary():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+    pred = mcd.predict(model, torch.randn(3, 4), samples=20, seed=0, task="classification")
+    assert pred.probs.shape == (3, 2)
+    assert torch.allclose(pred.probs.sum(-1), torch.ones(3, dtype=torch.float64))
+
+
+def test_integer_inputs_reach_an_embedding_unchanged():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4), mcd.LockedDropout(0.3), nn.Flatten(), nn.Linear(12, 1))
+    tokens = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    pred = mcd.predict(model, tokens, samples=30, seed=0)
+    assert pred.mean.shape == (2, 1) and torch.all(pred.epistemic > 0)
+
+
+def test_predictor_reuses_its_plan_and_restores_nothing_it_did_not_touch():
+    model = _mlp(_CountRows()).train()
+    predictor = mcd.MCPredictor(model, samples=16)
+    first = predictor.predict(torch.randn(4, 5), seed=0)
+    second = predictor.predict(torch.randn(4, 5), seed=0, samples=32)
+    assert first.num_samples[0] == 16 and second.num_samples[0] == 32
+    assert all(m.training for m in model.modules())

@@ -1,0 +1,129 @@
+"""Bad input and unsampleable models raise ValueError naming the problem."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mcdropout as mcd
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"samples": 1}, "samples must be an int >= 2 or 'auto'"),
+        ({"samples": 2.5}, "samples must be"),
+        ({"samples": True}, "samples must be"),
+        ({"task": "ranking"}, "unknown task 'ranking'; expected one of regression, classification"),
+        ({"masks": "per_batch"}, "unknown masks"),
+        ({"tau": -1.0}, "tau must be a positive number"),
+        ({"memory_budget": "lots"}, "memory_budget must be bytes or a size"),
+        ({"memory_budget": 0}, "memory_budget must be positive"),
+        ({"seed": -3}, "seed must be a non-negative int"),
+        ({"device": "cuda:7"} if not torch.cuda.is_available() else {"device": "tpu"}, "device|Expected one of"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        mcd.predict(_model(), torch.randn(2, 3), **kwargs)
+
+
+def test_bad_inputs():
+    predictor = mcd.MCPredictor(_model(), samples=8, input_shape=(3,))
+    with pytest.raises(ValueError, match=r"rows of shape \(4,\), expected \(3,\)"):
+        predictor.predict(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="inputs are empty"):
+        predictor.predict(np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="scalar"):
+        predictor.predict(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="must be numeric"):
+        predictor.predict([["a", "b", "c"]])
+    bad = np.ones((12, 3))
+    bad[2, 1] = np.nan
+    bad[7, 0] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or inf in 2 row\(s\): 2, 7"):
+        predictor.predict(bad)
+
+
+def test_shape_error_from_the_model_is_a_value_error():
+    with pytest.raises(ValueError, match=r"the model failed on inputs with rows of shape \(5,\)"):
+        mcd.predict(_model(), torch.randn(2, 5), samples=4)
+
+
+def test_numpy_lists_and_tensors_give_the_same_answer():
+    model = _model()
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    from_numpy = mcd.predict(model, x, samples=16, seed=0)
+    from_list = mcd.predict(model, x.tolist(), samples=16, seed=0)
+    from_tensor = mcd.predict(model, torch.from_numpy(x), samples=16, seed=0)
+    assert torch.equal(from_numpy.mean, from_list.mean) and torch.equal(from_numpy.mean, from_tensor.mean)
+    assert from_numpy.mean.device.type == "cpu" and from_numpy.mean.shape == (4, 1)
+
+
+def test_model_without_dropout_is_refused():
+    with pytest.raises(ValueError, match="no stochastic layer"):
+        mcd.predict(nn.Sequential(nn.Linear(3, 1)), torch.randn(2, 3), samples=4)
+
+
+def test_dropout_that_never_runs_is_named():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(3, 1)
+            self.head_dropout = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.body(x)
+
+    with pytest.raises(ValueError, match="head_dropout, but none of them ran"):
+        mcd.predict(Unused(), torch.randn(2, 3), samples=4)
+
+
+def test_identical_samples_are_refused():
+    class Cancels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(x) * 0.0
+
+    with pytest.raises(ValueError, match="all 16 MC samples came out identical"):
+        mcd.predict(Cancels(), torch.randn(3, 2), samples=16)
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        (nn.LSTM(4, 4, num_layers=2, dropout=0.3, batch_first=True), "LSTM"),
+        (nn.GRU(4, 4, num_layers=2, dropout=0.3, batch_first=True), "GRU"),
+        (nn.MultiheadAttention(4, 2, dropout=0.1, batch_first=True), "MultiheadAttention"),
+    ],
+)
+def test_dropout_inside_fused_kernels_is_named(module, name):
+    model = nn.ModuleDict({"encoder": module, "drop": nn.Dropout(0.2)})
+    with pytest.raises(ValueError, match=rf"encoder \({name}.*dropout"):
+        mcd.MCPredictor(model)
+    with pytest.warns(UserWarning, match="encoder"):
+        mcd.MCPredictor(model, strict=False)
+
+
+def test_classifier_must_return_logits_per_class():
+    with pytest.raises(ValueError, match=r"logits of shape \(rows, classes\)"):
+        mcd.predict(nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Unflatten(1, (2, 2))), torch.randn(2, 3), task="classification")
+    with pytest.raises(ValueError, match="must return a batch-first tensor"):
+        mcd.predict(nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Flatten(0)), torch.randn(2, 3))
+
+
+def test_memory_budget_too_small_says_how_much_is_needed():
+    with pytest.raises(ValueError, match="memory_budget of 100 bytes is too small"):
+        mcd.predict(_model(), torch.randn(2, 3), samples=4, memory_budget=100)
+
+
+def test_non_module_model():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        mcd.MCPredictor(lambda x: x)
