@@ -169,7 +169,8 @@ class MCPredictor:
         inputs = self._as_input(x)
         auto = samples == "auto"
         total = self.max_samples if auto else samples
-        with torch.inference_mode(), mc_dropout(self.model), MaskSampler(self.device) as sampler:
+        sampler = MaskSampler(self.device)  # active only inside forward passes, not around the statistics
+        with torch.inference_mode(), mc_dropout(self.model):
             row_bytes, sample_bytes = self._probe(inputs, sampler)
             plan = self._plan(len(inputs), total, row_bytes, sample_bytes)
             accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples)
@@ -227,7 +228,7 @@ class MCPredictor:
         calls_before = sampler.calls
         try:
             try:
-                hidden = self._run_prefix(first, sampler)
+                hidden = self._run_prefix(first, sampler, checked=False)
             except StochasticPrefixError:  # a leading layer drops out functionally: share nothing
                 self._prefix, self._suffix = [], self.model
                 hidden = first
@@ -294,7 +295,7 @@ class MCPredictor:
                     if accumulator is None:
                         accumulator = self._accumulator(rows, outputs)
                     index = slice(start, stop) if len(local) == stop - start else active.to(self.device)
-                    values = accumulator.update(index, outputs)
+                    values = accumulator.update(index, outputs, fresh=first == 0)
                     if return_samples:
                         kept = self._keep(kept, rows, total, active, first, values)
                 done += window
@@ -306,16 +307,23 @@ class MCPredictor:
     def _row_ids_for(self, active: torch.Tensor) -> np.ndarray | None:
         return active.numpy() if self.masks == "per_row" else None
 
-    def _run_prefix(self, x: torch.Tensor, sampler: MaskSampler) -> torch.Tensor:
-        sampler.begin(None)  # a dropout call here raises: the prefix must be deterministic
-        for layer in self._prefix:
-            x = layer(x)
+    def _run_prefix(self, x: torch.Tensor, sampler: MaskSampler, checked: bool = True) -> torch.Tensor:
+        """The deterministic leading layers; ``checked=False`` (the probe) watches them for dropout calls."""
+        if checked:
+            for layer in self._prefix:
+                x = layer(x)
+            return x
+        sampler.begin(None)  # a dropout call now raises StochasticPrefixError
+        with sampler:
+            for layer in self._prefix:
+                x = layer(x)
         return x
 
     def _run_suffix(self, hidden: torch.Tensor, layout: ChunkLayout, sampler: MaskSampler):
         replicas = hidden.unsqueeze(0).expand(layout.num_samples, *hidden.shape)
         sampler.begin(layout)
-        outputs = self._suffix(replicas.reshape(layout.batch, *hidden.shape[1:]))
+        with sampler:
+            outputs = self._suffix(replicas.reshape(layout.batch, *hidden.shape[1:]))
         return self._group(outputs, layout)
 
     def _group(self, outputs, layout: ChunkLayout):

@@ -65,8 +65,8 @@ class DropConnect(nn.Module):
     def _forward_sampled(self, x: torch.Tensor, sampler) -> torch.Tensor:
         layer = self.layer
         grouped = sampler.split(x, "DropConnect")  # (S, R, ...)
-        keep = sampler.keep(tuple(layer.weight.shape), self.p, layer.weight.dtype)  # (S, 1|R, *w)
-        weights = layer.weight * keep.mul_(1.0 / (1.0 - self.p))
+        keep = sampler.keep(tuple(layer.weight.shape), self.p, layer.weight.dtype, 1.0 / (1.0 - self.p))
+        weights = layer.weight * keep  # (S, 1|R, *weight.shape)
         samples, rows = grouped.shape[:2]
         if isinstance(layer, nn.Linear):
             if weights.shape[1] == 1:  # shared across rows: one batched matmul per sample
@@ -129,7 +129,7 @@ class LockedDropout(nn.Module):
     def _forward_sampled(self, x: torch.Tensor, sampler) -> torch.Tensor:
         seq_first = x if self.batch_first else x.transpose(0, 1)
         grouped = sampler.split(seq_first, "LockedDropout")  # (S, R, time, features)
-        keep = sampler.keep((x.shape[2],), self.p, x.dtype)  # (S, 1|R, features)
-        out = grouped * keep.mul_(1.0 / (1.0 - self.p)).unsqueeze(2)
+        keep = sampler.keep((x.shape[2],), self.p, x.dtype, 1.0 / (1.0 - self.p))  # (S, 1|R, features)
+        out = grouped * keep.unsqueeze(2)
         out = out.reshape(seq_first.shape)
         return out if self.batch_first else out.transpose(0, 1)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from mcdropout.masks import keep_masks
+from mcdropout import masks as mask_source
 
 _ALPHA = 1.7580993408473766  # SELU's -lambda * alpha, as in torch's alpha dropout
 
@@ -110,21 +110,24 @@ class MaskSampler(TorchFunctionMode):
 
     # -- masks -----------------------------------------------------------------
 
-    def keep(self, shape: tuple[int, ...], p: float, dtype: torch.dtype) -> torch.Tensor:
-        """Keep-masks (0/1 in ``dtype``) for the next layer: (S, 1, *shape), or (S, R, *shape) per row."""
+    def keep(self, shape: tuple[int, ...], p: float, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+        """Masks for the next layer, ``scale`` where kept and 0 where dropped.
+
+        Shape (S, 1, *shape) — one mask per sample for every row — or (S, R, *shape) per row.
+        """
         layout = self._require_layout()
         layer = self.layer
         self.layer += 1
         self.calls += 1
-        masks = keep_masks(
-            layout.seed, layer, layout.first_sample, layout.num_samples, shape, p, layout.row_ids
+        masks = mask_source.generator().keep(
+            layout.seed, layer, layout.first_sample, layout.num_samples, shape, p, scale, layout.row_ids
         )
         per_row = layout.row_ids is not None
         if not per_row:
             masks = masks[:, None]
         itemsize = torch.finfo(dtype).bits // 8
-        self.sample_bytes += math.prod(shape) * (1 + 2 * itemsize) * (layout.num_rows if per_row else 1)
-        return torch.from_numpy(masks).to(self.device, non_blocking=True).to(dtype)
+        self.sample_bytes += math.prod(shape) * (4 + 2 * itemsize) * (layout.num_rows if per_row else 1)
+        return torch.from_numpy(masks).to(self.device, dtype, non_blocking=True)
 
     def split(self, x: torch.Tensor, what: str) -> torch.Tensor:
         """View a batch-first tensor as (samples, rows, ...)."""
@@ -145,13 +148,14 @@ class MaskSampler(TorchFunctionMode):
         grouped = self.split(x, "a dropout layer")
         features = tuple(x.shape[1:])
         mask_shape = (features[0],) if channelwise and features else features
-        keep = self.keep(mask_shape, p, x.dtype)
+        if p == 1.0:
+            self.keep(mask_shape, p, x.dtype)  # count the layer all the same
+            return torch.zeros_like(x)
+        keep = self.keep(mask_shape, p, x.dtype, scale=1.0 if alpha else 1.0 / (1.0 - p))
         if channelwise and len(features) > 1:
             keep = keep.reshape(*keep.shape, *([1] * (len(features) - 1)))
-        if p == 1.0:
-            return torch.zeros_like(x)
         if not alpha:
-            return (grouped * keep.mul_(1.0 / (1.0 - p))).reshape(x.shape)
+            return (grouped * keep).reshape(x.shape)
         a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1.0) * (1.0 - p))
         shift = (keep - 1.0) * (_ALPHA * a) + _ALPHA * a * p
         return (grouped * (keep * a) + shift).reshape(x.shape)

@@ -61,11 +61,11 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     BatchNorm and every other module stay in eval, so no running statistic
     changes. Every module's previous mode is restored on exit, also on error.
     """
-    previous = [(m, m.training) for m in model.modules()]
+    changed = [m for m in model.modules() if m.training != is_stochastic(m)]
     try:
-        for module, _ in previous:
-            module.training = is_stochastic(module)
+        for module in changed:
+            module.training = not module.training
         yield model
     finally:
-        for module, training in previous:
-            module.training = training
+        for module in changed:
+            module.training = not module.training

@@ -23,11 +23,14 @@ class _Moments:
         self.mean = torch.zeros(rows, *shape, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(rows, *shape, dtype=torch.float64, device=device)
 
-    def update(self, index: Index, values: torch.Tensor) -> None:
-        """Merge ``values`` of shape (samples, rows_in_index, *shape)."""
+    def update(self, index: Index, values: torch.Tensor, fresh: bool = False) -> None:
+        """Merge ``values`` of shape (samples, rows_in_index, *shape); ``fresh``: those rows have none yet."""
         n_b = values.shape[0]
-        mean_b = values.mean(dim=0)
-        m2_b = (values - mean_b).square_().sum(dim=0)
+        variance_b, mean_b = torch.var_mean(values, dim=0, correction=0)
+        m2_b = variance_b.mul_(n_b)
+        if fresh:
+            self.mean[index], self.m2[index], self.count[index] = mean_b, m2_b, n_b
+            return
         n_a = self.count[index].to(torch.float64).reshape(-1, *([1] * (values.dim() - 2)))
         total = n_a + n_b
         delta = mean_b - self.mean[index]
@@ -114,15 +117,15 @@ class RegressionAccumulator:
         self.tau = tau
         self.heteroscedastic = False
 
-    def update(self, index: Index, outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def update(self, index: Index, outputs, fresh: bool = False) -> torch.Tensor:
         """Merge (samples, rows, *shape) outputs; returns the per-sample values kept as raw samples."""
         if isinstance(outputs, tuple):
             mean, log_variance = (o.to(torch.float64) for o in outputs)
             self.heteroscedastic = True
-            self.noise.update(index, log_variance.exp())
+            self.noise.update(index, log_variance.exp(), fresh)
         else:
             mean = outputs.to(torch.float64)
-        self.moments.update(index, mean)
+        self.moments.update(index, mean, fresh)
         return mean
 
     def converged(self, tolerance: float) -> torch.Tensor:
@@ -158,9 +161,9 @@ class ClassificationAccumulator:
         self.entropy_sum = torch.zeros(rows, dtype=torch.float64, device=device)
         self.votes = torch.zeros(rows, classes, dtype=torch.int64, device=device)
 
-    def update(self, index: Index, logits: torch.Tensor) -> torch.Tensor:
+    def update(self, index: Index, logits: torch.Tensor, fresh: bool = False) -> torch.Tensor:
         probs = to_probabilities(logits)
-        self.moments.update(index, probs)
+        self.moments.update(index, probs, fresh)
         self.entropy_sum[index] += _entropy(probs).sum(dim=0)
         votes = torch.nn.functional.one_hot(probs.argmax(dim=-1), probs.shape[-1]).sum(dim=0)
         self.votes[index] += votes

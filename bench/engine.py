@@ -1,0 +1,260 @@
+"""Engine benchmark: mcdropout against a naive loop, baal, torch-uncertainty and the deterministic floor.
+
+    make bench                      # or: .venv/bin/python bench/engine.py [--repeats 31] [--skip-memory]
+
+Every contender runs once per repetition, in rotating order, so machine noise
+hits all of them alike; the table reports medians and ratios measured in this
+run. The floor is a deterministic forward (dropout off) over the same
+T x batch rows, in one pass or in 4096-row chunks, whichever is faster.
+Statistics (mean and variance over samples) are included for every contender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import mcdropout as mcd
+
+FLOOR_CHUNK = 4096
+
+
+def mlp(inputs: int = 64, hidden: int = 512, outputs: int = 10, p: float = 0.5) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.ReLU(), nn.Dropout(p),
+        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(p),
+        nn.Linear(hidden, outputs),
+    ).eval()
+
+
+def moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance over the sample axis (dim 0), as every contender must produce."""
+    return samples.mean(0), samples.var(0, unbiased=False)
+
+
+# -- contenders: each is (model, x, T) -> callable returning (mean, variance) ---------------
+
+
+def naive_loop(model, x, samples):
+    def run():
+        with torch.inference_mode(), mcd.mc_dropout(model):
+            return moments(torch.stack([model(x) for _ in range(samples)]))
+
+    return run
+
+
+def floor(model, x, samples):
+    replicas = x.repeat(samples, 1)
+
+    def whole():
+        with torch.inference_mode():
+            return moments(model(replicas).reshape(samples, len(x), -1))
+
+    def chunked():
+        with torch.inference_mode():
+            out = torch.cat([model(chunk) for chunk in replicas.split(FLOOR_CHUNK)])
+            return moments(out.reshape(samples, len(x), -1))
+
+    return whole, chunked
+
+
+def engine(model, x, samples):
+    predictor = mcd.MCPredictor(model, samples=samples, device="cpu")
+    seeds = itertools.count()
+    return lambda: predictor.predict(x, seed=next(seeds))  # a fresh seed each call: no mask reuse
+
+
+def baal_wrapper(model, x, samples, replicate: bool):
+    from baal.bayesian.dropout import MCDropoutModule
+    from baal.modelwrapper import ModelWrapper, TrainingArgs
+
+    wrapped = MCDropoutModule(copy.deepcopy(model)).eval()
+    wrapper = ModelWrapper(wrapped, TrainingArgs(use_cuda=False, replicate_in_memory=replicate))
+
+    def run():
+        out = wrapper.predict_on_batch(x, iterations=samples)  # (batch, outputs, T)
+        return moments(out.permute(2, 0, 1))
+
+    return run
+
+
+def torch_uncertainty_wrapper(model, x, samples, on_batch: bool):
+    module = _torch_uncertainty_mc_dropout()
+    wrapped = module.mc_dropout(copy.deepcopy(model), num_estimators=samples, on_batch=on_batch,
+                                task="regression", probabilistic=False).eval()
+
+    def run():
+        with torch.inference_mode():
+            return moments(wrapped(x).reshape(samples, len(x), -1))
+
+    return run
+
+
+def _torch_uncertainty_mc_dropout():
+    """Load torch_uncertainty/methods/mc_dropout.py alone: the package's __init__ wants lightning and torchvision."""
+    spec = importlib.util.find_spec("torch_uncertainty")
+    if spec is None or spec.origin is None:
+        raise ImportError("torch-uncertainty is not installed (make bench installs it)")
+    path = Path(spec.origin).parent / "methods" / "mc_dropout.py"
+    module_spec = importlib.util.spec_from_file_location("tu_mc_dropout", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+# -- timing -----------------------------------------------------------------------------------
+
+
+def interleaved(contenders: dict[str, Callable], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each contender, running them in rotating order."""
+    names = list(contenders)
+    for name in names:  # warm-up
+        contenders[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+
+
+def speed_table(repeats: int) -> list[dict]:
+    model = mlp()
+    rows = []
+    for batch, samples in [(1, 50), (1, 100), (256, 50), (256, 100)]:
+        x = torch.randn(batch, 64)
+        whole, chunked = floor(model, x, samples)
+        contenders = {
+            "naive loop": naive_loop(model, x, samples),
+            "floor (one pass)": whole,
+            "floor (chunked)": chunked,
+            "mcdropout": engine(model, x, samples),
+        }
+        anchors = {}
+        try:
+            anchors["baal (replicate)"] = baal_wrapper(model, x, samples, replicate=True)
+            anchors["baal (loop)"] = baal_wrapper(model, x, samples, replicate=False)
+        except ImportError as error:
+            print(f"baal skipped: {error}", file=sys.stderr)
+        try:
+            anchors["torch-uncertainty (on batch)"] = torch_uncertainty_wrapper(model, x, samples, on_batch=True)
+            anchors["torch-uncertainty (loop)"] = torch_uncertainty_wrapper(model, x, samples, on_batch=False)
+        except ImportError as error:
+            print(f"torch-uncertainty skipped: {error}", file=sys.stderr)
+        contenders.update(anchors)
+        ms = interleaved(contenders, repeats)
+        best_floor = min(ms["floor (one pass)"], ms["floor (chunked)"])
+        best_anchor = min((ms[name] for name in anchors), default=float("nan"))
+        rows.append({
+            "batch": batch, "T": samples, "ms": ms,
+            "vs naive": ms["naive loop"] / ms["mcdropout"],
+            "vs best anchor": best_anchor / ms["mcdropout"],
+            "vs floor": ms["mcdropout"] / best_floor,
+        })
+    return rows
+
+
+def prefix_table(repeats: int) -> list[dict]:
+    """A wide first layer (2048 inputs) before the first dropout: the engine runs it once per row."""
+    model = mlp(inputs=2048)
+    rows = []
+    for batch, samples in [(1, 100), (256, 50)]:
+        x = torch.randn(batch, 2048)
+        whole, chunked = floor(model, x, samples)
+        ms = interleaved({"floor (one pass)": whole, "floor (chunked)": chunked,
+                          "mcdropout": engine(model, x, samples)}, repeats)
+        best_floor = min(ms["floor (one pass)"], ms["floor (chunked)"])
+        rows.append({"batch": batch, "T": samples, "ms": ms, "vs floor": ms["mcdropout"] / best_floor})
+    return rows
+
+
+def memory_child(rows: int, samples: int, budget: str) -> None:
+    """Run in a subprocess: peak resident memory over the baseline for one big prediction."""
+    model = mlp()
+    x = torch.randn(rows, 64)
+    predictor = mcd.MCPredictor(model, samples=samples, memory_budget=budget, device="cpu")
+    predictor.predict(x[:2], samples=2, seed=0)  # load kernels and allocator before the baseline
+    with open("/proc/self/statm") as statm:
+        baseline = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    start = time.perf_counter()
+    predictor.predict(x, seed=1)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    print(json.dumps({"rows": rows, "T": samples, "budget": mcd.engine.parse_bytes(budget),
+                      "peak_over_baseline": peak - baseline, "model_bytes": model_bytes, "seconds": seconds}))
+
+
+def memory_table(samples: int) -> list[dict]:
+    results = []
+    for budget in ("64MB", "256MB"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", "1000", str(samples), budget],
+            check=True, capture_output=True, text=True,
+        )
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=31)
+    parser.add_argument("--memory-samples", type=int, default=10_000)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-child", nargs=3, metavar=("ROWS", "T", "BUDGET"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        rows, samples, budget = args.memory_child
+        memory_child(int(rows), int(samples), budget)
+        return
+
+    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {platform.python_version()}")
+    print(f"# MLP 64-512-512-10, p=0.5 after each hidden layer, CPU, median of {args.repeats} interleaved runs (ms)")
+    speed = speed_table(args.repeats)
+    names = list(speed[0]["ms"])
+    print("\n| batch | T | " + " | ".join(names) + " | x naive | x best anchor | / floor |")
+    print("|---|---|" + "---|" * len(names) + "---|---|---|")
+    for row in speed:
+        cells = " | ".join(f"{row['ms'][n]:.2f}" for n in names)
+        print(f"| {row['batch']} | {row['T']} | {cells} | {row['vs naive']:.1f}x | {row['vs best anchor']:.1f}x"
+              f" | {row['vs floor']:.2f} |")
+
+    print("\n# prefix sharing: MLP 2048-512-512-10 (first dropout after the 2048-wide layer)")
+    prefix = prefix_table(args.repeats)
+    print("\n| batch | T | floor (one pass) | floor (chunked) | mcdropout | / floor |")
+    print("|---|---|---|---|---|---|")
+    for row in prefix:
+        ms = row["ms"]
+        print(f"| {row['batch']} | {row['T']} | {ms['floor (one pass)']:.2f} | {ms['floor (chunked)']:.2f}"
+              f" | {ms['mcdropout']:.2f} | {row['vs floor']:.2f} |")
+
+    if not args.skip_memory:
+        print(f"\n# peak memory: 1000 rows, T={args.memory_samples}, MLP 64-512-512-10, return_samples=False")
+        print("\n| memory_budget | peak over baseline | model | within budget + model | seconds |")
+        print("|---|---|---|---|---|")
+        for row in memory_table(args.memory_samples):
+            ok = row["peak_over_baseline"] <= row["budget"] + row["model_bytes"]
+            print(f"| {row['budget'] / 1e6:.0f} MB | {row['peak_over_baseline'] / 1e6:.1f} MB"
+                  f" | {row['model_bytes'] / 1e6:.2f} MB | {'yes' if ok else 'NO'} | {row['seconds']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
