@@ -1,0 +1,160 @@
+"""Registry of buildable networks, looked up by name from a bundle's manifest.
+
+Third-party packages add architectures through the entry-point group
+``mcdropout.architectures``: each entry point names a callable that takes the
+manifest's ``architecture.config`` as keyword arguments and returns a module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+
+import torch
+from torch import nn
+
+from mcdropout.layers import LockedDropout
+
+ENTRY_POINT_GROUP = "mcdropout.architectures"
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: make ``builder(**config)`` buildable as ``name``."""
+
+    def decorate(builder: Builder) -> Builder:
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorate
+
+
+def available() -> list[str]:
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def build(name: str, config: dict) -> nn.Module:
+    """Build architecture ``name`` from its config; errors name what is unknown or wrong."""
+    _load_entry_points()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    try:
+        return _REGISTRY[name](**config)
+    except TypeError as error:
+        raise ValueError(f"architecture {name!r} does not take config {config}: {error}") from error
+
+
+def _load_entry_points() -> None:
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name not in _REGISTRY:
+            _REGISTRY[entry.name] = entry.load()
+
+
+def _activation(name: str) -> type[nn.Module]:
+    choices = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "selu": nn.SELU}
+    if name not in choices:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(choices)}")
+    return choices[name]
+
+
+def _body(in_features: int, hidden: Sequence[int], dropout: float, activation: str, input_dropout: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Dropout(dropout)] if input_dropout else []
+    width = in_features
+    for size in hidden:
+        layers += [nn.Linear(width, size), _activation(activation)(), nn.Dropout(dropout)]
+        width = size
+    return layers
+
+
+@register("mlp")
+def mlp(
+    in_features: int,
+    out_features: int,
+    hidden: Sequence[int] = (50,),
+    dropout: float = 0.05,
+    activation: str = "relu",
+    input_dropout: bool = False,
+) -> nn.Sequential:
+    """Fully connected network with dropout after every hidden layer (regression with tau, or logits)."""
+    width = hidden[-1] if hidden else in_features
+    return nn.Sequential(*_body(in_features, hidden, dropout, activation, input_dropout), nn.Linear(width, out_features))
+
+
+class HeteroscedasticHead(nn.Module):
+    """Two linear heads on shared features: the mean and the log of the noise variance."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.mean = nn.Linear(in_features, out_features)
+        self.log_variance = nn.Linear(in_features, out_features)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean(h), self.log_variance(h)
+
+
+@register("heteroscedastic-mlp")
+def heteroscedastic_mlp(
+    in_features: int,
+    out_features: int,
+    hidden: Sequence[int] = (50,),
+    dropout: float = 0.05,
+    activation: str = "relu",
+    input_dropout: bool = False,
+) -> nn.Sequential:
+    """MLP returning (mean, log_variance): aleatoric noise that depends on the input."""
+    width = hidden[-1] if hidden else in_features
+    return nn.Sequential(
+        *_body(in_features, hidden, dropout, activation, input_dropout), HeteroscedasticHead(width, out_features)
+    )
+
+
+@register("cnn")
+def small_cnn(
+    in_channels: int,
+    height: int,
+    width: int,
+    classes: int,
+    channels: Sequence[int] = (32, 64),
+    hidden: int = 128,
+    dropout: float = 0.25,
+) -> nn.Sequential:
+    """Two 3x3 convolutions, 2x2 pooling, channel dropout (Dropout2d), then a dropout MLP head."""
+    first, second = channels
+    return nn.Sequential(
+        nn.Conv2d(in_channels, first, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(first, second, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Dropout2d(dropout),
+        nn.Flatten(),
+        nn.Linear(second * (height // 2) * (width // 2), hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, classes),
+    )
+
+
+class SequenceRegressor(nn.Module):
+    """LSTM over (batch, time, features) with variational dropout on its inputs and outputs.
+
+    The last step's hidden state predicts ``out_features`` values. One dropout
+    mask per sequence, shared across time steps (Gal & Ghahramani, 2016).
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 32, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.input_dropout = LockedDropout(dropout)
+        self.lstm = nn.LSTM(in_features, hidden, batch_first=True)
+        self.output_dropout = LockedDropout(dropout)
+        self.head = nn.Linear(hidden, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        states, _ = self.lstm(self.input_dropout(x))
+        return self.head(self.output_dropout(states)[:, -1])
+
+
+register("lstm")(SequenceRegressor)

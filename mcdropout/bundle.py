@@ -1,0 +1,339 @@
+"""Model bundles on disk: ``manifest.json`` + ``weights.safetensors``.
+
+A bundle is a folder. The manifest names the task, the architecture (built from
+:mod:`mcdropout.architectures` by name), the input and output description, the
+standardisation of features and target, inference defaults, and the training
+and evaluation record. Weights are safetensors: no pickle is ever loaded.
+:func:`load_bundle` returns a :class:`Bundle` whose ``predict`` takes and
+returns values in the user's units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mcdropout import architectures
+from mcdropout.engine import ArrayLike, MCPredictor, Prediction
+from mcdropout.summary import RegressionPrediction
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be loaded; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Standardisation:
+    """x -> (x - mean) / std; mean and std broadcast against one row (or one target)."""
+
+    mean: list[float]
+    std: list[float]
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self._tensor(self.mean, values)) / self._tensor(self.std, values)
+
+    def _tensor(self, numbers: list[float], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(numbers, dtype=like.dtype, device=like.device)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a bundle is; see the module docstring. ``to_dict`` gives the JSON form."""
+
+    name: str
+    task: str
+    architecture: str
+    config: dict[str, Any]
+    input_shape: list[int]
+    version: str = "1.0.0"
+    feature_names: list[str] | None = None
+    output_names: list[str] | None = None
+    class_names: list[str] | None = None
+    input_standardisation: Standardisation | None = None
+    target_standardisation: Standardisation | None = None
+    samples: int = 100
+    max_samples: int = 10_000
+    dropout: float | None = None
+    tau: float | None = None
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "task": self.task,
+            "architecture": {"name": self.architecture, "config": self.config},
+            "input": {"shape": self.input_shape, "feature_names": self.feature_names},
+            "outputs": {"names": self.output_names, "classes": self.class_names},
+            "preprocessing": {
+                "input": _standardisation_dict(self.input_standardisation),
+                "target": _standardisation_dict(self.target_standardisation),
+            },
+            "inference": {"samples": self.samples, "max_samples": self.max_samples, "dropout": self.dropout,
+                          "tau": self.tau},
+            "training": self.training,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        """Validate the JSON form; errors name the field and what is wrong."""
+        reader = _Reader(data)
+        version = reader.get("schema_version", int)
+        if version != SCHEMA_VERSION:
+            raise BundleError(f"field 'schema_version': this mcdropout reads version {SCHEMA_VERSION}, got {version}")
+        task = reader.get("task", str)
+        if task not in ("regression", "classification"):
+            raise BundleError(f"field 'task': expected 'regression' or 'classification', got {task!r}")
+        name = reader.get("name", str)
+        if not NAME_PATTERN.match(name):
+            raise BundleError(f"field 'name': {name!r} must be lower-case letters, digits, '.', '_' or '-'")
+        shape = reader.get("input.shape", list)
+        if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise BundleError(f"field 'input.shape': expected a list of positive ints, got {shape!r}")
+        manifest = cls(
+            name=name,
+            version=reader.get("version", str),
+            description=reader.get("description", str, default=""),
+            task=task,
+            architecture=reader.get("architecture.name", str),
+            config=reader.get("architecture.config", dict),
+            input_shape=shape,
+            feature_names=reader.names("input.feature_names"),
+            output_names=reader.names("outputs.names"),
+            class_names=reader.names("outputs.classes"),
+            input_standardisation=reader.standardisation("preprocessing.input"),
+            target_standardisation=reader.standardisation("preprocessing.target"),
+            samples=reader.get("inference.samples", int),
+            max_samples=reader.get("inference.max_samples", int),
+            dropout=reader.get("inference.dropout", (int, float), optional=True),
+            tau=reader.get("inference.tau", (int, float), optional=True),
+            training=reader.get("training", dict, default={}),
+            metrics=reader.get("metrics", dict, default={}),
+        )
+        manifest.check()
+        return manifest
+
+    def check(self) -> None:
+        """Consistency between fields."""
+        if self.feature_names is not None and (len(self.input_shape) != 1 or len(self.feature_names) != self.input_shape[0]):
+            raise BundleError(
+                f"field 'input.feature_names': {len(self.feature_names)} names for input shape {self.input_shape}"
+            )
+        if self.task == "classification" and not self.class_names:
+            raise BundleError("field 'outputs.classes': a classifier needs its class names")
+        if self.task == "regression" and self.class_names:
+            raise BundleError("field 'outputs.classes': a regression model has no classes")
+        if self.task == "classification" and self.target_standardisation is not None:
+            raise BundleError("field 'preprocessing.target': a classifier has no target standardisation")
+        if not 2 <= self.samples <= self.max_samples:
+            raise BundleError(f"field 'inference.samples': expected 2 <= samples <= max_samples, got {self.samples}")
+        if self.tau is not None and self.tau <= 0:
+            raise BundleError(f"field 'inference.tau': must be positive, got {self.tau}")
+
+
+def _standardisation_dict(value: Standardisation | None) -> dict | None:
+    return None if value is None else {"mean": value.mean, "std": value.std}
+
+
+class _Reader:
+    """Reads dotted fields from the manifest JSON with errors that name them."""
+
+    _MISSING = object()
+
+    def __init__(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise BundleError(f"expected a JSON object, got {type(data).__name__}")
+        self.data = data
+
+    def get(self, dotted: str, kind, *, optional: bool = False, default: Any = _MISSING) -> Any:
+        value: Any = self.data
+        for part in dotted.split("."):
+            value = value.get(part, self._MISSING) if isinstance(value, dict) else self._MISSING
+        if value is self._MISSING or (value is None and optional):
+            if default is not self._MISSING or optional:
+                return None if default is self._MISSING else default
+            raise BundleError(f"field '{dotted}' is missing")
+        if isinstance(value, bool) or not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise BundleError(f"field '{dotted}': expected {names}, got {type(value).__name__} {value!r}")
+        return value
+
+    def names(self, dotted: str) -> list[str] | None:
+        value = self.get(dotted, list, optional=True)
+        if value is not None and not all(isinstance(v, str) for v in value):
+            raise BundleError(f"field '{dotted}': expected a list of strings")
+        return value
+
+    def standardisation(self, dotted: str) -> Standardisation | None:
+        value = self.get(dotted, dict, optional=True)
+        if value is None:
+            return None
+        parts = {}
+        for key in ("mean", "std"):
+            numbers = value.get(key)
+            if isinstance(numbers, (int, float)) and not isinstance(numbers, bool):
+                numbers = [numbers]
+            if not isinstance(numbers, list) or not numbers or not all(
+                isinstance(n, (int, float)) and not isinstance(n, bool) and np.isfinite(n) for n in numbers
+            ):
+                raise BundleError(f"field '{dotted}.{key}': expected a non-empty list of finite numbers")
+            parts[key] = [float(n) for n in numbers]
+        if any(s <= 0 for s in parts["std"]):
+            raise BundleError(f"field '{dotted}.std': standard deviations must be positive")
+        return Standardisation(**parts)
+
+
+class Bundle:
+    """A loaded bundle: ``predict`` in the user's units, plus the ``manifest`` and ``model``."""
+
+    def __init__(self, manifest: Manifest, model: nn.Module, path: Path | None = None, device: str = "auto",
+                 memory_budget: int | str = "256MB") -> None:
+        self.manifest = manifest
+        self.model = model.eval()
+        self.path = path
+        self.predictor = MCPredictor(
+            model,
+            task=manifest.task,
+            samples=manifest.samples,
+            tau=manifest.tau,
+            device=device,
+            memory_budget=memory_budget,
+            max_samples=manifest.max_samples,
+            input_shape=manifest.input_shape,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def predict(self, x: ArrayLike, *, samples: int | str | None = None, seed: int | None = None,
+                return_samples: bool = False) -> Prediction:
+        """MC prediction for rows of ``x`` in the user's units (standardisation applied and undone)."""
+        inputs = self.predictor.prepare_input(x)
+        if self.manifest.input_standardisation is not None:
+            inputs = self.manifest.input_standardisation.forward(inputs.to(self.predictor.dtype))
+        prediction = self.predictor.predict(inputs, samples=samples, seed=seed, return_samples=return_samples)
+        target = self.manifest.target_standardisation
+        if target is None or not isinstance(prediction, RegressionPrediction):
+            return prediction
+        mean = torch.tensor(target.mean, dtype=torch.float64)
+        std = torch.tensor(target.std, dtype=torch.float64)
+        return dataclasses.replace(
+            prediction,
+            mean=prediction.mean * std + mean,
+            epistemic=prediction.epistemic * std**2,
+            aleatoric=prediction.aleatoric * std**2,
+            samples=None if prediction.samples is None else (prediction.samples * std + mean).float(),
+        )
+
+
+def save_bundle(model: nn.Module, path: str | os.PathLike, manifest: Manifest | dict) -> Path:
+    """Write ``model``'s weights and ``manifest`` to the folder ``path``, atomically.
+
+    The bundle is written to a temporary folder beside ``path`` and renamed into
+    place, so a crash never leaves a half-written bundle.
+    """
+    manifest = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
+    manifest.check()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+        save_file(tensors, staging / WEIGHTS, metadata={"name": manifest.name, "version": manifest.version})
+        (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """The validated manifest of the bundle folder ``path``."""
+    folder = Path(path)
+    file = folder / MANIFEST
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such bundle folder")
+    if not file.is_file():
+        raise BundleError(f"{file}: missing (a bundle holds {MANIFEST} and {WEIGHTS})")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{file}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
+    except UnicodeDecodeError as error:
+        raise BundleError(f"{file}: not UTF-8 text ({error.reason})") from None
+    try:
+        return Manifest.from_dict(data)
+    except BundleError as error:
+        raise BundleError(f"{file}: {error}") from None
+
+
+def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget: int | str = "256MB") -> Bundle:
+    """Load a bundle folder into a ready :class:`Bundle`."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    try:
+        model = architectures.build(manifest.architecture, manifest.config)
+    except ValueError as error:
+        raise BundleError(f"{folder / MANIFEST}: architecture: {error}") from None
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise BundleError(f"{weights}: missing (a bundle holds {MANIFEST} and {WEIGHTS})")
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise BundleError(f"{weights}: cannot read safetensors ({error}); the file is truncated or not safetensors") from None
+    _check_tensors(model, tensors, weights)
+    model.load_state_dict(tensors, strict=True)
+    return Bundle(manifest, model, folder, device=device, memory_budget=memory_budget)
+
+
+def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], weights: Path) -> None:
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        problems.append("missing tensors: " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected tensors: " + ", ".join(unexpected))
+    for key in sorted(set(expected) & set(tensors)):
+        if tuple(expected[key].shape) != tuple(tensors[key].shape):
+            problems.append(
+                f"{key} has shape {tuple(tensors[key].shape)} in the file but {tuple(expected[key].shape)}"
+                " in the architecture"
+            )
+    if problems:
+        raise BundleError(f"{weights}: does not match the manifest's architecture: " + "; ".join(problems))

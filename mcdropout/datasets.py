@@ -1,0 +1,136 @@
+"""The data sets the shipped models are trained on: scikit-learn's bundled sets and generated ones.
+
+Nothing is downloaded. Each loader returns a :class:`Split` made reproducibly
+from a seed: train, validation (for choosing tau) and test parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NOISE_SCALE = (0.05, 0.1)  # heteroscedastic-1d: noise std = 0.05 + 0.1 * (x + 4)
+TRAIN_RANGES = ((-4.0, -1.0), (1.0, 4.0))  # heteroscedastic-1d: the gap is (-1, 1)
+SEQUENCE_LENGTH = 20
+
+
+@dataclass
+class Split:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    feature_names: list[str] | None = None
+    output_names: list[str] | None = None
+    class_names: list[str] | None = None
+    record: dict = field(default_factory=dict)  # how the split was made, for the manifest
+
+
+def _partition(n: int, seed: int, test: float, val: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = round(n * test)
+    n_val = round((n - n_test) * val)
+    return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+
+
+def _split(x, y, seed, source, test=0.2, val=0.2, **names) -> Split:
+    train, valid, held_out = _partition(len(x), seed, test, val)
+    record = {"source": source, "rows": len(x), "split_seed": seed, "test_fraction": test,
+              "validation_fraction_of_train": val, "train_rows": len(train), "validation_rows": len(valid),
+              "test_rows": len(held_out)}
+    return Split(x[train], y[train], x[valid], y[valid], x[held_out], y[held_out], record=record, **names)
+
+
+def diabetes(seed: int = 0) -> Split:
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes()
+    return _split(data.data.astype(np.float32), data.target.astype(np.float32)[:, None], seed,
+                  "sklearn.datasets.load_diabetes", feature_names=list(data.feature_names),
+                  output_names=["disease_progression"])
+
+
+def breast_cancer(seed: int = 0) -> Split:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    return _split(data.data.astype(np.float32), data.target.astype(np.int64), seed,
+                  "sklearn.datasets.load_breast_cancer", feature_names=[str(n) for n in data.feature_names],
+                  class_names=[str(n) for n in data.target_names])
+
+
+def digits(seed: int = 0) -> Split:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = data.images.astype(np.float32)[:, None]  # (n, 1, 8, 8), pixel values 0..16
+    return _split(images, data.target.astype(np.int64), seed, "sklearn.datasets.load_digits", val=0.1,
+                  class_names=[str(c) for c in data.target_names])
+
+
+def noise_std(x: np.ndarray) -> np.ndarray:
+    """heteroscedastic-1d's true noise level: it grows with x."""
+    return NOISE_SCALE[0] + NOISE_SCALE[1] * (x + 4.0)
+
+
+def truth(x: np.ndarray) -> np.ndarray:
+    """heteroscedastic-1d's noise-free function."""
+    return np.sin(1.5 * x) + 0.3 * x
+
+
+def heteroscedastic_1d(seed: int = 0, rows: int = 1000) -> Split:
+    """y = sin(1.5x) + 0.3x + noise whose std grows with x; inputs in [-4, -1] and [1, 4] only."""
+    rng = np.random.default_rng(seed)
+    side = rng.integers(0, 2, rows)
+    low = np.array([r[0] for r in TRAIN_RANGES])[side]
+    high = np.array([r[1] for r in TRAIN_RANGES])[side]
+    x = rng.uniform(low, high)
+    y = truth(x) + noise_std(x) * rng.standard_normal(rows)
+    split = _split(x[:, None].astype(np.float32), y[:, None].astype(np.float32), seed, "generated", val=0.2,
+                   feature_names=["x"], output_names=["y"])
+    split.record.update({"function": "sin(1.5x) + 0.3x", "noise_std": "0.05 + 0.1 (x + 4)",
+                         "train_ranges": [list(r) for r in TRAIN_RANGES]})
+    return split
+
+
+def outside_inputs(points: int = 400) -> np.ndarray:
+    """heteroscedastic-1d inputs away from the data: the gap (-0.8, 0.8) and beyond +-4.5."""
+    gap = np.linspace(-0.8, 0.8, points // 2)
+    beyond = np.concatenate([np.linspace(-7.0, -4.5, points // 4), np.linspace(4.5, 7.0, points // 4)])
+    return np.concatenate([gap, beyond]).astype(np.float32)[:, None]
+
+
+def sequence(seed: int = 0, rows: int = 3000) -> Split:
+    """Continue a noisy sine: 20 observed steps of A sin(w t + phase) + noise; predict step 21."""
+    rng = np.random.default_rng(seed)
+    amplitude = rng.uniform(0.5, 1.5, rows)
+    frequency = rng.uniform(0.2, 0.6, rows)
+    phase = rng.uniform(0, 2 * np.pi, rows)
+    steps = np.arange(SEQUENCE_LENGTH + 1)
+    clean = amplitude[:, None] * np.sin(frequency[:, None] * steps[None] + phase[:, None])
+    noisy = clean + 0.1 * rng.standard_normal(clean.shape)
+    x = noisy[:, :SEQUENCE_LENGTH, None].astype(np.float32)
+    y = noisy[:, SEQUENCE_LENGTH:].astype(np.float32)
+    split = _split(x, y, seed, "generated", output_names=["next_value"])
+    split.record.update({"process": "A sin(w t + phase) + N(0, 0.1^2), A~U(0.5,1.5), w~U(0.2,0.6)",
+                         "length": SEQUENCE_LENGTH})
+    return split
+
+
+LOADERS: dict[str, Callable[..., Split]] = {
+    "diabetes": diabetes,
+    "breast-cancer": breast_cancer,
+    "digits": digits,
+    "heteroscedastic-1d": heteroscedastic_1d,
+    "sequence": sequence,
+}
+
+
+def load(name: str, seed: int = 0) -> Split:
+    if name not in LOADERS:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(LOADERS)}")
+    return LOADERS[name](seed)

@@ -1,0 +1,160 @@
+"""Bundles on disk: round trips, user units, and broken bundles that say what is wrong."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mcdropout as mcd
+from mcdropout import architectures
+from mcdropout.bundle import MANIFEST, WEIGHTS, BundleError, Manifest, Standardisation, load_bundle, save_bundle
+
+
+def _manifest(**changes) -> Manifest:
+    base = Manifest(
+        name="toy",
+        task="regression",
+        architecture="mlp",
+        config={"in_features": 3, "out_features": 1, "hidden": [8], "dropout": 0.2},
+        input_shape=[3],
+        feature_names=["a", "b", "c"],
+        output_names=["y"],
+        input_standardisation=Standardisation([1.0, 2.0, 3.0], [2.0, 2.0, 2.0]),
+        target_standardisation=Standardisation([10.0], [5.0]),
+        samples=50,
+        tau=4.0,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture
+def saved(tmp_path: Path):
+    torch.manual_seed(0)
+    manifest = _manifest()
+    model = architectures.build(manifest.architecture, manifest.config)
+    path = save_bundle(model, tmp_path / "toy", manifest)
+    return path, model, manifest
+
+
+def test_round_trip_predicts_in_user_units(saved):
+    path, model, manifest = saved
+    bundle = mcd.load_bundle(path, device="cpu")
+    assert bundle.manifest == manifest
+    x = np.array([[1.0, 2.0, 3.0], [3.0, 0.0, -1.0]])
+    pred = bundle.predict(x, seed=3)
+    # by hand: standardise, run the engine in model units, undo the target scaling
+    standard = (torch.tensor(x, dtype=torch.float32) - torch.tensor([1.0, 2.0, 3.0])) / 2.0
+    raw = mcd.predict(model, standard, samples=50, seed=3, tau=4.0)
+    assert torch.allclose(pred.mean, raw.mean * 5.0 + 10.0)
+    assert torch.allclose(pred.epistemic, raw.epistemic * 25.0)
+    assert torch.allclose(pred.aleatoric, torch.full_like(pred.aleatoric, 25.0 / 4.0))
+    assert (path / MANIFEST).is_file() and (path / WEIGHTS).is_file()
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_saving_over_a_bundle_replaces_it(saved, tmp_path):
+    path, model, manifest = saved
+    save_bundle(model, path, dataclasses.replace(manifest, version="2.0.0"))
+    assert load_bundle(path).manifest.version == "2.0.0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"]
+
+
+def test_manifest_json_round_trip():
+    manifest = _manifest(metrics={"mc": {"rmse": 1.5}}, training={"seed": 3})
+    assert Manifest.from_dict(json.loads(json.dumps(manifest.to_dict()))) == manifest
+
+
+def _write(path: Path, data) -> None:
+    (path / MANIFEST).write_text(json.dumps(data) if not isinstance(data, str) else data)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("task"), "field 'task' is missing"),
+        (lambda d: d.update(task="ranking"), "field 'task': expected 'regression' or 'classification'"),
+        (lambda d: d.update(schema_version=9), "field 'schema_version': this mcdropout reads version 1"),
+        (lambda d: d["input"].update(shape=[0]), "field 'input.shape'"),
+        (lambda d: d["input"].update(feature_names=["a"]), "field 'input.feature_names': 1 names"),
+        (lambda d: d["inference"].update(samples="many"), "field 'inference.samples': expected int"),
+        (lambda d: d["preprocessing"]["target"].update(std=[0.0]), "standard deviations must be positive"),
+        (lambda d: d["architecture"].update(name="transformer-xxl"), "unknown architecture 'transformer-xxl'"),
+        (lambda d: d["architecture"]["config"].update(depth=3), "does not take config"),
+        (lambda d: d["architecture"]["config"].update(hidden=[9]), r"0.weight has shape \(8, 3\) in the file but \(9, 3\) in the architecture"),
+    ],
+)
+def test_broken_manifest_is_named(saved, change, message):
+    path, _, manifest = saved
+    data = manifest.to_dict()
+    change(data)
+    _write(path, data)
+    with pytest.raises(BundleError, match=message) as info:
+        load_bundle(path)
+    assert "manifest.json" in str(info.value) or "weights.safetensors" in str(info.value)
+
+
+def test_bad_json_names_line_and_column(saved):
+    path, _, _ = saved
+    _write(path, '{"task": "regression",\n  oops}')
+    with pytest.raises(BundleError, match=r"manifest.json: invalid JSON at line 2, column 3"):
+        load_bundle(path)
+
+
+def test_missing_files(saved, tmp_path):
+    path, _, _ = saved
+    with pytest.raises(BundleError, match="no such bundle folder"):
+        load_bundle(tmp_path / "nothing")
+    (path / WEIGHTS).unlink()
+    with pytest.raises(BundleError, match="weights.safetensors: missing"):
+        load_bundle(path)
+    (path / MANIFEST).unlink()
+    with pytest.raises(BundleError, match="manifest.json: missing"):
+        load_bundle(path)
+
+
+def test_truncated_weights(saved):
+    path, _, _ = saved
+    data = (path / WEIGHTS).read_bytes()
+    (path / WEIGHTS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="weights.safetensors: cannot read safetensors"):
+        load_bundle(path)
+
+
+def test_tensor_names_that_do_not_match(saved):
+    from safetensors.torch import load_file, save_file
+
+    path, _, _ = saved
+    tensors = load_file(path / WEIGHTS)
+    tensors["extra.weight"] = tensors.pop("0.weight")
+    save_file(tensors, path / WEIGHTS)
+    with pytest.raises(BundleError, match=r"missing tensors: 0.weight; unexpected tensors: extra.weight"):
+        load_bundle(path)
+
+
+def test_classifier_manifest_needs_classes():
+    with pytest.raises(BundleError, match="needs its class names"):
+        _manifest(task="classification", target_standardisation=None, tau=None).check()
+
+
+def test_entry_point_architectures_are_found(monkeypatch):
+    from importlib import metadata
+
+    class FakeEntry:
+        name = "from-a-plugin"
+
+        @staticmethod
+        def load():
+            return lambda width: torch.nn.Sequential(torch.nn.Linear(width, 1), torch.nn.Dropout(0.1))
+
+    def fake_entry_points(group):
+        assert group == architectures.ENTRY_POINT_GROUP
+        return [FakeEntry()]
+
+    monkeypatch.setattr(architectures, "entry_points", fake_entry_points)
+    monkeypatch.delitem(architectures._REGISTRY, "from-a-plugin", raising=False)
+    assert "from-a-plugin" in architectures.available()
+    assert isinstance(architectures.build("from-a-plugin", {"width": 4}), torch.nn.Sequential)
+    del metadata
