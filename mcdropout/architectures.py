@@ -139,15 +139,18 @@ def small_cnn(
 
 
 class SequenceRegressor(nn.Module):
-    """LSTM over (batch, time, features) with variational dropout on its inputs and outputs.
+    """LSTM over (batch, time, features) with variational dropout on its outputs (and optionally inputs).
 
     The last step's hidden state predicts ``out_features`` values. One dropout
     mask per sequence, shared across time steps (Gal & Ghahramani, 2016).
+    Input dropout is off by default: with few input features it would blank
+    whole sequences.
     """
 
-    def __init__(self, in_features: int, out_features: int, hidden: int = 32, dropout: float = 0.1) -> None:
+    def __init__(self, in_features: int, out_features: int, hidden: int = 32, dropout: float = 0.1,
+                 input_dropout: float = 0.0) -> None:
         super().__init__()
-        self.input_dropout = LockedDropout(dropout)
+        self.input_dropout = LockedDropout(input_dropout)
         self.lstm = nn.LSTM(in_features, hidden, batch_first=True)
         self.output_dropout = LockedDropout(dropout)
         self.head = nn.Linear(hidden, out_features)

@@ -57,7 +57,7 @@ RECIPES: dict[str, Recipe] = {
             description="A generated 1-D problem whose noise grows with x and whose training inputs have a gap"
             " in (-1, 1): aleatoric variance follows the noise, epistemic variance rises away from the data.",
             dataset="heteroscedastic-1d", architecture="heteroscedastic-mlp",
-            config={"hidden": [128, 128], "dropout": 0.1}, loss="gaussian_nll", epochs=300, lr=3e-3,
+            config={"hidden": [128, 128], "dropout": 0.05}, loss="gaussian_nll", epochs=300, lr=3e-3,
             weight_decay=1e-5,
         ),
         Recipe(
@@ -78,8 +78,8 @@ RECIPES: dict[str, Recipe] = {
             name="sequence",
             description="Continue a noisy sine wave: the next value after 20 observed steps; LSTM with"
             " LockedDropout (one mask per sequence) and noise tau.",
-            dataset="sequence", architecture="lstm", config={"hidden": 32, "dropout": 0.1},
-            loss="mse", epochs=60, lr=3e-3, per_feature=False, fit_tau=True, batch_size=64,
+            dataset="sequence", architecture="lstm", config={"hidden": 64, "dropout": 0.1},
+            loss="mse", epochs=150, lr=3e-3, per_feature=False, fit_tau=True, batch_size=64,
         ),
     ]
 }

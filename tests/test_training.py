@@ -1,0 +1,65 @@
+"""The training pipeline end to end, through the ``mcdropout`` command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mcdropout as mcd
+from mcdropout import training
+from mcdropout.cli import main
+from mcdropout.recipes import RECIPES
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_short_training_writes_a_loadable_bundle(name, tmp_path, capsys):
+    out = tmp_path / name
+    assert main(["train", name, "--epochs", "2", "--out", str(out), "--seed", "1"]) == 0
+    printed = capsys.readouterr()
+    assert f"wrote {out}" in printed.out and "mc:" in printed.out
+    assert "epoch" in printed.err  # progress is shown
+    bundle = mcd.load_bundle(out, device="cpu")
+    assert bundle.manifest.training["epochs"] == 2 and bundle.manifest.training["seed"] == 1
+    assert bundle.manifest.metrics["mc"]
+    x = np.zeros((3, *bundle.manifest.input_shape), dtype=np.float32)
+    pred = bundle.predict(x, seed=0, samples=8)
+    assert len(pred.num_samples) == 3
+
+
+def test_training_is_reproducible(tmp_path):
+    first = mcd.recipes.train("breast-cancer", seed=4, out=tmp_path / "a", epochs=3, quiet=True)[1]
+    second = mcd.recipes.train("breast-cancer", seed=4, out=tmp_path / "b", epochs=3, quiet=True)[1]
+    assert first == second
+    weights = [mcd.load_bundle(tmp_path / n).model.state_dict() for n in "ab"]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_fit_tau_recovers_the_noise_precision():
+    rng = np.random.default_rng(0)
+    y = rng.normal(0.0, 2.0, size=(4000, 1))  # truth: mean 0, noise std 2 -> tau = 1/4
+    samples = np.zeros((4000, 10, 1))  # a model that always predicts 0
+    tau = training.fit_tau(samples, y)
+    # the MLE of the precision is 1 / mean(y^2); its relative standard error is sqrt(2 / n)
+    assert abs(tau - 1 / np.mean(y**2)) < 1e-4
+    assert abs(tau - 0.25) < 5 * 0.25 * np.sqrt(2 / 4000)
+
+
+def test_evaluate_prints_writes_json_and_plots(tmp_path, capsys):
+    out = tmp_path / "h1d"
+    mcd.recipes.train("heteroscedastic-1d", out=out, epochs=3, quiet=True)
+    capsys.readouterr()
+    report, picture = tmp_path / "m.json", tmp_path / "band.png"
+    assert main(["evaluate", str(out), "--samples", "16", "--json", str(report), "--plot", str(picture)]) == 0
+    printed = capsys.readouterr().out
+    assert "coverage_95" in printed and "auroc_epistemic_std" in printed
+    assert json.loads(report.read_text())["samples"] == 16
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
+    assert main(["train", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'; shipped models:" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such bundle folder" in err
