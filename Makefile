@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: test bench clean
+.PHONY: serve test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[$*]"
 	touch $@
+
+serve: $(VENV)/.installed-serve
+	$(BIN)/mcdropout serve
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

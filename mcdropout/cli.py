@@ -1,4 +1,4 @@
-"""The ``mcdropout`` command: train and evaluate bundles (serve, score and more join it as they land)."""
+"""The ``mcdropout`` command: serve, train and evaluate."""
 
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcdropout", description="Bayesian uncertainty from MC dropout.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    serve = commands.add_parser("serve", help="serve every bundle in a folder over HTTP",
+                                description="Serve every bundle in MCD_MODELS_DIR (default models/) over HTTP."
+                                " Every MCD_* setting applies; these flags override three of them.")
+    serve.add_argument("--models-dir", help="folder of bundles (MCD_MODELS_DIR, default models)")
+    serve.add_argument("--host", help="address to bind (MCD_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (MCD_PORT, default 8000)")
+    serve.set_defaults(handler=_serve)
+
     train = commands.add_parser("train", help="re-train a shipped model into a bundle",
                                 description="Re-train a shipped model reproducibly and write its bundle.")
     train.add_argument("name", metavar="NAME", help="shipped model: " + ", ".join(_recipe_names()))
@@ -48,6 +56,23 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     evaluate.set_defaults(handler=_evaluate)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise UsageError("serving needs the serve extra: pip install 'mcdropout[serve]'") from None
+    for flag, variable in (("models_dir", "MCD_MODELS_DIR"), ("host", "MCD_HOST"), ("port", "MCD_PORT")):
+        if getattr(args, flag) is not None:
+            os.environ[variable] = str(getattr(args, flag))
+    host = os.environ.get("MCD_HOST", "127.0.0.1")
+    port = int(os.environ.get("MCD_PORT", "8000"))
+    # The app is named by import string, so the library itself never imports the service.
+    uvicorn.run("service.app:app", host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    return 0
 
 
 def _recipe_names() -> list[str]:

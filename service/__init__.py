@@ -1,0 +1,1 @@
+"""The mcdropout HTTP service: every bundle in a model folder, served with MC dropout uncertainty."""

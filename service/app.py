@@ -1,0 +1,342 @@
+"""The FastAPI app: ``uvicorn service.app:app`` (or ``mcdropout serve``) serves every bundle in MCD_MODELS_DIR."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import mcdropout
+from mcdropout.bundle import Bundle, load_bundle
+from mcdropout.engine import Prediction
+from mcdropout.summary import RegressionPrediction
+from service import v2
+from service.batcher import Batcher, DeadlineExceeded, Overloaded
+from service.inputs import ApiError, instances_array, rows_array, samples_value
+from service.metrics import ServiceMetrics
+from service.middleware import BodyLimit, RequestCounter
+from service.schemas import (
+    ClassificationResponse,
+    ErrorBody,
+    ModelInfo,
+    ModelList,
+    PredictRequest,
+    RegressionResponse,
+    V2Error,
+    V2InferRequest,
+    V2InferResponse,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2ServerMetadata,
+)
+from service.settings import Settings
+
+log = logging.getLogger("mcdropout.service")
+
+
+class FastJSON(JSONResponse):
+    """JSON through orjson, which writes numpy arrays directly."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class ServiceState:
+    """The models, their batchers, the compute thread and the metrics of one app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.models: dict[str, Bundle] = {}
+        self.failures: dict[str, str] = {}
+        self.batchers: dict[str, Batcher] = {}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcdropout-compute")
+
+    def load(self) -> None:
+        folder = Path(self.settings.models_dir)
+        if not folder.is_dir():
+            log.error("models folder %s does not exist: serving no models", folder)
+            return
+        for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                bundle = load_bundle(path, device=self.settings.device, memory_budget=self.settings.memory_budget)
+                if bundle.name != path.name:
+                    raise ValueError(f"{path}: the manifest names the model {bundle.name!r}, the folder {path.name!r}")
+            except Exception as error:  # a broken bundle is reported, the others are served
+                self.failures[path.name] = str(error)
+                log.error("model %s failed to load: %s", path.name, error)
+                continue
+            self.models[bundle.name] = bundle
+            log.info("serving %s %s (%s) from %s", bundle.name, bundle.manifest.version, bundle.manifest.task, path)
+
+    def start(self) -> None:
+        for name, bundle in self.models.items():
+            batcher = Batcher(
+                bundle, self.executor, enabled=self.settings.batching, max_batch_rows=self.settings.max_batch_rows,
+                max_delay_ms=self.settings.max_delay_ms, max_queue=self.settings.max_queue,
+                observe=lambda stats, name=name: self.metrics.observe_batch(name, stats),
+            )
+            batcher.start()
+            self.batchers[name] = batcher
+
+    async def close(self) -> None:
+        await asyncio.gather(*(batcher.close() for batcher in self.batchers.values()))
+        self.executor.shutdown(wait=True)
+
+    def bundle(self, name: str) -> Bundle:
+        if name in self.models:
+            return self.models[name]
+        if name in self.failures:
+            raise ApiError(503, f"model {name!r} failed to load: {self.failures[name]}", "name")
+        known = ", ".join(sorted(self.models)) or "none"
+        raise ApiError(404, f"unknown model {name!r}; available: {known}", "name")
+
+    async def predict(self, bundle: Bundle, inputs: np.ndarray, samples: int | str, seed: int,
+                      return_samples: bool) -> Prediction:
+        batcher = self.batchers[bundle.name]
+        self.metrics.queue_depth.labels(bundle.name).set(batcher.depth)
+        try:
+            return await batcher.submit(inputs, samples=samples, seed=seed, return_samples=return_samples,
+                                        timeout=self.settings.request_timeout_s)
+        except Overloaded as error:
+            raise ApiError(503, f"overloaded: {error}; retry later", None,
+                           {"Retry-After": str(self.settings.retry_after_s)}) from None
+        except DeadlineExceeded as error:
+            raise ApiError(504, f"deadline exceeded: {error} (MCD_REQUEST_TIMEOUT_S)") from None
+        except ValueError as error:  # the engine refused these inputs
+            raise ApiError(422, str(error), "inputs") from None
+        finally:
+            self.metrics.queue_depth.labels(bundle.name).set(batcher.depth)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await asyncio.get_running_loop().run_in_executor(None, state.load)
+        state.start()
+        yield
+        await state.close()
+
+    app = FastAPI(
+        title="mcdropout",
+        version=mcdropout.__version__,
+        description="Monte Carlo dropout predictions with uncertainty: native JSON API (v1) and the Open"
+        " Inference Protocol (v2).",
+        lifespan=lifespan,
+        default_response_class=FastJSON,
+    )
+    app.state.service = state
+    app.add_middleware(RequestCounter, metrics=state.metrics, known=state.models)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    _error_handlers(app)
+
+    def authorised(request: Request) -> None:
+        if not settings.api_keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        valid = scheme.lower() == "bearer" and any(
+            hmac.compare_digest(token.encode(), key.encode()) for key in settings.api_keys
+        )
+        if not valid:
+            raise ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'", None,
+                           {"WWW-Authenticate": "Bearer"})
+
+    errors = {status: {"model": ErrorBody} for status in (401, 404, 413, 422, 503, 504)}
+    v2_errors = {status: {"model": V2Error} for status in (400, 401, 404, 413, 503, 504)}
+
+    # -- native API ---------------------------------------------------------------------------
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(authorised)], responses=errors,
+             tags=["v1"], summary="every model, loaded or failed")
+    async def list_models() -> dict:
+        return {"models": [_info(state, name) for name in sorted({*state.models, *state.failures})]}
+
+    @app.get("/v1/models/{name}", response_model=ModelInfo, dependencies=[Depends(authorised)], responses=errors,
+             tags=["v1"], summary="one model: inputs, outputs, defaults, training record and metrics")
+    async def get_model(name: str) -> dict:
+        if name not in state.models and name not in state.failures:
+            state.bundle(name)
+        return _info(state, name)
+
+    @app.post(
+        "/v1/models/{name}/predict",
+        dependencies=[Depends(authorised)],
+        responses={200: {"model": RegressionResponse | ClassificationResponse}, **errors},
+        tags=["v1"],
+        summary="MC dropout prediction: mean, variance, interval / probabilities, entropy, mutual information",
+    )
+    async def predict(name: str, body: PredictRequest) -> Response:
+        bundle = state.bundle(name)
+        manifest = bundle.manifest
+        if (body.inputs is None) == (body.instances is None):
+            raise ApiError(422, "give exactly one of 'inputs' (lists of values) or 'instances' ({feature: value})",
+                           "inputs")
+        if body.inputs is not None:
+            rows = rows_array(body.inputs, manifest, settings.max_rows)
+        else:
+            rows = instances_array(body.instances, manifest, settings.max_rows)
+        samples = samples_value(body.samples, manifest, settings.max_samples)
+        seed = settings.default_seed if body.seed is None else body.seed
+        prediction = await state.predict(bundle, rows, samples, seed, body.return_samples)
+        return FastJSON(_v1_body(bundle, prediction, samples, seed, body.interval, body.return_samples))
+
+    # -- Open Inference Protocol --------------------------------------------------------------
+
+    @app.get("/v2", response_model=V2ServerMetadata, tags=["v2"], summary="server metadata")
+    async def server_metadata() -> dict:
+        return {"name": "mcdropout", "version": mcdropout.__version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live", response_model=V2Live, tags=["v2"], summary="the process is up")
+    async def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", response_model=V2Ready, responses={503: {"model": V2Ready}}, tags=["v2"],
+             summary="at least one model is loaded and being served")
+    async def ready() -> Response:
+        is_ready = bool(state.batchers)
+        return FastJSON({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+    @app.get("/v2/models/{name}", response_model=V2ModelMetadata, dependencies=[Depends(authorised)],
+             responses=v2_errors, tags=["v2"], summary="model metadata: input and output tensors")
+    async def model_metadata(name: str) -> dict:
+        return v2.model_metadata(state.bundle(name).manifest)
+
+    @app.get("/v2/models/{name}/ready", response_model=V2ModelReady, dependencies=[Depends(authorised)],
+             responses={503: {"model": V2ModelReady}, **v2_errors}, tags=["v2"], summary="model readiness")
+    async def model_ready(name: str) -> Response:
+        if name in state.failures:
+            return FastJSON({"name": name, "ready": False}, status_code=503)
+        state.bundle(name)
+        return FastJSON({"name": name, "ready": name in state.batchers})
+
+    @app.post(
+        "/v2/models/{name}/infer",
+        dependencies=[Depends(authorised)],
+        responses={200: {"model": V2InferResponse}, **v2_errors},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
+        }}},
+        tags=["v2"],
+        summary="inference; parameters carry samples, seed and interval; binary tensor data supported",
+    )
+    async def infer(name: str, request: Request) -> Response:
+        bundle = state.bundle(name)
+        body = await request.body()
+        infer_request, binary = v2.parse_request(body, request.headers.get(v2.HEADER))
+        rows = v2.input_array(infer_request, binary, bundle.manifest, settings.max_rows)
+        params = v2.parameters(infer_request, bundle.manifest, settings.default_seed, settings.max_samples)
+        prediction = await state.predict(bundle, rows, params["samples"], params["seed"], False)
+        content, headers = v2.response(infer_request, bundle.manifest, prediction, params)
+        return Response(content, headers=headers)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+             responses={200: {"content": {"text/plain": {}}}})
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _info(state: ServiceState, name: str) -> dict:
+    if name in state.failures:
+        return {"name": name, "status": "failed", "error": state.failures[name]}
+    manifest = state.models[name].manifest
+    return {
+        "name": name, "status": "ready", "version": manifest.version, "task": manifest.task,
+        "description": manifest.description, "input_shape": manifest.input_shape,
+        "feature_names": manifest.feature_names, "outputs": manifest.output_names, "classes": manifest.class_names,
+        "default_samples": manifest.samples, "max_samples": min(manifest.max_samples, state.settings.max_samples),
+        "max_rows": state.settings.max_rows, "dropout": manifest.dropout, "tau": manifest.tau,
+        "training": manifest.training, "metrics": manifest.metrics,
+    }
+
+
+def _v1_body(bundle: Bundle, prediction: Prediction, samples: int | str, seed: int, level: float,
+             return_samples: bool) -> dict:
+    manifest = bundle.manifest
+    rows = len(prediction.num_samples)
+    body: dict[str, Any] = {"model": manifest.name, "version": manifest.version, "task": manifest.task,
+                            "samples": samples, "samples_used": prediction.num_samples.numpy(), "seed": seed}
+    if isinstance(prediction, RegressionPrediction):
+        def table(values):
+            return values.reshape(rows, -1).numpy()
+
+        lower, upper = prediction.interval(level)
+        body.update(
+            outputs=manifest.output_names or [f"y{i}" for i in range(table(prediction.mean).shape[1])],
+            mean=table(prediction.mean), std=table(prediction.std), variance=table(prediction.variance),
+            epistemic_variance=table(prediction.epistemic), aleatoric_variance=table(prediction.aleatoric),
+            interval={"level": level, "lower": table(lower), "upper": table(upper)},
+        )
+    else:
+        labels = prediction.label.numpy()
+        classes = manifest.class_names or []
+        body.update(
+            classes=classes, probs=prediction.probs.numpy(), label=labels,
+            class_name=[classes[i] if i < len(classes) else str(i) for i in labels.tolist()],
+            entropy=prediction.entropy.numpy(), expected_entropy=prediction.expected_entropy.numpy(),
+            mutual_information=prediction.mutual_information.numpy(),
+            variation_ratio=prediction.variation_ratio.numpy(),
+        )
+    if return_samples and prediction.samples is not None:
+        body["draws"] = prediction.samples.reshape(rows, prediction.samples.shape[1], -1).numpy()
+    return body
+
+
+def _is_v2(request: Request) -> bool:
+    return request.url.path.startswith("/v2")
+
+
+def _error_response(request: Request, status: int, message: str, field: str | None = None,
+                    headers: dict[str, str] | None = None) -> Response:
+    content: dict[str, Any] = {"error": message}
+    if field is not None and not _is_v2(request):
+        content["field"] = field
+    return FastJSON(content, status_code=status, headers=headers)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> Response:
+        return _error_response(request, error.status, error.message, error.field, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        first = error.errors()[0]
+        location = [str(part) for part in first["loc"] if part != "body"]
+        field = ".".join(location) or "body"
+        message = first["msg"]
+        if first["type"] == "json_invalid":
+            return _error_response(request, 400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}")
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        return _error_response(request, 422, f"{field}: {message}", field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        return _error_response(request, error.status_code, str(error.detail), None, getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error_response(request, 500, f"internal error: {type(error).__name__}; see the server log")
+
+
+app = create_app()

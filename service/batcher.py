@@ -1,0 +1,214 @@
+"""Dynamic batching: concurrent requests for one model merged into few engine runs.
+
+Requests queue per model. When the compute thread is free, the batcher takes
+queued requests in arrival order until their forward rows (inputs x samples)
+reach ``max_batch_rows``, waiting up to ``max_delay_ms`` for more when the
+batch is not full. Requests that share (samples, seed) run as one engine call
+on their concatenated rows; since a row's answer depends only on (model, row,
+T, seed), each request gets exactly what it would get alone. Interval levels
+and sample returns are per request and applied afterwards, so no parameter
+leaks between requests. Compute runs on one thread per process (one device),
+off the event loop. The queue is bounded: past ``max_queue`` waiting requests,
+``submit`` raises :class:`Overloaded` (the app answers 503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mcdropout.bundle import Bundle
+from mcdropout.engine import Prediction
+
+
+class Overloaded(Exception):
+    """The model's queue is full."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its answer was ready."""
+
+
+@dataclass(eq=False)
+class Job:
+    inputs: np.ndarray
+    samples: int | str
+    seed: int
+    return_samples: bool
+    cost: int  # forward rows: inputs x samples (x the maximum for "auto")
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+    abandoned: bool = False
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one merged run did, for the metrics."""
+
+    requests: int
+    rows: int
+    forward_rows: int
+    queue_seconds: list[float]
+    compute_seconds: float
+    prediction: Prediction
+
+
+class Batcher:
+    def __init__(self, bundle: Bundle, executor: Executor, *, enabled: bool, max_batch_rows: int,
+                 max_delay_ms: float, max_queue: int, observe: Callable[[BatchStats], None] | None = None) -> None:
+        self.bundle = bundle
+        self.executor = executor
+        self.enabled = enabled
+        self.max_batch_rows = max_batch_rows
+        self.max_delay = max_delay_ms / 1000.0
+        self.max_queue = max_queue
+        self.observe = observe
+        self.queue: deque[Job] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    @property
+    def depth(self) -> int:
+        return len(self.queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.bundle.name}")
+
+    async def close(self) -> None:
+        """Finish every queued request, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(self, inputs: np.ndarray, *, samples: int | str, seed: int, return_samples: bool,
+                     timeout: float) -> Prediction:
+        if self._closing:
+            raise Overloaded("the server is shutting down")
+        if len(self.queue) >= self.max_queue:
+            raise Overloaded(f"model {self.bundle.name!r} has {len(self.queue)} requests waiting (the limit)")
+        per_row = self.bundle.manifest.max_samples if samples == "auto" else samples
+        job = Job(inputs, samples, seed, return_samples, cost=len(inputs) * per_row,
+                  future=asyncio.get_running_loop().create_future())
+        self.queue.append(job)
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
+        except asyncio.TimeoutError:
+            job.abandoned = True
+            raise DeadlineExceeded(f"no answer within {timeout:g} s") from None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self.queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._gather_more()
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                stats = await loop.run_in_executor(self.executor, self._compute, batch)
+            except Exception as error:  # a failed run answers its requests with the error
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+                continue
+            if self.observe is not None:
+                for item in stats:
+                    self.observe(item)
+
+    async def _gather_more(self) -> None:
+        """Wait (up to max_delay after the oldest request) while the batch is not full."""
+        if not self.enabled or self.max_delay <= 0:
+            return
+        deadline = self.queue[0].enqueued + self.max_delay
+        while sum(job.cost for job in self.queue) < self.max_batch_rows and not self._closing:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _take(self) -> list[Job]:
+        batch: list[Job] = []
+        cost = 0
+        while self.queue:
+            job = self.queue[0]
+            if job.abandoned:
+                self.queue.popleft()
+                continue
+            if batch and (not self.enabled or cost + job.cost > self.max_batch_rows):
+                break
+            batch.append(self.queue.popleft())
+            cost += job.cost
+        return batch
+
+    def _compute(self, batch: list[Job]) -> list[BatchStats]:
+        """On the compute thread: one engine run per (samples, seed) group."""
+        groups: dict[tuple, list[Job]] = {}
+        for job in batch:
+            groups.setdefault((job.samples, job.seed), []).append(job)
+        stats = []
+        for (samples, seed), jobs in groups.items():
+            jobs = [job for job in jobs if not job.abandoned]
+            if not jobs:
+                continue
+            started = time.perf_counter()
+            inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([job.inputs for job in jobs])
+            try:
+                prediction = self.bundle.predict(inputs, samples=samples, seed=seed,
+                                                 return_samples=any(job.return_samples for job in jobs))
+            except Exception as error:
+                for job in jobs:
+                    job.future.get_loop().call_soon_threadsafe(_fail, job.future, error)
+                continue
+            finished = time.perf_counter()
+            start = 0
+            for job in jobs:
+                part = slice_prediction(prediction, start, start + len(job.inputs), job.return_samples)
+                start += len(job.inputs)
+                job.future.get_loop().call_soon_threadsafe(_resolve, job.future, part)
+            stats.append(BatchStats(
+                requests=len(jobs), rows=len(inputs), forward_rows=int(prediction.num_samples.sum()),
+                queue_seconds=[started - job.enqueued for job in jobs], compute_seconds=finished - started,
+                prediction=prediction,
+            ))
+        return stats
+
+
+def slice_prediction(prediction: Prediction, start: int, stop: int, keep_samples: bool) -> Prediction:
+    """Rows [start, stop) of a prediction: every tensor field has the batch dimension first."""
+    changes = {}
+    for item in dataclasses.fields(prediction):
+        value = getattr(prediction, item.name)
+        if isinstance(value, torch.Tensor):
+            changes[item.name] = value[start:stop]
+    if not keep_samples:
+        changes["samples"] = None
+    return dataclasses.replace(prediction, **changes)
+
+
+def _resolve(future: asyncio.Future, value: Prediction) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

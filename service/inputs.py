@@ -1,0 +1,138 @@
+"""Turning request bodies into validated arrays, with errors that name the field and the problem."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mcdropout.bundle import Manifest
+
+
+class ApiError(Exception):
+    """An HTTP error answer: status, message, and the request field at fault."""
+
+    def __init__(self, status: int, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+
+def invalid(message: str, field: str | None) -> ApiError:
+    return ApiError(422, f"{field}: {message}" if field else message, field)
+
+
+def rows_array(rows: Any, manifest: Manifest, max_rows: int, field: str = "inputs") -> np.ndarray:
+    """A list of rows -> float32 array (rows, *input_shape)."""
+    if not isinstance(rows, list):
+        raise invalid(f"expected a list of rows, got {type(rows).__name__}", field)
+    if not rows:
+        raise invalid("is empty: send at least one row", field)
+    _check_row_count(len(rows), max_rows, field)
+    shape = tuple(manifest.input_shape)
+    try:
+        array = np.asarray(rows, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise _locate(rows, shape, field) from None
+    if array.dtype == object or tuple(array.shape[1:]) != shape or _has_bool(rows):
+        raise _locate(rows, shape, field)
+    _check_finite(array, field)
+    return array.astype(np.float32)
+
+
+def instances_array(instances: list[dict[str, Any]], manifest: Manifest, max_rows: int) -> np.ndarray:
+    """Tabular rows as {feature: value} -> float32 array in the manifest's feature order."""
+    field = "instances"
+    names = manifest.feature_names
+    if not names:
+        raise invalid(f"model {manifest.name!r} has no feature names; send 'inputs' as lists of values", field)
+    if not instances:
+        raise invalid("is empty: send at least one row", field)
+    _check_row_count(len(instances), max_rows, field)
+    known = set(names)
+    array = np.empty((len(instances), len(names)), dtype=np.float64)
+    for i, row in enumerate(instances):
+        missing = [n for n in names if n not in row]
+        if missing:
+            raise invalid(f"missing feature(s) {', '.join(map(repr, missing))}", f"{field}[{i}]")
+        unknown = [k for k in row if k not in known]
+        if unknown:
+            raise invalid(f"unknown feature(s) {', '.join(map(repr, unknown))}; expected {', '.join(names)}",
+                          f"{field}[{i}]")
+        for j, name in enumerate(names):
+            array[i, j] = _number(row[name], f"{field}[{i}].{name}")
+    _check_finite(array, field)
+    return array.astype(np.float32)
+
+
+def samples_value(samples: int | str | None, manifest: Manifest, limit: int) -> int | str:
+    if samples is None:
+        return manifest.samples
+    if samples == "auto":
+        return samples
+    top = min(limit, manifest.max_samples)
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 2 <= samples <= top:
+        raise invalid(f"must be an integer from 2 to {top}, or 'auto'; got {samples!r}", "samples")
+    return samples
+
+
+def _has_bool(values: list) -> bool:
+    """JSON true/false would pass as 1/0 through numpy; find them by identity (cheap)."""
+    for value in values:
+        if value is True or value is False:
+            return True
+        if isinstance(value, list) and _has_bool(value):
+            return True
+    return False
+
+
+def _check_row_count(count: int, max_rows: int, field: str) -> None:
+    if count > max_rows:
+        raise invalid(f"{count} rows is over the limit of {max_rows} per request (MCD_MAX_ROWS); split them",
+                      field)
+
+
+def _check_finite(array: np.ndarray, field: str) -> None:
+    finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        raise invalid(f"NaN or infinity in row(s) {shown}", f"{field}[{bad[0]}]")
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise invalid(f"expected a number, got {value!r}", field)
+    if not math.isfinite(value):
+        raise invalid("NaN or infinity", field)
+    return float(value)
+
+
+def _locate(rows: list, shape: tuple[int, ...], field: str) -> ApiError:
+    """Find the first element that is not a number or not where the shape wants it."""
+
+    def walk(value: Any, dims: Sequence[int], where: str) -> ApiError | None:
+        if not dims:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return invalid(f"expected a number, got {value!r}", where)
+            return None
+        if not isinstance(value, list):
+            return invalid(f"expected a list of {dims[0]} values, got {value!r}", where)
+        if len(value) != dims[0]:
+            return invalid(f"expected {dims[0]} value{'s' if dims[0] != 1 else ''}, got {len(value)}", where)
+        for k, item in enumerate(value):
+            error = walk(item, dims[1:], f"{where}[{k}]")
+            if error:
+                return error
+        return None
+
+    for i, row in enumerate(rows):
+        error = walk(row, shape, f"{field}[{i}]")
+        if error:
+            return error
+    return invalid(f"each row must have shape {list(shape)}", field)

@@ -1,0 +1,58 @@
+"""Prometheus metrics of the service, in a registry of its own per app."""
+
+from __future__ import annotations
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from mcdropout.summary import RegressionPrediction
+from service.batcher import BatchStats
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
+_UNCERTAINTY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0,
+                        100.0, 250.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("mcdropout_requests", "HTTP requests by route, model and status",
+                                ["route", "model", "status"], registry=r)
+        self.queue_seconds = Histogram("mcdropout_queue_seconds", "time a request waited for the compute thread",
+                                       ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.compute_seconds = Histogram("mcdropout_compute_seconds", "time of one merged engine run",
+                                         ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_requests = Histogram("mcdropout_batch_requests", "requests merged into one engine run",
+                                        ["model"], buckets=_ROW_BUCKETS, registry=r)
+        self.batch_rows = Histogram("mcdropout_batch_rows", "input rows of one engine run", ["model"],
+                                    buckets=_ROW_BUCKETS, registry=r)
+        self.queue_depth = Gauge("mcdropout_queue_depth", "requests waiting", ["model"], registry=r)
+        self.samples = Counter("mcdropout_samples", "forward rows drawn (input rows x MC samples)", ["model"],
+                               registry=r)
+        self.uncertainty = Histogram(
+            "mcdropout_served_uncertainty",
+            "uncertainty served per row: predictive std (regression) or mutual information in nats"
+            " (classification); a shift shows inputs drifting from the training data",
+            ["model", "kind"], buckets=_UNCERTAINTY_BUCKETS, registry=r,
+        )
+
+    def observe_batch(self, model: str, stats: BatchStats) -> None:
+        for seconds in stats.queue_seconds:
+            self.queue_seconds.labels(model).observe(seconds)
+        self.compute_seconds.labels(model).observe(stats.compute_seconds)
+        self.batch_requests.labels(model).observe(stats.requests)
+        self.batch_rows.labels(model).observe(stats.rows)
+        self.samples.labels(model).inc(stats.forward_rows)
+        prediction = stats.prediction
+        if isinstance(prediction, RegressionPrediction):
+            values, kind = prediction.std, "predictive_std"
+        else:
+            values, kind = prediction.mutual_information, "mutual_information"
+        histogram = self.uncertainty.labels(model, kind)
+        for value in torch.as_tensor(values).flatten().tolist():
+            histogram.observe(value)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

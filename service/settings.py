@@ -1,0 +1,41 @@
+"""Service settings, from environment variables with the MCD_ prefix (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    """Every field is read from ``MCD_<NAME>`` (e.g. ``MCD_MODELS_DIR``); the README lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="MCD_", extra="ignore")
+
+    models_dir: Path = Field(Path("models"), description="folder of model bundles, one sub-folder each")
+    host: str = Field("127.0.0.1", description="address to bind (`mcdropout serve`)")
+    port: int = Field(8000, ge=1, le=65535, description="port to bind (`mcdropout serve`)")
+    device: str = Field("auto", description="torch device: auto (CUDA when present), cpu, cuda:0, ...")
+    memory_budget: str = Field("256MB", description="working memory of one engine pass")
+    batching: bool = Field(True, description="merge concurrent requests for a model into one engine run")
+    max_batch_rows: int = Field(65_536, ge=1, description="forward rows (inputs x samples) per merged run")
+    max_delay_ms: float = Field(2.0, ge=0, description="how long a request waits for others to merge with")
+    max_queue: int = Field(256, ge=1, description="requests waiting per model; past it: 503 + Retry-After")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503")
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline per request; past it: 504")
+    max_rows: int = Field(1000, ge=1, description="input rows per request")
+    max_samples: int = Field(1000, ge=2, description="largest T a request may ask for")
+    default_seed: int = Field(0, ge=0, description="seed of requests that give none: same input, same answer")
+    max_body_bytes: int = Field(10_000_000, ge=1, description="largest request body; past it: 413")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated keys; when set, model endpoints want Bearer auth"
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value

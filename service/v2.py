@@ -1,0 +1,194 @@
+"""The Open Inference Protocol (KServe v2) with the binary tensor data extension.
+
+A request is a JSON header, optionally followed by raw tensor bytes; the
+``Inference-Header-Content-Length`` header gives the JSON's length. Inputs with
+``parameters.binary_data_size`` take their data from those bytes in order.
+Outputs are returned as JSON ``data``, or as raw bytes after the JSON header
+when the request asks for ``binary_data`` (per output) or
+``binary_data_output`` (all outputs; tritonclient's default).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+
+from mcdropout.bundle import Manifest
+from mcdropout.engine import Prediction
+from mcdropout.summary import RegressionPrediction
+from service.inputs import ApiError
+from service.schemas import V2InferRequest
+
+HEADER = "inference-header-content-length"
+INPUT_NAME = "input"
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+}
+REGRESSION_OUTPUTS = ("mean", "std", "variance", "epistemic_variance", "aleatoric_variance", "lower", "upper",
+                      "samples_used")
+CLASSIFICATION_OUTPUTS = ("probs", "label", "entropy", "expected_entropy", "mutual_information", "variation_ratio",
+                          "samples_used")
+PARAMETERS = ("samples", "seed", "interval", "binary_data_output")
+
+
+def error(message: str, status: int = 400) -> ApiError:
+    return ApiError(status, message)
+
+
+def output_specs(manifest: Manifest) -> list[dict[str, Any]]:
+    """The output tensors a model's infer answers with: name, datatype, shape (-1 = rows)."""
+    if manifest.task == "regression":
+        width = len(manifest.output_names or []) or -1
+        specs = [{"name": n, "datatype": "FP64", "shape": [-1, width]} for n in REGRESSION_OUTPUTS[:-1]]
+    else:
+        classes = len(manifest.class_names or [])
+        specs = [{"name": "probs", "datatype": "FP64", "shape": [-1, classes]},
+                 {"name": "label", "datatype": "INT64", "shape": [-1]}]
+        specs += [{"name": n, "datatype": "FP64", "shape": [-1]} for n in CLASSIFICATION_OUTPUTS[2:-1]]
+    return specs + [{"name": "samples_used", "datatype": "INT64", "shape": [-1]}]
+
+
+def model_metadata(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "name": manifest.name,
+        "versions": [manifest.version],
+        "platform": "mcdropout_pytorch",
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *manifest.input_shape]}],
+        "outputs": output_specs(manifest),
+        "parameters": {"task": manifest.task, "default_samples": manifest.samples,
+                       "max_samples": manifest.max_samples},
+    }
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
+    if header_length is not None:
+        try:
+            length = int(header_length)
+        except ValueError:
+            raise error(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+        if not 0 < length <= len(body):
+            raise error(f"Inference-Header-Content-Length {length} does not fit a body of {len(body)} bytes")
+        header, binary = body[:length], body[length:]
+    else:
+        header, binary = body, b""
+    try:
+        return V2InferRequest.model_validate_json(header), binary
+    except ValidationError as problem:
+        first = problem.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "request"
+        raise error(f"invalid inference request: {where}: {first['msg']}") from None
+
+
+def input_array(request: V2InferRequest, binary: bytes, manifest: Manifest, max_rows: int) -> np.ndarray:
+    if len(request.inputs) != 1:
+        raise error(f"model {manifest.name!r} takes one input tensor named {INPUT_NAME!r}, got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    if tensor.name != INPUT_NAME:
+        raise error(f"unknown input {tensor.name!r}; model {manifest.name!r} takes {INPUT_NAME!r}")
+    dtype = DATATYPES.get(tensor.datatype)
+    if dtype is None or tensor.datatype == "BOOL":
+        raise error(f"input {INPUT_NAME!r}: datatype {tensor.datatype!r} is not numeric; use FP32, FP64 or an INT type")
+    expected = [*manifest.input_shape]
+    if len(tensor.shape) != len(expected) + 1 or tensor.shape[1:] != expected or tensor.shape[0] < 1:
+        raise error(f"input {INPUT_NAME!r}: shape {tensor.shape} does not match [rows, {', '.join(map(str, expected))}]")
+    rows = tensor.shape[0]
+    if rows > max_rows:
+        raise error(f"input {INPUT_NAME!r}: {rows} rows is over the limit of {max_rows} per request; split them")
+    count = math.prod(tensor.shape)
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size != count * dtype.itemsize or size > len(binary):
+            raise error(f"input {INPUT_NAME!r}: binary_data_size {size!r} does not match {count} x {tensor.datatype}"
+                        f" with {len(binary)} bytes of tensor data")
+        array = np.frombuffer(binary[:size], dtype=dtype)
+    elif tensor.data is not None:
+        try:
+            array = np.asarray(tensor.data, dtype=dtype).reshape(-1)
+        except (ValueError, TypeError):
+            raise error(f"input {INPUT_NAME!r}: data must be {count} numbers of datatype {tensor.datatype}") from None
+        if array.size != count:
+            raise error(f"input {INPUT_NAME!r}: {array.size} values for shape {tensor.shape} ({count} expected)")
+    else:
+        raise error(f"input {INPUT_NAME!r} has neither data nor binary_data_size")
+    array = array.astype(np.float32).reshape(tensor.shape)
+    finite = np.isfinite(array.reshape(rows, -1)).all(axis=1)
+    if not finite.all():
+        raise error(f"input {INPUT_NAME!r}: NaN or infinity in row(s) {', '.join(map(str, np.flatnonzero(~finite)[:10]))}")
+    return array
+
+
+def parameters(request: V2InferRequest, manifest: Manifest, default_seed: int, limit: int) -> dict[str, Any]:
+    given = request.parameters or {}
+    samples = given.get("samples", manifest.samples)
+    top = min(limit, manifest.max_samples)
+    if samples != "auto" and (isinstance(samples, bool) or not isinstance(samples, int) or not 2 <= samples <= top):
+        raise error(f"parameters.samples: must be an integer from 2 to {top}, or 'auto'; got {samples!r}")
+    seed = given.get("seed", default_seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise error(f"parameters.seed: must be an integer from 0 to 2^63-1; got {seed!r}")
+    level = given.get("interval", 0.95)
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise error(f"parameters.interval: must be a number in (0, 1); got {level!r}")
+    return {"samples": samples, "seed": seed, "interval": float(level)}
+
+
+def response(request: V2InferRequest, manifest: Manifest, prediction: Prediction, params: dict[str, Any]
+             ) -> tuple[bytes, dict[str, str]]:
+    """The infer answer's body and headers."""
+    tensors = _tensors(prediction, params["interval"])
+    names = [spec["name"] for spec in output_specs(manifest)]
+    all_binary = bool((request.parameters or {}).get("binary_data_output", False))
+    if request.outputs:
+        unknown = [o.name for o in request.outputs if o.name not in tensors]
+        if unknown:
+            raise error(f"unknown output(s) {', '.join(map(repr, unknown))}; model {manifest.name!r} has"
+                        f" {', '.join(names)}")
+        selected = [(o.name, bool((o.parameters or {}).get("binary_data", all_binary))) for o in request.outputs]
+    else:
+        selected = [(name, all_binary) for name in names]
+    outputs, chunks = [], []
+    for name, binary in selected:
+        array = tensors[name]
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape),
+                                 "datatype": "INT64" if array.dtype == np.int64 else "FP64"}
+        if binary:
+            raw = np.ascontiguousarray(array).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.reshape(-1)
+        outputs.append(entry)
+    header = orjson.dumps({
+        "model_name": manifest.name,
+        "model_version": manifest.version,
+        "id": request.id,
+        "parameters": {"samples": params["samples"], "seed": params["seed"], "interval": params["interval"]},
+        "outputs": outputs,
+    }, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(chunks), {"content-type": "application/octet-stream",
+                                       "Inference-Header-Content-Length": str(len(header))}
+
+
+def _tensors(prediction: Prediction, level: float) -> dict[str, np.ndarray]:
+    used = prediction.num_samples.numpy().astype(np.int64)
+    if isinstance(prediction, RegressionPrediction):
+        lower, upper = prediction.interval(level)
+        flat = {"mean": prediction.mean, "std": prediction.std, "variance": prediction.variance,
+                "epistemic_variance": prediction.epistemic, "aleatoric_variance": prediction.aleatoric,
+                "lower": lower, "upper": upper}
+        tensors = {k: v.reshape(len(used), -1).numpy().astype(np.float64) for k, v in flat.items()}
+    else:
+        tensors = {"probs": prediction.probs.numpy(), "label": prediction.label.numpy().astype(np.int64)}
+        for name in CLASSIFICATION_OUTPUTS[2:-1]:
+            tensors[name] = getattr(prediction, name).numpy().astype(np.float64)
+    tensors["samples_used"] = used
+    return tensors
