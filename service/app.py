@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -158,6 +159,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'", None,
                            {"WWW-Authenticate": "Bearer"})
 
+    folder = Path(settings.models_dir)
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+
+    def model_name() -> Any:  # documents the models found at start-up; unknown names still get a 404
+        return PathParam(description="a model in MCD_MODELS_DIR", json_schema_extra={"enum": names} if names else None)
+
     errors = {status: {"model": ErrorBody} for status in (401, 404, 413, 422, 503, 504)}
     v2_errors = {status: {"model": V2Error} for status in (400, 401, 404, 413, 503, 504)}
 
@@ -170,7 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/models/{name}", response_model=ModelInfo, dependencies=[Depends(authorised)], responses=errors,
              tags=["v1"], summary="one model: inputs, outputs, defaults, training record and metrics")
-    async def get_model(name: str) -> dict:
+    async def get_model(name: str = model_name()) -> dict:
         if name not in state.models and name not in state.failures:
             state.bundle(name)
         return _info(state, name)
@@ -182,7 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["v1"],
         summary="MC dropout prediction: mean, variance, interval / probabilities, entropy, mutual information",
     )
-    async def predict(name: str, body: PredictRequest) -> Response:
+    async def predict(body: PredictRequest, name: str = model_name()) -> Response:
         bundle = state.bundle(name)
         manifest = bundle.manifest
         if (body.inputs is None) == (body.instances is None):
@@ -215,12 +222,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v2/models/{name}", response_model=V2ModelMetadata, dependencies=[Depends(authorised)],
              responses=v2_errors, tags=["v2"], summary="model metadata: input and output tensors")
-    async def model_metadata(name: str) -> dict:
+    async def model_metadata(name: str = model_name()) -> dict:
         return v2.model_metadata(state.bundle(name).manifest)
 
     @app.get("/v2/models/{name}/ready", response_model=V2ModelReady, dependencies=[Depends(authorised)],
              responses={503: {"model": V2ModelReady}, **v2_errors}, tags=["v2"], summary="model readiness")
-    async def model_ready(name: str) -> Response:
+    async def model_ready(name: str = model_name()) -> Response:
         if name in state.failures:
             return FastJSON({"name": name, "ready": False}, status_code=503)
         state.bundle(name)
@@ -236,7 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["v2"],
         summary="inference; parameters carry samples, seed and interval; binary tensor data supported",
     )
-    async def infer(name: str, request: Request) -> Response:
+    async def infer(request: Request, name: str = model_name()) -> Response:
         bundle = state.bundle(name)
         body = await request.body()
         infer_request, binary = v2.parse_request(body, request.headers.get(v2.HEADER))
