@@ -21,7 +21,10 @@ class Settings(BaseSettings):
     memory_budget: str = Field("256MB", description="working memory of one engine pass")
     batching: bool = Field(True, description="merge concurrent requests for a model into one engine run")
     max_batch_rows: int = Field(65_536, ge=1, description="forward rows (inputs x samples) per merged run")
-    max_delay_ms: float = Field(2.0, ge=0, description="how long a request waits for others to merge with")
+    max_delay_ms: float = Field(
+        0.0, ge=0, description="extra wait for requests to merge with; 0: merge only what queues while the"
+        " compute thread is busy (no added latency)"
+    )
     max_queue: int = Field(256, ge=1, description="requests waiting per model; past it: 503 + Retry-After")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline per request; past it: 504")
