@@ -60,27 +60,26 @@ def _activation(name: str) -> type[nn.Module]:
     return choices[name]
 
 
-def _body(in_features: int, hidden: Sequence[int], dropout: float, activation: str, input_dropout: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Dropout(dropout)] if input_dropout else []
-    width = in_features
-    for size in hidden:
-        layers += [nn.Linear(width, size), _activation(activation)(), nn.Dropout(dropout)]
-        width = size
-    return layers
+def _mlp_builder(head: Callable[[int, int], nn.Module], doc: str) -> Builder:
+    """An MLP builder whose hidden layers each end in dropout, finished by ``head(width, out_features)``."""
 
+    def build(
+        in_features: int,
+        out_features: int,
+        hidden: Sequence[int] = (50,),
+        dropout: float = 0.05,
+        activation: str = "relu",
+        input_dropout: bool = False,
+    ) -> nn.Sequential:
+        layers: list[nn.Module] = [nn.Dropout(dropout)] if input_dropout else []
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), _activation(activation)(), nn.Dropout(dropout)]
+            width = size
+        return nn.Sequential(*layers, head(width, out_features))
 
-@register("mlp")
-def mlp(
-    in_features: int,
-    out_features: int,
-    hidden: Sequence[int] = (50,),
-    dropout: float = 0.05,
-    activation: str = "relu",
-    input_dropout: bool = False,
-) -> nn.Sequential:
-    """Fully connected network with dropout after every hidden layer (regression with tau, or logits)."""
-    width = hidden[-1] if hidden else in_features
-    return nn.Sequential(*_body(in_features, hidden, dropout, activation, input_dropout), nn.Linear(width, out_features))
+    build.__doc__ = doc
+    return build
 
 
 class HeteroscedasticHead(nn.Module):
@@ -95,20 +94,12 @@ class HeteroscedasticHead(nn.Module):
         return self.mean(h), self.log_variance(h)
 
 
-@register("heteroscedastic-mlp")
-def heteroscedastic_mlp(
-    in_features: int,
-    out_features: int,
-    hidden: Sequence[int] = (50,),
-    dropout: float = 0.05,
-    activation: str = "relu",
-    input_dropout: bool = False,
-) -> nn.Sequential:
-    """MLP returning (mean, log_variance): aleatoric noise that depends on the input."""
-    width = hidden[-1] if hidden else in_features
-    return nn.Sequential(
-        *_body(in_features, hidden, dropout, activation, input_dropout), HeteroscedasticHead(width, out_features)
-    )
+mlp = register("mlp")(_mlp_builder(
+    nn.Linear, "Fully connected network with dropout after every hidden layer (regression with tau, or logits)."
+))
+heteroscedastic_mlp = register("heteroscedastic-mlp")(_mlp_builder(
+    HeteroscedasticHead, "MLP returning (mean, log_variance): aleatoric noise that depends on the input."
+))
 
 
 @register("cnn")
