@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike  # tensors qualify too: they convert through __array__
 from scipy import special, stats
-
-ArrayLike = object
 
 
 def _array(values: ArrayLike, name: str) -> np.ndarray:

@@ -140,8 +140,6 @@ def test_classifier_manifest_needs_classes():
 
 
 def test_entry_point_architectures_are_found(monkeypatch):
-    from importlib import metadata
-
     class FakeEntry:
         name = "from-a-plugin"
 
@@ -157,4 +155,3 @@ def test_entry_point_architectures_are_found(monkeypatch):
     monkeypatch.delitem(architectures._REGISTRY, "from-a-plugin", raising=False)
     assert "from-a-plugin" in architectures.available()
     assert isinstance(architectures.build("from-a-plugin", {"width": 4}), torch.nn.Sequential)
-    del metadata

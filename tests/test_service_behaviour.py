@@ -8,7 +8,6 @@ import time
 
 import httpx
 import numpy as np
-import pytest
 
 from mcdropout import datasets
 
