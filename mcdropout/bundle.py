@@ -230,13 +230,17 @@ class Bundle:
     def name(self) -> str:
         return self.manifest.name
 
-    def predict(self, x: ArrayLike, *, samples: int | str | None = None, seed: int | None = None,
-                return_samples: bool = False) -> Prediction:
-        """MC prediction for rows of ``x`` in the user's units (standardisation applied and undone)."""
+    def model_inputs(self, x: ArrayLike) -> torch.Tensor:
+        """Rows of ``x`` validated and standardised as the network was trained on them."""
         inputs = self.predictor.prepare_input(x)
         if self.manifest.input_standardisation is not None:
             inputs = self.manifest.input_standardisation.forward(inputs.to(self.predictor.dtype))
-        prediction = self.predictor.predict(inputs, samples=samples, seed=seed, return_samples=return_samples)
+        return inputs
+
+    def predict(self, x: ArrayLike, *, samples: int | str | None = None, seed: int | None = None,
+                return_samples: bool = False) -> Prediction:
+        """MC prediction for rows of ``x`` in the user's units (standardisation applied and undone)."""
+        prediction = self.predictor.predict(self.model_inputs(x), samples=samples, seed=seed, return_samples=return_samples)
         target = self.manifest.target_standardisation
         if target is None or not isinstance(prediction, RegressionPrediction):
             return prediction

@@ -11,6 +11,7 @@ accumulators (:mod:`mcdropout.summary`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -338,12 +339,9 @@ class MCPredictor:
 
     def _run_prefix(self, x: torch.Tensor, sampler: MaskSampler, checked: bool = True) -> torch.Tensor:
         """The deterministic leading layers; ``checked=False`` (the probe) watches them for dropout calls."""
-        if checked:
-            for layer in self._prefix:
-                x = layer(x)
-            return x
-        sampler.begin(None)  # a dropout call now raises StochasticPrefixError
-        with sampler:
+        if not checked:
+            sampler.begin(None)  # a dropout call now raises StochasticPrefixError
+        with contextlib.nullcontext() if checked else sampler:
             for layer in self._prefix:
                 x = layer(x)
         return x

@@ -7,7 +7,7 @@ import torch
 
 from mcdropout import datasets, metrics
 from mcdropout.bundle import Bundle
-from mcdropout.summary import to_probabilities
+from mcdropout.summary import normal_interval, to_probabilities
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
@@ -77,21 +77,16 @@ def _gaussian_scores(y: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> d
     std = np.sqrt(variance)
     scores = {"rmse": metrics.rmse(y, mean), "nll": metrics.gaussian_nll(y, mean, variance),
               "crps": metrics.crps_gaussian(y, mean, std)}
-    from scipy import stats
-
     for level in LEVELS:
-        lower, upper = stats.norm.interval(level, loc=mean, scale=std)
+        lower, upper = normal_interval(mean, std, level)
         scores[f"coverage_{round(level * 100)}"] = metrics.interval_coverage(y, lower, upper)
     return scores
 
 
 def deterministic_forward(bundle: Bundle, x: np.ndarray):
     """The network with dropout off (eval mode) on standardised inputs."""
-    inputs = torch.as_tensor(x, dtype=bundle.predictor.dtype)
-    if bundle.manifest.input_standardisation is not None:
-        inputs = bundle.manifest.input_standardisation.forward(inputs)
     with torch.inference_mode():
-        return bundle.model.eval()(inputs.to(bundle.predictor.device))
+        return bundle.model.eval()(bundle.model_inputs(x).to(bundle.predictor.device))
 
 
 def _deterministic_regression(bundle: Bundle, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -227,18 +222,15 @@ def _reliability(axes, bundle: Bundle, split: datasets.Split, samples, seed, bin
 
 
 def _calibration(axes, bundle: Bundle, split: datasets.Split, samples, seed) -> None:
-    from scipy import stats
-
     pred = bundle.predict(split.x_test, samples=samples, seed=seed)
     levels = np.linspace(0.05, 0.99, 40)
     y, mean, std = split.y_test, pred.mean.numpy(), pred.std.numpy()
-    observed = [metrics.interval_coverage(y, *stats.norm.interval(level, loc=mean, scale=std)) for level in levels]
+    observed = [metrics.interval_coverage(y, *normal_interval(mean, std, level)) for level in levels]
     axes.plot(levels, observed, marker="o", markersize=3, label="MC dropout")
     deterministic = _deterministic_regression(bundle, split.x_test)
     if deterministic is not None:
         d_mean, d_var = deterministic
-        d_observed = [metrics.interval_coverage(y, *stats.norm.interval(level, loc=d_mean, scale=np.sqrt(d_var)))
-                      for level in levels]
+        d_observed = [metrics.interval_coverage(y, *normal_interval(d_mean, np.sqrt(d_var), level)) for level in levels]
         axes.plot(levels, d_observed, marker="s", markersize=3, label="same network, dropout off")
     axes.plot([0, 1], [0, 1], color="black", linestyle="--", label="perfect calibration")
     axes.set_xlabel("nominal interval level")

@@ -74,10 +74,7 @@ class RegressionPrediction:
 
     def interval(self, level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
         """Central interval of the Gaussian with the predictive mean and variance."""
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"interval level must be in (0, 1), got {level}")
-        half_width = _normal_quantile(0.5 + level / 2.0) * self.std
-        return self.mean - half_width, self.mean + half_width
+        return normal_interval(self.mean, self.std, level)
 
 
 @dataclass(frozen=True)
@@ -105,6 +102,14 @@ class ClassificationPrediction:
     @property
     def mutual_information(self) -> torch.Tensor:
         return (self.entropy - self.expected_entropy).clamp(min=0.0)
+
+
+def normal_interval(mean, std, level: float):
+    """Central ``level`` interval of N(mean, std^2) for arrays or tensors: (lower, upper)."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"interval level must be in (0, 1), got {level}")
+    half_width = _normal_quantile(0.5 + level / 2.0) * std
+    return mean - half_width, mean + half_width
 
 
 @functools.lru_cache(maxsize=64)
