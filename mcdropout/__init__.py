@@ -3,31 +3,54 @@
 >>> import mcdropout as mcd
 >>> pred = mcd.predict(model, x, samples=100, task="regression", seed=0)  # doctest: +SKIP
 >>> pred.mean, pred.std, pred.interval(0.95)  # doctest: +SKIP
+
+The names below load on first use, so that ``import mcdropout.client`` does not
+import torch.
 """
 
-from mcdropout import metrics
-from mcdropout.bundle import Bundle, BundleError, Manifest, load_bundle, save_bundle
-from mcdropout.engine import MCPredictor, predict
-from mcdropout.layers import DropConnect, LockedDropout
-from mcdropout.stochastic import STOCHASTIC_TYPES, is_stochastic, mc_dropout
-from mcdropout.summary import ClassificationPrediction, RegressionPrediction
+from __future__ import annotations
 
-__all__ = [
-    "Bundle",
-    "BundleError",
-    "ClassificationPrediction",
-    "DropConnect",
-    "LockedDropout",
-    "MCPredictor",
-    "Manifest",
-    "RegressionPrediction",
-    "STOCHASTIC_TYPES",
-    "is_stochastic",
-    "load_bundle",
-    "mc_dropout",
-    "metrics",
-    "predict",
-    "save_bundle",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
 
+_EXPORTS = {
+    "Bundle": "mcdropout.bundle",
+    "BundleError": "mcdropout.bundle",
+    "Manifest": "mcdropout.bundle",
+    "load_bundle": "mcdropout.bundle",
+    "save_bundle": "mcdropout.bundle",
+    "MCPredictor": "mcdropout.engine",
+    "predict": "mcdropout.engine",
+    "DropConnect": "mcdropout.layers",
+    "LockedDropout": "mcdropout.layers",
+    "STOCHASTIC_TYPES": "mcdropout.stochastic",
+    "is_stochastic": "mcdropout.stochastic",
+    "mc_dropout": "mcdropout.stochastic",
+    "ClassificationPrediction": "mcdropout.summary",
+    "RegressionPrediction": "mcdropout.summary",
+    "metrics": "mcdropout.metrics",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from mcdropout import metrics
+    from mcdropout.bundle import Bundle, BundleError, Manifest, load_bundle, save_bundle
+    from mcdropout.engine import MCPredictor, predict
+    from mcdropout.layers import DropConnect, LockedDropout
+    from mcdropout.stochastic import STOCHASTIC_TYPES, is_stochastic, mc_dropout
+    from mcdropout.summary import ClassificationPrediction, RegressionPrediction
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mcdropout' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if name == "metrics" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (UsageError, ValueError, FileNotFoundError) as error:
+    except (UsageError, ValueError, FileNotFoundError, ImportError) as error:
         print(f"mcdropout {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -38,12 +38,30 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (MCD_PORT, default 8000)")
     serve.set_defaults(handler=_serve)
 
-    train = commands.add_parser("train", help="re-train a shipped model into a bundle",
-                                description="Re-train a shipped model reproducibly and write its bundle.")
-    train.add_argument("name", metavar="NAME", help="shipped model: " + ", ".join(_recipe_names()))
+    train = commands.add_parser(
+        "train", help="train a bundle: a shipped model, or your own table",
+        description="Re-train a shipped model reproducibly (mcdropout train NAME), or train an MLP on your own"
+                    " table (mcdropout train --data FILE --target COLUMN); either way a bundle is written.")
+    train.add_argument("name", nargs="?", metavar="NAME", help="shipped model: " + ", ".join(_recipe_names()))
+    table = train.add_argument_group("training on your own table")
+    table.add_argument("--data", type=Path, metavar="FILE", help="CSV, Parquet, JSON Lines, NPY or"
+                       " whitespace-separated text (no header: columns are named 0, 1, ...)")
+    table.add_argument("--target", metavar="COLUMN", help="the column to predict")
+    table.add_argument("--features", nargs="+", metavar="COLUMN", help="feature columns (default: all others)")
+    table.add_argument("--task", choices=("regression", "classification"), default="regression")
+    table.add_argument("--dropout", type=float, metavar="P", help="dropout rate (default 0.05)")
+    table.add_argument("--dropout-grid", nargs="+", metavar="P", help="dropout rates to choose from by validation"
+                       " log-likelihood (space- or comma-separated)")
+    table.add_argument("--tau", type=float, help="model precision in the target's units (regression)")
+    table.add_argument("--tau-grid", nargs="+", metavar="TAU", help="precisions to choose from (default: tau"
+                       " is fitted on the validation part)")
+    table.add_argument("--hidden", default="50", metavar="50,50", help="hidden layer widths (default 50)")
+    table.add_argument("--test-fraction", type=float, default=0.1, help="rows held out for the recorded"
+                       " metrics (default 0.1)")
+    table.add_argument("--name", dest="bundle_name", help="bundle name (default: the file's name)")
+    train.add_argument("--epochs", type=int, help="epochs (default: the recipe's; 400 for a table)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     train.add_argument("--out", type=Path, help="bundle folder to write (default models/NAME)")
-    train.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(handler=_train)
 
@@ -55,6 +73,45 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", metavar="FILE.png", help="draw the predictive band or reliability diagram")
     evaluate.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     evaluate.set_defaults(handler=_evaluate)
+
+    score = commands.add_parser(
+        "score", help="score a table of rows with uncertainty, to Parquet or CSV",
+        description="Predict every row of INPUT (CSV, Parquet, NPY, JSON Lines) with MC dropout and write the"
+                    " statistics per row to OUTPUT (.parquet or .csv). Input is read in chunks; output appears only"
+                    " when complete, and --resume continues an interrupted run.")
+    score.add_argument("model", metavar="MODEL", help="bundle folder, or with --engine remote a model name")
+    score.add_argument("input", type=Path, metavar="INPUT")
+    score.add_argument("output", type=Path, metavar="OUTPUT")
+    score.add_argument("--samples", type=int, help="MC samples T (default: the model's)")
+    score.add_argument("--seed", type=int, default=0, help="seed of the T sub-networks (default 0)")
+    score.add_argument("--interval", type=float, default=0.95, help="central interval level (default 0.95)")
+    score.add_argument("--id-column", metavar="COL", help="column copied to the output as the row id (default:"
+                       " the row number, as column 'row')")
+    score.add_argument("--chunk-rows", type=int, default=10_000, help="rows per chunk (default 10000)")
+    score.add_argument("--engine", choices=("local", "remote", "ray"), default="local")
+    score.add_argument("--url", help="server for --engine remote, e.g. http://127.0.0.1:8000")
+    score.add_argument("--api-key", help="API key for --engine remote (default: $MCD_API_KEY)")
+    score.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
+    score.add_argument("--workers", type=int, default=2, help="Ray actors, one predictor each (default 2)")
+    score.add_argument("--resume", action="store_true", help="continue an interrupted run from its last chunk")
+    score.add_argument("--quiet", action="store_true", help="no progress output")
+    score.set_defaults(handler=_score)
+
+    uci = commands.add_parser(
+        "uci", help="reproduce Gal & Ghahramani's UCI regression results",
+        description="Run the UCI protocol (grid search over p and tau by validation log-likelihood, re-training,"
+                    " T MC passes on the test rows) on data sets in the layout of ../shared/data/uci, and print"
+                    " RMSE and test log-likelihood (mean ± standard error over splits) beside the published numbers.")
+    uci.add_argument("datasets", nargs="+", type=Path, metavar="DATASET_DIR", help="data set folder(s)")
+    uci.add_argument("--splits", type=int, help="use the first N splits (default: all, 20)")
+    uci.add_argument("--epochs", type=int, help="training epochs (default: n_epochs.txt x 100 = 4000)")
+    uci.add_argument("--samples", type=int, default=10_000, help="MC passes on the test rows (default 10000)")
+    uci.add_argument("--validation-samples", type=int, default=1000,
+                     help="MC passes for the grid search's validation log-likelihood (default 1000)")
+    uci.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and masks (default 0)")
+    uci.add_argument("--json", metavar="FILE", help="also write every split's numbers as JSON")
+    uci.add_argument("--quiet", action="store_true", help="no progress output")
+    uci.set_defaults(handler=_uci)
     return parser
 
 
@@ -82,12 +139,45 @@ def _recipe_names() -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mcdropout.recipes import train
+    if args.data is None:
+        if args.name is None:
+            raise UsageError("name a shipped model (" + ", ".join(_recipe_names()) + ") or give --data and --target")
+        from mcdropout.recipes import train
 
-    path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs, quiet=args.quiet)
+        path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs, quiet=args.quiet)
+    else:
+        from mcdropout.table_training import train_from_table
+
+        if args.name is not None:
+            raise UsageError(f"give either a shipped model name ({args.name!r}) or --data, not both")
+        if args.target is None:
+            raise UsageError("--data needs --target COLUMN")
+        if args.dropout is not None and args.dropout_grid:
+            raise UsageError("give --dropout or --dropout-grid, not both")
+        if args.tau is not None and args.tau_grid:
+            raise UsageError("give --tau or --tau-grid, not both")
+        dropouts = _numbers(args.dropout_grid, "--dropout-grid") if args.dropout_grid else [args.dropout or 0.05]
+        taus = _numbers(args.tau_grid, "--tau-grid") if args.tau_grid else (
+            None if args.tau is None else [args.tau])
+        hidden = _numbers([args.hidden], "--hidden")
+        if not all(h.is_integer() and h > 0 for h in hidden):
+            raise UsageError(f"--hidden takes positive whole layer widths, got {args.hidden!r}")
+        path, metrics = train_from_table(
+            args.data, target=args.target, features=args.features, task=args.task, dropouts=dropouts, taus=taus,
+            hidden=[int(h) for h in hidden], epochs=400 if args.epochs is None else args.epochs, test_fraction=args.test_fraction,
+            name=args.bundle_name, out=args.out, seed=args.seed, quiet=args.quiet,
+        )
     print(f"wrote {path}")
     _print_metrics(metrics)
     return 0
+
+
+def _numbers(values: Sequence[str], flag: str) -> list[float]:
+    """Numbers given as separate arguments, comma-separated, or both."""
+    try:
+        return [float(v) for value in values for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes numbers, got {' '.join(values)!r}") from None
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -107,6 +197,46 @@ def _evaluate(args: argparse.Namespace) -> int:
         except ImportError as error:
             raise UsageError(f"--plot needs matplotlib ({error}); pip install 'mcdropout[train]'") from None
         print(f"plot written to {args.plot}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    import os
+
+    from mcdropout.scoring import Job, score
+
+    if args.samples is not None and args.samples < 2:
+        raise UsageError(f"--samples must be >= 2, got {args.samples}")
+    if not 0 < args.interval < 1:
+        raise UsageError(f"--interval must lie in (0, 1), got {args.interval}")
+    if args.engine != "remote" and args.url:
+        raise UsageError("--url applies to --engine remote")
+    job = Job(model=args.model, input=str(args.input), output=str(args.output), engine=args.engine,
+              samples=args.samples, seed=args.seed, interval=args.interval, id_column=args.id_column,
+              chunk_rows=args.chunk_rows, url=args.url)
+    summary = score(job, resume=args.resume, quiet=args.quiet, api_key=args.api_key or os.environ.get("MCD_API_KEY"),
+                    ray_address=args.ray_address, workers=args.workers)
+    resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""
+    print(f"wrote {summary.output}: {summary.rows} rows in {summary.seconds:.1f} s"
+          f" ({summary.rows_per_second:.0f} rows/s{resumed})")
+    return 0
+
+
+def _uci(args: argparse.Namespace) -> int:
+    from mcdropout import uci
+
+    results = []
+    for folder in args.datasets:
+        result = uci.run(folder, splits=args.splits, epochs=args.epochs, samples=args.samples,
+                         validation_samples=args.validation_samples, seed=args.seed, quiet=args.quiet)
+        results.append(result)
+        print(uci.format_table([result]).splitlines()[-1] if len(results) > 1 else uci.format_table([result]),
+              flush=True)
+    if len(results) > 1:
+        print()
+        print(uci.format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     return 0
 
 

@@ -1,0 +1,362 @@
+"""Python client for the mcdropout service: :class:`Client` and :class:`AsyncClient`.
+
+>>> from mcdropout.client import Client
+>>> with Client("http://127.0.0.1:8000") as client:  # doctest: +SKIP
+...     result = client.predict("diabetes", rows, samples=100, seed=7)
+...     result.mean, result.std, result.lower, result.upper
+
+Inputs may be lists, numpy arrays or a pandas DataFrame (its columns are matched
+to the model's feature names). Inputs longer than the server's row limit go as
+several requests whose answers are joined in order; with one seed the answer
+for a row does not depend on what it was sent with. Connection errors and 503
+answers are retried with exponential backoff (honouring Retry-After); 4xx
+answers never are. Errors are typed: :class:`NotFound`, :class:`InvalidInput`,
+:class:`Unauthorized`, :class:`Overloaded`, :class:`ServerError`,
+:class:`Unreachable`, all :class:`ServiceError`.
+
+Importing this module imports neither torch nor fastapi: it needs httpx and numpy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from mcdropout.results import ClassificationResult, RegressionResult, Result, concatenate, from_json
+
+__all__ = ["AsyncClient", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound", "Overloaded",
+           "RegressionResult", "Result", "ServerError", "ServiceError", "Unauthorized", "Unreachable"]
+
+
+class ServiceError(Exception):
+    """An answer the client cannot turn into a result; ``status`` is the HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class NotFound(ServiceError):
+    """404: no such model (or path)."""
+
+
+class InvalidInput(ServiceError):
+    """4xx for a bad request; ``field`` names the part of it that is wrong."""
+
+    def __init__(self, message: str, status: int | None = 422, field: str | None = None) -> None:
+        super().__init__(message, status)
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.message} (field {self.field!r})" if self.field else self.message
+
+
+class Unauthorized(ServiceError):
+    """401: the API key is missing or wrong."""
+
+
+class Overloaded(ServiceError):
+    """503 after every retry; ``retry_after`` is the server's last hint in seconds."""
+
+    def __init__(self, message: str, status: int | None = 503, retry_after: float | None = None) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
+
+
+class ServerError(ServiceError):
+    """5xx other than 503 (504: the request passed its deadline)."""
+
+
+class Unreachable(ServiceError):
+    """No answer after every retry: connection refused, reset or timed out."""
+
+
+@dataclass
+class ModelInfo:
+    """What ``GET /v1/models/{name}`` says about a model; ``raw`` holds the whole answer."""
+
+    name: str
+    status: str
+    task: str | None = None
+    version: str | None = None
+    input_shape: list[int] | None = None
+    feature_names: list[str] | None = None
+    outputs: list[str] | None = None
+    classes: list[str] | None = None
+    default_samples: int | None = None
+    max_samples: int | None = None
+    max_rows: int | None = None
+    error: str | None = None
+    metrics: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ModelInfo:
+        known = {k: body.get(k) for k in ("name", "status", "task", "version", "input_shape", "feature_names",
+                                          "outputs", "classes", "default_samples", "max_samples", "max_rows",
+                                          "error")}
+        return cls(**known, metrics=body.get("metrics") or {}, raw=body)
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    json: Any = None
+    ok: tuple[int, ...] = (200,)
+
+
+Flow = Generator[_Request, Any, Any]
+
+
+class _Base:
+    def __init__(self, base_url: str, api_key: str | None, timeout: float, retries: int, backoff: float,
+                 max_backoff: float) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = timeout
+        self._models: dict[str, ModelInfo] = {}
+
+    # Each method is written once as a flow: it yields requests and receives their JSON answers.
+
+    def _models_flow(self) -> Flow:
+        body = yield _Request("GET", "/v1/models")
+        infos = [ModelInfo.from_json(m) for m in body["models"]]
+        self._models.update({m.name: m for m in infos})
+        return infos
+
+    def _model_flow(self, name: str) -> Flow:
+        if name not in self._models:
+            self._models[name] = ModelInfo.from_json((yield _Request("GET", f"/v1/models/{name}")))
+        return self._models[name]
+
+    def _health_flow(self) -> Flow:
+        live = yield _Request("GET", "/v2/health/live", ok=(200, 503))
+        ready = yield _Request("GET", "/v2/health/ready", ok=(200, 503))
+        return {"live": bool(live.get("live")), "ready": bool(ready.get("ready"))}
+
+    def _predict_flow(self, name: str, inputs: Any, samples: int | str | None, seed: int | None,
+                      interval: float | None) -> Flow:
+        info = yield from self._model_flow(name)
+        rows = _rows(inputs, info)
+        if len(rows) == 0:
+            raise InvalidInput("inputs: no rows to predict", None, "inputs")
+        options: dict[str, Any] = {"samples": samples, "seed": seed}
+        if interval is not None:
+            options["interval"] = interval
+        options = {k: v for k, v in options.items() if v is not None}
+        step = info.max_rows or len(rows)
+        parts = []
+        for start in range(0, len(rows), step):
+            try:
+                body = yield _Request("POST", f"/v1/models/{name}/predict",
+                                      json={"inputs": rows[start:start + step].tolist(), **options})
+            except InvalidInput as error:
+                raise _row_numbers_shifted(error, start) from None
+            parts.append(from_json(body))
+            options.setdefault("seed", parts[0].seed)  # the server's default seed, kept for later chunks
+        return concatenate(parts)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        wait = min(self.max_backoff, self.backoff * 2**attempt)
+        return max(wait, retry_after or 0.0)
+
+
+class Client(_Base):
+    """Blocking client. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.25, max_backoff: float = 8.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff)
+        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout,
+                                  transport=transport)
+
+    def models(self) -> list[ModelInfo]:
+        return self._run(self._models_flow())
+
+    def model(self, name: str) -> ModelInfo:
+        self._models.pop(name, None)
+        return self._run(self._model_flow(name))
+
+    def predict(self, name: str, inputs: Any, *, samples: int | str | None = None, seed: int | None = None,
+                interval: float | None = None) -> Result:
+        """MC dropout prediction for every row of ``inputs``; fields are numpy arrays."""
+        return self._run(self._predict_flow(name, inputs, samples, seed, interval))
+
+    def health(self) -> dict[str, bool]:
+        """``{"live": ..., "ready": ...}`` from the server's health endpoints."""
+        return self._run(self._health_flow())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, flow: Flow) -> Any:
+        answer, failure = None, None
+        while True:
+            try:
+                request = flow.send(answer) if failure is None else flow.throw(failure)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                answer, failure = self._send(request), None
+            except ServiceError as error:  # thrown into the flow, which may add context
+                answer, failure = None, error
+
+    def _send(self, request: _Request) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.request(request.method, request.path, json=request.json)
+            except httpx.TransportError as error:
+                failure: ServiceError = Unreachable(f"{self.base_url}{request.path}: {error!r}")
+            else:
+                outcome = _outcome(response, request)
+                if not isinstance(outcome, ServiceError):
+                    return outcome
+                failure = outcome
+            if not _retryable(failure) or attempt == self.retries:
+                raise failure
+            time.sleep(self._delay(attempt, getattr(failure, "retry_after", None)))
+        raise AssertionError("unreachable")
+
+
+class AsyncClient(_Base):
+    """The same methods as :class:`Client`, awaitable. Use ``async with``, or await :meth:`aclose`."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.25, max_backoff: float = 8.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout,
+                                       transport=transport)
+
+    async def models(self) -> list[ModelInfo]:
+        return await self._run(self._models_flow())
+
+    async def model(self, name: str) -> ModelInfo:
+        self._models.pop(name, None)
+        return await self._run(self._model_flow(name))
+
+    async def predict(self, name: str, inputs: Any, *, samples: int | str | None = None, seed: int | None = None,
+                      interval: float | None = None) -> Result:
+        return await self._run(self._predict_flow(name, inputs, samples, seed, interval))
+
+    async def health(self) -> dict[str, bool]:
+        return await self._run(self._health_flow())
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _run(self, flow: Flow) -> Any:
+        answer, failure = None, None
+        while True:
+            try:
+                request = flow.send(answer) if failure is None else flow.throw(failure)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                answer, failure = await self._send(request), None
+            except ServiceError as error:  # thrown into the flow, which may add context
+                answer, failure = None, error
+
+    async def _send(self, request: _Request) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                response = await self._http.request(request.method, request.path, json=request.json)
+            except httpx.TransportError as error:
+                failure: ServiceError = Unreachable(f"{self.base_url}{request.path}: {error!r}")
+            else:
+                outcome = _outcome(response, request)
+                if not isinstance(outcome, ServiceError):
+                    return outcome
+                failure = outcome
+            if not _retryable(failure) or attempt == self.retries:
+                raise failure
+            await asyncio.sleep(self._delay(attempt, getattr(failure, "retry_after", None)))
+        raise AssertionError("unreachable")
+
+
+def _row_numbers_shifted(error: InvalidInput, offset: int) -> InvalidInput:
+    """The error of a chunk starting at row ``offset``, with its row numbers counted over all the inputs."""
+    def shift(text: str | None) -> str | None:
+        return None if text is None else re.sub(r"inputs\[(\d+)\]", lambda m: f"inputs[{int(m[1]) + offset}]", text)
+
+    return InvalidInput(shift(error.message), error.status, shift(error.field))
+
+
+def _retryable(failure: ServiceError) -> bool:
+    return isinstance(failure, (Unreachable, Overloaded))
+
+
+def _outcome(response: httpx.Response, request: _Request) -> Any:
+    """The JSON answer, or the typed error for it (returned, so the caller decides on retrying)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text[:200] or response.reason_phrase}
+    if response.status_code in request.ok:
+        return body
+    message = body.get("error") or body.get("detail") or response.reason_phrase if isinstance(body, dict) \
+        else str(body)
+    status = response.status_code
+    if status == 404:
+        return NotFound(str(message), status)
+    if status == 401:
+        return Unauthorized(str(message), status)
+    if status == 503:
+        return Overloaded(str(message), status, _seconds(response.headers.get("Retry-After")))
+    if 400 <= status < 500:
+        return InvalidInput(str(message), status, body.get("field") if isinstance(body, dict) else None)
+    return ServerError(f"HTTP {status}: {message}", status)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _rows(inputs: Any, info: ModelInfo) -> np.ndarray:
+    """Inputs as an array of rows; a DataFrame's columns are picked by the model's feature names."""
+    if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy"):
+        names = info.feature_names
+        missing = [n for n in names or [] if n not in inputs.columns]
+        if missing:
+            raise InvalidInput(f"inputs: the DataFrame lacks feature column(s) {', '.join(map(repr, missing))} of"
+                               f" model {info.name!r}", None, "inputs")
+        inputs = inputs[names] if names else inputs
+        inputs = inputs.to_numpy()
+    try:
+        rows = np.asarray(inputs, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(f"inputs: not an array of numbers ({error})", None, "inputs") from None
+    if rows.ndim and not np.isfinite(rows).all():  # JSON has no NaN: say which row instead of failing to encode
+        row = int(np.flatnonzero(~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1))[0])
+        raise InvalidInput(f"inputs[{row}]: NaN and infinite values are not allowed", None, f"inputs[{row}]")
+    return rows

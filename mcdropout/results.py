@@ -1,0 +1,139 @@
+"""Predictions as plain numpy data: what the client returns and what batch scoring writes.
+
+Built from the service's JSON answer (:meth:`from_json`) or joined from several
+(:func:`concatenate`). Importing this module imports numpy only, so the client
+stays light. :meth:`columns` gives the flat per-row table (``mean``, ``std``,
+``lower``, ``upper`` / ``label``, ``prob_<class>``, ``entropy``, ...) used by
+``to_pandas`` and by ``mcdropout score``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Union
+
+import numpy as np
+
+
+@dataclass
+class RegressionResult:
+    """Per row: ``mean``, ``std``, ``variance``, ``epistemic_variance``, ``aleatoric_variance``,
+    ``lower`` and ``upper`` (the central ``level`` interval), each (rows, outputs)."""
+
+    model: str
+    version: str
+    seed: int
+    outputs: list[str]
+    level: float
+    samples_used: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    variance: np.ndarray
+    epistemic_variance: np.ndarray
+    aleatoric_variance: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> RegressionResult:
+        def table(key: str, source: dict = body) -> np.ndarray:
+            return np.asarray(source[key], dtype=np.float64).reshape(len(body["samples_used"]), -1)
+
+        return cls(
+            model=body["model"], version=body["version"], seed=body["seed"], outputs=list(body["outputs"]),
+            level=body["interval"]["level"], samples_used=np.asarray(body["samples_used"], dtype=np.int64),
+            mean=table("mean"), std=table("std"), variance=table("variance"),
+            epistemic_variance=table("epistemic_variance"), aleatoric_variance=table("aleatoric_variance"),
+            lower=table("lower", body["interval"]), upper=table("upper", body["interval"]),
+        )
+
+    def columns(self) -> dict[str, np.ndarray]:
+        single = len(self.outputs) == 1
+        table: dict[str, np.ndarray] = {}
+        for key in ("mean", "std", "lower", "upper", "epistemic_variance", "aleatoric_variance"):
+            values = getattr(self, key)
+            for index, output in enumerate(self.outputs):
+                table[key if single else f"{key}_{output}"] = values[:, index]
+        table["samples_used"] = self.samples_used
+        return table
+
+    def to_pandas(self):
+        return _frame(self.columns())
+
+    def __len__(self) -> int:
+        return len(self.samples_used)
+
+
+@dataclass
+class ClassificationResult:
+    """Per row: ``probs`` (rows, classes), ``label`` and its ``class_name``, ``entropy``,
+    ``expected_entropy``, ``mutual_information`` and ``variation_ratio``."""
+
+    model: str
+    version: str
+    seed: int
+    classes: list[str]
+    samples_used: np.ndarray
+    probs: np.ndarray
+    label: np.ndarray
+    class_name: np.ndarray
+    entropy: np.ndarray
+    expected_entropy: np.ndarray
+    mutual_information: np.ndarray
+    variation_ratio: np.ndarray
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ClassificationResult:
+        def vector(key: str, kind: type = np.float64) -> np.ndarray:
+            return np.asarray(body[key], dtype=kind)
+
+        return cls(
+            model=body["model"], version=body["version"], seed=body["seed"], classes=list(body["classes"]),
+            samples_used=vector("samples_used", np.int64), probs=vector("probs").reshape(len(body["label"]), -1),
+            label=vector("label", np.int64), class_name=np.asarray(body["class_name"], dtype=object),
+            entropy=vector("entropy"), expected_entropy=vector("expected_entropy"),
+            mutual_information=vector("mutual_information"), variation_ratio=vector("variation_ratio"),
+        )
+
+    def columns(self) -> dict[str, np.ndarray]:
+        table: dict[str, np.ndarray] = {"label": self.label, "class_name": self.class_name}
+        for index, name in enumerate(self.classes or [str(i) for i in range(self.probs.shape[1])]):
+            table[f"prob_{name}"] = self.probs[:, index]
+        for key in ("entropy", "expected_entropy", "mutual_information", "variation_ratio", "samples_used"):
+            table[key] = getattr(self, key)
+        return table
+
+    def to_pandas(self):
+        return _frame(self.columns())
+
+    def __len__(self) -> int:
+        return len(self.samples_used)
+
+
+Result = Union[RegressionResult, ClassificationResult]
+
+
+def from_json(body: dict[str, Any]) -> Result:
+    """The result object for a ``/v1/models/{name}/predict`` answer."""
+    return ClassificationResult.from_json(body) if body.get("task") == "classification" \
+        else RegressionResult.from_json(body)
+
+
+def concatenate(parts: list[Result]) -> Result:
+    """Join results of consecutive row ranges, in order."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    joined = {}
+    for item in fields(first):
+        values = [getattr(part, item.name) for part in parts]
+        joined[item.name] = np.concatenate(values) if isinstance(values[0], np.ndarray) else values[0]
+    return type(first)(**joined)
+
+
+def _frame(columns: dict[str, np.ndarray]):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("to_pandas needs pandas: pip install pandas") from None
+    return pd.DataFrame(columns)

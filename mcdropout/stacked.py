@@ -1,0 +1,207 @@
+"""Many small dropout MLPs trained together as one batched computation.
+
+A grid search over dropout rate and tau, repeated over data splits, trains
+dozens to hundreds of networks of one shape. Each is tiny, so trained one after
+another the time goes to Python and kernel launches. Stacked along a leading
+model dimension (weights ``[M, in, out]``, one batched matmul per layer) they
+train in the time of a few. The models stay independent: each has its own
+rows, mini-batch order, dropout rate and weight decay, and Adam's update is
+element-wise, so stacking changes no model's arithmetic.
+
+The networks follow Gal & Ghahramani's UCI protocol: dropout before every dense
+layer (input, hidden, before the output), ReLU, Glorot-uniform weights and zero
+biases (Keras' defaults, which the published numbers were made with), and L2
+weight decay ``reg * sum(W**2)`` on the weight matrices added to the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mcdropout.progress import Progress
+
+LOSSES = ("mse", "cross_entropy")
+_LEVELS = 1 << 16  # masks compare 16 random bits with round(p * 2**16): p resolved to 2**-16
+
+
+def _draw16(shape: torch.Size, generator: torch.Generator | None) -> torch.Tensor:
+    """Uniform int16 values, four from each 64-bit draw (a third of the cost of ``torch.rand``)."""
+    count = math.prod(shape)
+    words = torch.empty(-(-count // 4), dtype=torch.int64).random_(-(1 << 63), None, generator=generator)
+    return words.view(torch.int16)[:count].view(shape)
+
+
+@dataclass
+class StackedMLP:
+    """``M`` MLPs of one shape: ``weights[i]`` is ``[M, in, out]``, ``biases[i]`` is ``[M, 1, out]``."""
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    dropout: torch.Tensor  # [M], the rate of every dropout layer of each model
+
+    @property
+    def count(self) -> int:
+        return len(self.dropout)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x`` ``[M, rows, in]`` -> ``[M, rows, out]`` with fresh dropout masks for every row."""
+        level = torch.round(self.dropout.double() * _LEVELS)
+        threshold = (level - _LEVELS // 2).to(torch.int16).view(-1, 1, 1)
+        scale = (_LEVELS / (_LEVELS - level)).to(x.dtype).view(-1, 1, 1)
+        hidden = x
+        last = len(self.weights) - 1
+        for index, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            mask = torch.where(_draw16(hidden.shape, generator) >= threshold, scale, 0.0)
+            hidden = torch.baddbmm(bias, hidden * mask, weight)
+            if index < last:
+                hidden = torch.relu(hidden)
+        return hidden
+
+    def select(self, index: int) -> nn.Sequential:
+        """Model ``index`` as the ``mlp`` architecture with input dropout (``architectures.build``)."""
+        from mcdropout import architectures
+
+        sizes = [w.shape[1] for w in self.weights] + [self.weights[-1].shape[2]]
+        model = architectures.build("mlp", {
+            "in_features": sizes[0], "out_features": sizes[-1], "hidden": sizes[1:-1],
+            "dropout": float(self.dropout[index]), "input_dropout": True,
+        })
+        linears = [m for m in model if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for linear, weight, bias in zip(linears, self.weights, self.biases):
+                linear.weight.copy_(weight[index].T)
+                linear.bias.copy_(bias[index, 0])
+        return model.eval()
+
+
+def initialise(count: int, sizes: Sequence[int], dropout: torch.Tensor, generator: torch.Generator) -> StackedMLP:
+    """Glorot-uniform weights and zero biases, independently for each of ``count`` models."""
+    weights, biases = [], []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        weight = (torch.rand(count, fan_in, fan_out, generator=generator) * 2 - 1) * limit
+        weights.append(weight.requires_grad_())
+        biases.append(torch.zeros(count, 1, fan_out, requires_grad=True))
+    return StackedMLP(weights, biases, dropout.to(torch.float32))
+
+
+def train(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hidden: Sequence[int],
+    dropout: Sequence[float],
+    weight_decay: Sequence[float],
+    epochs: int,
+    loss: str = "mse",
+    classes: int | None = None,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    description: str = "training",
+    quiet: bool = False,
+) -> StackedMLP:
+    """Train ``M = len(dropout)`` MLPs, model ``m`` on rows ``x[m]`` ``[N, in]`` with targets ``y[m]``.
+
+    Regression (``loss="mse"``): ``y`` is ``[M, N, outputs]``. Classification
+    (``loss="cross_entropy"``): ``y`` is ``[M, N]`` class indices and ``classes``
+    the number of classes. Each epoch shuffles every model's rows on its own and
+    walks them in mini-batches of ``batch_size`` (the last one smaller), Adam
+    with default settings, like Keras' ``fit``.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+    count, rows, features = x.shape
+    if len(dropout) != count or len(weight_decay) != count:
+        raise ValueError(f"{count} models but {len(dropout)} dropout rates and {len(weight_decay)} weight decays")
+    outputs = classes if loss == "cross_entropy" else y.shape[-1]
+    if outputs is None:
+        raise ValueError("classification needs the number of classes")
+    generator = torch.Generator().manual_seed(seed)
+    model = initialise(count, [features, *hidden, outputs], torch.tensor(dropout), generator)
+    decay = torch.tensor(weight_decay, dtype=torch.float32)
+    optimiser = torch.optim.Adam([*model.weights, *model.biases], lr=lr)
+    with Progress(epochs, description, "epoch", quiet=quiet) as progress:
+        for _ in range(epochs):
+            gather_index = torch.rand(count, rows, generator=generator).argsort(dim=1)
+            x_epoch = x.gather(1, gather_index.unsqueeze(-1).expand(-1, -1, features))
+            y_epoch = y.gather(1, gather_index if y.dim() == 2 else gather_index.unsqueeze(-1).expand_as(y))
+            for start in range(0, rows, batch_size):
+                optimiser.zero_grad(set_to_none=True)
+                output = model.forward(x_epoch[:, start:start + batch_size], generator)
+                per_model = _loss(output, y_epoch[:, start:start + batch_size], loss)
+                penalty = sum((w * w).sum(dim=(1, 2)) for w in model.weights)
+                objective = (per_model + decay * penalty).sum()
+                objective.backward()
+                optimiser.step()
+            progress.update(1, loss=float(per_model.detach().mean()))
+    for tensor in (*model.weights, *model.biases):
+        tensor.requires_grad_(False)
+    return model
+
+
+def _loss(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """The loss of each model on its mini-batch, ``[M]``."""
+    if kind == "mse":
+        return ((output - target) ** 2).mean(dim=(1, 2))
+    count, rows, classes = output.shape
+    return F.cross_entropy(output.reshape(-1, classes), target.reshape(-1), reduction="none").view(count, rows).mean(1)
+
+
+@torch.no_grad()
+def mc_outputs(model: StackedMLP, x: torch.Tensor, samples: int, *, seed: int = 0,
+               chunk_rows: int = 1 << 20):
+    """Yield ``[M, t, rows, out]`` outputs of successive chunks of the ``samples`` MC passes over ``x`` ``[M, rows, in]``."""
+    generator = torch.Generator().manual_seed(seed)
+    count, rows, features = x.shape
+    per_chunk = max(1, min(samples, chunk_rows // max(count * rows, 1)))
+    for start in range(0, samples, per_chunk):
+        t = min(per_chunk, samples - start)
+        replicated = x.unsqueeze(1).expand(count, t, rows, features).reshape(count, t * rows, features)
+        yield model.forward(replicated, generator).view(count, t, rows, -1)
+
+
+@torch.no_grad()
+def regression_scores(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, taus: torch.Tensor, samples: int, *,
+                      y_mean: torch.Tensor, y_std: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per model: RMSE of the MC mean ``[M]`` and Gal & Ghahramani's test log-likelihood ``[M, K]``.
+
+    ``y`` ``[M, rows, out]`` and the candidate precisions ``taus`` ``[M, K]`` are in
+    the target's units; ``y_mean`` and ``y_std`` ``[M, out]`` undo each model's
+    target standardisation. The log-likelihood per point is
+    ``logsumexp_t(-tau/2 (y - yhat_t)^2) - log T - log(2 pi)/2 + log(tau)/2``,
+    streamed over chunks of passes.
+    """
+    count, candidates = taus.shape
+    tau = taus.double().view(count, 1, 1, 1, candidates)
+    shift, scale = y_mean.double().view(count, 1, 1, -1), y_std.double().view(count, 1, 1, -1)
+    total = torch.zeros(y.shape, dtype=torch.float64)
+    log_sum = torch.full((*y.shape, candidates), -math.inf, dtype=torch.float64)
+    for chunk in mc_outputs(model, x, samples, seed=seed, chunk_rows=max(1, (1 << 20) // candidates)):
+        predictions = chunk.double() * scale + shift
+        total += predictions.sum(dim=1)
+        squared = (y.unsqueeze(1).double() - predictions).unsqueeze(-1) ** 2
+        log_sum = torch.logaddexp(log_sum, torch.logsumexp(-0.5 * tau * squared, dim=1))
+    rmse = ((y.double() - total / samples) ** 2).mean(dim=(1, 2)).sqrt()
+    ll = log_sum - math.log(samples) - 0.5 * math.log(2 * math.pi) + 0.5 * tau.view(count, 1, 1, candidates).log()
+    return {"rmse": rmse, "log_likelihood": ll.mean(dim=(1, 2))}
+
+
+@torch.no_grad()
+def classification_scores(model: StackedMLP, x: torch.Tensor, labels: torch.Tensor, samples: int, *,
+                          seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per model: accuracy and mean log-probability of the true class under the MC-averaged softmax."""
+    probs = None
+    for chunk in mc_outputs(model, x, samples, seed=seed):
+        part = torch.softmax(chunk.double(), dim=-1).sum(dim=1)
+        probs = part if probs is None else probs + part
+    probs /= samples
+    chosen = probs.gather(2, labels.unsqueeze(-1)).squeeze(-1)
+    return {"accuracy": (probs.argmax(-1) == labels).double().mean(1),
+            "log_likelihood": chosen.clamp_min(1e-300).log().mean(1)}

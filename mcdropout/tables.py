@@ -1,0 +1,167 @@
+"""Reading tables of rows: CSV, Parquet, JSON Lines, NPY and whitespace-separated text.
+
+:func:`read_table` reads a whole file (training); :func:`iter_chunks` streams
+one in chunks of rows so memory stays flat however large it is (scoring).
+:func:`numeric` turns named columns into a float64 matrix, and its errors name
+what is wrong: missing columns, non-numeric columns, rows holding NaN or inf.
+Whitespace-separated text and NPY files have no header: their columns are named
+by position, ``"0"``, ``"1"``, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
+           ".npy": "npy", ".txt": "text", ".data": "text", ".dat": "text"}
+HEADERLESS = {"npy", "text"}  # formats whose columns are named by position
+_SHOWN_ROWS = 10  # row numbers listed in an error, at most
+
+
+class TableError(ValueError):
+    """A file that cannot be read as a table of numbers; the message names the file and the problem."""
+
+
+def table_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise TableError(f"{path}: unknown file type {suffix or '(none)'!r}; expected one of {', '.join(FORMATS)}")
+    return FORMATS[suffix]
+
+
+def read_table(path: str | Path) -> pa.Table:
+    """The whole file as an Arrow table."""
+    batches = list(iter_chunks(path, 1 << 16))
+    if not batches:
+        raise TableError(f"{path}: the file holds no rows")
+    return pa.Table.from_batches(batches)
+
+
+def count_rows(path: str | Path) -> int | None:
+    """Rows in the file where that is cheap to know (Parquet metadata, NPY header), else None."""
+    kind = table_format(path)
+    if kind == "parquet":
+        return _parquet(path).metadata.num_rows
+    if kind == "npy":
+        return int(_npy(path).shape[0])
+    return None
+
+
+def iter_chunks(path: str | Path, chunk_rows: int, *, skip_rows: int = 0,
+                float_columns: Sequence[str] = ()) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``chunk_rows`` rows (the last may be shorter), after skipping ``skip_rows`` rows.
+
+    ``float_columns`` are read as float64 where the format infers types per block (CSV).
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    kind = table_format(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    batches = {"csv": _csv_batches, "parquet": _parquet_batches, "jsonl": _jsonl_batches, "npy": _npy_batches,
+               "text": _text_batches}[kind](path, chunk_rows, float_columns)
+    try:
+        yield from _rechunk(batches, chunk_rows, skip_rows)
+    except pa.ArrowInvalid as error:
+        raise TableError(f"{path}: {error}") from None
+
+
+def numeric(batch: pa.RecordBatch | pa.Table, columns: Sequence[str], *, path: str | Path, first_row: int = 0,
+            what: str = "feature") -> np.ndarray:
+    """Columns ``columns`` as a (rows, columns) float64 array; ``first_row`` numbers the rows in errors."""
+    names = batch.schema.names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise TableError(f"{path}: missing {what} column(s) {', '.join(map(repr, missing))}; the file has"
+                         f" {', '.join(map(repr, names))}")
+    arrays = []
+    for name in columns:
+        column = batch.column(names.index(name))
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+                or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
+            raise TableError(f"{path}: {what} column {name!r} is not numeric (type {column.type})")
+        arrays.append(column.to_numpy(zero_copy_only=False).astype(np.float64))
+    values = np.stack(arrays, axis=1) if arrays else np.zeros((batch.num_rows, 0))
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad) + first_row
+        shown = ", ".join(str(r) for r in rows[:_SHOWN_ROWS]) + (", ..." if len(rows) > _SHOWN_ROWS else "")
+        raise TableError(f"{path}: {len(rows)} row(s) with missing, NaN or infinite {what} values"
+                         f" (rows numbered from 0: {shown})")
+    return values
+
+
+def _rechunk(batches: Iterator[pa.RecordBatch], size: int, skip: int) -> Iterator[pa.RecordBatch]:
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        if skip:
+            dropped = min(skip, batch.num_rows)
+            batch, skip = batch.slice(dropped), skip - dropped
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= size:
+            table = pa.Table.from_batches(pending).combine_chunks()
+            yield table.slice(0, size).to_batches()[0]
+            rest = table.slice(size)
+            pending, held = (rest.to_batches() if rest.num_rows else []), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+def _csv_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    # Columns read as numbers are read as float64 throughout: otherwise a column whose first
+    # block held only integers fails on a later decimal.
+    convert = pa_csv.ConvertOptions(column_types={name: pa.float64() for name in float_columns})
+    yield from pa_csv.open_csv(path, convert_options=convert, read_options=pa_csv.ReadOptions(block_size=1 << 22))
+
+
+def _parquet(path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise TableError(f"{path}: not a readable Parquet file ({error})") from None
+
+
+def _parquet_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    yield from _parquet(path).iter_batches(batch_size=chunk_rows)
+
+
+def _jsonl_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    yield from pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=1 << 22))
+
+
+def _npy(path) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        raise TableError(f"{path}: not a readable NPY file ({error})") from None
+    if array.ndim != 2:
+        raise TableError(f"{path}: expected a 2-D array (rows, columns), got shape {array.shape}")
+    return array
+
+
+def _npy_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    array = _npy(path)
+    names = [str(i) for i in range(array.shape[1])]
+    for start in range(0, len(array), chunk_rows):
+        block = np.asarray(array[start:start + chunk_rows], dtype=np.float64)
+        yield pa.RecordBatch.from_arrays([pa.array(block[:, i]) for i in range(block.shape[1])], names=names)
+
+
+def _text_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    try:
+        values = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as error:
+        raise TableError(f"{path}: not a whitespace-separated table of numbers ({error})") from None
+    names = [str(i) for i in range(values.shape[1])]
+    for start in range(0, len(values), chunk_rows):
+        block = values[start:start + chunk_rows]
+        yield pa.RecordBatch.from_arrays([pa.array(block[:, i]) for i in range(block.shape[1])], names=names)
