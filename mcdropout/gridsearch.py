@@ -63,6 +63,7 @@ class Settings:
     validation_samples: int = 1000
     classes: int | None = None
     seed: int = 0
+    processes: int = 2  # see stacked.train; results depend on it, so it is a setting, not the machine's core count
 
 
 def standardise(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +134,8 @@ def _train(sets: list[TrainingSet], points: list[tuple[float, float | None]], se
     model = stacked.train(
         torch.from_numpy(x.astype(np.float32)), y, hidden=settings.hidden, dropout=[p for p, _ in points],
         weight_decay=decay, epochs=settings.epochs, loss="mse" if regression else "cross_entropy",
-        classes=settings.classes, batch_size=settings.batch_size, seed=settings.seed, description=description,
+        classes=settings.classes, batch_size=settings.batch_size, seed=settings.seed,
+        processes=settings.processes, description=description,
         quiet=quiet,
     )
     x_mean, x_std = (np.stack(values) for values in zip(*x_scales))

@@ -17,7 +17,9 @@ weight decay ``reg * sum(W**2)`` on the weight matrices added to the loss.
 from __future__ import annotations
 
 import math
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +106,7 @@ def train(
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
+    processes: int = 1,
     description: str = "training",
     quiet: bool = False,
 ) -> StackedMLP:
@@ -114,28 +117,62 @@ def train(
     the number of classes. Each epoch shuffles every model's rows on its own and
     walks them in mini-batches of ``batch_size`` (the last one smaller), Adam
     with default settings, like Keras' ``fit``.
+
+    With ``processes > 1`` the models are split into that many contiguous shards,
+    each trained in its own process on one thread: the element-wise work of these
+    small networks is bound by memory and Python, which two single-threaded
+    processes use better than one process with two threads. Results depend on
+    ``seed`` and ``processes`` (each shard has its own random stream), not on the
+    machine.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
-    count, rows, features = x.shape
+    count = x.shape[0]
     if len(dropout) != count or len(weight_decay) != count:
         raise ValueError(f"{count} models but {len(dropout)} dropout rates and {len(weight_decay)} weight decays")
-    outputs = classes if loss == "cross_entropy" else y.shape[-1]
-    if outputs is None:
+    if loss == "cross_entropy" and classes is None:
         raise ValueError("classification needs the number of classes")
+    options = {"hidden": list(hidden), "epochs": epochs, "loss": loss, "classes": classes, "batch_size": batch_size,
+               "lr": lr}
+    shards = [s for s in torch.arange(count).tensor_split(max(1, min(processes, count))) if len(s)]
+    jobs = [(x[s], y[s], [dropout[i] for i in s], [weight_decay[i] for i in s], seed + k, options)
+            for k, s in enumerate(shards)]
+    if len(jobs) == 1:
+        return _train_shard(*jobs[0], description=description, quiet=quiet)
+    context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
+    with ProcessPoolExecutor(len(jobs) - 1, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:
+        others = [pool.submit(_train_shard, *job) for job in jobs[1:]]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            first = _train_shard(*jobs[0], description=f"{description} ({len(jobs)} processes)", quiet=quiet)
+        finally:
+            torch.set_num_threads(threads)
+        parts = [first, *(future.result() for future in others)]
+    return StackedMLP([torch.cat(w) for w in zip(*(p.weights for p in parts))],
+                      [torch.cat(b) for b in zip(*(p.biases for p in parts))],
+                      torch.cat([p.dropout for p in parts]))
+
+
+def _train_shard(x: torch.Tensor, y: torch.Tensor, dropout: list[float], weight_decay: list[float], seed: int,
+                 options: dict, *, description: str = "", quiet: bool = True) -> StackedMLP:
+    count, rows, features = x.shape
+    outputs = options["classes"] if options["loss"] == "cross_entropy" else y.shape[-1]
+    batch_size = options["batch_size"]
     generator = torch.Generator().manual_seed(seed)
-    model = initialise(count, [features, *hidden, outputs], torch.tensor(dropout), generator)
+    model = initialise(count, [features, *options["hidden"], outputs], torch.tensor(dropout), generator)
     decay = torch.tensor(weight_decay, dtype=torch.float32)
-    optimiser = torch.optim.Adam([*model.weights, *model.biases], lr=lr)
-    with Progress(epochs, description, "epoch", quiet=quiet) as progress:
-        for _ in range(epochs):
+    optimiser = torch.optim.Adam([*model.weights, *model.biases], lr=options["lr"])
+    with Progress(options["epochs"], description, "epoch", quiet=quiet) as progress:
+        for _ in range(options["epochs"]):
             gather_index = torch.rand(count, rows, generator=generator).argsort(dim=1)
             x_epoch = x.gather(1, gather_index.unsqueeze(-1).expand(-1, -1, features))
             y_epoch = y.gather(1, gather_index if y.dim() == 2 else gather_index.unsqueeze(-1).expand_as(y))
             for start in range(0, rows, batch_size):
                 optimiser.zero_grad(set_to_none=True)
                 output = model.forward(x_epoch[:, start:start + batch_size], generator)
-                per_model = _loss(output, y_epoch[:, start:start + batch_size], loss)
+                per_model = _loss(output, y_epoch[:, start:start + batch_size], options["loss"])
                 penalty = sum((w * w).sum(dim=(1, 2)) for w in model.weights)
                 objective = (per_model + decay * penalty).sum()
                 objective.backward()

@@ -10,6 +10,8 @@ by position, ``"0"``, ``"1"``, ...
 
 from __future__ import annotations
 
+import csv
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -93,34 +95,42 @@ def numeric(batch: pa.RecordBatch | pa.Table, columns: Sequence[str], *, path: s
     if bad.any():
         rows = np.flatnonzero(bad) + first_row
         shown = ", ".join(str(r) for r in rows[:_SHOWN_ROWS]) + (", ..." if len(rows) > _SHOWN_ROWS else "")
-        raise TableError(f"{path}: {len(rows)} row(s) with missing, NaN or infinite {what} values"
-                         f" (rows numbered from 0: {shown})")
+        raise TableError(f"{path}: {len(rows)} row(s) among rows {first_row}-{first_row + len(values) - 1} with"
+                         f" missing, NaN or infinite {what} values (rows numbered from 0: {shown})")
     return values
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch], size: int, skip: int) -> Iterator[pa.RecordBatch]:
-    pending: list[pa.RecordBatch] = []
-    held = 0
+    """Batches of exactly ``size`` rows (the last may be shorter); slices are views, only chunks are copied."""
+    pending: pa.Table | None = None
     for batch in batches:
         if skip:
             dropped = min(skip, batch.num_rows)
             batch, skip = batch.slice(dropped), skip - dropped
-        pending.append(batch)
-        held += batch.num_rows
-        while held >= size:
-            table = pa.Table.from_batches(pending).combine_chunks()
-            yield table.slice(0, size).to_batches()[0]
-            rest = table.slice(size)
-            pending, held = (rest.to_batches() if rest.num_rows else []), rest.num_rows
-    if held:
-        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+        table = pa.Table.from_batches([batch])
+        table = table if pending is None else pa.concat_tables([pending, table], promote_options="default")
+        offset = 0
+        while table.num_rows - offset >= size:
+            yield table.slice(offset, size).combine_chunks().to_batches()[0]
+            offset += size
+        pending = table.slice(offset)
+    if pending is not None and pending.num_rows:
+        yield pending.combine_chunks().to_batches()[0]
 
 
 def _csv_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     # Columns read as numbers are read as float64 throughout: otherwise a column whose first
     # block held only integers fails on a later decimal.
     convert = pa_csv.ConvertOptions(column_types={name: pa.float64() for name in float_columns})
-    yield from pa_csv.open_csv(path, convert_options=convert, read_options=pa_csv.ReadOptions(block_size=1 << 22))
+    try:
+        yield from pa_csv.open_csv(path, convert_options=convert, read_options=pa_csv.ReadOptions(block_size=1 << 22))
+    except pa.ArrowInvalid as error:
+        with open(path, newline="") as handle:
+            names = next(csv.reader(handle), [])
+        found = re.search(r"column #(\d+)", str(error))
+        if found is None or int(found[1]) >= len(names):
+            raise
+        raise TableError(f"{path}: column {names[int(found[1])]!r} is not numeric ({error})") from None
 
 
 def _parquet(path) -> pq.ParquetFile:
