@@ -6,7 +6,8 @@ Writes Parquet files of `--small` and `--rows` generated rows with the
 `diabetes` features, scores each with `mcdropout score models/diabetes ...` at
 T=`--samples` with the local engine and with Ray Data on 2 workers (a local
 Ray with 2 CPUs), and samples the resident memory of the scoring processes
-(the command and, for Ray, every process of its Ray session) every 50 ms.
+(proportional set size, so pages shared between processes count once: the
+command and, for Ray, every process of its Ray session) every 50 ms.
 Baselines measured in the same run: the library's own throughput on rows
 already in memory (one `Bundle.predict` per 10,000 rows, no I/O), and the
 peak memory at `--small` rows, so that the table shows rows/s as a share of
@@ -47,7 +48,7 @@ def make_input(path: Path, rows: int) -> Path:
 
 
 class PeakMemory:
-    """Largest total RSS seen of a process, its descendants and (Ray) every process of the Ray session."""
+    """Largest total PSS seen of a process, its descendants and (Ray) every process of the Ray session."""
 
     def __init__(self, root: psutil.Process, include_ray: bool) -> None:
         self.root, self.include_ray = root, include_ray
@@ -71,7 +72,7 @@ class PeakMemory:
             total = 0
             for process in self._processes():
                 try:
-                    total += process.memory_info().rss
+                    total += process.memory_full_info().pss  # shared pages counted once across processes
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)

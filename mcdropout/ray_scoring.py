@@ -3,9 +3,10 @@
 The driver first copies the rows still to score (after a resume's offset) into
 a Parquet file of the feature columns and row ids, checking them on the way, so
 that a bad row is reported with its row number before any work is spent. Ray
-Data reads that file, a row group per task (on a cluster of several machines,
-put OUTPUT where every machine sees it, since the file lives beside it); each actor loads the bundle once (its files travel with
-the actor, so workers on other machines need no shared disk) and predicts
+Data hands each actor row groups of that file, one chunk at a time (on a
+cluster of several machines, put OUTPUT where every machine sees it: the file
+lives beside it); each actor loads the bundle once (its files travel with the
+actor, so workers on other machines need no shared disk for the model) and predicts
 batches of ``chunk_rows`` rows, one GPU per actor when the cluster has GPUs.
 Output batches come back in input order (``preserve_order``) and are written by
 the driver as parts, as with the other engines. With no ``--ray-address`` a
@@ -40,16 +41,14 @@ class _Predictor:
         self.engine = LocalEngine(self.folder, samples=samples, seed=seed, interval=interval)
         self.columns, self.id_name = columns, id_name
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, chunks: pa.Table) -> pa.Table:
+        """Read the staged row groups named by ``chunks`` and predict their rows."""
         from mcdropout.scoring import rows_table
 
+        paths, groups = chunks.column("path").to_pylist(), chunks.column("group").to_pylist()
+        batch = pa.concat_tables([pq.ParquetFile(path).read_row_group(group) for path, group in zip(paths, groups)])
         x = tables.numeric(batch, self.columns, path="(staged input)")
         return rows_table(batch, self.engine.predict(x), self.id_name, 0, "(staged input)")
-
-
-def _read_row_groups(batch: pa.Table) -> pa.Table:
-    paths, groups = batch.column("path").to_pylist(), batch.column("group").to_pylist()
-    return pa.concat_tables([pq.ParquetFile(path).read_row_group(group) for path, group in zip(paths, groups)])
 
 
 def ray_chunks(job: Any, skip: int, *, address: str | None, workers: int, quiet: bool) -> Iterator[pa.Table]:
@@ -79,13 +78,11 @@ def ray_chunks(job: Any, skip: int, *, address: str | None, workers: int, quiet:
         context.enable_progress_bars = False
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         groups = pq.ParquetFile(staging).num_row_groups
-        # Reading is a task per row group that takes no CPU slot: the actors hold them all, and Ray Data's
-        # file listing (read_parquet) would wait for a free one for ever on a 2-CPU Ray.
+        # Each actor reads the row group it is given: no read tasks, which on a small Ray would start a worker
+        # process per task (and Ray Data's file listing waits for a CPU slot that the actors hold).
         dataset = ray.data.from_items([{"path": str(staging), "group": g} for g in range(groups)]).map_batches(
-            _read_row_groups, batch_size=1, batch_format="pyarrow", num_cpus=0,
-        ).map_batches(
-            _Predictor, batch_size=job.chunk_rows, batch_format="pyarrow", concurrency=workers,
-            num_gpus=gpus, num_cpus=0 if gpus else 1,
+            _Predictor, batch_size=1, batch_format="pyarrow", concurrency=workers, num_gpus=gpus,
+            num_cpus=0 if gpus else 1,
             fn_constructor_kwargs={"files": files, "samples": job.samples, "seed": job.seed,
                                    "interval": job.interval, "columns": columns, "id_name": id_name},
         )
