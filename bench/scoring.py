@@ -11,8 +11,9 @@ command and, for Ray, every process of its Ray session) every 50 ms.
 Baselines measured in the same run: the library's own throughput on rows
 already in memory (one `Bundle.predict` per 10,000 rows, no I/O), and the
 peak memory at `--small` rows, so that the table shows rows/s as a share of
-the library's and peak memory at `--rows` against `--small` (target: the
-same, i.e. memory does not grow with the number of rows).
+the library's and peak memory at `--rows` against `--small`; and within each
+run, the peak of its second half over its first (1.0: memory does not grow as
+rows go by; the target is memory independent of the number of rows).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class PeakMemory:
 
     def __init__(self, root: psutil.Process, include_ray: bool) -> None:
         self.root, self.include_ray = root, include_ray
-        self.peak = 0
+        self.trace: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -75,13 +76,15 @@ class PeakMemory:
                     total += process.memory_full_info().pss  # shared pages counted once across processes
                 except psutil.Error:
                     pass
-            self.peak = max(self.peak, total)
+            self.trace.append(total)
             time.sleep(0.05)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, float]:
+        """Peak, and the peak of the run's second half over that of its first (1.0: no growth with rows)."""
         self._stop.set()
         self._thread.join()
-        return self.peak
+        half = len(self.trace) // 2
+        return max(self.trace), max(self.trace[half:]) / max(self.trace[:half])
 
 
 def run_score(source: Path, output: Path, engine: str, samples: int) -> dict:
@@ -94,11 +97,11 @@ def run_score(source: Path, output: Path, engine: str, samples: int) -> dict:
     memory = PeakMemory(psutil.Process(process.pid), include_ray=engine == "ray")
     out, err = process.communicate()
     seconds = time.perf_counter() - started
-    peak = memory.stop()
+    peak, growth = memory.stop()
     if process.returncode != 0:
         raise RuntimeError(f"score failed ({process.returncode}):\n{err}")
     rows = pd.read_parquet(output, columns=["id"]).shape[0]
-    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "peak_mb": peak / 2**20}
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "peak_mb": peak / 2**20, "growth": growth}
 
 
 def library_rate(samples: int, rows: int = 100_000) -> float:
@@ -133,12 +136,14 @@ def main() -> None:
                 print(f"  {engine} {rows:,} rows: {r['seconds']:.1f} s, {r['rows_per_s']:,.0f} rows/s,"
                       f" peak {r['peak_mb']:.0f} MB", flush=True)
     print()
-    print("| engine | rows | time s | rows/s | share of library rows/s | peak MB | peak vs small input |")
-    print("|---|---|---|---|---|---|---|")
+    print("| engine | rows | time s | rows/s | share of library rows/s | peak MB | peak vs small input |"
+          " peak 2nd half / 1st half |")
+    print("|---|---|---|---|---|---|---|---|")
     for (engine, rows), r in results.items():
         small = results[engine, args.small]["peak_mb"]
         print(f"| {engine} | {rows:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} |"
-              f" {r['rows_per_s'] / baseline:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / small:.2f}x |")
+              f" {r['rows_per_s'] / baseline:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / small:.2f}x |"
+              f" {r['growth']:.2f} |")
 
 
 if __name__ == "__main__":

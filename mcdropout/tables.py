@@ -113,7 +113,9 @@ def _rechunk(batches: Iterator[pa.RecordBatch], size: int, skip: int) -> Iterato
         while table.num_rows - offset >= size:
             yield table.slice(offset, size).combine_chunks().to_batches()[0]
             offset += size
-        pending = table.slice(offset)
+        # The remainder (under a chunk) is copied, not sliced: a slice, even an empty one, keeps the whole
+        # batch it came from alive, and each next batch would chain to it, holding every batch read so far.
+        pending = table.slice(offset).combine_chunks() if offset < table.num_rows else None
     if pending is not None and pending.num_rows:
         yield pending.combine_chunks().to_batches()[0]
 
@@ -135,7 +137,9 @@ def _csv_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterato
 
 def _parquet(path) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        # pre_buffer (pyarrow's default) keeps the buffered ranges of every row group read so far:
+        # memory would grow with the file.
+        return pq.ParquetFile(path, pre_buffer=False)
     except (pa.ArrowInvalid, OSError) as error:
         raise TableError(f"{path}: not a readable Parquet file ({error})") from None
 
