@@ -31,7 +31,23 @@ _EXPORTS = {
     "metrics": "mcdropout.metrics",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "STOCHASTIC_TYPES",
+    "Bundle",
+    "BundleError",
+    "ClassificationPrediction",
+    "DropConnect",
+    "LockedDropout",
+    "MCPredictor",
+    "Manifest",
+    "RegressionPrediction",
+    "is_stochastic",
+    "load_bundle",
+    "mc_dropout",
+    "metrics",
+    "predict",
+    "save_bundle",
+]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:

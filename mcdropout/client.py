@@ -29,7 +29,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from mcdropout.results import ClassificationResult, RegressionResult, Result, concatenate, from_json
+from mcdropout.results import (
+    ClassificationResult,
+    RegressionResult,
+    Result,
+    concatenate,
+    from_json,
+)
 
 __all__ = ["AsyncClient", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound", "Overloaded",
            "RegressionResult", "Result", "ServerError", "ServiceError", "Unauthorized", "Unreachable"]

@@ -16,8 +16,8 @@ import pytest
 from mcdropout import datasets, load_bundle
 from mcdropout.client import (
     AsyncClient,
-    Client,
     ClassificationResult,
+    Client,
     InvalidInput,
     NotFound,
     Overloaded,
