@@ -28,6 +28,10 @@ def evaluate(bundle: Bundle, split: datasets.Split | None = None, *, samples: in
 
 def _split_of(bundle: Bundle) -> datasets.Split:
     data = bundle.manifest.training.get("data", {})
+    if "path" in data:  # trained with `mcdropout train --data`: re-read the table
+        from mcdropout.table_training import recorded_split
+
+        return recorded_split(bundle.manifest)
     name = data.get("name")
     if name not in datasets.LOADERS:
         raise ValueError(

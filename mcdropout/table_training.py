@@ -73,9 +73,8 @@ def train_from_table(
         y, classes = _labels(table.column(target), path, target)
     _check_data(x, features, path)
 
-    order = np.random.default_rng(seed).permutation(len(x))
-    held_out = round(len(x) * test_fraction)
-    test, train = order[:held_out], order[held_out:]
+    test, train = _partition(len(x), seed, test_fraction)
+    held_out = len(test)
     if len(train) < MIN_TRAINING_ROWS:
         raise ValueError(f"{path}: {len(train)} training rows after holding out {held_out} for testing; at least"
                          f" {MIN_TRAINING_ROWS} are needed")
@@ -125,6 +124,32 @@ def train_from_table(
     bundle = save_bundle(fitted.model, Path(out) if out is not None else Path("models") / name,
                          replace(manifest, metrics=metrics))
     return bundle, metrics
+
+
+def _partition(rows: int, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the held-out test part and of the training part."""
+    order = np.random.default_rng(seed).permutation(rows)
+    held_out = round(rows * test_fraction)
+    return order[:held_out], order[held_out:]
+
+
+def recorded_split(manifest: Manifest) -> datasets.Split:
+    """The test part of the table a bundle was trained on, re-read from the path its manifest records."""
+    data = manifest.training["data"]
+    table = tables.read_table(data["path"])
+    x = tables.numeric(table, manifest.feature_names, path=data["path"])
+    if manifest.task == "regression":
+        y = tables.numeric(table, [data["target"]], path=data["path"], what="target")
+    else:
+        y, classes = _labels(table.column(data["target"]), data["path"], data["target"])
+        if classes != manifest.class_names:
+            raise tables.TableError(f"{data['path']}: its classes {classes} are not the bundle's"
+                                    f" {manifest.class_names}; the file changed since training")
+    if len(x) != data["rows"]:
+        raise tables.TableError(f"{data['path']}: {len(x)} rows, the bundle was trained on {data['rows']};"
+                                " the file changed since training")
+    test, train = _partition(len(x), data["split_seed"], data["test_fraction"])
+    return datasets.Split(x[train], y[train], x[:0], y[:0], x[test], y[test], feature_names=manifest.feature_names)
 
 
 def _is_numeric(kind: pa.DataType) -> bool:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mcdropout import load_bundle
+from mcdropout.evaluation import evaluate
 from mcdropout.table_training import train_from_table
 
 from .conftest import ROOT
@@ -45,6 +46,8 @@ def test_regression_with_grids_writes_a_bundle_the_service_can_serve(tmp_path):
     tau_user = manifest.tau / np.mean(manifest.target_standardisation.std) ** 2
     assert tau_user == pytest.approx(best["tau"])
     assert manifest.metrics["mc"]["rmse"] < 1.5 and manifest.metrics["test_rows"] == 30
+    again = evaluate(bundle)  # `mcdropout evaluate`: re-reads the recorded table and its test part
+    assert again["mc"]["rmse"] == pytest.approx(manifest.metrics["mc"]["rmse"], rel=1e-6)
     pred = bundle.predict(np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), samples=200, seed=0)
     assert pred.mean[0, 0].item() == pytest.approx(10, abs=1.0) and pred.mean[1, 0].item() == pytest.approx(13, abs=1.0)
 
