@@ -16,6 +16,7 @@ part from a log grid spanning 1 to 10^4 over the target's variance.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -87,6 +88,8 @@ def fit(sets: Sequence[TrainingSet], settings: Settings, *, quiet: bool = False)
         for (index, _), result in zip(jobs, validation):
             scores[index].append(result)
         chosen = [max(entries, key=lambda e: e["log_likelihood"]) for entries in scores]
+        if not quiet:
+            _report(grid, scores, chosen)
     else:
         chosen = [{"dropout": grid[0][0], "tau": grid[0][1]} for _ in sets]
     points = [(c["dropout"], c["tau"]) for c in chosen]
@@ -98,6 +101,16 @@ def fit(sets: Sequence[TrainingSet], settings: Settings, *, quiet: bool = False)
                y_std=final.y_std[i] if regression else None, validation=scores[i])
         for i, (p, tau) in enumerate(points)
     ]
+
+
+def _report(grid: list[tuple[float, float | None]], scores: list[list[dict]], chosen: list[dict]) -> None:
+    """Per grid point: mean validation log-likelihood over the sets, and how many sets chose it."""
+    print("validation log-likelihood per grid point (mean over sets; sets that chose it):", file=sys.stderr)
+    for index, (p, tau) in enumerate(grid):
+        mean = float(np.mean([entries[index]["log_likelihood"] for entries in scores]))
+        wins = sum(c is entries[index] for c, entries in zip(chosen, scores))
+        label = f"p={p:g}" + (f", tau={tau:g}" if tau is not None else "")
+        print(f"  {label}: {mean:.4f} ({wins})", file=sys.stderr)
 
 
 @dataclass
