@@ -1,7 +1,8 @@
 """Predictions as plain numpy data: what the client returns and what batch scoring writes.
 
-Built from the service's JSON answer (:meth:`from_json`) or joined from several
-(:func:`concatenate`). Importing this module imports numpy only, so the client
+Built from a library prediction (:func:`from_prediction`: the service's answers
+and local scoring), from the service's JSON answer (:func:`from_json`: the
+client), or joined from several (:func:`concatenate`). Importing this module imports numpy only, so the client
 stays light. :meth:`columns` gives the flat per-row table (``mean``, ``std``,
 ``lower``, ``upper`` / ``label``, ``prob_<class>``, ``entropy``, ...) used by
 ``to_pandas`` and by ``mcdropout score``.
@@ -117,6 +118,42 @@ def from_json(body: dict[str, Any]) -> Result:
     """The result object for a ``/v1/models/{name}/predict`` answer."""
     return ClassificationResult.from_json(body) if body.get("task") == "classification" \
         else RegressionResult.from_json(body)
+
+
+def from_prediction(manifest: Any, prediction: Any, level: float) -> Result:
+    """A library prediction (``Bundle.predict``, user units) as the plain result, with ``level``'s interval.
+
+    Duck-typed on the manifest and the prediction, so that this module imports no torch. Outputs without
+    names are called ``y0, y1, ...``; classes without names by their index.
+    """
+    rows = len(prediction.num_samples)
+
+    def table(values) -> np.ndarray:
+        return values.reshape(rows, -1).numpy().astype(np.float64, copy=False)
+
+    def vector(values) -> np.ndarray:
+        return values.numpy().astype(np.float64, copy=False)
+
+    common = {"model": manifest.name, "version": manifest.version, "seed": prediction.seed,
+              "samples_used": prediction.num_samples.numpy().astype(np.int64, copy=False)}
+    if manifest.task == "regression":
+        lower, upper = prediction.interval(level)
+        means = table(prediction.mean)
+        return RegressionResult(
+            **common, outputs=manifest.output_names or [f"y{i}" for i in range(means.shape[1])], level=level,
+            mean=means, std=table(prediction.std), variance=table(prediction.variance),
+            epistemic_variance=table(prediction.epistemic), aleatoric_variance=table(prediction.aleatoric),
+            lower=table(lower), upper=table(upper),
+        )
+    probs = prediction.probs.numpy()
+    classes = manifest.class_names or [str(i) for i in range(probs.shape[1])]
+    labels = prediction.label.numpy().astype(np.int64, copy=False)
+    return ClassificationResult(
+        **common, classes=classes, probs=probs, label=labels,
+        class_name=np.asarray([classes[i] for i in labels], dtype=object), entropy=vector(prediction.entropy),
+        expected_entropy=vector(prediction.expected_entropy),
+        mutual_information=vector(prediction.mutual_information), variation_ratio=vector(prediction.variation_ratio),
+    )
 
 
 def concatenate(parts: list[Result]) -> Result:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from mcdropout import tables
 from mcdropout.progress import Progress
-from mcdropout.results import ClassificationResult, RegressionResult, Result
+from mcdropout.results import Result, from_prediction
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 ENGINES = ("local", "remote", "ray")
@@ -96,7 +96,7 @@ class LocalEngine:
 
     def predict(self, x: np.ndarray) -> Result:
         prediction = self.bundle.predict(x.reshape(len(x), *self.input_shape), samples=self.samples, seed=self.seed)
-        return to_result(self.bundle.manifest, prediction, self.interval)
+        return from_prediction(self.bundle.manifest, prediction, self.interval)
 
 
 class RemoteEngine:
@@ -123,33 +123,6 @@ class RemoteEngine:
         except ServiceError as error:
             raise ScoringError(f"{self.client.base_url}: {error}; the chunks done so far are kept: run again with"
                                " --resume") from None
-
-
-def to_result(manifest: Any, prediction: Any, level: float) -> Result:
-    """A library prediction as the plain numpy result the client returns."""
-    rows = len(prediction.num_samples)
-    common = {"model": manifest.name, "version": manifest.version, "seed": prediction.seed,
-              "samples_used": prediction.num_samples.numpy()}
-    if manifest.task == "regression":
-        def table(values):
-            return values.reshape(rows, -1).numpy()
-
-        lower, upper = prediction.interval(level)
-        means = table(prediction.mean)
-        return RegressionResult(
-            **common, outputs=manifest.output_names or [f"y{i}" for i in range(means.shape[1])], level=level,
-            mean=means, std=table(prediction.std), variance=table(prediction.variance),
-            epistemic_variance=table(prediction.epistemic), aleatoric_variance=table(prediction.aleatoric),
-            lower=table(lower), upper=table(upper),
-        )
-    classes = manifest.class_names or [str(i) for i in range(prediction.probs.shape[1])]
-    labels = prediction.label.numpy()
-    return ClassificationResult(
-        **common, classes=classes, probs=prediction.probs.numpy(), label=labels,
-        class_name=np.asarray([classes[i] for i in labels], dtype=object), entropy=prediction.entropy.numpy(),
-        expected_entropy=prediction.expected_entropy.numpy(),
-        mutual_information=prediction.mutual_information.numpy(), variation_ratio=prediction.variation_ratio.numpy(),
-    )
 
 
 def feature_columns(engine_features: list[str] | None, input_shape: list[int], schema: pa.Schema,

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import mcdropout
 from mcdropout.bundle import Bundle, load_bundle
 from mcdropout.engine import Prediction
-from mcdropout.summary import RegressionPrediction
+from mcdropout.results import RegressionResult, from_prediction
 from service import v2
 from service.batcher import Batcher, DeadlineExceeded, Overloaded
 from service.inputs import ApiError, instances_array, rows_array, samples_value
@@ -278,32 +278,23 @@ def _info(state: ServiceState, name: str) -> dict:
 def _v1_body(bundle: Bundle, prediction: Prediction, samples: int | str, seed: int, level: float,
              return_samples: bool) -> dict:
     manifest = bundle.manifest
-    rows = len(prediction.num_samples)
+    result = from_prediction(manifest, prediction, level)
     body: dict[str, Any] = {"model": manifest.name, "version": manifest.version, "task": manifest.task,
-                            "samples": samples, "samples_used": prediction.num_samples.numpy(), "seed": seed}
-    if isinstance(prediction, RegressionPrediction):
-        def table(values):
-            return values.reshape(rows, -1).numpy()
-
-        lower, upper = prediction.interval(level)
+                            "samples": samples, "samples_used": result.samples_used, "seed": seed}
+    if isinstance(result, RegressionResult):
         body.update(
-            outputs=manifest.output_names or [f"y{i}" for i in range(table(prediction.mean).shape[1])],
-            mean=table(prediction.mean), std=table(prediction.std), variance=table(prediction.variance),
-            epistemic_variance=table(prediction.epistemic), aleatoric_variance=table(prediction.aleatoric),
-            interval={"level": level, "lower": table(lower), "upper": table(upper)},
+            outputs=result.outputs, mean=result.mean, std=result.std, variance=result.variance,
+            epistemic_variance=result.epistemic_variance, aleatoric_variance=result.aleatoric_variance,
+            interval={"level": level, "lower": result.lower, "upper": result.upper},
         )
     else:
-        labels = prediction.label.numpy()
-        classes = manifest.class_names or []
         body.update(
-            classes=classes, probs=prediction.probs.numpy(), label=labels,
-            class_name=[classes[i] if i < len(classes) else str(i) for i in labels.tolist()],
-            entropy=prediction.entropy.numpy(), expected_entropy=prediction.expected_entropy.numpy(),
-            mutual_information=prediction.mutual_information.numpy(),
-            variation_ratio=prediction.variation_ratio.numpy(),
+            classes=manifest.class_names or [], probs=result.probs, label=result.label,
+            class_name=result.class_name.tolist(), entropy=result.entropy, expected_entropy=result.expected_entropy,
+            mutual_information=result.mutual_information, variation_ratio=result.variation_ratio,
         )
     if return_samples and prediction.samples is not None:
-        body["draws"] = prediction.samples.reshape(rows, prediction.samples.shape[1], -1).numpy()
+        body["draws"] = prediction.samples.reshape(len(result), prediction.samples.shape[1], -1).numpy()
     return body
 
 

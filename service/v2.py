@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from mcdropout.bundle import Manifest
 from mcdropout.engine import Prediction
-from mcdropout.summary import RegressionPrediction
+from mcdropout.results import RegressionResult, from_prediction
 from service.inputs import ApiError
 from service.schemas import V2InferRequest
 
@@ -142,7 +142,7 @@ def parameters(request: V2InferRequest, manifest: Manifest, default_seed: int, l
 def response(request: V2InferRequest, manifest: Manifest, prediction: Prediction, params: dict[str, Any]
              ) -> tuple[bytes, dict[str, str]]:
     """The infer answer's body and headers."""
-    tensors = _tensors(prediction, params["interval"])
+    tensors = _tensors(manifest, prediction, params["interval"])
     names = [spec["name"] for spec in output_specs(manifest)]
     all_binary = bool((request.parameters or {}).get("binary_data_output", False))
     if request.outputs:
@@ -178,17 +178,7 @@ def response(request: V2InferRequest, manifest: Manifest, prediction: Prediction
                                        "Inference-Header-Content-Length": str(len(header))}
 
 
-def _tensors(prediction: Prediction, level: float) -> dict[str, np.ndarray]:
-    used = prediction.num_samples.numpy().astype(np.int64)
-    if isinstance(prediction, RegressionPrediction):
-        lower, upper = prediction.interval(level)
-        flat = {"mean": prediction.mean, "std": prediction.std, "variance": prediction.variance,
-                "epistemic_variance": prediction.epistemic, "aleatoric_variance": prediction.aleatoric,
-                "lower": lower, "upper": upper}
-        tensors = {k: v.reshape(len(used), -1).numpy().astype(np.float64) for k, v in flat.items()}
-    else:
-        tensors = {"probs": prediction.probs.numpy(), "label": prediction.label.numpy().astype(np.int64)}
-        for name in CLASSIFICATION_OUTPUTS[2:-1]:
-            tensors[name] = getattr(prediction, name).numpy().astype(np.float64)
-    tensors["samples_used"] = used
-    return tensors
+def _tensors(manifest: Manifest, prediction: Prediction, level: float) -> dict[str, np.ndarray]:
+    result = from_prediction(manifest, prediction, level)
+    names = REGRESSION_OUTPUTS if isinstance(result, RegressionResult) else CLASSIFICATION_OUTPUTS
+    return {name: getattr(result, name) for name in names}
