@@ -23,8 +23,8 @@ import asyncio
 import re
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Union
 
 import httpx
 import numpy as np
@@ -106,9 +106,7 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ModelInfo:
-        known = {k: body.get(k) for k in ("name", "status", "task", "version", "input_shape", "feature_names",
-                                          "outputs", "classes", "default_samples", "max_samples", "max_rows",
-                                          "error")}
+        known = {f.name: body.get(f.name) for f in fields(cls) if f.name not in ("metrics", "raw")}
         return cls(**known, metrics=body.get("metrics") or {}, raw=body)
 
 
@@ -120,7 +118,14 @@ class _Request:
     ok: tuple[int, ...] = (200,)
 
 
-Flow = Generator[_Request, Any, Any]
+@dataclass
+class _Sleep:
+    seconds: float
+
+
+# A method is a flow: it yields requests (receiving the httpx response, or the transport error) and
+# waits, and returns the result. The blocking and the async client each only carry the steps out.
+Flow = Generator[Union[_Request, _Sleep], Any, Any]
 
 
 class _Base:
@@ -136,22 +141,37 @@ class _Base:
         self._timeout = timeout
         self._models: dict[str, ModelInfo] = {}
 
-    # Each method is written once as a flow: it yields requests and receives their JSON answers.
+    def _call(self, request: _Request) -> Flow:
+        """``request``'s JSON answer, retried with backoff on connection errors and 503; typed errors."""
+        attempt = 0
+        while True:
+            answer = yield request
+            if isinstance(answer, httpx.TransportError):
+                failure: ServiceError = Unreachable(f"{self.base_url}{request.path}: {answer!r}")
+            else:
+                outcome = _outcome(answer, request)
+                if not isinstance(outcome, ServiceError):
+                    return outcome
+                failure = outcome
+            if not _retryable(failure) or attempt == self.retries:
+                raise failure
+            yield _Sleep(self._delay(attempt, getattr(failure, "retry_after", None)))
+            attempt += 1
 
     def _models_flow(self) -> Flow:
-        body = yield _Request("GET", "/v1/models")
+        body = yield from self._call(_Request("GET", "/v1/models"))
         infos = [ModelInfo.from_json(m) for m in body["models"]]
         self._models.update({m.name: m for m in infos})
         return infos
 
     def _model_flow(self, name: str) -> Flow:
         if name not in self._models:
-            self._models[name] = ModelInfo.from_json((yield _Request("GET", f"/v1/models/{name}")))
+            self._models[name] = ModelInfo.from_json((yield from self._call(_Request("GET", f"/v1/models/{name}"))))
         return self._models[name]
 
     def _health_flow(self) -> Flow:
-        live = yield _Request("GET", "/v2/health/live", ok=(200, 503))
-        ready = yield _Request("GET", "/v2/health/ready", ok=(200, 503))
+        live = yield from self._call(_Request("GET", "/v2/health/live", ok=(200, 503)))
+        ready = yield from self._call(_Request("GET", "/v2/health/ready", ok=(200, 503)))
         return {"live": bool(live.get("live")), "ready": bool(ready.get("ready"))}
 
     def _predict_flow(self, name: str, inputs: Any, samples: int | str | None, seed: int | None,
@@ -168,8 +188,8 @@ class _Base:
         parts = []
         for start in range(0, len(rows), step):
             try:
-                body = yield _Request("POST", f"/v1/models/{name}/predict",
-                                      json={"inputs": rows[start:start + step].tolist(), **options})
+                body = yield from self._call(_Request("POST", f"/v1/models/{name}/predict",
+                                                      json={"inputs": rows[start:start + step].tolist(), **options}))
             except InvalidInput as error:
                 raise _row_numbers_shifted(error, start) from None
             parts.append(from_json(body))
@@ -217,32 +237,21 @@ class Client(_Base):
         self.close()
 
     def _run(self, flow: Flow) -> Any:
-        answer, failure = None, None
+        answer = None
         while True:
             try:
-                request = flow.send(answer) if failure is None else flow.throw(failure)
+                step = flow.send(answer)
             except StopIteration as stop:
                 return stop.value
-            try:
-                answer, failure = self._send(request), None
-            except ServiceError as error:  # thrown into the flow, which may add context
-                answer, failure = None, error
+            answer = self._carry_out(step)
 
-    def _send(self, request: _Request) -> Any:
-        for attempt in range(self.retries + 1):
-            try:
-                response = self._http.request(request.method, request.path, json=request.json)
-            except httpx.TransportError as error:
-                failure: ServiceError = Unreachable(f"{self.base_url}{request.path}: {error!r}")
-            else:
-                outcome = _outcome(response, request)
-                if not isinstance(outcome, ServiceError):
-                    return outcome
-                failure = outcome
-            if not _retryable(failure) or attempt == self.retries:
-                raise failure
-            time.sleep(self._delay(attempt, getattr(failure, "retry_after", None)))
-        raise AssertionError("unreachable")
+    def _carry_out(self, step: _Request | _Sleep) -> Any:
+        if isinstance(step, _Sleep):
+            return time.sleep(step.seconds)
+        try:
+            return self._http.request(step.method, step.path, json=step.json)
+        except httpx.TransportError as error:
+            return error
 
 
 class AsyncClient(_Base):
@@ -279,32 +288,21 @@ class AsyncClient(_Base):
         await self.aclose()
 
     async def _run(self, flow: Flow) -> Any:
-        answer, failure = None, None
+        answer = None
         while True:
             try:
-                request = flow.send(answer) if failure is None else flow.throw(failure)
+                step = flow.send(answer)
             except StopIteration as stop:
                 return stop.value
-            try:
-                answer, failure = await self._send(request), None
-            except ServiceError as error:  # thrown into the flow, which may add context
-                answer, failure = None, error
+            answer = await self._carry_out(step)
 
-    async def _send(self, request: _Request) -> Any:
-        for attempt in range(self.retries + 1):
-            try:
-                response = await self._http.request(request.method, request.path, json=request.json)
-            except httpx.TransportError as error:
-                failure: ServiceError = Unreachable(f"{self.base_url}{request.path}: {error!r}")
-            else:
-                outcome = _outcome(response, request)
-                if not isinstance(outcome, ServiceError):
-                    return outcome
-                failure = outcome
-            if not _retryable(failure) or attempt == self.retries:
-                raise failure
-            await asyncio.sleep(self._delay(attempt, getattr(failure, "retry_after", None)))
-        raise AssertionError("unreachable")
+    async def _carry_out(self, step: _Request | _Sleep) -> Any:
+        if isinstance(step, _Sleep):
+            return await asyncio.sleep(step.seconds)
+        try:
+            return await self._http.request(step.method, step.path, json=step.json)
+        except httpx.TransportError as error:
+            return error
 
 
 def _row_numbers_shifted(error: InvalidInput, offset: int) -> InvalidInput:
