@@ -26,6 +26,14 @@ import pyarrow.parquet as pq
 
 from mcdropout import tables
 from mcdropout.bundle import read_manifest
+from mcdropout.scoring import (
+    Job,
+    LocalEngine,
+    ScoringError,
+    checked_chunks,
+    partial_folder,
+    rows_table,
+)
 
 
 class _Predictor:
@@ -33,8 +41,6 @@ class _Predictor:
 
     def __init__(self, files: dict[str, bytes], samples: int | None, seed: int, interval: float,
                  columns: list[str], id_name: str) -> None:
-        from mcdropout.scoring import LocalEngine
-
         self.folder = tempfile.mkdtemp(prefix="mcdropout-bundle-")
         for name, data in files.items():
             Path(self.folder, name).write_bytes(data)
@@ -43,29 +49,26 @@ class _Predictor:
 
     def __call__(self, chunks: pa.Table) -> pa.Table:
         """Read the staged row groups named by ``chunks`` and predict their rows."""
-        from mcdropout.scoring import rows_table
-
         paths, groups = chunks.column("path").to_pylist(), chunks.column("group").to_pylist()
         batch = pa.concat_tables([pq.ParquetFile(path).read_row_group(group) for path, group in zip(paths, groups)])
         x = tables.numeric(batch, self.columns, path="(staged input)")
-        return rows_table(batch, self.engine.predict(x), self.id_name, 0, "(staged input)")
+        return rows_table(self.id_name, batch.column(self.id_name), self.engine.predict(x))
 
 
-def ray_chunks(job: Any, skip: int, *, address: str | None, workers: int, quiet: bool) -> Iterator[pa.Table]:
+def ray_chunks(job: Job, skip: int, *, address: str | None, workers: int, quiet: bool) -> Iterator[pa.Table]:
     """Output tables of successive chunks, in input order."""
     try:
         import ray
     except ImportError:
         raise ImportError("--engine ray needs Ray Data: pip install 'mcdropout[ray]'") from None
-    from mcdropout.scoring import ROW_COLUMN, ScoringError, feature_columns
 
     if workers < 1:
         raise ScoringError(f"--workers must be >= 1, got {workers}")
     bundle = Path(job.model)
     manifest = read_manifest(bundle)
     files = {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
-    staging = Path(str(job.output) + ".partial") / "ray-input.parquet"
-    columns, id_name = _stage(job, skip, manifest, staging, ROW_COLUMN, feature_columns)
+    staging = partial_folder(job.output) / "ray-input.parquet"
+    columns, id_name = _stage(job, skip, manifest, staging)
     if columns is None:
         return
     started_here = not ray.is_initialized() and address is None
@@ -94,32 +97,17 @@ def ray_chunks(job: Any, skip: int, *, address: str | None, workers: int, quiet:
             ray.shutdown()
 
 
-def _stage(job: Any, skip: int, manifest: Any, staging: Path, row_column: str,
-           feature_columns: Any) -> tuple[list[str] | None, str]:
-    """Copy the rows from ``skip`` on (ids + features, checked) to ``staging``; (None, _) if there are none."""
+def _stage(job: Job, skip: int, manifest: Any, staging: Path) -> tuple[list[str] | None, str]:
+    """Copy the rows from ``skip`` on (ids + features, checked) to ``staging``; (None, "") if there are none."""
     writer = None
     columns: list[str] | None = None
-    id_name = job.id_column or row_column
-    first = skip
+    id_name = ""
     try:
-        for batch in tables.iter_chunks(job.input, job.chunk_rows, skip_rows=skip,
-                                        float_columns=manifest.feature_names or ()):
-            if columns is None:
-                columns = feature_columns(manifest.feature_names, manifest.input_shape, batch.schema,
-                                          job.id_column, job.input)
-            values = tables.numeric(batch, columns, path=job.input, first_row=first)
-            if job.id_column is None:
-                ids = pa.array(range(first, first + batch.num_rows), pa.int64())
-            elif job.id_column in batch.schema.names:
-                ids = batch.column(batch.schema.names.index(job.id_column))
-            else:
-                raise tables.TableError(f"{job.input}: no id column {job.id_column!r}; the file has"
-                                        f" {', '.join(map(repr, batch.schema.names))}")
-            table = pa.table({id_name: ids, **{name: values[:, i] for i, name in enumerate(columns)}})
+        for columns, x, id_name, ids in checked_chunks(job, manifest.feature_names, manifest.input_shape, skip):
+            table = pa.table({id_name: ids, **{name: x[:, i] for i, name in enumerate(columns)}})
             if writer is None:
                 writer = pq.ParquetWriter(staging, table.schema)
             writer.write_table(table, row_group_size=job.chunk_rows)
-            first += batch.num_rows
     finally:
         if writer is not None:
             writer.close()

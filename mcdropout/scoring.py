@@ -186,32 +186,40 @@ def _engine(job: Job, api_key: str | None) -> Engine:
     raise ScoringError(f"unknown engine {job.engine!r}; expected one of {', '.join(ENGINES)}")
 
 
-def _local_chunks(job: Job, engine: Engine, skip: int) -> Iterator[pa.Table]:
-    schema, columns = None, None
+def checked_chunks(job: Job, feature_names: list[str] | None, input_shape: list[int],
+                   skip: int) -> Iterator[tuple[list[str], np.ndarray, str, pa.Array]]:
+    """The input from row ``skip`` on, a chunk at a time: the feature columns, their checked values
+    (rows, features), and the name and values of the id column (the row number without ``--id-column``)."""
+    columns = None
     first = skip
-    for batch in tables.iter_chunks(job.input, job.chunk_rows, skip_rows=skip,
-                                    float_columns=engine.feature_names or ()):
+    for batch in tables.iter_chunks(job.input, job.chunk_rows, skip_rows=skip, float_columns=feature_names or ()):
         if columns is None:
-            schema = batch.schema
-            columns = feature_columns(engine.feature_names, engine.input_shape, schema, job.id_column, job.input)
+            columns = feature_columns(feature_names, input_shape, batch.schema, job.id_column, job.input)
         x = tables.numeric(batch, columns, path=job.input, first_row=first)
-        yield rows_table(batch, engine.predict(x), job.id_column, first, job.input)
+        if job.id_column is None:
+            yield columns, x, ROW_COLUMN, pa.array(np.arange(first, first + batch.num_rows, dtype=np.int64))
+        elif job.id_column in batch.schema.names:
+            yield columns, x, job.id_column, batch.column(batch.schema.names.index(job.id_column))
+        else:
+            raise tables.TableError(f"{job.input}: no id column {job.id_column!r}; the file has"
+                                    f" {', '.join(map(repr, batch.schema.names))}")
         first += batch.num_rows
 
 
-def rows_table(batch: pa.RecordBatch, result: Result, id_column: str | None, first_row: int,
-               path: str | Path) -> pa.Table:
-    """The output rows of one chunk: the id column (or row number), then the statistics."""
-    if id_column is None:
-        ids = pa.array(np.arange(first_row, first_row + batch.num_rows, dtype=np.int64))
-        name = ROW_COLUMN
-    elif id_column not in batch.schema.names:
-        raise tables.TableError(f"{path}: no id column {id_column!r}; the file has"
-                                f" {', '.join(map(repr, batch.schema.names))}")
-    else:
-        ids, name = batch.column(batch.schema.names.index(id_column)), id_column
-    columns = {name: ids, **{key: pa.array(value) for key, value in result.columns().items()}}
-    return pa.table(columns)
+def _local_chunks(job: Job, engine: Engine, skip: int) -> Iterator[pa.Table]:
+    for _, x, id_name, ids in checked_chunks(job, engine.feature_names, engine.input_shape, skip):
+        yield rows_table(id_name, ids, engine.predict(x))
+
+
+def rows_table(id_name: str, ids: pa.Array, result: Result) -> pa.Table:
+    """The output rows of one chunk: the id column, then the statistics."""
+    return pa.table({id_name: ids, **{key: pa.array(value) for key, value in result.columns().items()}})
+
+
+def partial_folder(output: str | Path) -> Path:
+    """Where the parts and the progress record of a run writing ``output`` live until it is complete."""
+    output = Path(output)
+    return output.with_name(output.name + ".partial")
 
 
 def _row_count(path: Path) -> int:
@@ -238,7 +246,7 @@ class _Partial:
 
     def __init__(self, output: Path, job: Job, resume: bool) -> None:
         self.output = output
-        self.folder = output.with_name(output.name + ".partial")
+        self.folder = partial_folder(output)
         self.job = job
         self.chunks = self.rows_done = 0
         if self.folder.exists():
@@ -277,9 +285,14 @@ class _Partial:
     def _save_progress(self) -> None:
         _write_json(self.folder / "progress.json", {"chunks": self.chunks, "rows": self.rows_done})
 
+    @property
+    def _staging(self) -> Path:
+        """The joined output before its rename into place."""
+        return self.output.with_name(f".{self.output.name}.tmp")
+
     def finish(self, out_format: str) -> None:
         parts = [self.folder / f"part-{i:06d}.parquet" for i in range(self.chunks)]
-        staging = self.output.with_name(f".{self.output.name}.tmp")
+        staging = self._staging
         writer = None
         try:
             for part in parts:
@@ -298,7 +311,7 @@ class _Partial:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-        self.output.with_name(f".{self.output.name}.tmp").unlink(missing_ok=True)
+        self._staging.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, data: dict) -> None:
