@@ -68,8 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="metrics of a bundle on its held-out data",
                                    description="Print the held-out metrics of a bundle (and optionally plot).")
     evaluate.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder (manifest.json + weights)")
-    evaluate.add_argument("--samples", type=int, help="MC samples T (default: the bundle's)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the T sub-networks (default 0)")
+    _sampling_arguments(evaluate, "the bundle's")
     evaluate.add_argument("--plot", metavar="FILE.png", help="draw the predictive band or reliability diagram")
     evaluate.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     evaluate.set_defaults(handler=_evaluate)
@@ -82,8 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("model", metavar="MODEL", help="bundle folder, or with --engine remote a model name")
     score.add_argument("input", type=Path, metavar="INPUT")
     score.add_argument("output", type=Path, metavar="OUTPUT")
-    score.add_argument("--samples", type=int, help="MC samples T (default: the model's)")
-    score.add_argument("--seed", type=int, default=0, help="seed of the T sub-networks (default 0)")
+    _sampling_arguments(score, "the model's")
     score.add_argument("--interval", type=float, default=0.95, help="central interval level (default 0.95)")
     score.add_argument("--id-column", metavar="COL", help="column copied to the output as the row id (default:"
                        " the row number, as column 'row')")
@@ -113,6 +111,16 @@ def _parser() -> argparse.ArgumentParser:
     uci.add_argument("--quiet", action="store_true", help="no progress output")
     uci.set_defaults(handler=_uci)
     return parser
+
+
+def _sampling_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--samples", type=int, help=f"MC samples T, at least 2 (default: {default})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the T sub-networks (default 0)")
+
+
+def _check_samples(args: argparse.Namespace) -> None:
+    if args.samples is not None and args.samples < 2:
+        raise UsageError(f"--samples must be >= 2, got {args.samples}")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -184,8 +192,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mcdropout.bundle import load_bundle
     from mcdropout.evaluation import evaluate, plot
 
-    if args.samples is not None and args.samples < 2:
-        raise UsageError(f"--samples must be >= 2, got {args.samples}")
+    _check_samples(args)
     bundle = load_bundle(args.bundle, device="cpu")
     metrics = evaluate(bundle, samples=args.samples, seed=args.seed)
     _print_metrics(metrics)
@@ -205,8 +212,7 @@ def _score(args: argparse.Namespace) -> int:
 
     from mcdropout.scoring import Job, score
 
-    if args.samples is not None and args.samples < 2:
-        raise UsageError(f"--samples must be >= 2, got {args.samples}")
+    _check_samples(args)
     if not 0 < args.interval < 1:
         raise UsageError(f"--interval must lie in (0, 1), got {args.interval}")
     if args.engine != "remote" and args.url:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mcdropout import stacked
+from mcdropout import stacked, training
 
 LENGTHSCALE = 1e-2
 VALIDATION_FRACTION = 0.2
@@ -65,13 +65,6 @@ class Settings:
     classes: int | None = None
     seed: int = 0
     processes: int = 2  # see stacked.train; results depend on it, so it is a setting, not the machine's core count
-
-
-def standardise(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std per column (std 1 where a column is constant)."""
-    mean = values.mean(axis=0)
-    std = values.std(axis=0)
-    return mean, np.where(std > 0, std, 1.0)
 
 
 def fit(sets: Sequence[TrainingSet], settings: Settings, *, quiet: bool = False) -> list[Fitted]:
@@ -133,10 +126,10 @@ def _train(sets: list[TrainingSet], points: list[tuple[float, float | None]], se
     if len(sizes) != 1:
         raise ValueError(f"training sets of one stack must have the same number of rows, got sizes {sorted(sizes)}")
     regression = settings.task == "regression"
-    x_scales = [standardise(s.x) for s in sets]
+    x_scales = [_scale(s.x) for s in sets]
     x = np.stack([(s.x - m) / sd for s, (m, sd) in zip(sets, x_scales)])
     if regression:
-        y_scales = [standardise(s.y) for s in sets]
+        y_scales = [_scale(s.y) for s in sets]
         y = torch.from_numpy(np.stack([(s.y - m) / sd for s, (m, sd) in zip(sets, y_scales)]).astype(np.float32))
     else:
         y_scales = [(None, None)] * len(sets)
@@ -154,6 +147,12 @@ def _train(sets: list[TrainingSet], points: list[tuple[float, float | None]], se
     x_mean, x_std = (np.stack(values) for values in zip(*x_scales))
     y_mean, y_std = (np.stack(values) for values in zip(*y_scales)) if regression else (None, None)
     return _Stack(model, x_mean, x_std, y_mean, y_std)
+
+
+def _scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std per column as arrays (training.standardisation: std 1 for a constant column)."""
+    mean, std = training.standardisation(values)
+    return np.asarray(mean), np.asarray(std)
 
 
 def _unit_tau(y_std: np.ndarray | None) -> float:

@@ -57,7 +57,7 @@ def train_from_table(
         raise tables.TableError(f"{path}: no target column {target!r}; the file has {', '.join(map(repr, columns))}")
     if features is None:
         features = [c for c in columns if c != target]
-        text = [c for c in features if not _is_numeric(table.column(c).type)]
+        text = [c for c in features if not tables.is_numeric_type(table.column(c).type)]
         if text:
             raise tables.TableError(f"{path}: column(s) {', '.join(map(repr, text))} are not numeric; name the"
                                     " feature columns with --features")
@@ -65,12 +65,7 @@ def train_from_table(
         raise ValueError(f"--features must not include the target column {target!r}")
     if not features:
         raise ValueError(f"{path}: no feature columns besides the target {target!r}")
-    x = tables.numeric(table, features, path=path)
-    classes = None
-    if task == "regression":
-        y = tables.numeric(table, [target], path=path, what="target")
-    else:
-        y, classes = _labels(table.column(target), path, target)
+    x, y, classes = _features_and_target(table, features, target, task, path)
     _check_data(x, features, path)
 
     test, train = _partition(len(x), seed, test_fraction)
@@ -136,15 +131,11 @@ def _partition(rows: int, seed: int, test_fraction: float) -> tuple[np.ndarray, 
 def recorded_split(manifest: Manifest) -> datasets.Split:
     """The test part of the table a bundle was trained on, re-read from the path its manifest records."""
     data = manifest.training["data"]
-    table = tables.read_table(data["path"])
-    x = tables.numeric(table, manifest.feature_names, path=data["path"])
-    if manifest.task == "regression":
-        y = tables.numeric(table, [data["target"]], path=data["path"], what="target")
-    else:
-        y, classes = _labels(table.column(data["target"]), data["path"], data["target"])
-        if classes != manifest.class_names:
-            raise tables.TableError(f"{data['path']}: its classes {classes} are not the bundle's"
-                                    f" {manifest.class_names}; the file changed since training")
+    x, y, classes = _features_and_target(tables.read_table(data["path"]), manifest.feature_names, data["target"],
+                                         manifest.task, data["path"])
+    if classes != manifest.class_names:
+        raise tables.TableError(f"{data['path']}: its classes {classes} are not the bundle's"
+                                f" {manifest.class_names}; the file changed since training")
     if len(x) != data["rows"]:
         raise tables.TableError(f"{data['path']}: {len(x)} rows, the bundle was trained on {data['rows']};"
                                 " the file changed since training")
@@ -152,8 +143,14 @@ def recorded_split(manifest: Manifest) -> datasets.Split:
     return datasets.Split(x[train], y[train], x[:0], y[:0], x[test], y[test], feature_names=manifest.feature_names)
 
 
-def _is_numeric(kind: pa.DataType) -> bool:
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+def _features_and_target(table: pa.Table, features: Sequence[str], target: str, task: str,
+                         path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """Checked features (rows, features); the target, (rows, 1) values or (rows,) class indices; class names."""
+    x = tables.numeric(table, features, path=path)
+    if task == "regression":
+        return x, tables.numeric(table, [target], path=path, what="target"), None
+    y, classes = _labels(table.column(target), path, target)
+    return x, y, classes
 
 
 def _check_settings(task: str, dropouts: Sequence[float], taus: Sequence[float] | None, hidden: Sequence[int],

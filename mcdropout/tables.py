@@ -75,6 +75,10 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, skip_rows: int = 0,
         raise TableError(f"{path}: {error}") from None
 
 
+def is_numeric_type(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+
+
 def numeric(batch: pa.RecordBatch | pa.Table, columns: Sequence[str], *, path: str | Path, first_row: int = 0,
             what: str = "feature") -> np.ndarray:
     """Columns ``columns`` as a (rows, columns) float64 array; ``first_row`` numbers the rows in errors."""
@@ -86,8 +90,7 @@ def numeric(batch: pa.RecordBatch | pa.Table, columns: Sequence[str], *, path: s
     arrays = []
     for name in columns:
         column = batch.column(names.index(name))
-        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-                or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
+        if not (is_numeric_type(column.type) or pa.types.is_null(column.type)):
             raise TableError(f"{path}: {what} column {name!r} is not numeric (type {column.type})")
         arrays.append(column.to_numpy(zero_copy_only=False).astype(np.float64))
     values = np.stack(arrays, axis=1) if arrays else np.zeros((batch.num_rows, 0))
@@ -164,10 +167,7 @@ def _npy(path) -> np.ndarray:
 
 def _npy_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     array = _npy(path)
-    names = [str(i) for i in range(array.shape[1])]
-    for start in range(0, len(array), chunk_rows):
-        block = np.asarray(array[start:start + chunk_rows], dtype=np.float64)
-        yield pa.RecordBatch.from_arrays([pa.array(block[:, i]) for i in range(block.shape[1])], names=names)
+    yield from _array_batches(array, chunk_rows)
 
 
 def _text_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
@@ -175,7 +175,12 @@ def _text_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterat
         values = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as error:
         raise TableError(f"{path}: not a whitespace-separated table of numbers ({error})") from None
+    yield from _array_batches(values, chunk_rows)
+
+
+def _array_batches(values: np.ndarray, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    """A 2-D array (possibly memory-mapped) as float64 batches with columns named by position."""
     names = [str(i) for i in range(values.shape[1])]
     for start in range(0, len(values), chunk_rows):
-        block = values[start:start + chunk_rows]
+        block = np.asarray(values[start:start + chunk_rows], dtype=np.float64)
         yield pa.RecordBatch.from_arrays([pa.array(block[:, i]) for i in range(block.shape[1])], names=names)
