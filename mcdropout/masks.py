@@ -15,6 +15,7 @@ the counter, giving every (sample, row) its own stream.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -46,6 +47,7 @@ class MaskGenerator:
     def __init__(self) -> None:
         self._bitgen = np.random.Philox(key=0)
         self._empty = np.zeros(4, dtype=np.uint64)
+        self._key = np.zeros(2, dtype=np.uint64)  # Philox copies the key when its state is set
 
     def keep(
         self,
@@ -64,20 +66,18 @@ class MaskGenerator:
         per-row masks, where ``rows`` holds each row's index in the caller's input.
         """
         numel = math.prod(shape)
-        bits = _bits_for(p)
-        level = round(p * (1 << bits))
-        if level >= 1 << bits:
+        layout = _layout(numel, p, scale)
+        if layout is None:  # p = 1: everything dropped
             size = (num_samples, *shape) if rows is None else (num_samples, len(rows), *shape)
             return np.zeros(size, dtype=np.float32)
-        per_counter = _COUNTER_BITS // bits
-        stride = -(-numel // per_counter)
-        key = np.array([layer & _MASK64, seed & _MASK64], dtype=np.uint64)
+        table, word, per_counter, stride = layout
+        self._key[0], self._key[1] = layer & _MASK64, seed & _MASK64
         first = first_sample * stride
 
         def masks(stream: int) -> np.ndarray:
-            raw = self._draw(key, first, stream, num_samples * stride)
-            draws = _unpack(raw, bits).reshape(num_samples, stride * per_counter)[:, :numel]
-            return np.multiply(draws >= level, scale, dtype=np.float32)
+            raw = self._draw(self._key, first, stream, num_samples * stride)
+            values = np.take(table, raw.view(word), axis=0).reshape(num_samples, stride * per_counter)
+            return values if stride * per_counter == numel else values[:, :numel]
 
         if rows is None:
             return masks(0).reshape(num_samples, *shape)
@@ -96,8 +96,30 @@ class MaskGenerator:
         return self._bitgen.random_raw(counters * 4)
 
 
-def _unpack(raw: np.ndarray, bits: int) -> np.ndarray:
-    """64-bit words -> unsigned draws of ``bits`` bits each."""
+@functools.lru_cache(maxsize=256)
+def _layout(numel: int, p: float, scale: float) -> tuple[np.ndarray, type, int, int] | None:
+    """How masks of ``numel`` elements are cut from Philox output: the lookup table, the raw word
+    type it is indexed by, elements per counter and counters per mask; None when p drops everything."""
+    bits = _bits_for(p)
+    level = round(p * (1 << bits))
+    if level >= 1 << bits:
+        return None
+    per_counter = _COUNTER_BITS // bits
+    word = np.uint16 if bits == 16 else np.uint8
+    return _mask_table(bits, level, scale), word, per_counter, -(-numel // per_counter)
+
+
+@functools.lru_cache(maxsize=32)
+def _mask_table(bits: int, level: int, scale: float) -> np.ndarray:
+    """Mask values for every raw word: ``scale`` where the draw is >= ``level``, else 0.
+
+    One bit per element: a byte's eight bits, least significant first, each
+    compared with ``level`` (1); eight or sixteen bits: the word itself.
+    """
     if bits == 1:
-        return np.unpackbits(raw.view(np.uint8), bitorder="little")
-    return raw.view(np.uint8 if bits == 8 else np.uint16)
+        draws = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little")
+    else:
+        draws = np.arange(1 << bits)
+    table = np.multiply(draws >= level, scale, dtype=np.float32)
+    table.flags.writeable = False
+    return table
