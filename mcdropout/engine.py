@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mcdropout.sampler import ChunkLayout, MaskSampler, StochasticPrefixError
-from mcdropout.stochastic import mc_dropout, stochastic_modules, unsampled_dropout
+from mcdropout.sampler import ChunkLayout, MaskSampler, StochasticPrefixError, dropout_modules
+from mcdropout.stochastic import mc_modes, module_roles, stochastic_modules, unsampled_dropout
 from mcdropout.summary import (
     ClassificationAccumulator,
     ClassificationPrediction,
@@ -103,9 +103,19 @@ def pin_mmap_threshold() -> None:
 
 
 @dataclass(frozen=True)
+class _Probe:
+    """What one small forward pass over an input shape tells the planner."""
+
+    row_bytes: int  # working memory per replica row
+    sample_bytes: int  # masks (and masked weights) per MC sample
+    functional: bool  # dropout is called functionally: the passes need the function mode
+
+
+@dataclass(frozen=True)
 class _Plan:
     rows: int  # input rows per block (prefix runs once per block)
     samples: int  # MC samples per forward pass
+    functional: bool  # run the passes under the function mode that catches F.dropout calls
 
 
 class MCPredictor:
@@ -181,8 +191,10 @@ class MCPredictor:
                 raise ValueError(message + "\n(pass strict=False to sample the rest and ignore these)")
             warnings.warn(message, stacklevel=2)
         self._prefix, self._suffix = _split_sequential(model)
+        self._roles = module_roles(model)
+        self._dropout_modules = dropout_modules(model)
         pin_mmap_threshold()
-        self._probed: dict[tuple[int, ...], tuple[int, int]] = {}
+        self._probed: dict[tuple[int, ...], _Probe] = {}
 
     # -- public --------------------------------------------------------------------
 
@@ -206,9 +218,8 @@ class MCPredictor:
         auto = samples == "auto"
         total = self.max_samples if auto else samples
         sampler = MaskSampler(self.device)  # active only inside forward passes, not around the statistics
-        with torch.inference_mode(), mc_dropout(self.model):
-            row_bytes, sample_bytes = self._probe(inputs, sampler)
-            plan = self._plan(len(inputs), total, row_bytes, sample_bytes)
+        with torch.inference_mode(), mc_modes(self._roles):
+            plan = self._plan(len(inputs), total, self._probe(inputs, sampler))
             accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples)
         if bool((accumulator.spread() == 0).all()):
             raise ValueError(
@@ -241,16 +252,21 @@ class MCPredictor:
                 f" (inputs of shape (rows, {', '.join(map(str, self.input_shape))}))"
             )
         if tensor.is_floating_point():
-            finite = torch.isfinite(tensor).reshape(len(tensor), -1).all(dim=1)
-            if not bool(finite.all()):
+            if not bool(torch.isfinite(tensor).all()):
+                finite = torch.isfinite(tensor).reshape(len(tensor), -1).all(dim=1)
                 bad = torch.nonzero(~finite).flatten().tolist()
                 shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
                 raise ValueError(f"inputs contain NaN or inf in {len(bad)} row(s): {shown}")
             tensor = tensor.to(self.dtype)
         return tensor
 
-    def _probe(self, inputs: torch.Tensor, sampler: MaskSampler) -> tuple[int, int]:
-        """Bytes per replica row and per MC sample, from one small forward pass."""
+    def _probe(self, inputs: torch.Tensor, sampler: MaskSampler) -> _Probe:
+        """Memory per replica row and per MC sample, and whether dropout is called functionally.
+
+        The probe pass runs under the function mode; a dropout call that reaches
+        it (not a replaced module, not this project's layers) makes every later
+        pass over this input shape run under the mode too.
+        """
         key = tuple(inputs.shape[1:])
         if key in self._probed:
             return self._probed[key]
@@ -270,7 +286,7 @@ class MCPredictor:
                 self._prefix, self._suffix = [], self.model
                 hidden = first
             layout = ChunkLayout(seed=0, first_sample=0, num_samples=2, num_rows=1, row_ids=self._row_ids(0, 1))
-            outputs = self._run_suffix(hidden, layout, sampler)
+            outputs = self._run_suffix(hidden, layout, sampler, functional=True)
         except (RuntimeError, IndexError, TypeError) as error:
             raise ValueError(f"the model failed on inputs with rows of shape {key}: {error}") from error
         finally:
@@ -292,11 +308,12 @@ class MCPredictor:
             sample_bytes = 0
         else:
             sample_bytes = sampler.sample_bytes
-        self._probed[key] = (max(row_bytes, 1), sample_bytes)
+        self._probed[key] = _Probe(max(row_bytes, 1), sample_bytes, functional=sampler.functional_calls > 0)
         return self._probed[key]
 
-    def _plan(self, rows: int, total: int, row_bytes: int, sample_bytes: int) -> _Plan:
+    def _plan(self, rows: int, total: int, probe: _Probe) -> _Plan:
         budget = self.memory_budget
+        row_bytes, sample_bytes = probe.row_bytes, probe.sample_bytes
         if sample_bytes + row_bytes > budget:
             raise ValueError(
                 f"memory_budget of {budget} bytes is too small: one MC sample of one row needs about"
@@ -305,7 +322,7 @@ class MCPredictor:
         capacity = min(self.chunk_rows, max(1, budget // row_bytes))
         block_rows = min(rows, capacity, (budget - sample_bytes) // row_bytes)
         per_pass = min(total, max(1, capacity // block_rows), budget // (sample_bytes + block_rows * row_bytes))
-        return _Plan(rows=block_rows, samples=max(1, per_pass))
+        return _Plan(rows=block_rows, samples=max(1, per_pass), functional=probe.functional)
 
     def _row_ids(self, start: int, stop: int) -> np.ndarray | None:
         return np.arange(start, stop) if self.masks == "per_row" else None
@@ -319,26 +336,29 @@ class MCPredictor:
         for start in range(0, rows, plan.rows):
             stop = min(rows, start + plan.rows)
             hidden = self._run_prefix(inputs[start:stop].to(self.device), sampler)
-            active = torch.arange(start, stop)
+            active = None  # the block's rows still sampled (None: all); samples="auto" narrows it
             done = 0
-            while done < total and len(active):
+            while done < total:
                 window = min(total - done, AUTO_STEP) if auto else total - done
+                block = hidden if active is None else hidden[(active - start).to(hidden.device)]
+                index = slice(start, stop) if active is None else active.to(self.device)
+                row_ids = self._row_ids(start, stop) if active is None else self._row_ids_for(active)
                 for first in range(done, done + window, plan.samples):
                     count = min(plan.samples, done + window - first)
-                    local = active - start
-                    block = hidden if len(local) == stop - start else hidden[local.to(hidden.device)]
-                    layout = ChunkLayout(seed, first, count, len(active), self._row_ids_for(active))
-                    outputs = self._run_suffix(block, layout, sampler)
+                    layout = ChunkLayout(seed, first, count, len(block), row_ids)
+                    outputs = self._run_suffix(block, layout, sampler, plan.functional)
                     if accumulator is None:
                         accumulator = self._accumulator(rows, outputs)
-                    index = slice(start, stop) if len(local) == stop - start else active.to(self.device)
                     values = accumulator.update(index, outputs, fresh=first == 0)
                     if return_samples:
-                        kept = self._keep(kept, rows, total, active, first, values)
+                        rows_kept = torch.arange(start, stop) if active is None else active
+                        kept = self._keep(kept, rows, total, rows_kept, first, values)
                 done += window
                 if auto:
-                    still = ~accumulator.converged(self.tolerance)[active.to(self.device)].cpu()
-                    active = active[still]
+                    active = torch.arange(start, stop) if active is None else active
+                    active = active[~accumulator.converged(self.tolerance)[active.to(self.device)].cpu()]
+                    if not len(active):
+                        break
         return accumulator, kept
 
     def _row_ids_for(self, active: torch.Tensor) -> np.ndarray | None:
@@ -348,15 +368,15 @@ class MCPredictor:
         """The deterministic leading layers; ``checked=False`` (the probe) watches them for dropout calls."""
         if not checked:
             sampler.begin(None)  # a dropout call now raises StochasticPrefixError
-        with contextlib.nullcontext() if checked else sampler:
+        with contextlib.nullcontext() if checked else sampler.applied((), functional=True):
             for layer in self._prefix:
                 x = layer(x)
         return x
 
-    def _run_suffix(self, hidden: torch.Tensor, layout: ChunkLayout, sampler: MaskSampler):
+    def _run_suffix(self, hidden: torch.Tensor, layout: ChunkLayout, sampler: MaskSampler, functional: bool):
         replicas = hidden.unsqueeze(0).expand(layout.num_samples, *hidden.shape)
         sampler.begin(layout)
-        with sampler:
+        with sampler.applied(self._dropout_modules, functional):
             outputs = self._suffix(replicas.reshape(layout.batch, *hidden.shape[1:]))
         return self._group(outputs, layout)
 

@@ -2,25 +2,37 @@
 
 While the engine runs a chunk, the batch holds ``samples x rows`` replicas laid
 out sample-major: rows ``[s*R, (s+1)*R)`` belong to MC sample ``first_sample + s``.
-:class:`MaskSampler` is a ``TorchFunctionMode`` that intercepts every dropout
-call — from ``nn.Dropout*`` modules and from functional ``F.dropout(x, p,
-self.training)`` alike — and applies the mask of the replica's sample, drawn
-from (seed, layer, sample) by :mod:`mcdropout.masks`. Layers are numbered in
-call order within one forward pass. This project's own layers
-(:mod:`mcdropout.layers`) ask :func:`active_sampler` for their masks.
+:class:`MaskSampler` applies the mask of each replica's sample, drawn from
+(seed, layer, sample) by :mod:`mcdropout.masks`, to every dropout call in the
+pass. Layers are numbered in call order within one forward pass, so however a
+dropout is reached its masks are the same:
+
+- torch's dropout modules (``nn.Dropout``, ``Dropout1d/2d/3d``,
+  ``AlphaDropout``, ``FeatureAlphaDropout``) get, for the length of the pass, a
+  ``forward`` that calls the sampler;
+- this project's own layers (:mod:`mcdropout.layers`) ask
+  :func:`active_sampler` for their masks;
+- functional calls (``F.dropout(x, p, self.training)``, dropout module
+  subclasses) are caught by a ``TorchFunctionMode``. The mode sees every torch
+  call of the pass, which costs about a fifth of a small model's forward
+  time, so the engine turns it on only for models in which its probe pass
+  found such calls.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from mcdropout import masks as mask_source
@@ -69,28 +81,33 @@ _DROPOUT_FUNCTIONS: dict[Callable[..., Any], tuple[bool, bool]] = {
 }
 
 
-class MaskSampler(TorchFunctionMode):
-    """Applies per-sample masks to every dropout call while active."""
+# torch's dropout modules -> (channel-wise?, alpha?); subclasses go through the function mode.
+_DROPOUT_MODULES: dict[type[nn.Module], tuple[bool, bool]] = {
+    nn.Dropout: (False, False),
+    nn.Dropout1d: (True, False),
+    nn.Dropout2d: (True, False),
+    nn.Dropout3d: (True, False),
+    nn.AlphaDropout: (False, True),
+    nn.FeatureAlphaDropout: (True, True),
+}
+
+
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` whose forward the sampler replaces during a pass."""
+    return [module for module in model.modules() if type(module) in _DROPOUT_MODULES]
+
+
+class MaskSampler:
+    """Applies per-sample masks to every dropout call while :meth:`applied`."""
 
     def __init__(self, device: torch.device) -> None:
-        super().__init__()
         self.device = device
         self.layout: ChunkLayout | None = None
         self.layer = 0
         self.calls = 0
+        self.functional_calls = 0  # dropout calls that only the function mode caught
         self.deterministic = False
         self.sample_bytes = 0  # mask and masked-weight bytes per MC sample, from the last pass
-        self._token: contextvars.Token | None = None
-
-    def __enter__(self) -> MaskSampler:
-        self._token = _active.set(self)
-        return super().__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        super().__exit__(*exc)
-        if self._token is not None:
-            _active.reset(self._token)
-            self._token = None
 
     def begin(self, layout: ChunkLayout | None) -> None:
         """Start a forward pass over ``layout``; None runs deterministic layers only."""
@@ -99,14 +116,28 @@ class MaskSampler(TorchFunctionMode):
         self.layer = 0
         self.sample_bytes = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        kind = _DROPOUT_FUNCTIONS.get(func)
-        if kind is None:
-            return func(*args, **kwargs)
-        x = args[0] if args else kwargs["input"]
-        p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
-        return self.dropout(x, float(p), channelwise=kind[0], alpha=kind[1])
+    @contextlib.contextmanager
+    def applied(self, modules: Sequence[nn.Module], functional: bool) -> Iterator[None]:
+        """Route the dropout of a forward pass here: ``modules`` (from :func:`dropout_modules`)
+        and this project's layers always, functional calls when ``functional``."""
+        token = _active.set(self)
+        replaced = []
+        try:
+            for module in modules:
+                # An instance attribute shadows the class's forward; set in the instance dict
+                # (nn.Module.__setattr__ is slow and these values are neither parameters nor modules).
+                channelwise, alpha = _DROPOUT_MODULES[type(module)]
+                vars(module)["forward"] = functools.partial(self._module_forward, module, channelwise, alpha)
+                replaced.append(module)
+            with _FunctionalDropout(self) if functional else contextlib.nullcontext():
+                yield
+        finally:
+            for module in replaced:
+                del vars(module)["forward"]
+            _active.reset(token)
+
+    def _module_forward(self, module: nn.Module, channelwise: bool, alpha: bool, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(x, module.p, channelwise=channelwise, alpha=alpha)
 
     # -- masks -----------------------------------------------------------------
 
@@ -125,9 +156,11 @@ class MaskSampler(TorchFunctionMode):
         per_row = layout.row_ids is not None
         if not per_row:
             masks = masks[:, None]
-        itemsize = torch.finfo(dtype).bits // 8
-        self.sample_bytes += math.prod(shape) * (4 + 2 * itemsize) * (layout.num_rows if per_row else 1)
-        return torch.from_numpy(masks).to(self.device, dtype, non_blocking=True)
+        self.sample_bytes += math.prod(shape) * (4 + 2 * dtype.itemsize) * (layout.num_rows if per_row else 1)
+        keep = torch.from_numpy(masks)
+        if self.device.type == "cpu" and dtype == torch.float32:  # already there: skip .to's argument parsing
+            return keep
+        return keep.to(self.device, dtype, non_blocking=True)
 
     def split(self, x: torch.Tensor, what: str) -> torch.Tensor:
         """View a batch-first tensor as (samples, rows, ...)."""
@@ -164,3 +197,21 @@ class MaskSampler(TorchFunctionMode):
         if self.deterministic or self.layout is None:
             raise StochasticPrefixError("a stochastic layer ran where the engine assumed none")
         return self.layout
+
+
+class _FunctionalDropout(TorchFunctionMode):
+    """Sends functional dropout calls (``F.dropout``, ``torch.dropout``, ...) to a sampler."""
+
+    def __init__(self, sampler: MaskSampler) -> None:
+        super().__init__()
+        self.sampler = sampler
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kind = _DROPOUT_FUNCTIONS.get(func)
+        if kind is None:
+            return func(*args, **kwargs)
+        x = args[0] if args else kwargs["input"]
+        p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
+        self.sampler.functional_calls += 1
+        return self.sampler.dropout(x, float(p), channelwise=kind[0], alpha=kind[1])

@@ -61,11 +61,28 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     BatchNorm and every other module stay in eval, so no running statistic
     changes. Every module's previous mode is restored on exit, also on error.
     """
-    changed = [m for m in model.modules() if m.training != is_stochastic(m)]
-    try:
-        for module in changed:
-            module.training = not module.training
+    with mc_modes(module_roles(model)):
         yield model
+
+
+def module_roles(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every module of ``model`` with whether MC mode trains it (stochastic) or not."""
+    return [(module, is_stochastic(module)) for module in model.modules()]
+
+
+@contextlib.contextmanager
+def mc_modes(roles: list[tuple[nn.Module, bool]]) -> Iterator[None]:
+    """:func:`mc_dropout` over a list from :func:`module_roles`, which a predictor walks once, not per call."""
+    changed = [module for module, stochastic in roles if module.training != stochastic]
+    try:
+        _flip(changed)
+        yield
     finally:
-        for module in changed:
-            module.training = not module.training
+        _flip(changed)
+
+
+def _flip(modules: list[nn.Module]) -> None:
+    # Straight into the instance dict, where nn.Module keeps ``training``: its
+    # __setattr__ costs microseconds a call, and this runs on every prediction.
+    for module in modules:
+        vars(module)["training"] = not module.training

@@ -76,6 +76,7 @@ def test_modes_restored_after_an_error_inside_the_forward():
     with pytest.raises(RuntimeError, match="boom"):
         mcd.predict(model, torch.randn(4, 3), samples=10, seed=0)
     assert [m.training for m in model.modules()] == modes
+    assert "forward" not in vars(model.drop)  # the sampler's replacement forward is gone
     model.eval()
     with pytest.raises(ZeroDivisionError):
         with mcd.mc_dropout(model):
@@ -84,6 +85,53 @@ def test_modes_restored_after_an_error_inside_the_forward():
     from mcdropout.sampler import active_sampler
 
     assert active_sampler() is None
+
+
+class _Functional(nn.Module):
+    """The same network as _modules_version(), its dropout called as F.dropout / F.dropout1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = nn.functional.dropout(torch.relu(self.a(x)), 0.3, self.training)
+        x = nn.functional.dropout1d(torch.relu(self.b(x)).unsqueeze(-1), 0.2, self.training).squeeze(-1)
+        return self.c(x)
+
+
+class _SubclassedDropout(nn.Dropout):
+    """A dropout subclass: its calls reach the sampler through the function mode."""
+
+
+def _modules_version(functional: _Functional, first: type[nn.Module]) -> nn.Module:
+    class Modules(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = functional.a, functional.b, functional.c
+            self.drop_a, self.drop_b = first(0.3), nn.Dropout1d(0.2)
+
+        def forward(self, x):
+            x = self.drop_a(torch.relu(self.a(x)))
+            return self.c(self.drop_b(torch.relu(self.b(x)).unsqueeze(-1)).squeeze(-1))
+
+    return Modules()
+
+
+@pytest.mark.parametrize("first", [nn.Dropout, _SubclassedDropout])
+def test_module_functional_and_subclassed_dropout_draw_the_same_masks(first):
+    """Modules get a replaced forward, functional calls and subclasses go through the function mode:
+    the masks are numbered by call order either way, so the three networks answer alike."""
+    torch.manual_seed(0)
+    functional = _Functional()
+    modules = _modules_version(functional, first)
+    x = torch.randn(5, 6)
+    expected = mcd.predict(functional, x, samples=40, seed=3)
+    got = mcd.predict(modules, x, samples=40, seed=3)
+    torch.testing.assert_close(got.mean, expected.mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got.epistemic, expected.epistemic, rtol=1e-6, atol=1e-9)
+    assert torch.all(got.epistemic > 0)
+    assert all("forward" not in vars(m) for m in modules.modules())
 
 
 def test_dropconnect_keeps_trained_weights_and_arguments():
