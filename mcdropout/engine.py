@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import re
 import secrets
@@ -221,7 +222,7 @@ class MCPredictor:
         with torch.inference_mode(), mc_modes(self._roles):
             plan = self._plan(len(inputs), total, self._probe(inputs, sampler))
             accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples)
-        if bool((accumulator.spread() == 0).all()):
+        if not bool(accumulator.spread().any()):  # spreads are sums of squares: all zero or some positive
             raise ValueError(
                 f"all {int(accumulator.moments.count.max())} MC samples came out identical for every row:"
                 " the stochastic layers have no effect on the output (dropout p=0, or dropout placed where"
@@ -252,11 +253,14 @@ class MCPredictor:
                 f" (inputs of shape (rows, {', '.join(map(str, self.input_shape))}))"
             )
         if tensor.is_floating_point():
-            if not bool(torch.isfinite(tensor).all()):
+            # Any NaN or inf makes the sum NaN or inf: one cheap reduction (torch.isfinite is several
+            # kernels); only a non-finite sum, or a float64 one that overflowed, needs the row check.
+            if not math.isfinite(float(tensor.sum(dtype=torch.float64))):
                 finite = torch.isfinite(tensor).reshape(len(tensor), -1).all(dim=1)
                 bad = torch.nonzero(~finite).flatten().tolist()
-                shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
-                raise ValueError(f"inputs contain NaN or inf in {len(bad)} row(s): {shown}")
+                if bad:
+                    shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+                    raise ValueError(f"inputs contain NaN or inf in {len(bad)} row(s): {shown}")
             tensor = tensor.to(self.dtype)
         return tensor
 
@@ -335,7 +339,8 @@ class MCPredictor:
         kept = None
         for start in range(0, rows, plan.rows):
             stop = min(rows, start + plan.rows)
-            hidden = self._run_prefix(inputs[start:stop].to(self.device), sampler)
+            block_inputs = inputs if stop - start == rows else inputs[start:stop]
+            hidden = self._run_prefix(block_inputs.to(self.device), sampler)
             active = None  # the block's rows still sampled (None: all); samples="auto" narrows it
             done = 0
             while done < total:

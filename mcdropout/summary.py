@@ -17,35 +17,45 @@ Index = slice | torch.Tensor
 
 
 class _Moments:
-    """Per-row count, mean and sum of squared deviations of a (rows, *shape) quantity."""
+    """Per-row count, mean and population variance of a (rows, *shape) quantity.
+
+    Storage comes with the first update; when that update holds every row (one
+    chunk answered the whole call, the usual case for small requests) its
+    tensors become the storage as they are, with no zero-filled copy.
+    """
 
     def __init__(self, rows: int, shape: tuple[int, ...], device: torch.device) -> None:
-        self.count = torch.zeros(rows, dtype=torch.int64, device=device)
-        self.mean = torch.zeros(rows, *shape, dtype=torch.float64, device=device)
-        self.m2 = torch.zeros(rows, *shape, dtype=torch.float64, device=device)
+        self.rows, self.shape, self.device = rows, shape, device
+        self.count: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None
+        self.variance: torch.Tensor | None = None  # divided by the count, as MC dropout's predictive moments
 
     def update(self, index: Index, values: torch.Tensor, fresh: bool = False) -> None:
         """Merge ``values`` of shape (samples, rows_in_index, *shape); ``fresh``: those rows have none yet."""
         n_b = values.shape[0]
         variance_b, mean_b = torch.var_mean(values, dim=0, correction=0)
-        m2_b = variance_b.mul_(n_b)
+        if self.count is None:
+            if isinstance(index, slice) and index == slice(0, self.rows):
+                self.mean, self.variance = mean_b, variance_b
+                self.count = torch.full((self.rows,), n_b, dtype=torch.int64, device=self.device)
+                return
+            self.count = torch.zeros(self.rows, dtype=torch.int64, device=self.device)
+            self.mean = torch.zeros(self.rows, *self.shape, dtype=torch.float64, device=self.device)
+            self.variance = torch.zeros(self.rows, *self.shape, dtype=torch.float64, device=self.device)
         if fresh:
-            self.mean[index], self.m2[index], self.count[index] = mean_b, m2_b, n_b
+            self.mean[index], self.variance[index], self.count[index] = mean_b, variance_b, n_b
             return
         n_a = self.count[index].to(torch.float64).reshape(-1, *([1] * (values.dim() - 2)))
         total = n_a + n_b
         delta = mean_b - self.mean[index]
         self.mean[index] = self.mean[index] + delta * (n_b / total)
-        self.m2[index] = self.m2[index] + m2_b + delta.square_() * (n_a * n_b / total)
+        m2 = self.variance[index] * n_a + variance_b * n_b + delta.square_() * (n_a * n_b / total)
+        self.variance[index] = m2 / total
         self.count[index] += n_b
-
-    def variance(self) -> torch.Tensor:
-        """Population variance (divide by T), as MC dropout's predictive moments."""
-        return self.m2 / self.count.reshape(-1, *([1] * (self.m2.dim() - 1))).clamp(min=1)
 
     def standard_error(self) -> torch.Tensor:
         """Monte Carlo standard error of the mean."""
-        return (self.variance() / self.count.reshape(-1, *([1] * (self.m2.dim() - 1))).clamp(min=1)).sqrt()
+        return (self.variance / self.count.reshape(-1, *([1] * (self.variance.dim() - 1))).clamp(min=1)).sqrt()
 
 
 @dataclass(frozen=True)
@@ -143,11 +153,11 @@ class RegressionAccumulator:
     def converged(self, tolerance: float) -> torch.Tensor:
         """Rows whose MC standard error of the mean is below ``tolerance`` x predictive std."""
         error = self.moments.standard_error()
-        std = (self.moments.variance() + self._aleatoric()).sqrt()
+        std = (self.moments.variance + self._aleatoric()).sqrt()
         return (error <= tolerance * std).flatten(1).all(dim=1)
 
     def spread(self) -> torch.Tensor:
-        return self.moments.m2
+        return self.moments.variance
 
     def _aleatoric(self) -> torch.Tensor:
         if self.heteroscedastic:
@@ -159,7 +169,7 @@ class RegressionAccumulator:
     def result(self, seed: int, samples: torch.Tensor | None) -> RegressionPrediction:
         return RegressionPrediction(
             mean=self.moments.mean.cpu(),
-            epistemic=self.moments.variance().cpu(),
+            epistemic=self.moments.variance.cpu(),
             aleatoric=self._aleatoric().cpu(),
             num_samples=self.moments.count.cpu(),
             seed=seed,
@@ -186,7 +196,7 @@ class ClassificationAccumulator:
         return (self.moments.standard_error() <= tolerance).all(dim=1)
 
     def spread(self) -> torch.Tensor:
-        return self.moments.m2
+        return self.moments.variance
 
     def result(self, seed: int, samples: torch.Tensor | None) -> ClassificationPrediction:
         count = self.moments.count.to(torch.float64)
