@@ -46,8 +46,18 @@ class MaskGenerator:
 
     def __init__(self) -> None:
         self._bitgen = np.random.Philox(key=0)
-        self._empty = np.zeros(4, dtype=np.uint64)
-        self._key = np.zeros(2, dtype=np.uint64)  # Philox copies the key when its state is set
+        # One state dict, updated in place per draw: Philox's setter copies the values out of it,
+        # and reads Python ints faster than numpy scalars.
+        self._counter = [0, 0, 0, 0]
+        self._key = [0, 0]
+        self._state = {
+            "bit_generator": "Philox",
+            "state": {"counter": self._counter, "key": self._key},
+            "buffer": [0, 0, 0, 0],
+            "buffer_pos": 4,
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
 
     def keep(
         self,
@@ -75,7 +85,7 @@ class MaskGenerator:
         first = first_sample * stride
 
         def masks(stream: int) -> np.ndarray:
-            raw = self._draw(self._key, first, stream, num_samples * stride)
+            raw = self._draw(first, stream, num_samples * stride)
             values = np.take(table, raw.view(word), axis=0).reshape(num_samples, stride * per_counter)
             return values if stride * per_counter == numel else values[:, :numel]
 
@@ -84,15 +94,10 @@ class MaskGenerator:
         per_row = [masks(int(row) + 1) for row in rows]
         return np.stack(per_row, axis=1).reshape(num_samples, len(rows), *shape)
 
-    def _draw(self, key: np.ndarray, counter: int, stream: int, counters: int) -> np.ndarray:
-        self._bitgen.state = {
-            "bit_generator": "Philox",
-            "state": {"counter": np.array([counter & _MASK64, counter >> 64, 0, stream], dtype=np.uint64), "key": key},
-            "buffer": self._empty,
-            "buffer_pos": 4,
-            "has_uint32": 0,
-            "uinteger": 0,
-        }
+    def _draw(self, counter: int, stream: int, counters: int) -> np.ndarray:
+        """``counters`` Philox blocks (4 words each) from ``counter`` on, in ``stream``, under the current key."""
+        self._counter[0], self._counter[1], self._counter[3] = counter & _MASK64, counter >> 64, stream
+        self._bitgen.state = self._state
         return self._bitgen.random_raw(counters * 4)
 
 
