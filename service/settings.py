@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     max_samples: int = Field(1000, ge=2, description="largest T a request may ask for")
     default_seed: int = Field(0, ge=0, description="seed of requests that give none: same input, same answer")
     max_body_bytes: int = Field(10_000_000, ge=1, description="largest request body; past it: 413")
+    otel: bool = Field(
+        False, description="FastAPI's native OpenTelemetry (traces, metrics and logs through the global"
+        " providers); off by default, since it looks the providers up on every request"
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated keys; when set, model endpoints want Bearer auth"
     )

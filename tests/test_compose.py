@@ -44,3 +44,9 @@ def test_dockerfile_serves_what_compose_expects():
     assert 'CMD ["mcdropout", "serve"]' in dockerfile
     assert "EXPOSE 8000" in dockerfile and "MCD_MODELS_DIR=/models" in dockerfile
     assert '".[serve]"' in dockerfile
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [f"MCD_{name.upper()}" for name in Settings.model_fields if f"`MCD_{name.upper()}`" not in readme]
+    assert not missing, f"settings without a README row: {missing}"
