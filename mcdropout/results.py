@@ -136,14 +136,17 @@ def from_prediction(manifest: Any, prediction: Any, level: float) -> Result:
 
     common = {"model": manifest.name, "version": manifest.version, "seed": prediction.seed,
               "samples_used": prediction.num_samples.numpy().astype(np.int64, copy=False)}
-    if manifest.task == "regression":
-        lower, upper = prediction.interval(level)
-        means = table(prediction.mean)
+    if manifest.task == "regression":  # in numpy: a server does this per request on its event loop
+        from mcdropout.summary import normal_interval  # here: the client imports this module without torch
+
+        means, epistemic, aleatoric = table(prediction.mean), table(prediction.epistemic), table(prediction.aleatoric)
+        variance = epistemic + aleatoric
+        std = np.sqrt(variance)
+        lower, upper = normal_interval(means, std, level)
         return RegressionResult(
             **common, outputs=manifest.output_names or [f"y{i}" for i in range(means.shape[1])], level=level,
-            mean=means, std=table(prediction.std), variance=table(prediction.variance),
-            epistemic_variance=table(prediction.epistemic), aleatoric_variance=table(prediction.aleatoric),
-            lower=table(lower), upper=table(upper),
+            mean=means, std=std, variance=variance, epistemic_variance=epistemic, aleatoric_variance=aleatoric,
+            lower=lower, upper=upper,
         )
     probs = prediction.probs.numpy()
     classes = manifest.class_names or [str(i) for i in range(probs.shape[1])]
