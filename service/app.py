@@ -93,6 +93,7 @@ class ServiceState:
             )
             batcher.start()
             self.batchers[name] = batcher
+            self.metrics.queue_depth.labels(name).set_function(lambda batcher=batcher: batcher.depth)  # read at scrape
 
     async def close(self) -> None:
         await asyncio.gather(*(batcher.close() for batcher in self.batchers.values()))
@@ -109,7 +110,6 @@ class ServiceState:
     async def predict(self, bundle: Bundle, inputs: np.ndarray, samples: int | str, seed: int,
                       return_samples: bool) -> Prediction:
         batcher = self.batchers[bundle.name]
-        self.metrics.queue_depth.labels(bundle.name).set(batcher.depth)
         try:
             return await batcher.submit(inputs, samples=samples, seed=seed, return_samples=return_samples,
                                         timeout=self.settings.request_timeout_s)
@@ -120,8 +120,6 @@ class ServiceState:
             raise ApiError(504, f"deadline exceeded: {error} (MCD_REQUEST_TIMEOUT_S)") from None
         except ValueError as error:  # the engine refused these inputs
             raise ApiError(422, str(error), "inputs") from None
-        finally:
-            self.metrics.queue_depth.labels(bundle.name).set(batcher.depth)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

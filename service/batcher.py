@@ -97,15 +97,16 @@ class Batcher:
         if len(self.queue) >= self.max_queue:
             raise Overloaded(f"model {self.bundle.name!r} has {len(self.queue)} requests waiting (the limit)")
         per_row = self.bundle.manifest.max_samples if samples == "auto" else samples
-        job = Job(inputs, samples, seed, return_samples, cost=len(inputs) * per_row,
-                  future=asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = Job(inputs, samples, seed, return_samples, cost=len(inputs) * per_row, future=loop.create_future())
         self.queue.append(job)
         self._wakeup.set()
+        # A timer that fails the future, not asyncio.wait_for: that wraps each request in a task of its own.
+        deadline = loop.call_later(timeout, _expire, job, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
-        except asyncio.TimeoutError:
-            job.abandoned = True
-            raise DeadlineExceeded(f"no answer within {timeout:g} s") from None
+            return await job.future
+        finally:
+            deadline.cancel()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -202,6 +203,12 @@ def slice_prediction(prediction: Prediction, start: int, stop: int, keep_samples
     if not keep_samples:
         changes["samples"] = None
     return dataclasses.replace(prediction, **changes)
+
+
+def _expire(job: Job, timeout: float) -> None:
+    if not job.future.done():
+        job.abandoned = True  # the batcher skips it if it has not started
+        job.future.set_exception(DeadlineExceeded(f"no answer within {timeout:g} s"))
 
 
 def _resolve(future: asyncio.Future, value: Prediction) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Container
+from typing import Any
 
 import orjson
 
@@ -63,6 +64,7 @@ class RequestCounter:
         self.app = app
         self.metrics = metrics
         self.known = known
+        self._counters: dict[tuple[str, str, str], Any] = {}  # labelled children: labels() locks and hashes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -81,4 +83,8 @@ class RequestCounter:
             route = scope.get("route")
             name = (scope.get("path_params") or {}).get("name", "")
             model = name if name in self.known else ""  # unknown names would make labels unbounded
-            self.metrics.requests.labels(getattr(route, "path", "unmatched"), model, str(status)).inc()
+            labels = (getattr(route, "path", "unmatched"), model, str(status))
+            counter = self._counters.get(labels)
+            if counter is None:
+                counter = self._counters[labels] = self.metrics.requests.labels(*labels)
+            counter.inc()
