@@ -26,7 +26,6 @@ import itertools
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -220,10 +219,24 @@ def memory_child(rows: int, samples: int, budget: str) -> None:
     start = time.perf_counter()
     predictor.predict(x, seed=1)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_resident_bytes()
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({"rows": rows, "T": samples, "budget": mcd.engine.parse_bytes(budget),
                       "peak_over_baseline": peak - baseline, "model_bytes": model_bytes, "seconds": seconds}))
+
+
+def peak_resident_bytes() -> int:
+    """This process's resident high-water mark (VmHWM).
+
+    Not getrusage's ru_maxrss: Linux carries that across execve from the process
+    that forked, so a child of this bench (whose own resident set is hundreds of
+    MB by then) reported the parent's size as its own peak.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def memory_table(samples: int) -> list[dict]:
