@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mcdropout.sampler import ChunkLayout, MaskSampler, StochasticPrefixError, dropout_modules
+from mcdropout.sampler import ChunkLayout, MaskSampler, StochasticPrefixError, dropout_modules, is_dropout_module
 from mcdropout.stochastic import mc_modes, module_roles, stochastic_modules, unsampled_dropout
 from mcdropout.summary import (
     ClassificationAccumulator,
@@ -192,6 +192,7 @@ class MCPredictor:
                 raise ValueError(message + "\n(pass strict=False to sample the rest and ignore these)")
             warnings.warn(message, stacklevel=2)
         self._prefix, self._suffix = _split_sequential(model)
+        self._lead, self._after_lead = _leading_dropout(self._suffix)
         self._roles = module_roles(model)
         self._dropout_modules = dropout_modules(model)
         pin_mmap_threshold()
@@ -288,6 +289,7 @@ class MCPredictor:
                 hidden = self._run_prefix(first, sampler, checked=False)
             except StochasticPrefixError:  # a leading layer drops out functionally: share nothing
                 self._prefix, self._suffix = [], self.model
+                self._lead, self._after_lead = None, self.model
                 hidden = first
             layout = ChunkLayout(seed=0, first_sample=0, num_samples=2, num_rows=1, row_ids=self._row_ids(0, 1))
             outputs = self._run_suffix(hidden, layout, sampler, functional=True)
@@ -379,10 +381,16 @@ class MCPredictor:
         return x
 
     def _run_suffix(self, hidden: torch.Tensor, layout: ChunkLayout, sampler: MaskSampler, functional: bool):
-        replicas = hidden.unsqueeze(0).expand(layout.num_samples, *hidden.shape)
         sampler.begin(layout)
         with sampler.applied(self._dropout_modules, functional):
-            outputs = self._suffix(replicas.reshape(layout.batch, *hidden.shape[1:]))
+            if self._lead is not None:  # the suffix opens with dropout: mask while replicating
+                outputs = self._after_lead(sampler.module_dropout(self._lead, hidden, replicated=False))
+            else:  # sample-major replicas (row r of sample s at s*R + r): a stride-0 view for one row
+                if len(hidden) == 1:
+                    replicas = hidden.expand(layout.num_samples, *hidden.shape[1:])
+                else:
+                    replicas = hidden.repeat(layout.num_samples, *([1] * (hidden.dim() - 1)))
+                outputs = self._suffix(replicas)
         return self._group(outputs, layout)
 
     def _group(self, outputs, layout: ChunkLayout):
@@ -458,6 +466,21 @@ def _split_sequential(model: nn.Module) -> tuple[list[nn.Module], Callable]:
                     return children[:index] + inner_prefix, nn.Sequential(inner_suffix, *children[index + 1 :])
             return children[:index], nn.Sequential(*children[index:])
     return children, nn.Sequential()
+
+
+def _leading_dropout(suffix: Callable) -> tuple[nn.Module | None, Callable]:
+    """A torch dropout module that opens a Sequential suffix, and the rest of the suffix.
+
+    The engine applies it to the prefix's output while replicating that output
+    for the samples: one write of S x R rows instead of a copy and a masked copy.
+    Not when the module has hooks (when the predictor is built), which only ``__call__`` runs.
+    """
+    if not isinstance(suffix, nn.Sequential) or not len(suffix):
+        return None, suffix
+    lead = suffix[0]
+    if not is_dropout_module(lead) or lead._forward_hooks or lead._forward_pre_hooks:
+        return None, suffix
+    return lead, nn.Sequential(*list(suffix)[1:])
 
 
 def _check_samples(samples, name: str, allow_auto: bool = False):

@@ -94,7 +94,12 @@ _DROPOUT_MODULES: dict[type[nn.Module], tuple[bool, bool]] = {
 
 def dropout_modules(model: nn.Module) -> list[nn.Module]:
     """The modules of ``model`` whose forward the sampler replaces during a pass."""
-    return [module for module in model.modules() if type(module) in _DROPOUT_MODULES]
+    return [module for module in model.modules() if is_dropout_module(module)]
+
+
+def is_dropout_module(module: nn.Module) -> bool:
+    """One of torch's dropout modules itself (not a subclass, whose forward may differ)."""
+    return type(module) in _DROPOUT_MODULES
 
 
 class MaskSampler:
@@ -126,8 +131,7 @@ class MaskSampler:
             for module in modules:
                 # An instance attribute shadows the class's forward; set in the instance dict
                 # (nn.Module.__setattr__ is slow and these values are neither parameters nor modules).
-                channelwise, alpha = _DROPOUT_MODULES[type(module)]
-                vars(module)["forward"] = functools.partial(self._module_forward, module, channelwise, alpha)
+                vars(module)["forward"] = functools.partial(self.module_dropout, module)
                 replaced.append(module)
             with _FunctionalDropout(self) if functional else contextlib.nullcontext():
                 yield
@@ -135,9 +139,6 @@ class MaskSampler:
             for module in replaced:
                 del vars(module)["forward"]
             _active.reset(token)
-
-    def _module_forward(self, module: nn.Module, channelwise: bool, alpha: bool, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(x, module.p, channelwise=channelwise, alpha=alpha)
 
     # -- masks -----------------------------------------------------------------
 
@@ -173,25 +174,42 @@ class MaskSampler:
             )
         return x.reshape(layout.num_samples, layout.num_rows, *x.shape[1:])
 
-    def dropout(self, x: torch.Tensor, p: float, *, channelwise: bool, alpha: bool) -> torch.Tensor:
+    def dropout(
+        self, x: torch.Tensor, p: float, *, channelwise: bool, alpha: bool, replicated: bool = True
+    ) -> torch.Tensor:
+        """Dropout over a pass's replicas ``x`` (S*R, ...), each sample with its own mask.
+
+        ``replicated=False``: ``x`` holds each row once (R, ...), as the shared prefix
+        left it, and the result is every sample's masked replica, written in one pass
+        instead of a copy and then a masked copy.
+        """
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
-        if p == 0.0:
+        if p == 0.0 and replicated:
             return x
-        grouped = self.split(x, "a dropout layer")
+        layout = self._require_layout()
+        grouped = self.split(x, "a dropout layer") if replicated else x.unsqueeze(0)
         features = tuple(x.shape[1:])
+        shape = (layout.batch, *features)
+        if p == 0.0:
+            return grouped.expand(layout.num_samples, *x.shape).reshape(shape)
         mask_shape = (features[0],) if channelwise and features else features
         if p == 1.0:
             self.keep(mask_shape, p, x.dtype)  # count the layer all the same
-            return torch.zeros_like(x)
+            return x.new_zeros(shape)
         keep = self.keep(mask_shape, p, x.dtype, scale=1.0 if alpha else 1.0 / (1.0 - p))
         if channelwise and len(features) > 1:
             keep = keep.reshape(*keep.shape, *([1] * (len(features) - 1)))
         if not alpha:
-            return (grouped * keep).reshape(x.shape)
+            return (grouped * keep).reshape(shape)
         a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1.0) * (1.0 - p))
         shift = (keep - 1.0) * (_ALPHA * a) + _ALPHA * a * p
-        return (grouped * (keep * a) + shift).reshape(x.shape)
+        return (grouped * (keep * a) + shift).reshape(shape)
+
+    def module_dropout(self, module: nn.Module, x: torch.Tensor, replicated: bool = True) -> torch.Tensor:
+        """What torch dropout ``module`` (from :func:`dropout_modules`) does to ``x`` in this pass."""
+        channelwise, alpha = _DROPOUT_MODULES[type(module)]
+        return self.dropout(x, module.p, channelwise=channelwise, alpha=alpha, replicated=replicated)
 
     def _require_layout(self) -> ChunkLayout:
         if self.deterministic or self.layout is None:

@@ -77,6 +77,19 @@ def test_prefix_sharing_gives_the_answer_of_the_unsplit_model():
     assert torch.allclose(shared.epistemic, whole.epistemic, rtol=1e-5)
 
 
+def test_a_leading_dropout_with_hooks_still_runs_them():
+    """A dropout that opens the sampled part is masked while replicating, unless it has hooks to run."""
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 1))
+    x = torch.randn(3, 5)
+    fused = mcd.predict(model, x, samples=20, seed=4)
+    seen = []
+    model[2].register_forward_hook(lambda module, args, output: seen.append(tuple(output.shape)))
+    hooked = mcd.predict(model, x, samples=20, seed=4)
+    assert (20 * 3, 8) in seen
+    torch.testing.assert_close(hooked.mean, fused.mean, rtol=0, atol=0)
+    torch.testing.assert_close(hooked.epistemic, fused.epistemic, rtol=0, atol=0)
+
+
 def test_functional_dropout_in_a_leading_layer_turns_sharing_off():
     class Custom(nn.Module):
         def forward(self, x):
