@@ -223,7 +223,7 @@ class MCPredictor:
         with torch.inference_mode(), mc_modes(self._roles):
             plan = self._plan(len(inputs), total, self._probe(inputs, sampler))
             accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples)
-        if not bool(accumulator.spread().any()):  # spreads are sums of squares: all zero or some positive
+        if not bool(accumulator.spread().any()):  # spreads are variances: all zero, or some positive
             raise ValueError(
                 f"all {int(accumulator.moments.count.max())} MC samples came out identical for every row:"
                 " the stochastic layers have no effect on the output (dropout p=0, or dropout placed where"
