@@ -291,7 +291,7 @@ class MCPredictor:
                 self._prefix, self._suffix = [], self.model
                 self._lead, self._after_lead = None, self.model
                 hidden = first
-            layout = ChunkLayout(seed=0, first_sample=0, num_samples=2, num_rows=1, row_ids=self._row_ids(0, 1))
+            layout = ChunkLayout(seed=0, first_sample=0, num_samples=2, num_rows=1, row_ids=self._row_ids(range(1)))
             outputs = self._run_suffix(hidden, layout, sampler, functional=True)
         except (RuntimeError, IndexError, TypeError) as error:
             raise ValueError(f"the model failed on inputs with rows of shape {key}: {error}") from error
@@ -330,8 +330,9 @@ class MCPredictor:
         per_pass = min(total, max(1, capacity // block_rows), budget // (sample_bytes + block_rows * row_bytes))
         return _Plan(rows=block_rows, samples=max(1, per_pass), functional=probe.functional)
 
-    def _row_ids(self, start: int, stop: int) -> np.ndarray | None:
-        return np.arange(start, stop) if self.masks == "per_row" else None
+    def _row_ids(self, rows: range | torch.Tensor) -> np.ndarray | None:
+        """Each row's index in the caller's input, which per-row masks are drawn by; None for shared masks."""
+        return np.asarray(rows) if self.masks == "per_row" else None
 
     # -- running -------------------------------------------------------------------
 
@@ -349,7 +350,7 @@ class MCPredictor:
                 window = min(total - done, AUTO_STEP) if auto else total - done
                 block = hidden if active is None else hidden[(active - start).to(hidden.device)]
                 index = slice(start, stop) if active is None else active.to(self.device)
-                row_ids = self._row_ids(start, stop) if active is None else self._row_ids_for(active)
+                row_ids = self._row_ids(range(start, stop) if active is None else active)
                 for first in range(done, done + window, plan.samples):
                     count = min(plan.samples, done + window - first)
                     layout = ChunkLayout(seed, first, count, len(block), row_ids)
@@ -367,9 +368,6 @@ class MCPredictor:
                     if not len(active):
                         break
         return accumulator, kept
-
-    def _row_ids_for(self, active: torch.Tensor) -> np.ndarray | None:
-        return active.numpy() if self.masks == "per_row" else None
 
     def _run_prefix(self, x: torch.Tensor, sampler: MaskSampler, checked: bool = True) -> torch.Tensor:
         """The deterministic leading layers; ``checked=False`` (the probe) watches them for dropout calls."""
