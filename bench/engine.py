@@ -267,40 +267,39 @@ def main() -> None:
     print(f"# MLP 64-512-512-10, p=0.5 after each hidden layer, CPU, median of {args.repeats} interleaved runs (ms)")
     speed = speed_table(args.repeats)
     names = list(speed[0]["ms"])
-    print("\n| batch | T | " + " | ".join(names) + " | x naive | x best anchor | / floor |")
-    print("|---|---|" + "---|" * len(names) + "---|---|---|")
-    for row in speed:
-        cells = " | ".join(f"{row['ms'][n]:.2f}" for n in names)
-        print(f"| {row['batch']} | {row['T']} | {cells} | {row['vs naive']:.1f}x | {row['vs best anchor']:.1f}x"
-              f" | {row['vs floor']:.2f} |")
+    print_table(["batch", "T", *names, "x naive", "x best anchor", "/ floor"], [
+        [row["batch"], row["T"], *(f"{row['ms'][n]:.2f}" for n in names), f"{row['vs naive']:.1f}x",
+         f"{row['vs best anchor']:.1f}x", f"{row['vs floor']:.2f}"] for row in speed])
 
     print("\n# steady state, batch 1: blocks of 20 consecutive calls per contender, blocks in rotation")
     steady = steady_table(args.repeats)
     names = list(steady[0]["ms"])
-    print("\n| batch | T | " + " | ".join(names) + " | x naive | / floor |")
-    print("|---|---|" + "---|" * len(names) + "---|---|")
-    for row in steady:
-        cells = " | ".join(f"{row['ms'][n]:.2f}" for n in names)
-        print(f"| {row['batch']} | {row['T']} | {cells} | {row['vs naive']:.1f}x | {row['vs floor']:.2f} |")
+    print_table(["batch", "T", *names, "x naive", "/ floor"], [
+        [row["batch"], row["T"], *(f"{row['ms'][n]:.2f}" for n in names), f"{row['vs naive']:.1f}x",
+         f"{row['vs floor']:.2f}"] for row in steady])
 
     print("\n# prefix sharing: MLP 2048-512-512-10 (first dropout after the 2048-wide layer)")
     prefix = prefix_table(args.repeats)
-    print("\n| batch | T | floor (one pass) | floor (chunked) | mcdropout | / floor |")
-    print("|---|---|---|---|---|---|")
-    for row in prefix:
-        ms = row["ms"]
-        print(f"| {row['batch']} | {row['T']} | {ms['floor (one pass)']:.2f} | {ms['floor (chunked)']:.2f}"
-              f" | {ms['mcdropout']:.2f} | {row['vs floor']:.2f} |")
+    names = list(prefix[0]["ms"])
+    print_table(["batch", "T", *names, "/ floor"], [
+        [row["batch"], row["T"], *(f"{row['ms'][n]:.2f}" for n in names), f"{row['vs floor']:.2f}"]
+        for row in prefix])
 
     if not args.skip_memory:
         print(f"\n# peak memory: 1000 rows, T={args.memory_samples}, MLP 64-512-512-10, return_samples=False")
-        print("\n| memory_budget | peak over baseline | model | within budget + model | seconds |")
-        print("|---|---|---|---|---|")
-        for row in memory_table(args.memory_samples):
-            ok = row["peak_over_baseline"] <= row["budget"] + row["model_bytes"]
-            print(f"| {row['budget'] / 1e6:.0f} MB | {row['peak_over_baseline'] / 1e6:.1f} MB"
-                  f" | {row['model_bytes'] / 1e6:.2f} MB | {'yes' if ok else 'NO'} | {row['seconds']:.1f} |")
+        print_table(["memory_budget", "peak over baseline", "model", "within budget + model", "seconds"], [
+            [f"{row['budget'] / 1e6:.0f} MB", f"{row['peak_over_baseline'] / 1e6:.1f} MB",
+             f"{row['model_bytes'] / 1e6:.2f} MB",
+             "yes" if row["peak_over_baseline"] <= row["budget"] + row["model_bytes"] else "NO",
+             f"{row['seconds']:.1f}"] for row in memory_table(args.memory_samples)])
 
+
+def print_table(header: list[str], rows: list[list]) -> None:
+    """A Markdown table, as BENCHMARKS.md holds them, after a blank line."""
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
 
 if __name__ == "__main__":
     main()
