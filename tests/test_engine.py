@@ -158,3 +158,23 @@ def test_predictor_reuses_its_plan_and_restores_nothing_it_did_not_touch():
     second = predictor.predict(torch.randn(4, 5), seed=0, samples=32)
     assert first.num_samples[0] == 16 and second.num_samples[0] == 32
     assert all(m.training for m in model.modules())
+
+
+def test_single_channel_images_run_row_major_whatever_their_strides():
+    """numpy gives (rows, 1, H, W) a channel stride of 1, which torch would read as channels-last.
+
+    The engine hands the model row-major inputs, so the convolutions answer row-major and the
+    Flatten after them is a view, not a copy per chunk; the answer is the same either way.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Dropout2d(0.25), nn.Flatten(), nn.Linear(64, 1))
+    seen = []
+    model[3].register_forward_hook(lambda _module, args, _output: seen.append(args[0].is_contiguous()))
+    images = torch.randn(5, 4, 4)
+    channels_last = images.unsqueeze(-1).permute(0, 3, 1, 2)  # shape (5, 1, 4, 4), strides (16, 1, 4, 1)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    numpy_rows = channels_last.numpy()
+    answers = [mcd.predict(model, x, samples=20, seed=3) for x in (channels_last, numpy_rows, images.unsqueeze(1))]
+    assert all(seen)
+    for answer in answers[1:]:
+        assert torch.equal(answer.mean, answers[0].mean) and torch.equal(answer.epistemic, answers[0].epistemic)
