@@ -2,8 +2,9 @@
 
 Built from a library prediction (:func:`from_prediction`: the service's answers
 and local scoring), from the service's JSON answer (:func:`from_json`: the
-client), or joined from several (:func:`concatenate`). Importing this module imports numpy only, so the client
-stays light. :meth:`columns` gives the flat per-row table (``mean``, ``std``,
+client), joined from several (:func:`concatenate`), or cut to a range of rows
+(:func:`take_rows`: one request's share of a merged run). Importing this module
+imports numpy only, so the client stays light. :meth:`columns` gives the flat per-row table (``mean``, ``std``,
 ``lower``, ``upper`` / ``label``, ``prob_<class>``, ``entropy``, ...) used by
 ``to_pandas`` and by ``mcdropout score``.
 """
@@ -136,7 +137,7 @@ def from_prediction(manifest: Any, prediction: Any, level: float) -> Result:
 
     common = {"model": manifest.name, "version": manifest.version, "seed": prediction.seed,
               "samples_used": prediction.num_samples.numpy().astype(np.int64, copy=False)}
-    if manifest.task == "regression":  # in numpy: a server does this per request on its event loop
+    if manifest.task == "regression":  # in numpy: cheaper than torch for the few rows of a request
         from mcdropout.summary import normal_interval  # here: the client imports this module without torch
 
         means, epistemic, aleatoric = table(prediction.mean), table(prediction.epistemic), table(prediction.aleatoric)
@@ -157,6 +158,13 @@ def from_prediction(manifest: Any, prediction: Any, level: float) -> Result:
         expected_entropy=vector(prediction.expected_entropy),
         mutual_information=vector(prediction.mutual_information), variation_ratio=vector(prediction.variation_ratio),
     )
+
+
+def take_rows(result: Result, start: int, stop: int) -> Result:
+    """Rows [start, stop) of a result (views, no copies): every array field has the rows first."""
+    parts = {item.name: getattr(result, item.name) for item in fields(result)}
+    return type(result)(**{name: value[start:stop] if isinstance(value, np.ndarray) else value
+                           for name, value in parts.items()})
 
 
 def concatenate(parts: list[Result]) -> Result:

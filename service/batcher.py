@@ -8,14 +8,15 @@ on their concatenated rows; since a row's answer depends only on (model, row,
 T, seed), each request gets exactly what it would get alone. Interval levels
 and sample returns are per request and applied afterwards, so no parameter
 leaks between requests. Compute runs on one thread per process (one device),
-off the event loop. The queue is bounded: past ``max_queue`` waiting requests,
+off the event loop; it also turns each run into plain numpy results once
+(:func:`mcdropout.results.from_prediction`), so the event loop only slices
+out each request's rows instead of converting a prediction per request. The queue is bounded: past ``max_queue`` waiting requests,
 ``submit`` raises :class:`Overloaded` (the app answers 503 with Retry-After).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,10 +24,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from mcdropout.bundle import Bundle
-from mcdropout.engine import Prediction
+from mcdropout.results import RegressionResult, Result, from_prediction, take_rows
 
 
 class Overloaded(Exception):
@@ -42,11 +42,20 @@ class Job:
     inputs: np.ndarray
     samples: int | str
     seed: int
+    level: float  # of the central interval (regression)
     return_samples: bool
     cost: int  # forward rows: inputs x samples (x the maximum for "auto")
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
     abandoned: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's rows of a merged run, and with ``return_samples`` its draws (rows, T, outputs)."""
+
+    result: Result
+    draws: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,14 @@ class BatchStats:
     forward_rows: int
     queue_seconds: list[float]
     compute_seconds: float
-    prediction: Prediction
+    result: Result
+
+    @property
+    def uncertainty(self) -> tuple[str, np.ndarray]:
+        """The uncertainty served per row: predictive std (regression) or mutual information."""
+        if isinstance(self.result, RegressionResult):
+            return "predictive_std", self.result.std
+        return "mutual_information", self.result.mutual_information
 
 
 class Batcher:
@@ -90,15 +106,15 @@ class Batcher:
         if self._task is not None:
             await self._task
 
-    async def submit(self, inputs: np.ndarray, *, samples: int | str, seed: int, return_samples: bool,
-                     timeout: float) -> Prediction:
+    async def submit(self, inputs: np.ndarray, *, samples: int | str, seed: int, level: float = 0.95,
+                     return_samples: bool = False, timeout: float) -> Answer:
         if self._closing:
             raise Overloaded("the server is shutting down")
         if len(self.queue) >= self.max_queue:
             raise Overloaded(f"model {self.bundle.name!r} has {len(self.queue)} requests waiting (the limit)")
         per_row = self.bundle.manifest.max_samples if samples == "auto" else samples
         loop = asyncio.get_running_loop()
-        job = Job(inputs, samples, seed, return_samples, cost=len(inputs) * per_row, future=loop.create_future())
+        job = Job(inputs, samples, seed, level, return_samples, cost=len(inputs) * per_row, future=loop.create_future())
         self.queue.append(job)
         self._wakeup.set()
         # A timer that fails the future, not asyncio.wait_for: that wraps each request in a task of its own.
@@ -180,29 +196,24 @@ class Batcher:
                     job.future.get_loop().call_soon_threadsafe(_fail, job.future, error)
                 continue
             finished = time.perf_counter()
+            results: dict[float, Result] = {}  # one table per interval level asked for
             start = 0
             for job in jobs:
-                part = slice_prediction(prediction, start, start + len(job.inputs), job.return_samples)
-                start += len(job.inputs)
-                job.future.get_loop().call_soon_threadsafe(_resolve, job.future, part)
+                stop = start + len(job.inputs)
+                if job.level not in results:
+                    results[job.level] = from_prediction(self.bundle.manifest, prediction, job.level)
+                draws = None
+                if job.return_samples:
+                    draws = prediction.samples[start:stop].reshape(stop - start, prediction.samples.shape[1], -1)
+                answer = Answer(take_rows(results[job.level], start, stop), None if draws is None else draws.numpy())
+                job.future.get_loop().call_soon_threadsafe(_resolve, job.future, answer)
+                start = stop
             stats.append(BatchStats(
                 requests=len(jobs), rows=len(inputs), forward_rows=int(prediction.num_samples.sum()),
                 queue_seconds=[started - job.enqueued for job in jobs], compute_seconds=finished - started,
-                prediction=prediction,
+                result=results[jobs[0].level],
             ))
         return stats
-
-
-def slice_prediction(prediction: Prediction, start: int, stop: int, keep_samples: bool) -> Prediction:
-    """Rows [start, stop) of a prediction: every tensor field has the batch dimension first."""
-    changes = {}
-    for item in dataclasses.fields(prediction):
-        value = getattr(prediction, item.name)
-        if isinstance(value, torch.Tensor):
-            changes[item.name] = value[start:stop]
-    if not keep_samples:
-        changes["samples"] = None
-    return dataclasses.replace(prediction, **changes)
 
 
 def _expire(job: Job, timeout: float) -> None:
@@ -211,7 +222,7 @@ def _expire(job: Job, timeout: float) -> None:
         job.future.set_exception(DeadlineExceeded(f"no answer within {timeout:g} s"))
 
 
-def _resolve(future: asyncio.Future, value: Prediction) -> None:
+def _resolve(future: asyncio.Future, value: Answer) -> None:
     if not future.done():
         future.set_result(value)
 

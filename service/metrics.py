@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
-from mcdropout.summary import RegressionPrediction
 from service.batcher import BatchStats
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -45,13 +49,9 @@ class ServiceMetrics:
         self.batch_requests.labels(model).observe(stats.requests)
         self.batch_rows.labels(model).observe(stats.rows)
         self.samples.labels(model).inc(stats.forward_rows)
-        prediction = stats.prediction
-        if isinstance(prediction, RegressionPrediction):
-            values, kind = prediction.std, "predictive_std"
-        else:
-            values, kind = prediction.mutual_information, "mutual_information"
+        kind, values = stats.uncertainty
         histogram = self.uncertainty.labels(model, kind)
-        for value in torch.as_tensor(values).flatten().tolist():
+        for value in values.ravel().tolist():
             histogram.observe(value)
 
     def render(self) -> bytes:

@@ -18,8 +18,7 @@ import orjson
 from pydantic import ValidationError
 
 from mcdropout.bundle import Manifest
-from mcdropout.engine import Prediction
-from mcdropout.results import RegressionResult, from_prediction
+from mcdropout.results import RegressionResult, Result
 from service.inputs import ApiError
 from service.schemas import V2InferRequest
 
@@ -139,10 +138,10 @@ def parameters(request: V2InferRequest, manifest: Manifest, default_seed: int, l
     return {"samples": samples, "seed": seed, "interval": float(level)}
 
 
-def response(request: V2InferRequest, manifest: Manifest, prediction: Prediction, params: dict[str, Any]
+def response(request: V2InferRequest, manifest: Manifest, result: Result, params: dict[str, Any]
              ) -> tuple[bytes, dict[str, str]]:
     """The infer answer's body and headers."""
-    tensors = _tensors(manifest, prediction, params["interval"])
+    tensors = _tensors(result)
     names = [spec["name"] for spec in output_specs(manifest)]
     all_binary = bool((request.parameters or {}).get("binary_data_output", False))
     if request.outputs:
@@ -178,7 +177,6 @@ def response(request: V2InferRequest, manifest: Manifest, prediction: Prediction
                                        "Inference-Header-Content-Length": str(len(header))}
 
 
-def _tensors(manifest: Manifest, prediction: Prediction, level: float) -> dict[str, np.ndarray]:
-    result = from_prediction(manifest, prediction, level)
+def _tensors(result: Result) -> dict[str, np.ndarray]:
     names = REGRESSION_OUTPUTS if isinstance(result, RegressionResult) else CLASSIFICATION_OUTPUTS
     return {name: getattr(result, name) for name in names}
