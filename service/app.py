@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import inspect
 import logging
@@ -130,6 +131,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI):
         await asyncio.get_running_loop().run_in_executor(None, state.load)
         state.start()
+        # What start-up created (modules, models, the app) lives as long as the process; frozen, it is
+        # left out of every garbage collection. Unfrozen, the collector's full passes over it took a
+        # quarter of the server's CPU under load (perf, 64 clients).
+        gc.freeze()
         yield
         await state.close()
 
