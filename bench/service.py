@@ -1,14 +1,15 @@
 """Service benchmark: throughput and latency on loopback, dynamic batching on and off.
 
-    .venv/bin/python bench/service.py [--seconds 15] [--requests 400]
+    .venv/bin/python bench/service.py [--seconds 15] [--requests 1000] [--rounds 3]
 
-Starts the real app with uvicorn on 127.0.0.1 (a free port) once with
-MCD_BATCHING=true and once with false, and sends single-row requests for
-`diabetes` and `digits` at T=100 from 1, 16 and 64 concurrent clients (each
-point bounded by a request count and a time limit). It prints throughput and
+Starts the real app with uvicorn on 127.0.0.1 (free ports) twice, with
+MCD_BATCHING=true and false, and sends single-row requests for `diabetes` and
+`digits` at T=100 from 1, 16 and 64 concurrent clients (each point bounded by a
+request count and a time limit), in rounds that alternate between the two
+servers so that the machine's drift hits both modes alike. It prints throughput and
 p50/p99 latency, the batching speed-up at each concurrency, and at concurrency
 1 the p50 overhead of the HTTP round trip over a direct library call on the
-same input, measured in this process.
+same input, measured in this process in blocks alternating with the HTTP calls.
 """
 
 from __future__ import annotations
@@ -19,18 +20,20 @@ import http.client
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import aiohttp
 import httpx
 import numpy as np
 import torch
+import uvloop
 
 import mcdropout as mcd
 from mcdropout import datasets
@@ -75,101 +78,161 @@ class Server:
         self.process.wait(30)
 
 
-async def load(url: str, model: str, concurrency: int, requests: int, seconds: float) -> dict:
-    """Closed loop: each client sends its next request when the last is answered (aiohttp: light on CPU)."""
-    inputs = rows(model)
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: writes pre-built requests, reads answers by Content-Length.
+
+    A load generator as lean as wrk's, so that it takes little of the two cores it shares with the
+    server (aiohttp spent about 200 us of CPU per request here, a third of the server's own time).
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.answer: asyncio.Future | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        length = int(_CONTENT_LENGTH.search(self.buffer, 0, end).group(1))
+        if len(self.buffer) < end + 4 + length:
+            return
+        status = int(self.buffer[9:12])
+        del self.buffer[:end + 4 + length]
+        self.answer.set_result(status)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(error or ConnectionError("the server closed the connection"))
+
+    async def send(self, request: bytes) -> int:
+        self.answer = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self.answer
+
+
+_CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
+
+
+def predict_requests(port: int, model: str) -> list[bytes]:
+    """One pre-built HTTP request per test row."""
+    requests = []
+    for row in rows(model):
+        body = json.dumps({"inputs": [row], "samples": SAMPLES}).encode()
+        head = (f"POST /v1/models/{model}/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        requests.append(head.encode() + body)
+    return requests
+
+
+async def load(port: int, model: str, concurrency: int, requests: int, seconds: float) -> dict:
+    """Closed loop: each client sends its next request when the last is answered."""
+    prepared = predict_requests(port, model)
     latencies: list[float] = []
     errors = 0
     sent = 0
+    loop = asyncio.get_running_loop()
+    connections = [(await loop.create_connection(_Connection, "127.0.0.1", port))[1] for _ in range(concurrency)]
+    await connections[0].send(prepared[0])  # warm-up
     stop_at = time.perf_counter() + seconds
-    path = f"{url}/v1/models/{model}/predict"
 
-    async def client(session: aiohttp.ClientSession, index: int) -> None:
+    async def client(connection: _Connection, index: int) -> None:
         nonlocal sent, errors
         while sent < requests and time.perf_counter() < stop_at:
             sent += 1
-            body = {"inputs": [inputs[(index + sent) % len(inputs)]], "samples": SAMPLES}
             start = time.perf_counter()
-            async with session.post(path, json=body) as answer:
-                await answer.read()
-                errors += answer.status != 200
+            errors += await connection.send(prepared[(index + sent) % len(prepared)]) != 200
             latencies.append(time.perf_counter() - start)
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async with session.post(path, json={"inputs": inputs[:1], "samples": SAMPLES}) as warm:
-            await warm.read()
-        started = time.perf_counter()
-        await asyncio.gather(*(client(session, i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
+    started = time.perf_counter()
+    await asyncio.gather(*(client(connection, i) for i, connection in enumerate(connections)))
+    elapsed = time.perf_counter() - started
+    for connection in connections:
+        connection.transport.close()
+    return {"latencies": latencies, "errors": errors, "rps": len(latencies) / elapsed}
+
+
+def summarise(rounds: list[dict]) -> dict:
+    """Several rounds of one point: the median throughput, latency percentiles over every request."""
+    latencies = [value for r in rounds for value in r["latencies"]]
+    return {"requests": len(latencies), "errors": sum(r["errors"] for r in rounds),
+            "rps": statistics.median(r["rps"] for r in rounds),
             "p50_ms": 1e3 * float(np.percentile(latencies, 50)), "p99_ms": 1e3 * float(np.percentile(latencies, 99))}
 
 
-def http_p50_ms(port: int, model: str, repeats: int = 300) -> float:
-    """One keep-alive connection, one request at a time: the least client overhead Python allows."""
+def single_p50_ms(port: int, model: str, blocks: int = 15, calls: int = 20) -> tuple[float, float]:
+    """p50 of one request at a time over HTTP (one keep-alive connection, the least client overhead
+    Python allows) and of a direct library call on the same row in this process, in alternating
+    blocks so that both see the same machine."""
     connection = http.client.HTTPConnection("127.0.0.1", port)
     body = json.dumps({"inputs": rows(model)[:1], "samples": SAMPLES, "seed": 0})
     headers = {"content-type": "application/json"}
-    times = []
-    for index in range(repeats + 10):
-        start = time.perf_counter()
+    bundle = mcd.load_bundle(ROOT / "models" / model, device="cpu")
+    row = np.asarray(rows(model)[:1], dtype=np.float32)
+
+    def over_http() -> None:
         connection.request("POST", f"/v1/models/{model}/predict", body, headers)
         answer = connection.getresponse()
         answer.read()
-        if index >= 10:
-            times.append(time.perf_counter() - start)
         assert answer.status == 200
-    connection.close()
-    return 1e3 * statistics.median(times)
 
-
-def library_p50_ms(model: str, repeats: int = 200) -> float:
-    """A direct library call on the same single row, in this process."""
-    bundle = mcd.load_bundle(ROOT / "models" / model, device="cpu")
-    row = np.asarray(rows(model)[:1], dtype=np.float32)
-    bundle.predict(row, samples=SAMPLES, seed=0)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    def direct() -> None:
         bundle.predict(row, samples=SAMPLES, seed=0)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+
+    times: dict[Callable, list[float]] = {over_http: [], direct: []}
+    for block in range(blocks + 1):
+        for call, spent in times.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                call()
+                if block:  # the first block warms up
+                    spent.append(time.perf_counter() - start)
+    connection.close()
+    return 1e3 * statistics.median(times[over_http]), 1e3 * statistics.median(times[direct])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=15.0, help="time limit per point")
-    parser.add_argument("--requests", type=int, default=400, help="request limit per point (x concurrency/16 above 16)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="time limit per point and mode")
+    parser.add_argument("--requests", type=int, default=1000,
+                        help="request limit per point and mode (x concurrency/16 above 16)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per point, each a share of the limits")
     args = parser.parse_args()
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, python"
           f" {platform.python_version()}; client and server share the machine")
-    print(f"# single-row requests, T={SAMPLES}; closed-loop clients; each point <= {args.seconds:g} s")
-    results = {}
-    single = {}
-    for batching in (True, False):
-        server = Server(batching)
-        try:
-            if batching:
-                single = {model: http_p50_ms(server.port, model) for model in ("diabetes", "digits")}
-            for model in ("diabetes", "digits"):
-                for concurrency in (1, 16, 64):
-                    count = args.requests * max(1, concurrency // 16)
-                    results[(model, concurrency, batching)] = asyncio.run(
-                        load(server.url, model, concurrency, count, args.seconds))
-        finally:
+    print(f"# single-row requests, T={SAMPLES}; closed-loop clients; per point and mode <= {args.seconds:g} s"
+          f" in {args.rounds} rounds alternating between the two servers; req/s is the rounds' median")
+    servers = {batching: Server(batching) for batching in (True, False)}  # both up: rounds alternate
+    try:
+        single = {model: single_p50_ms(servers[True].port, model) for model in ("diabetes", "digits")}
+        results = {}
+        for model in ("diabetes", "digits"):
+            for concurrency in (1, 16, 64):
+                count = max(1, args.requests * max(1, concurrency // 16) // args.rounds)
+                rounds: dict[bool, list[dict]] = {True: [], False: []}
+                for _ in range(args.rounds):
+                    for batching, server in servers.items():
+                        rounds[batching].append(uvloop.run(
+                            load(server.port, model, concurrency, count, args.seconds / args.rounds)))
+                for batching in (True, False):
+                    results[(model, concurrency, batching)] = summarise(rounds[batching])
+    finally:
+        for server in servers.values():
             server.stop()
     print("\n| model | clients | batching | requests | errors | req/s | p50 ms | p99 ms | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for (model, concurrency, batching), r in results.items():
+    for (model, concurrency, batching), r in sorted(results.items(), key=lambda item: not item[0][2]):
         speedup = r["rps"] / results[(model, concurrency, False)]["rps"]
         print(f"| {model} | {concurrency} | {'on' if batching else 'off'} | {r['requests']} | {r['errors']}"
               f" | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {speedup:.1f}x |")
     print("\n| model | library p50 ms | HTTP p50 ms (keep-alive, one at a time, batching on) | overhead ms |")
     print("|---|---|---|---|")
-    for model in ("diabetes", "digits"):
-        direct = library_p50_ms(model)
-        print(f"| {model} | {direct:.2f} | {single[model]:.2f} | {single[model] - direct:.2f} |")
+    for model, (over_http, direct) in single.items():
+        print(f"| {model} | {direct:.2f} | {over_http:.2f} | {over_http - direct:.2f} |")
 
 
 if __name__ == "__main__":
