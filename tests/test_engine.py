@@ -50,6 +50,15 @@ def test_chunks_follow_the_row_budget():
     assert after.calls == 1 + 4  # 25 samples x 10 rows per pass
 
 
+def test_cpu_passes_are_cache_sized_by_default():
+    """Without chunk_rows, a CPU pass holds as many replicas as keep the widest activation within 2 MiB."""
+    after = _CountRows()
+    model = nn.Sequential(nn.Linear(5, 4096), nn.Dropout(0.3), after, nn.Linear(4096, 1))  # 16 KiB per replica
+    mcd.predict(model, torch.randn(10, 5), samples=100, seed=0, device="cpu")
+    assert after.rows == 2 + 1000
+    assert after.calls == 1 + 9  # 12 samples x 10 rows a pass (120 <= 2 MiB / 16 KiB = 128): 9 passes
+
+
 def test_prefix_before_first_dropout_runs_once_per_row():
     """Layers before the first stochastic layer see each input row once, not T times (+1 probe row)."""
     counter = _CountRows()
