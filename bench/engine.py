@@ -2,20 +2,22 @@
 
     make bench                      # or: .venv/bin/python bench/engine.py [--repeats 31] [--skip-memory]
 
-Every contender runs once per repetition, in rotating order, so machine noise
-hits all of them alike; the table reports medians and ratios measured in this
-run. The floor is a deterministic forward (dropout off) over the same
-T x batch rows, in one pass or in 1,024-row chunks (2 MiB activations, the
-engine's own chunking on this model), whichever is faster.
-Statistics (mean and variance over samples) are included for every contender.
+Every contender runs once per repetition, each repetition in a fresh random
+order (seeded), so machine noise hits all of them alike and none always runs
+after the same neighbour; the table reports medians and ratios measured in
+this run. The floor is a deterministic forward (dropout off) over the same
+T x batch rows, in one pass or, when there are more than 1,024 replicas, in
+1,024-row chunks (2 MiB activations, the engine's own chunking on this model),
+whichever is faster. Statistics (mean and variance over samples) are included
+for every contender.
 
-Run once each in rotation, a small call starts with caches that the other
+Run once each in turn, a small call starts with caches that the other
 contenders (a naive loop of T forwards, baal) have just filled with their own
 code and data; that costs a call of many small steps (the engine's masks,
 statistics and checks) far more than one of a few big matrix products (the
 floor). A second table therefore times batch 1 in steady state, as a server or
 a scoring loop calls it: each contender runs blocks of consecutive calls, the
-blocks still in rotation, every call timed.
+blocks in random order, every call timed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import itertools
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -67,7 +70,8 @@ def naive_loop(model, x, samples):
     return run
 
 
-def floor(model, x, samples):
+def floors(model, x, samples) -> dict[str, Callable]:
+    """The deterministic forward in one pass and, when the replicas exceed a chunk, in chunks."""
     replicas = x.repeat(samples, 1)
 
     def whole():
@@ -79,7 +83,13 @@ def floor(model, x, samples):
             out = torch.cat([model(chunk) for chunk in replicas.split(FLOOR_CHUNK)])
             return moments(out.reshape(samples, len(x), -1))
 
-    return whole, chunked
+    # One chunk would be the same computation twice, and the faster of two timings of one thing is
+    # biased low.
+    return {"floor (one pass)": whole, **({"floor (chunked)": chunked} if len(replicas) > FLOOR_CHUNK else {})}
+
+
+def best_floor(ms: dict[str, float]) -> float:
+    return min(value for name, value in ms.items() if name.startswith("floor"))
 
 
 def engine(model, x, samples):
@@ -130,13 +140,16 @@ def _torch_uncertainty_mc_dropout():
 
 
 def interleaved(contenders: dict[str, Callable], repeats: int, block: int = 1) -> dict[str, float]:
-    """Median milliseconds per call of each contender, running blocks of ``block`` calls in rotating order."""
+    """Median milliseconds per call of each contender, running blocks of ``block`` calls, every
+    repetition in a fresh random order (seeded): each contender follows every other alike, whereas a
+    rotated fixed order gives each one the same predecessor every time, whose cache state it inherits."""
     names = list(contenders)
     for name in names:  # warm-up
         contenders[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+    order = random.Random(0)
+    for _ in range(repeats):
+        for name in order.sample(names, len(names)):
             for _ in range(block):
                 start = time.perf_counter()
                 contenders[name]()
@@ -149,13 +162,8 @@ def speed_table(repeats: int) -> list[dict]:
     rows = []
     for batch, samples in [(1, 50), (1, 100), (256, 50), (256, 100)]:
         x = torch.randn(batch, 64)
-        whole, chunked = floor(model, x, samples)
-        contenders = {
-            "naive loop": naive_loop(model, x, samples),
-            "floor (one pass)": whole,
-            "floor (chunked)": chunked,
-            "mcdropout": engine(model, x, samples),
-        }
+        contenders = {"naive loop": naive_loop(model, x, samples), **floors(model, x, samples),
+                      "mcdropout": engine(model, x, samples)}
         anchors = {}
         try:
             anchors["baal (replicate)"] = baal_wrapper(model, x, samples, replicate=True)
@@ -169,13 +177,12 @@ def speed_table(repeats: int) -> list[dict]:
             print(f"torch-uncertainty skipped: {error}", file=sys.stderr)
         contenders.update(anchors)
         ms = interleaved(contenders, repeats)
-        best_floor = min(ms["floor (one pass)"], ms["floor (chunked)"])
         best_anchor = min((ms[name] for name in anchors), default=float("nan"))
         rows.append({
             "batch": batch, "T": samples, "ms": ms,
             "vs naive": ms["naive loop"] / ms["mcdropout"],
             "vs best anchor": best_anchor / ms["mcdropout"],
-            "vs floor": ms["mcdropout"] / best_floor,
+            "vs floor": ms["mcdropout"] / best_floor(ms),
         })
     return rows
 
@@ -186,12 +193,10 @@ def steady_table(repeats: int, block: int = 20) -> list[dict]:
     rows = []
     for samples in (50, 100):
         x = torch.randn(1, 64)
-        whole, chunked = floor(model, x, samples)
-        ms = interleaved({"naive loop": naive_loop(model, x, samples), "floor (one pass)": whole,
-                          "floor (chunked)": chunked, "mcdropout": engine(model, x, samples)}, repeats, block)
-        best_floor = min(ms["floor (one pass)"], ms["floor (chunked)"])
+        ms = interleaved({"naive loop": naive_loop(model, x, samples), **floors(model, x, samples),
+                          "mcdropout": engine(model, x, samples)}, repeats, block)
         rows.append({"batch": 1, "T": samples, "ms": ms, "vs naive": ms["naive loop"] / ms["mcdropout"],
-                     "vs floor": ms["mcdropout"] / best_floor})
+                     "vs floor": ms["mcdropout"] / best_floor(ms)})
     return rows
 
 
@@ -201,11 +206,8 @@ def prefix_table(repeats: int) -> list[dict]:
     rows = []
     for batch, samples in [(1, 100), (256, 50)]:
         x = torch.randn(batch, 2048)
-        whole, chunked = floor(model, x, samples)
-        ms = interleaved({"floor (one pass)": whole, "floor (chunked)": chunked,
-                          "mcdropout": engine(model, x, samples)}, repeats)
-        best_floor = min(ms["floor (one pass)"], ms["floor (chunked)"])
-        rows.append({"batch": batch, "T": samples, "ms": ms, "vs floor": ms["mcdropout"] / best_floor})
+        ms = interleaved({**floors(model, x, samples), "mcdropout": engine(model, x, samples)}, repeats)
+        rows.append({"batch": batch, "T": samples, "ms": ms, "vs floor": ms["mcdropout"] / best_floor(ms)})
     return rows
 
 
@@ -267,23 +269,23 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {platform.python_version()}")
     print(f"# MLP 64-512-512-10, p=0.5 after each hidden layer, CPU, median of {args.repeats} interleaved runs (ms)")
     speed = speed_table(args.repeats)
-    names = list(speed[0]["ms"])
+    names = contender_names(speed)
     print_table(["batch", "T", *names, "x naive", "x best anchor", "/ floor"], [
-        [row["batch"], row["T"], *(f"{row['ms'][n]:.2f}" for n in names), f"{row['vs naive']:.1f}x",
+        [row["batch"], row["T"], *times(row, names), f"{row['vs naive']:.1f}x",
          f"{row['vs best anchor']:.1f}x", f"{row['vs floor']:.2f}"] for row in speed])
 
-    print("\n# steady state, batch 1: blocks of 20 consecutive calls per contender, blocks in rotation")
+    print("\n# steady state, batch 1: blocks of 20 consecutive calls per contender, blocks in random order")
     steady = steady_table(args.repeats)
-    names = list(steady[0]["ms"])
+    names = contender_names(steady)
     print_table(["batch", "T", *names, "x naive", "/ floor"], [
-        [row["batch"], row["T"], *(f"{row['ms'][n]:.2f}" for n in names), f"{row['vs naive']:.1f}x",
+        [row["batch"], row["T"], *times(row, names), f"{row['vs naive']:.1f}x",
          f"{row['vs floor']:.2f}"] for row in steady])
 
     print("\n# prefix sharing: MLP 2048-512-512-10 (first dropout after the 2048-wide layer)")
     prefix = prefix_table(args.repeats)
-    names = list(prefix[0]["ms"])
+    names = contender_names(prefix)
     print_table(["batch", "T", *names, "/ floor"], [
-        [row["batch"], row["T"], *(f"{row['ms'][n]:.2f}" for n in names), f"{row['vs floor']:.2f}"]
+        [row["batch"], row["T"], *times(row, names), f"{row['vs floor']:.2f}"]
         for row in prefix])
 
     if not args.skip_memory:
@@ -293,6 +295,17 @@ def main() -> None:
              f"{row['model_bytes'] / 1e6:.2f} MB",
              "yes" if row["peak_over_baseline"] <= row["budget"] + row["model_bytes"] else "NO",
              f"{row['seconds']:.1f}"] for row in memory_table(args.memory_samples)])
+
+
+def contender_names(rows: list[dict]) -> list[str]:
+    """Every contender timed in any row (the chunked floor only where one chunk is not all), in the
+    order of the row that timed the most."""
+    fullest = max(rows, key=lambda row: len(row["ms"]))
+    return list(dict.fromkeys([*fullest["ms"], *(name for row in rows for name in row["ms"])]))
+
+
+def times(row: dict, names: list[str]) -> list[str]:
+    return [f"{row['ms'][name]:.2f}" if name in row["ms"] else "-" for name in names]
 
 
 def print_table(header: list[str], rows: list[list]) -> None:
