@@ -267,13 +267,16 @@ class MCPredictor:
                 if bad:
                     shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
                     raise ValueError(f"inputs contain NaN or inf in {len(bad)} row(s): {shown}")
-            tensor = tensor.to(self.dtype)
-        # Row-major strides, spelled out: a size-1 dimension may carry any stride, and numpy gives
-        # (rows, 1, 8, 8) images a channel stride of 1, which torch reads as channels-last; the
-        # convolutions then answer channels-last and every Flatten after them copies (a third of
-        # a batched digits call).
-        tensor = tensor.contiguous()
-        return tensor.view(tensor.shape)
+            if tensor.dtype != self.dtype:
+                tensor = tensor.to(self.dtype)
+        if tensor.dim() >= 4:
+            # Row-major strides, spelled out: a size-1 dimension may carry any stride, and numpy gives
+            # (rows, 1, 8, 8) images a channel stride of 1, which torch reads as channels-last; the
+            # convolutions then answer channels-last and every Flatten after them copies (a third of
+            # a batched digits call).
+            tensor = tensor.contiguous()
+            tensor = tensor.view(tensor.shape)
+        return tensor
 
     def _probe(self, inputs: torch.Tensor, sampler: MaskSampler) -> _Probe:
         """Memory per replica row and per MC sample, and whether dropout is called functionally.
