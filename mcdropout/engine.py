@@ -3,7 +3,10 @@
 For each block of input rows the deterministic prefix of the model (the layers
 before the first stochastic one) runs once; its output is replicated along the
 batch dimension for a block of MC samples and the rest of the model runs on
-``samples x rows`` replicas at once, in chunks sized to the memory budget.
+``samples x rows`` replicas at once, in chunks sized to the memory budget. A
+channel dropout that opens the rest and feeds a Linear through a Flatten is
+folded into per-channel shares computed with the prefix
+(:mod:`mcdropout.folding`).
 Masks come from :class:`~mcdropout.sampler.MaskSampler`, so a row's answer
 depends only on (model, row, T, seed). Statistics stream into float64
 accumulators (:mod:`mcdropout.summary`).
@@ -27,8 +30,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from mcdropout.sampler import ChunkLayout, MaskSampler, StochasticPrefixError, dropout_modules, is_dropout_module
-from mcdropout.stochastic import mc_modes, module_roles, stochastic_modules, unsampled_dropout
+from mcdropout.folding import ChannelHead
+from mcdropout.sampler import (
+    ChunkLayout,
+    MaskSampler,
+    StochasticPrefixError,
+    dropout_modules,
+    is_dropout_module,
+)
+from mcdropout.stochastic import (
+    mc_modes,
+    module_roles,
+    stochastic_modules,
+    unsampled_dropout,
+)
 from mcdropout.summary import (
     ClassificationAccumulator,
     ClassificationPrediction,
@@ -198,6 +213,7 @@ class MCPredictor:
             warnings.warn(message, stacklevel=2)
         self._prefix, self._suffix = _split_sequential(model)
         self._lead, self._after_lead = _leading_dropout(self._suffix)
+        self._head = ChannelHead.find(self._suffix)
         self._roles = module_roles(model)
         self._dropout_modules = dropout_modules(model)
         pin_mmap_threshold()
@@ -289,10 +305,11 @@ class MCPredictor:
         if key in self._probed:
             return self._probed[key]
         first = inputs[:1].to(self.device)
-        leaf_bytes = [0]
+        leaf_bytes = [0]  # the widest output of a leaf module in the sampled pass, per replica (2 replicas)
+        in_suffix = [False]  # the prefix runs once per row, not per replica: its outputs do not count
 
         def record(_module, _args, output):
-            if isinstance(output, torch.Tensor):
+            if in_suffix[0] and isinstance(output, torch.Tensor):
                 leaf_bytes[0] = max(leaf_bytes[0], output.numel() * output.element_size() // 2)
 
         hooks = [m.register_forward_hook(record) for m in self.model.modules() if not list(m.children())]
@@ -302,9 +319,10 @@ class MCPredictor:
                 hidden = self._run_prefix(first, sampler, checked=False)
             except StochasticPrefixError:  # a leading layer drops out functionally: share nothing
                 self._prefix, self._suffix = [], self.model
-                self._lead, self._after_lead = None, self.model
+                self._lead, self._after_lead, self._head = None, self.model, None
                 hidden = first
             layout = ChunkLayout(seed=0, first_sample=0, num_samples=2, num_rows=1, row_ids=self._row_ids(range(1)))
+            in_suffix[0] = True
             outputs = self._run_suffix(hidden, layout, sampler, functional=True)
         except (RuntimeError, IndexError, TypeError) as error:
             raise ValueError(f"the model failed on inputs with rows of shape {key}: {error}") from error
@@ -394,12 +412,16 @@ class MCPredictor:
         with contextlib.nullcontext() if checked else sampler.applied((), functional=True):
             for layer in self._prefix:
                 x = layer(x)
+            if self._head is not None:
+                x = self._head.shares(x)
         return x
 
     def _run_suffix(self, hidden: torch.Tensor, layout: ChunkLayout, sampler: MaskSampler, functional: bool):
         sampler.begin(layout)
         with sampler.applied(self._dropout_modules, functional):
-            if self._lead is not None:  # the suffix opens with dropout: mask while replicating
+            if self._head is not None:  # channel dropout -> Flatten -> Linear: from per-channel shares
+                outputs = self._head(hidden, sampler, layout)
+            elif self._lead is not None:  # the suffix opens with dropout: mask while replicating
                 outputs = self._after_lead(sampler.module_dropout(self._lead, hidden, replicated=False))
             else:  # sample-major replicas (row r of sample s at s*R + r): a stride-0 view for one row
                 if len(hidden) == 1:

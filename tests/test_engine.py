@@ -187,3 +187,29 @@ def test_single_channel_images_run_row_major_whatever_their_strides():
     assert all(seen)
     for answer in answers[1:]:
         assert torch.equal(answer.mean, answers[0].mean) and torch.equal(answer.epistemic, answers[0].epistemic)
+
+
+def _channel_cnn(dropout: nn.Module) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), dropout, nn.Flatten(), nn.Linear(6 * 16, 8),
+                         nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 3))
+
+
+def test_channel_dropout_before_a_linear_is_folded_with_the_same_answer():
+    """Dropout2d -> Flatten -> Linear is computed from per-channel shares, not per replica; the masks and
+    the answers are those of the unfolded pass (a hook on the Flatten keeps it unfolded)."""
+    x = torch.randn(7, 1, 4, 4)
+    for dropout, masks in [(nn.Dropout2d(0.3), "shared"), (nn.Dropout2d(0.3), "per_row"), (nn.Dropout2d(0.0), "shared"),
+                           (nn.Dropout2d(1.0), "shared")]:
+        folded_model = _channel_cnn(dropout)
+        flattened = []
+        folded = mcd.MCPredictor(folded_model, samples=40, masks=masks, task="classification")
+        assert folded._head is not None
+        plain_model = _channel_cnn(dropout)
+        plain_model[3].register_forward_hook(lambda _m, args, _o, seen=flattened: seen.append(args[0].shape[0]))
+        plain = mcd.MCPredictor(plain_model, samples=40, masks=masks, task="classification")
+        assert plain._head is None
+        a, b = folded.predict(x, seed=5, return_samples=True), plain.predict(x, seed=5, return_samples=True)
+        assert flattened and max(flattened) == 40 * 7  # the unfolded pass flattens every replica
+        assert torch.allclose(a.samples, b.samples, atol=1e-6), (dropout, masks)
+        assert torch.allclose(a.probs, b.probs, atol=1e-6)
