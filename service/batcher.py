@@ -178,6 +178,7 @@ class Batcher:
 
     def _compute(self, batch: list[Job]) -> list[BatchStats]:
         """On the compute thread: one engine run per (samples, seed) group."""
+        loop = batch[0].future.get_loop()
         groups: dict[tuple, list[Job]] = {}
         for job in batch:
             groups.setdefault((job.samples, job.seed), []).append(job)
@@ -192,11 +193,11 @@ class Batcher:
                 prediction = self.bundle.predict(inputs, samples=samples, seed=seed,
                                                  return_samples=any(job.return_samples for job in jobs))
             except Exception as error:
-                for job in jobs:
-                    job.future.get_loop().call_soon_threadsafe(_fail, job.future, error)
+                loop.call_soon_threadsafe(_fail, [job.future for job in jobs], error)
                 continue
             finished = time.perf_counter()
             results: dict[float, Result] = {}  # one table per interval level asked for
+            answers = []
             start = 0
             for job in jobs:
                 stop = start + len(job.inputs)
@@ -205,9 +206,11 @@ class Batcher:
                 draws = None
                 if job.return_samples:
                     draws = prediction.samples[start:stop].reshape(stop - start, prediction.samples.shape[1], -1)
-                answer = Answer(take_rows(results[job.level], start, stop), None if draws is None else draws.numpy())
-                job.future.get_loop().call_soon_threadsafe(_resolve, job.future, answer)
+                answers.append(Answer(take_rows(results[job.level], start, stop),
+                                      None if draws is None else draws.numpy()))
                 start = stop
+            # One hand-over to the event loop for the whole group, not one wake-up per request.
+            loop.call_soon_threadsafe(_resolve, [job.future for job in jobs], answers)
             stats.append(BatchStats(
                 requests=len(jobs), rows=len(inputs), forward_rows=int(prediction.num_samples.sum()),
                 queue_seconds=[started - job.enqueued for job in jobs], compute_seconds=finished - started,
@@ -222,11 +225,13 @@ def _expire(job: Job, timeout: float) -> None:
         job.future.set_exception(DeadlineExceeded(f"no answer within {timeout:g} s"))
 
 
-def _resolve(future: asyncio.Future, value: Answer) -> None:
-    if not future.done():
-        future.set_result(value)
+def _resolve(futures: list[asyncio.Future], answers: list[Answer]) -> None:
+    for future, answer in zip(futures, answers):
+        if not future.done():  # a request past its deadline has its 504 already
+            future.set_result(answer)
 
 
-def _fail(future: asyncio.Future, error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+def _fail(futures: list[asyncio.Future], error: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
