@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -66,7 +67,10 @@ class ServiceState:
         self.models: dict[str, Bundle] = {}
         self.failures: dict[str, str] = {}
         self.batchers: dict[str, Batcher] = {}
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcdropout-compute")
+        # torch's thread count is per calling thread (OpenMP), so it is set on the compute thread itself.
+        threads = () if settings.torch_threads is None else (settings.torch_threads,)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcdropout-compute",
+                                           initializer=torch.set_num_threads if threads else None, initargs=threads)
 
     def load(self) -> None:
         folder = Path(self.settings.models_dir)
