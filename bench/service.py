@@ -6,10 +6,12 @@ Starts the real app with uvicorn on 127.0.0.1 (free ports) twice, with
 MCD_BATCHING=true and false, and sends single-row requests for `diabetes` and
 `digits` at T=100 from 1, 16 and 64 concurrent clients (each point bounded by a
 request count and a time limit), in rounds that alternate between the two
-servers so that the machine's drift hits both modes alike. It prints throughput and
-p50/p99 latency, the batching speed-up at each concurrency, and at concurrency
-1 the p50 overhead of the HTTP round trip over a direct library call on the
-same input, measured in this process in blocks alternating with the HTTP calls.
+servers so that the machine's drift hits both modes alike. It prints
+throughput and p50/p99 latency, the batching speed-up at each concurrency, and
+at concurrency 1 the p50 overhead of the HTTP round trip over a direct library
+call on the same input, measured in this process in blocks alternating with
+the HTTP calls. Server settings come from the environment (e.g.
+MCD_TORCH_THREADS=1).
 """
 
 from __future__ import annotations
@@ -98,7 +100,10 @@ class _Connection(asyncio.Protocol):
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0:
             return
-        length = int(_CONTENT_LENGTH.search(self.buffer, 0, end).group(1))
+        declared = _CONTENT_LENGTH.search(self.buffer, 0, end)
+        if declared is None:
+            raise RuntimeError(f"an answer without Content-Length: {bytes(self.buffer[:end])!r}")
+        length = int(declared.group(1))
         if len(self.buffer) < end + 4 + length:
             return
         status = int(self.buffer[9:12])

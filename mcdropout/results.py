@@ -4,9 +4,10 @@ Built from a library prediction (:func:`from_prediction`: the service's answers
 and local scoring), from the service's JSON answer (:func:`from_json`: the
 client), joined from several (:func:`concatenate`), or cut to a range of rows
 (:func:`take_rows`: one request's share of a merged run). Importing this module
-imports numpy only, so the client stays light. :meth:`columns` gives the flat per-row table (``mean``, ``std``,
-``lower``, ``upper`` / ``label``, ``prob_<class>``, ``entropy``, ...) used by
-``to_pandas`` and by ``mcdropout score``.
+imports numpy only, so the client stays light. :meth:`columns` gives the flat
+per-row table (``mean``, ``std``, ``lower``, ``upper`` / ``label``,
+``prob_<class>``, ``entropy``, ...) used by ``to_pandas`` and by
+``mcdropout score``.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ T, seed), each request gets exactly what it would get alone. Interval levels
 and sample returns are per request and applied afterwards, so no parameter
 leaks between requests. Compute runs on one thread per process (one device),
 off the event loop; it also turns each run into plain numpy results once
-(:func:`mcdropout.results.from_prediction`), so the event loop only slices
-out each request's rows instead of converting a prediction per request. The queue is bounded: past ``max_queue`` waiting requests,
-``submit`` raises :class:`Overloaded` (the app answers 503 with Retry-After).
+(:func:`mcdropout.results.from_prediction`) and gives each request its rows,
+so the event loop converts nothing per request. The queue is bounded: past
+``max_queue`` waiting requests, ``submit`` raises :class:`Overloaded` (the
+app answers 503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ class Batcher:
             raise Overloaded(f"model {self.bundle.name!r} has {len(self.queue)} requests waiting (the limit)")
         per_row = self.bundle.manifest.max_samples if samples == "auto" else samples
         loop = asyncio.get_running_loop()
-        job = Job(inputs, samples, seed, level, return_samples, cost=len(inputs) * per_row, future=loop.create_future())
+        job = Job(inputs, samples, seed, level, return_samples, cost=len(inputs) * per_row,
+                  future=loop.create_future())
         self.queue.append(job)
         self._wakeup.set()
         # A timer that fails the future, not asyncio.wait_for: that wraps each request in a task of its own.
@@ -204,10 +206,9 @@ class Batcher:
                 if job.level not in results:
                     results[job.level] = from_prediction(self.bundle.manifest, prediction, job.level)
                 draws = None
-                if job.return_samples:
-                    draws = prediction.samples[start:stop].reshape(stop - start, prediction.samples.shape[1], -1)
-                answers.append(Answer(take_rows(results[job.level], start, stop),
-                                      None if draws is None else draws.numpy()))
+                if job.return_samples:  # (rows, T, outputs)
+                    draws = prediction.samples[start:stop].reshape(stop - start, prediction.samples.shape[1], -1).numpy()
+                answers.append(Answer(take_rows(results[job.level], start, stop), draws))
                 start = stop
             # One hand-over to the event loop for the whole group, not one wake-up per request.
             loop.call_soon_threadsafe(_resolve, [job.future for job in jobs], answers)
