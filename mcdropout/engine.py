@@ -213,7 +213,7 @@ class MCPredictor:
             warnings.warn(message, stacklevel=2)
         self._prefix, self._suffix = _split_sequential(model)
         self._lead, self._after_lead = _leading_dropout(self._suffix)
-        self._head = ChannelHead.find(self._suffix)
+        self._head = ChannelHead.find(self._lead, self._after_lead)
         self._roles = module_roles(model)
         self._dropout_modules = dropout_modules(model)
         pin_mmap_threshold()

@@ -16,9 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mcdropout.sampler import ChunkLayout, MaskSampler
-
-_CHANNEL_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+from mcdropout.sampler import ChunkLayout, MaskSampler, is_channel_dropout
 
 
 class ChannelHead:
@@ -30,21 +28,21 @@ class ChannelHead:
         self.rest = rest
 
     @classmethod
-    def find(cls, suffix: nn.Module) -> ChannelHead | None:
-        """The folded head of ``suffix``, if it opens with one; None when any of the three has hooks,
-        which only their ``__call__`` would run."""
-        if not isinstance(suffix, nn.Sequential) or len(suffix) < 3:
+    def find(cls, lead: nn.Module | None, after: nn.Sequential) -> ChannelHead | None:
+        """The folded head, when the suffix's leading dropout (the engine's ``_leading_dropout``, hooks
+        already ruled out) is a channel dropout and ``after`` it come a Flatten and a Linear without
+        hooks, which only their ``__call__`` would run."""
+        if lead is None or not is_channel_dropout(lead) or len(after) < 2:
             return None
-        dropout, flatten, linear = suffix[0], suffix[1], suffix[2]
+        flatten, linear = after[0], after[1]
         if not (
-            type(dropout) in _CHANNEL_DROPOUT
-            and type(flatten) is nn.Flatten and (flatten.start_dim, flatten.end_dim) == (1, -1)
+            type(flatten) is nn.Flatten and (flatten.start_dim, flatten.end_dim) == (1, -1)
             and type(linear) is nn.Linear
         ):
             return None
-        if any(m._forward_hooks or m._forward_pre_hooks for m in (dropout, flatten, linear)):
+        if any(m._forward_hooks or m._forward_pre_hooks for m in (flatten, linear)):
             return None
-        return cls(dropout, linear, nn.Sequential(*list(suffix)[3:]))
+        return cls(lead, linear, nn.Sequential(*list(after)[2:]))
 
     def shares(self, hidden: torch.Tensor) -> torch.Tensor:
         """(rows, channels, *positions) -> each channel's share of the Linear: (rows, channels, outputs),
@@ -55,16 +53,12 @@ class ChannelHead:
 
     def __call__(self, shares: torch.Tensor, sampler: MaskSampler, layout: ChunkLayout) -> torch.Tensor:
         """The suffix's output for every replica of the pass, sample-major: (samples x rows, ...)."""
-        p = self.dropout.p
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
         rows, channels, outputs = shares.shape
         bias = self.linear.bias
-        if p == 0.0:  # as MaskSampler.dropout: nothing drawn, every channel kept
+        keep = sampler.layer_keep((channels,), self.dropout.p, shares.dtype)  # (S, 1 or R, C); None: p = 0
+        if keep is None:  # every channel kept
             out = shares.sum(dim=1).expand(layout.num_samples, rows, outputs).reshape(layout.batch, outputs)
             return self.rest(out if bias is None else out + bias)
-        scale = 1.0 / (1.0 - p) if p < 1.0 else 1.0  # p = 1: every mask is zero
-        keep = sampler.keep((channels,), p, shares.dtype, scale=scale)  # (S, 1, C) shared, (S, R, C) per row
         if keep.shape[1] == 1:  # one product: (S, C) @ (C, R x O), sample-major as the pass wants
             by_channel = shares.permute(1, 0, 2).reshape(channels, rows * outputs)
             masks = keep.reshape(layout.num_samples, channels)

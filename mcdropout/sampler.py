@@ -102,6 +102,11 @@ def is_dropout_module(module: nn.Module) -> bool:
     return type(module) in _DROPOUT_MODULES
 
 
+def is_channel_dropout(module: nn.Module) -> bool:
+    """Torch's ``Dropout1d/2d/3d`` itself: whole channels dropped, kept ones scaled (not alpha)."""
+    return _DROPOUT_MODULES.get(type(module)) == (True, False)
+
+
 class MaskSampler:
     """Applies per-sample masks to every dropout call while :meth:`applied`."""
 
@@ -183,21 +188,18 @@ class MaskSampler:
         left it, and the result is every sample's masked replica, written in one pass
         instead of a copy and then a masked copy.
         """
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
         if p == 0.0 and replicated:
             return x
         layout = self._require_layout()
         grouped = self.split(x, "a dropout layer") if replicated else x.unsqueeze(0)
         features = tuple(x.shape[1:])
         shape = (layout.batch, *features)
-        if p == 0.0:
-            return grouped.expand(layout.num_samples, *x.shape).reshape(shape)
         mask_shape = (features[0],) if channelwise and features else features
+        keep = self.layer_keep(mask_shape, p, x.dtype, alpha=alpha)
+        if keep is None:
+            return grouped.expand(layout.num_samples, *x.shape).reshape(shape)
         if p == 1.0:
-            self.keep(mask_shape, p, x.dtype)  # count the layer all the same
             return x.new_zeros(shape)
-        keep = self.keep(mask_shape, p, x.dtype, scale=1.0 if alpha else 1.0 / (1.0 - p))
         if channelwise and len(features) > 1:
             keep = keep.reshape(*keep.shape, *([1] * (len(features) - 1)))
         if not alpha:
@@ -205,6 +207,17 @@ class MaskSampler:
         a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1.0) * (1.0 - p))
         shift = (keep - 1.0) * (_ALPHA * a) + _ALPHA * a * p
         return (grouped * (keep * a) + shift).reshape(shape)
+
+    def layer_keep(
+        self, mask_shape: tuple[int, ...], p: float, dtype: torch.dtype, *, alpha: bool = False
+    ) -> torch.Tensor | None:
+        """The next dropout layer's keep-masks, as :meth:`dropout` draws them: None for p = 0
+        (nothing drawn, no layer counted); all zero for p = 1 (the layer counted all the same)."""
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+        if p == 0.0:
+            return None
+        return self.keep(mask_shape, p, dtype, scale=1.0 if alpha or p == 1.0 else 1.0 / (1.0 - p))
 
     def module_dropout(self, module: nn.Module, x: torch.Tensor, replicated: bool = True) -> torch.Tensor:
         """What torch dropout ``module`` (from :func:`dropout_modules`) does to ``x`` in this pass."""
