@@ -77,7 +77,7 @@ class ServiceState:
         if not folder.is_dir():
             log.error("models folder %s does not exist: serving no models", folder)
             return
-        for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in _bundle_folders(folder):
             try:
                 bundle = load_bundle(path, device=self.settings.device, memory_budget=self.settings.memory_budget)
                 if bundle.name != path.name:
@@ -172,17 +172,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # resolution costs a tenth of a small request's time on the event loop.
     guarded = [Depends(authorised)] if settings.api_keys else []
 
+    # The path parameter documents the models found at start-up; unknown names still get a 404.
     folder = Path(settings.models_dir)
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+    names = [path.name for path in _bundle_folders(folder)] if folder.is_dir() else []
+    known = {"enum": names} if names else {}
+    described = "a model in MCD_MODELS_DIR"
 
-    def model_name() -> Any:  # documents the models found at start-up; unknown names still get a 404
-        return PathParam(description="a model in MCD_MODELS_DIR", json_schema_extra={"enum": names} if names else None)
+    def model_name() -> Any:
+        return PathParam(description=described, json_schema_extra=known or None)
 
     # The two inference routes take the bare request and document their path parameter here,
     # which spares the event loop FastAPI's parameter resolution (the name validated through
     # pydantic) on every request.
-    model_parameter = {"name": "name", "in": "path", "required": True, "description": "a model in MCD_MODELS_DIR",
-                       "schema": {"type": "string", **({"enum": names} if names else {})}}
+    model_parameter = {"name": "name", "in": "path", "required": True, "description": described,
+                       "schema": {"type": "string", **known}}
 
     errors = {status: {"model": ErrorBody} for status in (401, 404, 413, 422, 503, 504)}
     v2_errors = {status: {"model": V2Error} for status in (400, 401, 404, 413, 503, 504)}
@@ -293,6 +296,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.sort(key=lambda route: getattr(route, "path", None) not in inference)
 
     return app
+
+
+def _bundle_folders(folder: Path) -> list[Path]:
+    """The sub-folders of the models folder that hold a bundle each (hidden ones skipped), by name."""
+    return sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
 
 
 def _telemetry_option(enabled: bool) -> dict[str, Any]:
