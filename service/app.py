@@ -29,7 +29,7 @@ from service import v2
 from service.batcher import Answer, Batcher, DeadlineExceeded, Overloaded
 from service.inputs import ApiError, instances_array, rows_array, samples_value
 from service.metrics import ServiceMetrics
-from service.middleware import BodyLimit, RequestCounter
+from service.middleware import BodyLimit, InferenceLane, RequestCounter
 from service.schemas import (
     ClassificationResponse,
     ErrorBody,
@@ -152,8 +152,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=FastJSON,
     )
     app.state.service = state
-    app.add_middleware(RequestCounter, metrics=state.metrics, known=state.models)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     _error_handlers(app)
 
     async def authorised(request: Request) -> None:  # async: FastAPI would run a plain def in a worker thread
@@ -171,6 +169,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Without keys there is nothing to check: no dependency at all, since FastAPI's dependency
     # resolution costs a tenth of a small request's time on the event loop.
     guarded = [Depends(authorised)] if settings.api_keys else []
+
+    # Each add_middleware wraps what was added before: the lane runs inside the counter, inside the body limit.
+    inference = {"/v1/models/{name}/predict", "/v2/models/{name}/infer"}
+    app.add_middleware(InferenceLane, fastapi_app=app, paths=inference, authorise=authorised)
+    app.add_middleware(RequestCounter, metrics=state.metrics, known=state.models)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     # The path parameter documents the models found at start-up; unknown names still get a 404.
     folder = Path(settings.models_dir)
@@ -289,11 +293,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
              responses={200: {"content": {"text/plain": {}}}})
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
-
-    # Starlette tries routes in order and FastAPI puts its docs routes first: the two inference
-    # routes go ahead of everything (no other route matches their paths).
-    inference = {"/v1/models/{name}/predict", "/v2/models/{name}/infer"}
-    app.router.routes.sort(key=lambda route: getattr(route, "path", None) not in inference)
 
     return app
 
