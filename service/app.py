@@ -170,9 +170,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # resolution costs a tenth of a small request's time on the event loop.
     guarded = [Depends(authorised)] if settings.api_keys else []
 
-    # Each add_middleware wraps what was added before: the lane runs inside the counter, inside the body limit.
-    inference = {"/v1/models/{name}/predict", "/v2/models/{name}/infer"}
-    app.add_middleware(InferenceLane, fastapi_app=app, paths=inference, authorise=authorised)
+    # Each add_middleware wraps what was added before: the lane runs inside the counter, inside the body
+    # limit. Not with OpenTelemetry on: FastAPI's router names each span after the route it selects.
+    if not settings.otel:
+        inference = {"/v1/models/{name}/predict", "/v2/models/{name}/infer"}
+        app.add_middleware(InferenceLane, fastapi_app=app, paths=inference, authorise=authorised)
     app.add_middleware(RequestCounter, metrics=state.metrics, known=state.models)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 

@@ -143,3 +143,25 @@ def test_graceful_shutdown_finishes_requests_in_flight(tmp_path):
         assert len(result["answer"].json()["probs"]) == 200
         assert server.process.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once done
         assert "Waiting for connections to close" in server.output() or "Shutting down" in server.output()
+
+
+def test_the_inference_lane_answers_as_fastapi_does(server, tmp_path):
+    """Predict and infer go past FastAPI's routing (service.middleware.InferenceLane) unless OpenTelemetry
+    is on; both ways give the same answers, errors and status codes."""
+    v2_body = {"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP32", "data": ROWS[0]}],
+               "parameters": {"samples": 20, "seed": 4}}
+    calls = [
+        ("/v1/models/diabetes/predict", {"inputs": ROWS[:2], "samples": 20, "seed": 3}),
+        ("/v1/models/diabetes/predict", {"inputs": [[1.0, 2.0]]}),  # wrong feature count: 422
+        ("/v1/models/diabetes/predict", {"inputs": ROWS[:1], "colour": "blue"}),  # unknown field: 422
+        ("/v1/models/nope/predict", {"inputs": ROWS[:1]}),  # unknown model: 404
+        ("/v2/models/diabetes/infer", v2_body),
+        ("/v2/models/diabetes/infer", {"inputs": []}),  # no input tensor: 400
+    ]
+    with run_server(tmp_path, otel="true") as routed:
+        for path, body in calls:
+            lane, fastapi = (httpx.post(f"{url}{path}", json=body) for url in (server.url, routed.url))
+            assert lane.status_code == fastapi.status_code, (path, body, lane.text, fastapi.text)
+            assert lane.json() == fastapi.json(), (path, body)
+        counted = httpx.get(f"{server.url}/metrics").text
+        assert 'route="/v1/models/{name}/predict"' in counted  # the request counter still sees the route
