@@ -200,14 +200,29 @@ def steady_table(repeats: int, block: int = 20) -> list[dict]:
     return rows
 
 
+class Wrapped(nn.Module):
+    """The same layers in a module of its own: not a Sequential, so shared module by module."""
+
+    def __init__(self, model: nn.Sequential) -> None:
+        super().__init__()
+        self.encoder, self.rest = model[:2], model[2:]
+
+    def forward(self, x):
+        return self.rest(self.encoder(x))
+
+
 def prefix_table(repeats: int) -> list[dict]:
-    """A wide first layer (2048 inputs) before the first dropout: the engine runs it once per row."""
+    """A wide first layer (2048 inputs) before the first dropout: the engine runs it once per row, in a
+    Sequential and in a model of its own."""
     model = mlp(inputs=2048)
+    wrapped = Wrapped(model)
     rows = []
     for batch, samples in [(1, 100), (256, 50)]:
         x = torch.randn(batch, 2048)
-        ms = interleaved({**floors(model, x, samples), "mcdropout": engine(model, x, samples)}, repeats)
-        rows.append({"batch": batch, "T": samples, "ms": ms, "vs floor": ms["mcdropout"] / best_floor(ms)})
+        ms = interleaved({**floors(model, x, samples), "mcdropout": engine(model, x, samples),
+                          "mcdropout (not a Sequential)": engine(wrapped, x, samples)}, repeats)
+        rows.append({"batch": batch, "T": samples, "ms": ms, "vs floor": ms["mcdropout"] / best_floor(ms),
+                     "module vs floor": ms["mcdropout (not a Sequential)"] / best_floor(ms)})
     return rows
 
 
@@ -281,11 +296,12 @@ def main() -> None:
         [row["batch"], row["T"], *times(row, names), f"{row['vs naive']:.1f}x",
          f"{row['vs floor']:.2f}"] for row in steady])
 
-    print("\n# prefix sharing: MLP 2048-512-512-10 (first dropout after the 2048-wide layer)")
+    print("\n# prefix sharing: MLP 2048-512-512-10 (first dropout after the 2048-wide layer), as a Sequential"
+          " and wrapped in a module of its own")
     prefix = prefix_table(args.repeats)
     names = contender_names(prefix)
-    print_table(["batch", "T", *names, "/ floor"], [
-        [row["batch"], row["T"], *times(row, names), f"{row['vs floor']:.2f}"]
+    print_table(["batch", "T", *names, "/ floor", "not a Sequential / floor"], [
+        [row["batch"], row["T"], *times(row, names), f"{row['vs floor']:.2f}", f"{row['module vs floor']:.2f}"]
         for row in prefix])
 
     if not args.skip_memory:

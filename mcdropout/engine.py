@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from mcdropout.folding import ChannelHead
+from mcdropout.prefix import ModulePrefix, SharedRows
 from mcdropout.sampler import (
     ChunkLayout,
     MaskSampler,
@@ -126,6 +127,7 @@ class _Probe:
     activation_bytes: int  # the widest activation of one replica row
     sample_bytes: int  # masks (and masked weights) per MC sample
     functional: bool  # dropout is called functionally: the passes need the function mode
+    shared: ModulePrefix | None  # not a Sequential: the modules that run once per row
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class _Plan:
     rows: int  # input rows per block (prefix runs once per block)
     samples: int  # MC samples per forward pass
     functional: bool  # run the passes under the function mode that catches F.dropout calls
+    shared: ModulePrefix | None
 
 
 class MCPredictor:
@@ -345,8 +348,14 @@ class MCPredictor:
             sample_bytes = 0
         else:
             sample_bytes = sampler.sample_bytes
-        self._probed[key] = _Probe(max(row_bytes, 1), max(leaf_bytes[0], 1), sample_bytes,
-                                   functional=sampler.functional_calls > 0)
+        functional = sampler.functional_calls > 0
+        shared = None
+        if not self._prefix and self._lead is None:  # no Sequential prefix: look for modules to share
+            shared = ModulePrefix.find(
+                self.model, len(first), lambda: self._row_pass(first, sampler, functional=True),
+                lambda: self._run_suffix(first, layout, sampler, functional=True), layout.num_samples,
+            )
+        self._probed[key] = _Probe(max(row_bytes, 1), max(leaf_bytes[0], 1), sample_bytes, functional, shared)
         return self._probed[key]
 
     def _plan(self, rows: int, total: int, probe: _Probe) -> _Plan:
@@ -364,7 +373,7 @@ class MCPredictor:
             capacity = min(capacity, max(1, CACHE_CHUNK_BYTES // probe.activation_bytes))
         block_rows = min(rows, capacity, (budget - sample_bytes) // row_bytes)
         per_pass = min(total, max(1, capacity // block_rows), budget // (sample_bytes + block_rows * row_bytes))
-        return _Plan(rows=block_rows, samples=max(1, per_pass), functional=probe.functional)
+        return _Plan(rows=block_rows, samples=max(1, per_pass), functional=probe.functional, shared=probe.shared)
 
     def _row_ids(self, rows: range | torch.Tensor) -> np.ndarray | None:
         """Each row's index in the caller's input, which per-row masks are drawn by; None for shared masks."""
@@ -380,6 +389,8 @@ class MCPredictor:
             stop = min(rows, start + plan.rows)
             block_inputs = inputs if stop - start == rows else inputs[start:stop]
             hidden = self._run_prefix(block_inputs.to(self.device), sampler)
+            if plan.shared is not None:  # None back: these rows took another path through forward
+                hidden = plan.shared.run(hidden, lambda rows: self._row_pass(rows, sampler, plan.functional)) or hidden
             active = None  # the block's rows still sampled (None: all); samples="auto" narrows it
             done = 0
             while done < total:
@@ -416,7 +427,14 @@ class MCPredictor:
                 x = self._head.shares(x)
         return x
 
-    def _run_suffix(self, hidden: torch.Tensor, layout: ChunkLayout, sampler: MaskSampler, functional: bool):
+    def _row_pass(self, rows: torch.Tensor, sampler: MaskSampler, functional: bool):
+        """The model on ``rows`` themselves, until its first stochastic call (StochasticPrefixError)."""
+        sampler.begin(None)
+        with sampler.applied(self._dropout_modules, functional):
+            return self._suffix(rows)
+
+    def _run_suffix(self, hidden: torch.Tensor | SharedRows, layout: ChunkLayout, sampler: MaskSampler,
+                    functional: bool):
         sampler.begin(layout)
         with sampler.applied(self._dropout_modules, functional):
             if self._head is not None:  # channel dropout -> Flatten -> Linear: from per-channel shares
@@ -424,11 +442,14 @@ class MCPredictor:
             elif self._lead is not None:  # the suffix opens with dropout: mask while replicating
                 outputs = self._after_lead(sampler.module_dropout(self._lead, hidden, replicated=False))
             else:  # sample-major replicas (row r of sample s at s*R + r): a stride-0 view for one row
-                if len(hidden) == 1:
-                    replicas = hidden.expand(layout.num_samples, *hidden.shape[1:])
+                shared = hidden if isinstance(hidden, SharedRows) else None
+                rows = hidden if shared is None else shared.inputs
+                if len(rows) == 1:
+                    replicas = rows.expand(layout.num_samples, *rows.shape[1:])
                 else:
-                    replicas = hidden.repeat(layout.num_samples, *([1] * (hidden.dim() - 1)))
-                outputs = self._suffix(replicas)
+                    replicas = rows.repeat(layout.num_samples, *([1] * (rows.dim() - 1)))
+                with contextlib.nullcontext() if shared is None else shared.replaying(layout.num_samples):
+                    outputs = self._suffix(replicas)
         return self._group(outputs, layout)
 
     def _group(self, outputs, layout: ChunkLayout):

@@ -71,7 +71,7 @@ def test_prefix_sharing_gives_the_answer_of_the_unsplit_model():
     model = _mlp(counter)
     x = torch.randn(6, 5)
 
-    class Unsplit(nn.Module):  # same layers, not a Sequential: the engine cannot split it
+    class Unsplit(nn.Module):  # same layers, not a Sequential: shared module by module (mcdropout.prefix)
         def __init__(self):
             super().__init__()
             self.inner = model
@@ -80,10 +80,65 @@ def test_prefix_sharing_gives_the_answer_of_the_unsplit_model():
             return self.inner(inputs)
 
     shared = mcd.predict(model, x, samples=50, seed=1)
+    assert counter.rows == 1 + 6
+    modules = mcd.predict(Unsplit(), x, samples=50, seed=1)
+    assert counter.rows == 7 + 2 + 1 + 2 + 6  # probe pass, the search (rows, replicas), the rows once
+    model[0].register_forward_hook(lambda *_: None)  # a hooked module is not shared: every replica runs it
     whole = mcd.predict(Unsplit(), x, samples=50, seed=1)
-    assert counter.rows == 1 + 6 + 2 + 50 * 6
-    assert torch.allclose(shared.mean, whole.mean, atol=1e-6 * float(shared.std.max()))
-    assert torch.allclose(shared.epistemic, whole.epistemic, rtol=1e-5)
+    assert counter.rows == 18 + 2 + 1 + 50 * 6
+    for other in (modules, whole):
+        assert torch.allclose(shared.mean, other.mean, atol=1e-6 * float(shared.std.max()))
+        assert torch.allclose(shared.epistemic, other.epistemic, rtol=1e-5)
+
+
+class _Encoded(nn.Module):
+    """Not a Sequential: an encoder, then dropout and a head; ``twice`` calls the encoder again after dropout."""
+
+    def __init__(self, twice: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = nn.Sequential(nn.Linear(6, 32), nn.ReLU())
+        self.counter = _CountRows()
+        self.drop = nn.Dropout(0.4)
+        self.head = nn.Linear(32, 3)
+        self.twice = twice
+
+    def forward(self, x):
+        h = self.counter(self.encoder(x * 2.0))
+        h = self.drop(h)
+        if self.twice:
+            h = h + self.encoder(x * 2.0)
+        return self.head(torch.relu(h))
+
+
+def test_modules_before_the_first_dropout_of_any_model_run_once_per_row():
+    """A model that is not a Sequential shares the modules that finish before its first dropout: they see
+    each row once per block, and the answers are those of running every replica through them."""
+    x = torch.randn(9, 6)
+    model = _Encoded()
+    seen = []
+    model.encoder[0].register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[0]))
+    predictor = mcd.MCPredictor(model, samples=40, chunk_rows=100)  # 11 samples x 9 rows a pass: 4 passes
+    shared = predictor.predict(x, seed=3, return_samples=True)
+    assert predictor._probed[(6,)].shared.modules == (model.encoder,)
+    assert seen == [2, 1, 2, 9]  # probe (two replicas), search (one row, two replicas), then 9 rows once
+    model.counter.register_forward_hook(lambda *_: None)  # hooks on what follows change nothing
+    reference = _Encoded()
+    reference.encoder.register_forward_hook(lambda *_: None)  # hooked: every replica runs it
+    whole = mcd.MCPredictor(reference, samples=40, chunk_rows=100)
+    unshared = whole.predict(x, seed=3, return_samples=True)
+    assert whole._probed[(6,)].shared is None
+    torch.testing.assert_close(shared.samples, unshared.samples, rtol=1e-6, atol=1e-6)
+    assert torch.equal(shared.num_samples, unshared.num_samples)
+
+
+def test_a_module_called_again_after_dropout_is_not_shared():
+    model = _Encoded(twice=True)
+    predictor = mcd.MCPredictor(model, samples=20)
+    answer = predictor.predict(torch.randn(4, 6), seed=0)
+    assert predictor._probed[(6,)].shared is None
+    assert model.counter.rows == 2 + 1 + 2 + 20 * 4  # probe, the search, every replica
+    assert torch.all(answer.epistemic > 0)
 
 
 def test_a_leading_dropout_with_hooks_still_runs_them():
@@ -111,8 +166,10 @@ def test_functional_dropout_in_a_leading_layer_turns_sharing_off():
     assert len(prefix) == 4  # nothing in the first four children is a stochastic module...
     pred = mcd.predict(model, torch.randn(4, 3), samples=20, seed=0)
     assert torch.all(pred.epistemic > 0)
-    # ...but Custom drops out: after the probe found that, every replica ran the whole model
-    assert counter.rows == 1 + 2 + 20 * 4
+    # ...but Custom drops out: after the probe found that, the Sequential split is off and every replica
+    # runs the model; only the first Linear is shared, module by module (the counter holds no parameters:
+    # probe 1 + 2, search 1 + 2, the rows' pass 4, every replica)
+    assert counter.rows == 1 + 2 + 1 + 2 + 4 + 20 * 4
 
 
 def test_statistics_stream_without_keeping_samples():
