@@ -1,12 +1,13 @@
 """T stochastic forward passes as one batched computation.
 
 For each block of input rows the deterministic prefix of the model (the layers
-before the first stochastic one) runs once; its output is replicated along the
-batch dimension for a block of MC samples and the rest of the model runs on
-``samples x rows`` replicas at once, in chunks sized to the memory budget. A
-channel dropout that opens the rest and feeds a Linear through a Flatten is
-folded into per-channel shares computed with the prefix
-(:mod:`mcdropout.folding`).
+before the first stochastic one: an ``nn.Sequential``'s leading children, or in
+any other model the modules that finish before it, :mod:`mcdropout.prefix`)
+runs once; its output is replicated along the batch dimension for a block of
+MC samples and the rest of the model runs on ``samples x rows`` replicas at
+once, in chunks sized to the memory budget. A channel dropout that opens the
+rest and feeds a Linear through a Flatten is folded into per-channel shares
+computed with the prefix (:mod:`mcdropout.folding`).
 Masks come from :class:`~mcdropout.sampler.MaskSampler`, so a row's answer
 depends only on (model, row, T, seed). Statistics stream into float64
 accumulators (:mod:`mcdropout.summary`).
@@ -135,7 +136,7 @@ class _Plan:
     rows: int  # input rows per block (prefix runs once per block)
     samples: int  # MC samples per forward pass
     functional: bool  # run the passes under the function mode that catches F.dropout calls
-    shared: ModulePrefix | None
+    shared: ModulePrefix | None  # modules that answer from their per-row outputs (see _Probe)
 
 
 class MCPredictor:
@@ -389,8 +390,10 @@ class MCPredictor:
             stop = min(rows, start + plan.rows)
             block_inputs = inputs if stop - start == rows else inputs[start:stop]
             hidden = self._run_prefix(block_inputs.to(self.device), sampler)
-            if plan.shared is not None:  # None back: these rows took another path through forward
-                hidden = plan.shared.run(hidden, lambda rows: self._row_pass(rows, sampler, plan.functional)) or hidden
+            if plan.shared is not None:
+                shared = plan.shared.run(hidden, lambda rows: self._row_pass(rows, sampler, plan.functional))
+                if shared is not None:  # None: these rows took another path through forward; share nothing
+                    hidden = shared
             active = None  # the block's rows still sampled (None: all); samples="auto" narrows it
             done = 0
             while done < total:

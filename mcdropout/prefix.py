@@ -154,10 +154,12 @@ def _qualifies(call: _Call, rows: int) -> bool:
 
 
 def _repeats(replicated: object, row: torch.Tensor, samples: int) -> bool:
-    """``replicated`` is ``row`` repeated for the samples, sample-major."""
-    if not isinstance(replicated, torch.Tensor) or replicated.shape[0] != samples * row.shape[0]:
+    """``replicated`` is ``row`` repeated for the samples, sample-major, up to float rounding (a product
+    over two rows may round differently from one over one row; a forward that treats the batch as a
+    whole differs by far more)."""
+    if not isinstance(replicated, torch.Tensor) or replicated.shape != (samples * row.shape[0], *row.shape[1:]):
         return False
-    return torch.equal(replicated, row.repeat(samples, *([1] * (row.dim() - 1))))
+    return torch.allclose(replicated, row.repeat(samples, *([1] * (row.dim() - 1))), rtol=1e-5, atol=1e-6)
 
 
 def _keeping(module: nn.Module, kept: dict[nn.Module, torch.Tensor]) -> Callable:

@@ -98,9 +98,9 @@ class InferenceLane:
 
     Under FastAPI a request passes about ten layers before its endpoint runs:
     exception and telemetry middleware, an exit stack, the router trying routes
-    in turn, the route's request/response wrapper. For a one-row prediction that
-    was some 70 us of the event loop's time out of 200, and under load the loop
-    is what limits throughput. This lane sits inside the app's own middleware
+    in turn, the route's request/response wrapper. In-process they took some 70
+    of the 150 us of event-loop time a one-row prediction cost, and under load
+    the loop is what limits throughput. This lane sits inside the app's own middleware
     (the body limit and the request counter still see every request) and, for a
     POST that one of its routes matches, authorises, calls the endpoint with the
     bare request and answers errors with the app's own exception handlers, as

@@ -270,3 +270,16 @@ def test_channel_dropout_before_a_linear_is_folded_with_the_same_answer():
         assert flattened and max(flattened) == 40 * 7  # the unfolded pass flattens every replica
         assert torch.allclose(a.samples, b.samples, atol=1e-6), (dropout, masks)
         assert torch.allclose(a.probs, b.probs, atol=1e-6)
+
+
+def test_a_module_given_a_batch_dependent_input_is_not_shared():
+    """The probe's sampled pass must hand a shared module its row input repeated; here forward scales the
+    input by the batch size, so replaying the row pass's output would be wrong."""
+
+    class BatchScaled(_Encoded):
+        def forward(self, x):
+            return super().forward(x * len(x))
+
+    predictor = mcd.MCPredictor(BatchScaled(), samples=20)
+    predictor.predict(torch.randn(3, 6), seed=0)
+    assert predictor._probed[(6,)].shared is None
