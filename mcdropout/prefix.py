@@ -11,11 +11,12 @@ of computing them again (:meth:`SharedRows.replaying`). The rest of
 ``forward`` runs as written, on the replicated input.
 
 A module qualifies when it is the outermost call to finish before the first
-stochastic call, holds parameters, has no hooks, returns one batch-first
-tensor, is called once per forward pass, and in the probe's sampled pass is
-given its row-pass input repeated for the samples (so the ``forward`` around it
-does nothing batch-dependent). Like the ``nn.Sequential`` prefix, it then runs
-once per row, not once per replica.
+stochastic call, holds parameters and no stochastic layer, has no hooks,
+returns one batch-first tensor, is called once per forward pass, and in the
+probe's sampled pass is given its row-pass input repeated for the samples (up
+to float rounding: the ``forward`` around it does nothing batch-dependent).
+Like the ``nn.Sequential`` prefix, it then runs once per row, not once per
+replica.
 """
 
 from __future__ import annotations
