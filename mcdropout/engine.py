@@ -38,6 +38,7 @@ from mcdropout.sampler import (
     MaskSampler,
     StochasticPrefixError,
     dropout_modules,
+    has_forward_hooks,
     is_dropout_module,
 )
 from mcdropout.stochastic import (
@@ -540,7 +541,7 @@ def _leading_dropout(suffix: Callable) -> tuple[nn.Module | None, Callable]:
     if not isinstance(suffix, nn.Sequential) or not len(suffix):
         return None, suffix
     lead = suffix[0]
-    if not is_dropout_module(lead) or lead._forward_hooks or lead._forward_pre_hooks:
+    if not is_dropout_module(lead) or has_forward_hooks(lead):
         return None, suffix
     return lead, nn.Sequential(*list(suffix)[1:])
 

@@ -16,7 +16,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mcdropout.sampler import ChunkLayout, MaskSampler, is_channel_dropout
+from mcdropout.sampler import (
+    ChunkLayout,
+    MaskSampler,
+    has_forward_hooks,
+    is_channel_dropout,
+)
 
 
 class ChannelHead:
@@ -40,7 +45,7 @@ class ChannelHead:
             and type(linear) is nn.Linear
         ):
             return None
-        if any(m._forward_hooks or m._forward_pre_hooks for m in (flatten, linear)):
+        if has_forward_hooks(flatten) or has_forward_hooks(linear):
             return None
         return cls(lead, linear, nn.Sequential(*list(after)[2:]))
 

@@ -29,7 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mcdropout.sampler import StochasticPrefixError
+from mcdropout.sampler import (
+    StochasticPrefixError,
+    forwards_replaced,
+    has_forward_hooks,
+)
 from mcdropout.stochastic import is_stochastic
 
 
@@ -60,7 +64,7 @@ class SharedRows:
             module: output.repeat(samples, *([1] * (output.dim() - 1)))
             for module, output in zip(self.modules, self.outputs)
         }
-        with _replaced(self.modules, lambda module: lambda *_args, **_kwargs: repeated[module]):
+        with forwards_replaced(self.modules, lambda module: lambda *_args, **_kwargs: repeated[module]):
             yield
 
 
@@ -107,7 +111,7 @@ class ModulePrefix:
         """Run the model on ``rows`` up to its first stochastic call, keeping the prefix modules' outputs;
         None when one of them did not run (a forward pass that branches on its inputs' values)."""
         kept: dict[nn.Module, torch.Tensor] = {}
-        with _replaced(self.modules, lambda module: _keeping(module, kept)):
+        with forwards_replaced(self.modules, lambda module: _keeping(module, kept)):
             try:
                 run_rows(rows)
             except StochasticPrefixError:
@@ -150,7 +154,7 @@ def _qualifies(call: _Call, rows: int) -> bool:
         and bool(call.args) and isinstance(call.args[0], torch.Tensor)
         and any(True for _ in module.parameters())  # worth sharing: it computes something
         and not any(is_stochastic(m) for m in module.modules())
-        and not (module._forward_hooks or module._forward_pre_hooks)  # __call__ would run them around a replay
+        and not has_forward_hooks(module)  # __call__ would run them around a replay
     )
 
 
@@ -172,16 +176,3 @@ def _keeping(module: nn.Module, kept: dict[nn.Module, torch.Tensor]) -> Callable
 
     return keep
 
-
-@contextlib.contextmanager
-def _replaced(modules: Sequence[nn.Module], make: Callable[[nn.Module], Callable]) -> Iterator[None]:
-    """Give each module a ``forward`` of its own while active (in the instance dict, as the sampler does)."""
-    replaced = []
-    try:
-        for module in modules:
-            vars(module)["forward"] = make(module)
-            replaced.append(module)
-        yield
-    finally:
-        for module in replaced:
-            del vars(module)["forward"]

@@ -102,6 +102,30 @@ def is_dropout_module(module: nn.Module) -> bool:
     return type(module) in _DROPOUT_MODULES
 
 
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Forward (pre-)hooks, which only ``module.__call__`` runs: a module the engine computes some
+    other way (masked while replicating, folded, replayed) must have none."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+@contextlib.contextmanager
+def forwards_replaced(modules: Sequence[nn.Module], make: Callable[[nn.Module], Callable]) -> Iterator[None]:
+    """Give each module the ``forward`` that ``make`` builds for it while active.
+
+    An instance attribute shadows the class's forward; it is set in the instance dict, since
+    ``nn.Module.__setattr__`` is slow and these values are neither parameters nor modules.
+    """
+    replaced = []
+    try:
+        for module in modules:
+            vars(module)["forward"] = make(module)
+            replaced.append(module)
+        yield
+    finally:
+        for module in replaced:
+            del vars(module)["forward"]
+
+
 def is_channel_dropout(module: nn.Module) -> bool:
     """Torch's ``Dropout1d/2d/3d`` itself: whole channels dropped, kept ones scaled (not alpha)."""
     return _DROPOUT_MODULES.get(type(module)) == (True, False)
@@ -131,18 +155,11 @@ class MaskSampler:
         """Route the dropout of a forward pass here: ``modules`` (from :func:`dropout_modules`)
         and this project's layers always, functional calls when ``functional``."""
         token = _active.set(self)
-        replaced = []
         try:
-            for module in modules:
-                # An instance attribute shadows the class's forward; set in the instance dict
-                # (nn.Module.__setattr__ is slow and these values are neither parameters nor modules).
-                vars(module)["forward"] = functools.partial(self.module_dropout, module)
-                replaced.append(module)
-            with _FunctionalDropout(self) if functional else contextlib.nullcontext():
+            with forwards_replaced(modules, lambda module: functools.partial(self.module_dropout, module)), \
+                    _FunctionalDropout(self) if functional else contextlib.nullcontext():
                 yield
         finally:
-            for module in replaced:
-                del vars(module)["forward"]
             _active.reset(token)
 
     # -- masks -----------------------------------------------------------------
