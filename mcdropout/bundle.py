@@ -267,7 +267,7 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, manifest: Manifest | 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+        tensors = flush_subnormals({key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()})
         save_file(tensors, staging / WEIGHTS, metadata={"name": manifest.name, "version": manifest.version})
         (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         if target.exists():
@@ -320,8 +320,27 @@ def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget:
     except (SafetensorError, OSError, ValueError) as error:
         raise BundleError(f"{weights}: cannot read safetensors ({error}); the file is truncated or not safetensors") from None
     _check_tensors(model, tensors, weights)
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict(flush_subnormals(tensors), strict=True)
     return Bundle(manifest, model, folder, device=device, memory_budget=memory_budget)
+
+
+def flush_subnormals(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating-point tensors with their subnormal values (nonzero, below the dtype's smallest normal,
+    1.2e-38 in float32) set to zero.
+
+    Training with weight decay leaves them behind (1,290 in the shipped digits CNN's first Linear), and
+    on x86 CPUs every multiply that meets one takes a slow path: that one layer's products ran 7x
+    slower. Zeroing them moves no output beyond float rounding, since any normal term of a sum
+    outweighs them.
+    """
+    flushed = {}
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point():
+            subnormal = (tensor.abs() < torch.finfo(tensor.dtype).tiny) & (tensor != 0)
+            if bool(subnormal.any()):
+                tensor = tensor.masked_fill(subnormal, 0.0)
+        flushed[key] = tensor
+    return flushed
 
 
 def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], weights: Path) -> None:
