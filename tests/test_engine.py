@@ -1,5 +1,7 @@
 """How the engine runs: one batched computation, the prefix once, streaming statistics."""
 
+import copy
+
 import torch
 from torch import nn
 
@@ -283,3 +285,46 @@ def test_a_module_given_a_batch_dependent_input_is_not_shared():
     predictor = mcd.MCPredictor(BatchScaled(), samples=20)
     predictor.predict(torch.randn(3, 6), seed=0)
     assert predictor._probed[(6,)].shared is None
+
+
+def test_a_convolutional_prefix_runs_channels_last_with_the_same_answer():
+    """On the CPU the convolutions before the first dropout get channels-last weights (oneDNN's layout);
+    the answers match those of the same layers run row-major (here: inside a module of their own,
+    whose prefix the engine shares without converting it)."""
+
+    class Wrapped(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Dropout2d(0.25), nn.Flatten(), nn.Linear(32, 16), nn.ReLU(),
+                          nn.Dropout(0.25), nn.Linear(16, 3))
+    reference = Wrapped(copy.deepcopy(model))
+    x = torch.randn(6, 1, 4, 4)
+    converted = mcd.MCPredictor(model, samples=30, task="classification", device="cpu").predict(x, seed=1)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = mcd.MCPredictor(reference, samples=30, task="classification", device="cpu").predict(x, seed=1)
+    assert reference.inner[0].weight.is_contiguous()
+    assert torch.allclose(converted.probs, plain.probs, atol=1e-6)
+    assert torch.allclose(converted.mutual_information, plain.mutual_information, atol=1e-6)
+
+
+def test_a_class_with_minus_infinite_logits_has_probability_zero_and_finite_entropy():
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+
+        def forward(self, x):
+            return self.body(x) + torch.tensor([0.0, 0.0, float("-inf")])
+
+    torch.manual_seed(0)
+    pred = mcd.predict(Masked(), torch.randn(5, 4), samples=50, seed=0, task="classification")
+    assert torch.all(pred.probs[:, 2] == 0)
+    assert torch.all(torch.isfinite(pred.entropy)) and torch.all(torch.isfinite(pred.expected_entropy))
+    assert torch.all(pred.label != 2)
