@@ -274,6 +274,27 @@ def test_channel_dropout_before_a_linear_is_folded_with_the_same_answer():
         assert torch.allclose(a.probs, b.probs, atol=1e-6)
 
 
+def test_the_folded_head_follows_its_weight_when_it_changes():
+    """The head keeps its Linear's weight in a per-channel layout between calls; changing the weight
+    in place (training on) or replacing it must not leave the old copy in use."""
+    x = torch.randn(4, 1, 4, 4)
+    model = _channel_cnn(nn.Dropout2d(0.3))
+    predictor = mcd.MCPredictor(model, samples=20, task="classification")
+    before = predictor.predict(x, seed=2).probs
+    with torch.no_grad():
+        model[4].weight.mul_(3.0)
+    in_place = predictor.predict(x, seed=2).probs
+    model[4].weight = nn.Parameter(model[4].weight.detach() * -1.0)
+    replaced = predictor.predict(x, seed=2).probs
+    assert not torch.allclose(before, in_place)
+    for answer, state in ((in_place, 3.0), (replaced, -3.0)):
+        fresh = _channel_cnn(nn.Dropout2d(0.3))
+        with torch.no_grad():
+            fresh[4].weight.mul_(state)
+        expected = mcd.MCPredictor(fresh, samples=20, task="classification").predict(x, seed=2).probs
+        assert torch.allclose(answer, expected, atol=1e-6)
+
+
 def test_a_module_given_a_batch_dependent_input_is_not_shared():
     """The probe's sampled pass must hand a shared module its row input repeated; here forward scales the
     input by the batch size, so replaying the row pass's output would be wrong."""
