@@ -430,7 +430,7 @@ class MCPredictor:
                 x = x.contiguous(memory_format=torch.channels_last)
             for layer in self._prefix:
                 x = layer(x)
-            if self._channels_last:  # the sampled part gets row-major rows, as without the conversion
+            if self._channels_last and isinstance(x, torch.Tensor):  # row-major for the sampled part, as before
                 x = x.contiguous()
             if self._head is not None:
                 x = self._head.shares(x)
