@@ -326,6 +326,7 @@ class MCPredictor:
             except StochasticPrefixError:  # a leading layer drops out functionally: share nothing
                 self._prefix, self._suffix = [], self.model
                 self._lead, self._after_lead, self._head = None, self.model, None
+                self._channels_last = False  # no prefix left to run in that layout
                 hidden = first
             layout = ChunkLayout(seed=0, first_sample=0, num_samples=2, num_rows=1, row_ids=self._row_ids(range(1)))
             in_suffix[0] = True
