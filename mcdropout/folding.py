@@ -31,7 +31,8 @@ class ChannelHead:
         self.dropout = dropout
         self.linear = linear
         self.rest = rest
-        self._laid_out: tuple[tuple, torch.Tensor] | None = None  # (weight's identity, (C, P, O) copy)
+        # (the weight it was made from, that weight's version then, the (C, P, O) copy)
+        self._laid_out: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     @classmethod
     def find(cls, lead: nn.Module | None, after: nn.Sequential) -> ChannelHead | None:
@@ -60,17 +61,21 @@ class ChannelHead:
     def _weight_by_channel(self, channels: int) -> torch.Tensor:
         """The Linear's weight as (channels, positions, outputs), contiguous for ``bmm``.
 
-        Kept between calls and made again when the weight changes (another tensor, or an in-place
+        Kept between calls and made again when the weight changes (other storage, or an in-place
         update, which bumps its version): laid out per call, or through ``einsum``, the product took
-        120-440 us for one row instead of 22, and 420-625 us for 64 rows instead of 250.
+        120-440 us for one row instead of 22, and 420-625 us for 64 rows instead of 250. The source
+        weight is held, so its storage cannot be freed and its address reused by a new weight.
         """
         weight = self.linear.weight
-        identity = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
-        if self._laid_out is None or self._laid_out[0] != identity:
-            with torch.inference_mode():
-                laid_out = weight.detach().view(self.linear.out_features, channels, -1).permute(1, 2, 0).contiguous()
-            self._laid_out = (identity, laid_out)
-        return self._laid_out[1]
+        if self._laid_out is not None:
+            source, version, laid_out = self._laid_out
+            same_storage = source.data_ptr() == weight.data_ptr() and source.device == weight.device
+            if same_storage and source.dtype == weight.dtype and version == weight._version:
+                return laid_out
+        with torch.inference_mode():
+            laid_out = weight.detach().view(self.linear.out_features, channels, -1).permute(1, 2, 0).contiguous()
+        self._laid_out = (weight.detach(), weight._version, laid_out)
+        return laid_out
 
     def __call__(self, shares: torch.Tensor, sampler: MaskSampler, layout: ChunkLayout) -> torch.Tensor:
         """The suffix's output for every replica of the pass, sample-major: (samples x rows, ...)."""
