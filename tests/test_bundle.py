@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import mcdropout as mcd
 from mcdropout import architectures
@@ -168,8 +169,6 @@ def test_subnormal_weights_are_stored_and_loaded_as_zero(saved, tmp_path):
     assert weights[0, 0] == 0 and weights[0, 1] == 0
     assert torch.equal(weights[1:], model[0].weight[1:])
     # A file written by other tools with subnormals in it loads without them too.
-    from safetensors.torch import save_file
-
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / WEIGHTS)
     loaded = load_bundle(path, device="cpu").model[0].weight
     assert loaded[0, 0] == 0 and loaded[0, 1] == 0 and torch.equal(loaded[0, 2:], model[0].weight[0, 2:])
