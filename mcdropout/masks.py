@@ -80,25 +80,22 @@ class MaskGenerator:
         if layout is None:  # p = 1: everything dropped
             size = (num_samples, *shape) if rows is None else (num_samples, len(rows), *shape)
             return np.zeros(size, dtype=np.float32)
-        table, word, per_counter, stride = layout
         self._key[0], self._key[1] = layer & _MASK64, seed & _MASK64
-        first = first_sample * stride
-
-        def masks(stream: int) -> np.ndarray:
-            raw = self._draw(first, stream, num_samples * stride)
-            values = np.take(table, raw.view(word), axis=0).reshape(num_samples, stride * per_counter)
-            return values if stride * per_counter == numel else values[:, :numel]
-
         if rows is None:
-            return masks(0).reshape(num_samples, *shape)
-        per_row = [masks(int(row) + 1) for row in rows]
+            return self._masks(layout, numel, first_sample, num_samples, 0).reshape(num_samples, *shape)
+        per_row = [self._masks(layout, numel, first_sample, num_samples, int(row) + 1) for row in rows]
         return np.stack(per_row, axis=1).reshape(num_samples, len(rows), *shape)
 
-    def _draw(self, counter: int, stream: int, counters: int) -> np.ndarray:
-        """``counters`` Philox blocks (4 words each) from ``counter`` on, in ``stream``, under the current key."""
+    def _masks(self, layout: tuple, numel: int, first_sample: int, num_samples: int, stream: int) -> np.ndarray:
+        """(num_samples, numel) masks from ``stream`` under the current key: one Philox block per
+        ``per_counter`` elements, ``stride`` blocks per sample, sample t's from block t x stride on."""
+        table, word, per_counter, stride = layout
+        counter = first_sample * stride
         self._counter[0], self._counter[1], self._counter[3] = counter & _MASK64, counter >> 64, stream
         self._bitgen.state = self._state
-        return self._bitgen.random_raw(counters * 4)
+        raw = self._bitgen.random_raw(num_samples * stride * 4)
+        values = table.take(raw.view(word), axis=0).reshape(num_samples, stride * per_counter)
+        return values if stride * per_counter == numel else values[:, :numel]
 
 
 @functools.lru_cache(maxsize=256)
