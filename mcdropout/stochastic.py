@@ -70,15 +70,23 @@ def module_roles(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     return [(module, is_stochastic(module)) for module in model.modules()]
 
 
-@contextlib.contextmanager
-def mc_modes(roles: list[tuple[nn.Module, bool]]) -> Iterator[None]:
-    """:func:`mc_dropout` over a list from :func:`module_roles`, which a predictor walks once, not per call."""
-    changed = [module for module, stochastic in roles if module.training != stochastic]
-    try:
-        _flip(changed)
-        yield
-    finally:
-        _flip(changed)
+class mc_modes:
+    """:func:`mc_dropout` over a list from :func:`module_roles`, which a predictor walks once, not per call.
+
+    A class rather than a contextlib generator: it runs on every prediction, and the generator's
+    wrapper adds three Python calls to each.
+    """
+
+    def __init__(self, roles: list[tuple[nn.Module, bool]]) -> None:
+        self.roles = roles
+        self.changed: list[nn.Module] = []
+
+    def __enter__(self) -> None:
+        self.changed = [module for module, stochastic in self.roles if module.training != stochastic]
+        _flip(self.changed)
+
+    def __exit__(self, *exc_info) -> None:
+        _flip(self.changed)
 
 
 def _flip(modules: list[nn.Module]) -> None:
