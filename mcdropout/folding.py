@@ -22,6 +22,7 @@ from mcdropout.sampler import (
     has_forward_hooks,
     is_channel_dropout,
 )
+from mcdropout.weight_layout import WeightLayout
 
 
 class ChannelHead:
@@ -31,8 +32,7 @@ class ChannelHead:
         self.dropout = dropout
         self.linear = linear
         self.rest = rest
-        # (the weight it was made from, that weight's version then, the (C, P, O) copy)
-        self._laid_out: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self._by_channel: dict[int, WeightLayout] = {}  # channels -> the weight as (channels, positions, outputs)
 
     @classmethod
     def find(cls, lead: nn.Module | None, after: nn.Sequential) -> ChannelHead | None:
@@ -59,23 +59,15 @@ class ChannelHead:
         return torch.bmm(by_channel, self._weight_by_channel(channels)).transpose(0, 1)
 
     def _weight_by_channel(self, channels: int) -> torch.Tensor:
-        """The Linear's weight as (channels, positions, outputs), contiguous for ``bmm``.
-
-        Kept between calls and made again when the weight changes (other storage, or an in-place
-        update, which bumps its version): laid out per call, or through ``einsum``, the product took
-        120-440 us for one row instead of 22, and 420-625 us for 64 rows instead of 250. The source
-        weight is held, so its storage cannot be freed and its address reused by a new weight.
-        """
-        weight = self.linear.weight
-        if self._laid_out is not None:
-            source, version, laid_out = self._laid_out
-            same_storage = source.data_ptr() == weight.data_ptr() and source.device == weight.device
-            if same_storage and source.dtype == weight.dtype and version == weight._version:
-                return laid_out
-        with torch.inference_mode():
-            laid_out = weight.detach().view(self.linear.out_features, channels, -1).permute(1, 2, 0).contiguous()
-        self._laid_out = (weight.detach(), weight._version, laid_out)
-        return laid_out
+        """The Linear's weight as (channels, positions, outputs), contiguous for ``bmm``: laid out per
+        call, or through ``einsum``, the product took 120-440 us for one row instead of 22, and
+        420-625 us for 64 rows instead of 250."""
+        laid_out = self._by_channel.get(channels)
+        if laid_out is None:
+            outputs = self.linear.out_features
+            laid_out = WeightLayout(self.linear, lambda w: w.view(outputs, channels, -1).permute(1, 2, 0))
+            self._by_channel[channels] = laid_out
+        return laid_out.get()
 
     def __call__(self, shares: torch.Tensor, sampler: MaskSampler, layout: ChunkLayout) -> torch.Tensor:
         """The suffix's output for every replica of the pass, sample-major: (samples x rows, ...)."""
