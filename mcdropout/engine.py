@@ -53,6 +53,7 @@ from mcdropout.summary import (
     RegressionAccumulator,
     RegressionPrediction,
 )
+from mcdropout.tail import FlatTail, direct
 
 Prediction = Union[RegressionPrediction, ClassificationPrediction]
 Task = Literal["regression", "classification"]
@@ -61,6 +62,7 @@ ArrayLike = Union[torch.Tensor, np.ndarray, Sequence]
 TASKS = ("regression", "classification")
 MASK_MODES = ("shared", "per_row")
 AUTO_STEP = 32  # samples="auto" checks convergence every AUTO_STEP samples
+PLANS_KEPT = 1024  # plans (per rows, T and input shape) kept before the cache starts over
 CACHE_CHUNK_BYTES = 2 * 2**20  # on the CPU, a pass's widest activation stays within this (cache-sized)
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters
@@ -121,7 +123,7 @@ def pin_mmap_threshold() -> None:
         pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: it keys the plans made from it
 class _Probe:
     """What one small forward pass over an input shape tells the planner."""
 
@@ -217,13 +219,16 @@ class MCPredictor:
                 raise ValueError(message + "\n(pass strict=False to sample the rest and ignore these)")
             warnings.warn(message, stacklevel=2)
         self._prefix, self._suffix = _split_sequential(model)
+        self._prefix_steps = [direct(layer) for layer in self._prefix]
         self._channels_last = self.device.type == "cpu" and _to_channels_last(self._prefix)
         self._lead, self._after_lead = _leading_dropout(self._suffix)
         self._head = ChannelHead.find(self._lead, self._after_lead)
+        self._tail = FlatTail.find(self._suffix, by_input=self.device.type == "cpu") if self._head is None else None
         self._roles = module_roles(model)
         self._dropout_modules = dropout_modules(model)
         pin_mmap_threshold()
         self._probed: dict[tuple[int, ...], _Probe] = {}
+        self._plans: dict[tuple, _Plan] = {}
 
     # -- public --------------------------------------------------------------------
 
@@ -248,7 +253,7 @@ class MCPredictor:
         total = self.max_samples if auto else samples
         sampler = MaskSampler(self.device)  # active only inside forward passes, not around the statistics
         with torch.inference_mode(), mc_modes(self._roles):
-            plan = self._plan(len(inputs), total, self._probe(inputs, sampler))
+            plan = self._plan(inputs.shape[0], total, self._probe(inputs, sampler))
             accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples)
         if not bool(accumulator.spread().any()):  # spreads are variances: all zero, or some positive
             raise ValueError(
@@ -324,8 +329,8 @@ class MCPredictor:
             try:
                 hidden = self._run_prefix(first, sampler, checked=False)
             except StochasticPrefixError:  # a leading layer drops out functionally: share nothing
-                self._prefix, self._suffix = [], self.model
-                self._lead, self._after_lead, self._head = None, self.model, None
+                self._prefix, self._suffix, self._prefix_steps = [], self.model, []
+                self._lead, self._after_lead, self._head, self._tail = None, self.model, None, None
                 self._channels_last = False  # no prefix left to run in that layout
                 hidden = first
             layout = ChunkLayout(seed=0, first_sample=0, num_samples=2, num_rows=1, row_ids=self._row_ids(range(1)))
@@ -363,6 +368,17 @@ class MCPredictor:
         return self._probed[key]
 
     def _plan(self, rows: int, total: int, probe: _Probe) -> _Plan:
+        """How a call over ``rows`` rows and ``total`` samples is cut into blocks and passes; kept,
+        since a server asks for the same few plans again and again."""
+        key = (rows, total, probe, self.memory_budget, self.chunk_rows)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= PLANS_KEPT:
+                self._plans.clear()
+            plan = self._plans[key] = self._new_plan(rows, total, probe)
+        return plan
+
+    def _new_plan(self, rows: int, total: int, probe: _Probe) -> _Plan:
         budget = self.memory_budget
         row_bytes, sample_bytes = probe.row_bytes, probe.sample_bytes
         if sample_bytes + row_bytes > budget:
@@ -386,7 +402,7 @@ class MCPredictor:
     # -- running -------------------------------------------------------------------
 
     def _run(self, inputs, sampler, plan, seed, total, auto, return_samples):
-        rows = len(inputs)
+        rows = inputs.shape[0]
         accumulator = None
         kept = None
         for start in range(0, rows, plan.rows):
@@ -406,7 +422,7 @@ class MCPredictor:
                 row_ids = self._row_ids(range(start, stop) if active is None else active)
                 for first in range(done, done + window, plan.samples):
                     count = min(plan.samples, done + window - first)
-                    layout = ChunkLayout(seed, first, count, len(block), row_ids)
+                    layout = ChunkLayout(seed, first, count, stop - start if active is None else len(active), row_ids)
                     outputs = self._run_suffix(block, layout, sampler, plan.functional)
                     if accumulator is None:
                         accumulator = self._accumulator(rows, outputs)
@@ -424,17 +440,21 @@ class MCPredictor:
 
     def _run_prefix(self, x: torch.Tensor, sampler: MaskSampler, checked: bool = True) -> torch.Tensor:
         """The deterministic leading layers; ``checked=False`` (the probe) watches them for dropout calls."""
-        if not checked:
-            sampler.begin(None)  # a dropout call now raises StochasticPrefixError
-        with contextlib.nullcontext() if checked else sampler.applied((), functional=True):
-            if self._channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for layer in self._prefix:
-                x = layer(x)
-            if self._channels_last and isinstance(x, torch.Tensor):  # row-major for the sampled part, as before
-                x = x.contiguous()
-            if self._head is not None:
-                x = self._head.shares(x)
+        if checked:
+            return self._prefix_pass(x, self._prefix_steps)
+        sampler.begin(None)  # a dropout call now raises StochasticPrefixError
+        with sampler.applied((), functional=True):
+            return self._prefix_pass(x, self._prefix)
+
+    def _prefix_pass(self, x: torch.Tensor, layers: Sequence[Callable]) -> torch.Tensor:
+        if self._channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for layer in layers:
+            x = layer(x)
+        if self._channels_last and isinstance(x, torch.Tensor):  # row-major for the sampled part, as before
+            x = x.contiguous()
+        if self._head is not None:
+            x = self._head.shares(x)
         return x
 
     def _row_pass(self, rows: torch.Tensor, sampler: MaskSampler, functional: bool):
@@ -446,6 +466,8 @@ class MCPredictor:
     def _run_suffix(self, hidden: torch.Tensor | SharedRows, layout: ChunkLayout, sampler: MaskSampler,
                     functional: bool):
         sampler.begin(layout)
+        if self._tail is not None and not functional:  # no forward to swap, no function mode
+            return self._group(self._tail(hidden, sampler), layout)
         with sampler.applied(self._dropout_modules, functional):
             if self._head is not None:  # channel dropout -> Flatten -> Linear: from per-channel shares
                 outputs = self._head(hidden, sampler, layout)

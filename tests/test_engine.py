@@ -349,3 +349,76 @@ def test_a_class_with_minus_infinite_logits_has_probability_zero_and_finite_entr
     assert torch.all(pred.probs[:, 2] == 0)
     assert torch.all(torch.isfinite(pred.entropy)) and torch.all(torch.isfinite(pred.expected_entropy))
     assert torch.all(pred.label != 2)
+
+
+class _Constant(nn.Module):
+    """Answers with its own buffer for every row: an output that the engine must not write into."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("value", torch.linspace(-1.0, 1.0, width))
+
+    def forward(self, x):
+        return x + self.value.expand(x.shape[0], -1) if x.shape[-1] == self.value.shape[0] else x
+
+
+def _tail_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(6, 32), nn.ReLU(),
+        nn.Sequential(nn.Dropout(0.3), nn.Linear(32, 32), nn.GELU(), nn.Identity()),
+        nn.AlphaDropout(0.2), nn.Linear(32, 32), nn.ReLU(inplace=True), nn.Dropout(0.4), nn.Linear(32, 3),
+    )
+
+
+def test_a_flat_sequential_tail_answers_as_the_model_runs_it():
+    """A Sequential suffix (nested ones flattened) is walked layer by layer, each Linear multiplying by a
+    transposed copy of its weight on the CPU; a hook on the inner Sequential makes the engine run the
+    model's own forward instead. Both draw the same masks, so they agree to float rounding."""
+    x = torch.randn(5, 6)
+    model = _tail_model()
+    flat = mcd.predict(model, x, samples=40, seed=3, return_samples=True)
+    model[2].register_forward_hook(lambda *_: None)
+    forward = mcd.predict(model, x, samples=40, seed=3, return_samples=True)
+    torch.testing.assert_close(flat.samples, forward.samples, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(flat.epistemic, forward.epistemic, rtol=1e-4, atol=1e-9)
+
+
+def test_the_tail_writes_into_no_tensor_of_the_model():
+    """Layers the engine computes itself work in place on activations it made; a layer's own output
+    (here a module that can return its buffer) is never written into."""
+    constant = _Constant(8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), constant, nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2))
+    before = constant.value.clone()
+    mcd.predict(model, torch.randn(3, 4), samples=30, seed=0)
+    assert torch.equal(constant.value, before)
+
+
+def test_the_tail_follows_its_weights_when_they_change():
+    """The transposed weight copies are kept between calls and made again when a weight is changed in
+    place or replaced."""
+    x = torch.randn(4, 6)
+    model = _tail_model()
+    predictor = mcd.MCPredictor(model, samples=20)
+    before = predictor.predict(x, seed=2).mean
+    with torch.no_grad():
+        model[4].weight.mul_(3.0)
+    in_place = predictor.predict(x, seed=2).mean
+    model[7].weight = nn.Parameter(model[7].weight.detach() * -1.0)
+    replaced = predictor.predict(x, seed=2).mean
+    assert not torch.allclose(before, in_place)
+    fresh = _tail_model()
+    with torch.no_grad():
+        fresh[4].weight.mul_(3.0)
+        fresh[7].weight.mul_(-1.0)
+    expected = mcd.MCPredictor(fresh, samples=20).predict(x, seed=2).mean
+    torch.testing.assert_close(replaced, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_hooks_on_a_tail_layer_still_run():
+    model = _tail_model()
+    seen = []
+    model[4].register_forward_hook(lambda module, args, output: seen.append(tuple(output.shape)))
+    mcd.predict(model, torch.randn(3, 6), samples=20, seed=0)
+    assert (20 * 3, 32) in seen
