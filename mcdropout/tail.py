@@ -33,16 +33,15 @@ from mcdropout.weight_layout import WeightLayout
 # What a step is: a Linear or ReLU without hooks (computed through its torch function), another
 # deterministic layer (called), nn.Dropout, another torch dropout module.
 _LINEAR, _RELU, _LAYER, _DROPOUT, _OTHER_DROPOUT = range(5)
+COPIED_WEIGHT_BYTES = 4 * 2**20  # the largest Linear weight that ``by_input`` copies
 
 
 class FlatTail:
     """The layers of a Sequential suffix in call order, each with what kind of step it is."""
 
     def __init__(self, steps: list[tuple[nn.Module, int]], by_input: bool) -> None:
-        self.steps = [
-            (module, kind, WeightLayout(module, torch.t) if by_input and kind == _LINEAR else None)
-            for module, kind in steps
-        ]
+        self.steps = [(module, kind, WeightLayout(module, torch.t) if by_input and _copied(module, kind) else None)
+                      for module, kind in steps]
 
     @classmethod
     def find(cls, suffix: object, by_input: bool = False) -> FlatTail | None:
@@ -50,9 +49,10 @@ class FlatTail:
         is free of stochastic modules; None otherwise. Hooks rule a dropout module or a Sequential out
         (only their ``__call__`` would run them); a deterministic layer is called with its hooks.
 
-        ``by_input``: the Linears multiply by an (inputs, outputs) copy of their weight, kept between
-        calls (the CPU: oneDNN's product with a transposed operand, which ``F.linear`` hands it, ran
-        10-40% slower for 8-64 rows, as fast from 200 on; the copy doubles those weights' memory).
+        ``by_input`` (the CPU): Linears whose weight takes up to ``COPIED_WEIGHT_BYTES`` multiply by
+        an (inputs, outputs) copy of it, kept between calls. ``F.linear`` hands the product a
+        transposed weight, and on this project's CPU that product took 1.1-1.6x as long for 8-64
+        rows (512 x 512) and the same from 100 rows on. The bound keeps big models from doubling.
         """
         if not isinstance(suffix, nn.Sequential):
             return None
@@ -101,6 +101,10 @@ class FlatTail:
                 x = sampler.module_dropout(step, x, replicated=replicated)
                 owned, replicated = False, True
         return x
+
+
+def _copied(module: nn.Module, kind: int) -> bool:
+    return kind == _LINEAR and module.weight.numel() * module.weight.element_size() <= COPIED_WEIGHT_BYTES
 
 
 def _linear(x: torch.Tensor, linear: nn.Linear, by_input: WeightLayout) -> torch.Tensor:
