@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -274,27 +275,6 @@ def test_channel_dropout_before_a_linear_is_folded_with_the_same_answer():
         assert torch.allclose(a.probs, b.probs, atol=1e-6)
 
 
-def test_the_folded_head_follows_its_weight_when_it_changes():
-    """The head keeps its Linear's weight in a per-channel layout between calls; changing the weight
-    in place (training on) or replacing it must not leave the old copy in use."""
-    x = torch.randn(4, 1, 4, 4)
-    model = _channel_cnn(nn.Dropout2d(0.3))
-    predictor = mcd.MCPredictor(model, samples=20, task="classification")
-    before = predictor.predict(x, seed=2).probs
-    with torch.no_grad():
-        model[4].weight.mul_(3.0)
-    in_place = predictor.predict(x, seed=2).probs
-    model[4].weight = nn.Parameter(model[4].weight.detach() * -1.0)
-    replaced = predictor.predict(x, seed=2).probs
-    assert not torch.allclose(before, in_place)
-    for answer, state in ((in_place, 3.0), (replaced, -3.0)):
-        fresh = _channel_cnn(nn.Dropout2d(0.3))
-        with torch.no_grad():
-            fresh[4].weight.mul_(state)
-        expected = mcd.MCPredictor(fresh, samples=20, task="classification").predict(x, seed=2).probs
-        assert torch.allclose(answer, expected, atol=1e-6)
-
-
 def test_a_module_given_a_batch_dependent_input_is_not_shared():
     """The probe's sampled pass must hand a shared module its row input repeated; here forward scales the
     input by the batch size, so replaying the row pass's output would be wrong."""
@@ -395,25 +375,34 @@ def test_the_tail_writes_into_no_tensor_of_the_model():
     assert torch.equal(constant.value, before)
 
 
-def test_the_tail_follows_its_weights_when_they_change():
-    """The transposed weight copies are kept between calls and made again when a weight is changed in
-    place or replaced."""
-    x = torch.randn(4, 6)
-    model = _tail_model()
-    predictor = mcd.MCPredictor(model, samples=20)
-    before = predictor.predict(x, seed=2).mean
+@pytest.mark.parametrize("case", ["folded head", "flat tail"])
+def test_kept_weight_copies_follow_their_weights(case):
+    """The folded head (a per-channel layout) and the flat tail (transposed Linears) keep copies of a
+    weight between calls; changing the weight in place or replacing it must not leave the old copy
+    in use."""
+    if case == "folded head":
+        make, task, x = (lambda: _channel_cnn(nn.Dropout2d(0.3))), "classification", torch.randn(4, 1, 4, 4)
+    else:
+        make, task, x = _tail_model, "regression", torch.randn(4, 6)
+
+    def answer(predictor):
+        prediction = predictor.predict(x, seed=2)
+        return prediction.probs if task == "classification" else prediction.mean
+
+    model = make()
+    predictor = mcd.MCPredictor(model, samples=20, task=task)
+    before = answer(predictor)
     with torch.no_grad():
         model[4].weight.mul_(3.0)
-    in_place = predictor.predict(x, seed=2).mean
-    model[7].weight = nn.Parameter(model[7].weight.detach() * -1.0)
-    replaced = predictor.predict(x, seed=2).mean
+    in_place = answer(predictor)
+    model[4].weight = nn.Parameter(model[4].weight.detach() * -1.0)
+    replaced = answer(predictor)
     assert not torch.allclose(before, in_place)
-    fresh = _tail_model()
-    with torch.no_grad():
-        fresh[4].weight.mul_(3.0)
-        fresh[7].weight.mul_(-1.0)
-    expected = mcd.MCPredictor(fresh, samples=20).predict(x, seed=2).mean
-    torch.testing.assert_close(replaced, expected, rtol=1e-5, atol=1e-6)
+    for got, scale in ((in_place, 3.0), (replaced, -3.0)):
+        fresh = make()
+        with torch.no_grad():
+            fresh[4].weight.mul_(scale)
+        torch.testing.assert_close(got, answer(mcd.MCPredictor(fresh, samples=20, task=task)), rtol=1e-5, atol=1e-6)
 
 
 def test_hooks_on_a_tail_layer_still_run():
