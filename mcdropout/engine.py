@@ -466,8 +466,8 @@ class MCPredictor:
     def _run_suffix(self, hidden: torch.Tensor | SharedRows, layout: ChunkLayout, sampler: MaskSampler,
                     functional: bool):
         sampler.begin(layout)
-        if self._tail is not None and not functional:  # no forward to swap, no function mode
-            return self._group(self._tail(hidden, sampler), layout)
+        if self._tail is not None and not functional and not isinstance(hidden, SharedRows):
+            return self._group(self._tail(hidden, sampler), layout)  # no forward to swap, no function mode
         with sampler.applied(self._dropout_modules, functional):
             if self._head is not None:  # channel dropout -> Flatten -> Linear: from per-channel shares
                 outputs = self._head(hidden, sampler, layout)
