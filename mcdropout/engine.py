@@ -441,15 +441,15 @@ class MCPredictor:
     def _run_prefix(self, x: torch.Tensor, sampler: MaskSampler, checked: bool = True) -> torch.Tensor:
         """The deterministic leading layers; ``checked=False`` (the probe) watches them for dropout calls."""
         if checked:
-            return self._prefix_pass(x, self._prefix_steps)
+            return self._prefix_pass(x)
         sampler.begin(None)  # a dropout call now raises StochasticPrefixError
         with sampler.applied((), functional=True):
-            return self._prefix_pass(x, self._prefix)
+            return self._prefix_pass(x)
 
-    def _prefix_pass(self, x: torch.Tensor, layers: Sequence[Callable]) -> torch.Tensor:
+    def _prefix_pass(self, x: torch.Tensor) -> torch.Tensor:
         if self._channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        for layer in layers:
+        for layer in self._prefix_steps:
             x = layer(x)
         if self._channels_last and isinstance(x, torch.Tensor):  # row-major for the sampled part, as before
             x = x.contiguous()
