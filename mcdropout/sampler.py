@@ -197,13 +197,15 @@ class MaskSampler:
         return x.reshape(layout.num_samples, layout.num_rows, *x.shape[1:])
 
     def dropout(
-        self, x: torch.Tensor, p: float, *, channelwise: bool, alpha: bool, replicated: bool = True
+        self, x: torch.Tensor, p: float, *, channelwise: bool, alpha: bool, replicated: bool = True,
+        in_place: bool = False,
     ) -> torch.Tensor:
         """Dropout over a pass's replicas ``x`` (S*R, ...), each sample with its own mask.
 
         ``replicated=False``: ``x`` holds each row once (R, ...), as the shared prefix
         left it, and the result is every sample's masked replica, written in one pass
-        instead of a copy and then a masked copy.
+        instead of a copy and then a masked copy. ``in_place``: the pass made ``x`` and
+        nothing else holds it, so replicas may be masked where they are.
         """
         if p == 0.0 and replicated:
             return x
@@ -220,7 +222,7 @@ class MaskSampler:
         if channelwise and len(features) > 1:
             keep = keep.reshape(*keep.shape, *([1] * (len(features) - 1)))
         if not alpha:
-            return (grouped * keep).reshape(shape)
+            return (grouped.mul_(keep) if in_place and replicated else grouped * keep).reshape(shape)
         a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1.0) * (1.0 - p))
         shift = (keep - 1.0) * (_ALPHA * a) + _ALPHA * a * p
         return (grouped * (keep * a) + shift).reshape(shape)
@@ -236,10 +238,14 @@ class MaskSampler:
             return None
         return self.keep(mask_shape, p, dtype, scale=1.0 if alpha or p == 1.0 else 1.0 / (1.0 - p))
 
-    def module_dropout(self, module: nn.Module, x: torch.Tensor, replicated: bool = True) -> torch.Tensor:
+    def module_dropout(
+        self, module: nn.Module, x: torch.Tensor, replicated: bool = True, in_place: bool = False
+    ) -> torch.Tensor:
         """What torch dropout ``module`` (from :func:`dropout_modules`) does to ``x`` in this pass."""
         channelwise, alpha = _DROPOUT_MODULES[type(module)]
-        return self.dropout(x, module.p, channelwise=channelwise, alpha=alpha, replicated=replicated)
+        return self.dropout(
+            x, module.p, channelwise=channelwise, alpha=alpha, replicated=replicated, in_place=in_place
+        )
 
     def _require_layout(self) -> ChunkLayout:
         if self.deterministic or self.layout is None:

@@ -4,8 +4,7 @@ The usual sampled pass calls the suffix as the model wrote it, with each torch
 dropout module's ``forward`` swapped for the sampler's for the length of the
 pass. When the suffix is an ``nn.Sequential`` (nested ones flattened) of torch
 dropout modules and layers that hold no stochastic module, none of that is
-needed: the engine walks the layers itself. ``nn.Dropout`` masks are drawn and
-applied right there, other dropout modules go to
+needed: the engine walks the layers itself. Each dropout's input goes to
 :meth:`MaskSampler.module_dropout`, a Linear or ReLU without hooks is computed
 by its torch function, and any other layer is called as it is. The masks are
 drawn in the same order as in the usual pass, so the answers are the same.
@@ -31,8 +30,8 @@ from mcdropout.weight_layout import WeightLayout
 
 
 # What a step is: a Linear or ReLU without hooks (computed through its torch function), another
-# deterministic layer (called), nn.Dropout, another torch dropout module.
-_LINEAR, _RELU, _LAYER, _DROPOUT, _OTHER_DROPOUT = range(5)
+# deterministic layer (called), a torch dropout module.
+_LINEAR, _RELU, _LAYER, _DROPOUT = range(4)
 COPIED_WEIGHT_BYTES = 4 * 2**20  # the largest Linear weight that ``by_input`` copies
 
 
@@ -61,14 +60,12 @@ class FlatTail:
             if module is None:
                 return None
             if is_dropout_module(module) and not has_forward_hooks(module):
-                steps.append((module, _DROPOUT if type(module) is nn.Dropout else _OTHER_DROPOUT))
+                steps.append((module, _DROPOUT))
             elif stochastic_modules(module):
                 return None
-            elif has_forward_hooks(module):
-                steps.append((module, _LAYER))
             else:
-                steps.append((module, {nn.Linear: _LINEAR, nn.ReLU: _RELU}.get(type(module), _LAYER)))
-        if not steps or steps[0][1] not in (_DROPOUT, _OTHER_DROPOUT):
+                steps.append((module, _kind(module)))
+        if not steps or steps[0][1] != _DROPOUT:
             return None
         return cls(steps, by_input)
 
@@ -88,18 +85,10 @@ class FlatTail:
                 x, owned = (x.relu_() if owned else torch.relu(x)), True
             elif kind == _LAYER:
                 x, owned = step(x), False
-            elif kind == _DROPOUT and 0.0 < step.p < 1.0:  # what sampler.dropout does, in fewer calls
-                p = step.p
-                keep = sampler.keep(tuple(x.shape[1:]), p, x.dtype, 1.0 / (1.0 - p))
-                if replicated:
-                    grouped = sampler.split(x, "a dropout layer")
-                    masked = grouped.mul_(keep) if owned else grouped * keep
-                else:
-                    masked = x * keep
-                x, owned, replicated = masked.reshape(-1, *x.shape[1:]), True, True
             else:
-                x = sampler.module_dropout(step, x, replicated=replicated)
-                owned, replicated = False, True
+                # p = 0 hands x back, or a view of it; any other p makes a fresh tensor or masks x in place
+                x, owned = sampler.module_dropout(step, x, replicated=replicated, in_place=owned), owned or step.p != 0.0
+                replicated = True
         return x
 
 
@@ -118,13 +107,17 @@ def _linear(x: torch.Tensor, linear: nn.Linear, by_input: WeightLayout) -> torch
 def direct(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``module`` as the engine calls it: a Linear or ReLU without hooks (when the predictor is built)
     as the torch function its ``forward`` calls, skipping ``nn.Module.__call__``; anything else as is."""
-    if has_forward_hooks(module):
-        return module
-    if type(module) is nn.Linear:
+    kind = _kind(module)
+    if kind == _LINEAR:
         return lambda x: F.linear(x, module.weight, module.bias)
-    if type(module) is nn.ReLU:
-        return torch.relu
-    return module
+    return torch.relu if kind == _RELU else module
+
+
+def _kind(module: nn.Module) -> int:
+    """A deterministic layer's step: a Linear or ReLU without hooks is computed by its torch function."""
+    if has_forward_hooks(module):
+        return _LAYER
+    return {nn.Linear: _LINEAR, nn.ReLU: _RELU}.get(type(module), _LAYER)
 
 
 def _flattened(sequential: nn.Sequential) -> list[nn.Module | None]:
