@@ -268,35 +268,37 @@ class MCPredictor:
     def prepare_input(self, x: ArrayLike) -> torch.Tensor:
         """Validate rows of ``x`` (numeric, finite, of ``input_shape``) as a tensor of the model's dtype."""
         if isinstance(x, torch.Tensor):
-            tensor = x.detach()
+            tensor = x.detach() if x.requires_grad else x
         else:
             array = np.asarray(x)
             if array.dtype.kind not in "biuf":
                 raise ValueError(f"inputs must be numeric, got an array of dtype {array.dtype}")
             tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if tensor.is_complex() or tensor.dtype == torch.bool:
-            raise ValueError(f"inputs must be real numbers, got dtype {tensor.dtype}")
-        if tensor.dim() == 0:
+        dtype, shape = tensor.dtype, tensor.shape  # read once: each read is a call into torch
+        if dtype.is_complex or dtype == torch.bool:
+            raise ValueError(f"inputs must be real numbers, got dtype {dtype}")
+        if not shape:
             raise ValueError("inputs must have a batch dimension first, got a scalar")
-        if tensor.shape[0] == 0:
+        if shape[0] == 0:
             raise ValueError("inputs are empty: got 0 rows")
-        if self.input_shape is not None and tuple(tensor.shape[1:]) != self.input_shape:
+        if self.input_shape is not None and tuple(shape[1:]) != self.input_shape:
             raise ValueError(
-                f"inputs have rows of shape {tuple(tensor.shape[1:])}, expected {self.input_shape}"
+                f"inputs have rows of shape {tuple(shape[1:])}, expected {self.input_shape}"
                 f" (inputs of shape (rows, {', '.join(map(str, self.input_shape))}))"
             )
-        if tensor.is_floating_point():
+        if dtype.is_floating_point:
             # Any NaN or inf makes the sum NaN or inf: one cheap reduction (torch.isfinite is several
-            # kernels); only a non-finite sum, or a float64 one that overflowed, needs the row check.
-            if not math.isfinite(float(tensor.sum(dtype=torch.float64))):
-                finite = torch.isfinite(tensor).reshape(len(tensor), -1).all(dim=1)
+            # kernels) in the input's own dtype; only a non-finite sum (bad values, or finite ones
+            # that overflowed) needs the row check.
+            if not math.isfinite(float(tensor.sum())):
+                finite = torch.isfinite(tensor).reshape(shape[0], -1).all(dim=1)
                 bad = torch.nonzero(~finite).flatten().tolist()
                 if bad:
                     shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
                     raise ValueError(f"inputs contain NaN or inf in {len(bad)} row(s): {shown}")
-            if tensor.dtype != self.dtype:
+            if dtype != self.dtype:
                 tensor = tensor.to(self.dtype)
-        if tensor.dim() >= 4:
+        if len(shape) >= 4:
             # Row-major strides, spelled out: a size-1 dimension may carry any stride, and numpy gives
             # (rows, 1, 8, 8) images a channel stride of 1, which torch reads as channels-last; the
             # convolutions then answer channels-last and every Flatten after them copies (a third of

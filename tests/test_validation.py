@@ -129,11 +129,13 @@ def test_non_module_model():
         mcd.MCPredictor(lambda x: x)
 
 
-def test_huge_finite_inputs_are_not_mistaken_for_inf():
-    """The finiteness check sums the inputs first; a sum that overflows must not reject finite rows."""
-    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Dropout(0.5), torch.nn.Linear(3, 1)).double()
-    x = torch.tensor([[1e308, 1e308], [1.0, 2.0]], dtype=torch.float64)
-    pred = mcd.predict(model, x, samples=10, seed=0)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_huge_finite_inputs_are_not_mistaken_for_inf(dtype):
+    """The finiteness check sums the inputs first, in their own dtype; a sum that overflows must not
+    reject finite rows."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Dropout(0.5), torch.nn.Linear(3, 1)).to(dtype)
+    huge = torch.finfo(dtype).max / 1.5  # finite; two of them sum past the largest float
+    pred = mcd.predict(model, torch.tensor([[huge, huge], [1.0, 2.0]], dtype=dtype), samples=10, seed=0)
     assert pred.mean.shape == (2, 1)
     with pytest.raises(ValueError, match=r"NaN or inf in 1 row\(s\): 1"):
-        mcd.predict(model, torch.tensor([[1e308, 1e308], [float("inf"), 0.0]], dtype=torch.float64), samples=10)
+        mcd.predict(model, torch.tensor([[huge, huge], [float("inf"), 0.0]], dtype=dtype), samples=10)
