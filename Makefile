@@ -12,8 +12,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# One stamp per extra, rebuilt when pyproject.toml changes.
-$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+# One stamp per extra, rebuilt when pyproject.toml or the compiled mask kernel changes (an editable
+# install builds the kernel once and does not see later edits to its source).
+$(VENV)/.installed-%: pyproject.toml setup.py mcdropout/_maskkernel.c | $(BIN)/python
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[$*]"
 	touch $@
@@ -28,4 +29,4 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/engine.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info mcdropout/*.so

@@ -11,6 +11,10 @@ then resolved to 2**-16, far below any Monte Carlo error).
 
 Per-row masks (an option for comparison) put the row index in the high word of
 the counter, giving every (sample, row) its own stream.
+
+:func:`apply` draws the same shared masks in compiled code and multiplies them
+into an activation in the same pass, without a mask array (``_maskkernel.c``,
+built where the install finds a C compiler; :data:`COMPILED` says whether it was).
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ import threading
 
 import numpy as np
 
+try:
+    from mcdropout import _maskkernel
+except ImportError:  # installed without a C compiler: masks come from numpy alone
+    _maskkernel = None
+
+COMPILED = _maskkernel is not None
 _MASK64 = (1 << 64) - 1
 _COUNTER_BITS = 256  # Philox4x64 yields 4 x 64 bits per counter value
 _local = threading.local()
@@ -98,12 +108,46 @@ class MaskGenerator:
         return values if stride * per_counter == numel else values[:, :numel]
 
 
+def apply(
+    source: int,
+    source_sample_stride: int,
+    target: int,
+    seed: int,
+    layer: int,
+    first_sample: int,
+    num_samples: int,
+    rows: int,
+    units: int,
+    inner: int,
+    p: float,
+    scale: float,
+) -> None:
+    """Shared masks applied by the compiled kernel (only where :data:`COMPILED`), from addresses of
+    contiguous float32 data: for sample t, row r and feature i of F = units x inner,
+
+        target[t, r, i] = source[t x source_sample_stride + r x F + i] x mask_t[i // inner]
+
+    where ``mask_t`` is what :meth:`MaskGenerator.keep` draws for (seed, layer, first_sample + t) over
+    ``units`` elements; a stride of 0 replicates one copy of the rows for every sample, and
+    ``source == target`` masks in place. ``0 < p < 1``.
+    """
+    bits, level = _threshold(p)
+    _maskkernel.apply(source, source_sample_stride, target, num_samples, rows, units, inner,
+                      layer & _MASK64, seed & _MASK64, first_sample, 0, bits, level, scale)
+
+
+@functools.lru_cache(maxsize=256)
+def _threshold(p: float) -> tuple[int, int]:
+    """Random bits per element and the draw at and above which an element is kept."""
+    bits = _bits_for(p)
+    return bits, round(p * (1 << bits))
+
+
 @functools.lru_cache(maxsize=256)
 def _layout(numel: int, p: float, scale: float) -> tuple[np.ndarray, type, int, int] | None:
     """How masks of ``numel`` elements are cut from Philox output: the lookup table, the raw word
     type it is indexed by, elements per counter and counters per mask; None when p drops everything."""
-    bits = _bits_for(p)
-    level = round(p * (1 << bits))
+    bits, level = _threshold(p)
     if level >= 1 << bits:
         return None
     per_counter = _COUNTER_BITS // bits

@@ -170,31 +170,41 @@ class MaskSampler:
         Shape (S, 1, *shape) — one mask per sample for every row — or (S, R, *shape) per row.
         """
         layout = self._require_layout()
-        layer = self.layer
-        self.layer += 1
-        self.calls += 1
+        layer = self._count_layer(shape, dtype)
         masks = mask_source.generator().keep(
             layout.seed, layer, layout.first_sample, layout.num_samples, shape, p, scale, layout.row_ids
         )
-        per_row = layout.row_ids is not None
-        if not per_row:
+        if layout.row_ids is None:
             masks = masks[:, None]
-        self.sample_bytes += math.prod(shape) * (4 + 2 * dtype.itemsize) * (layout.num_rows if per_row else 1)
         keep = torch.from_numpy(masks)
         if self.device.type == "cpu" and dtype == torch.float32:  # already there: skip .to's argument parsing
             return keep
         return keep.to(self.device, dtype, non_blocking=True)
 
+    def _count_layer(self, shape: tuple[int, ...], dtype: torch.dtype) -> int:
+        """The next layer's number, counting its masks' memory (masks of ``shape`` per sample)."""
+        layout = self.layout
+        layer = self.layer
+        self.layer += 1
+        self.calls += 1
+        per_row = layout.row_ids is not None
+        self.sample_bytes += math.prod(shape) * (4 + 2 * dtype.itemsize) * (layout.num_rows if per_row else 1)
+        return layer
+
     def split(self, x: torch.Tensor, what: str) -> torch.Tensor:
         """View a batch-first tensor as (samples, rows, ...)."""
         layout = self._require_layout()
+        self._check_batch(x, layout, what)
+        return x.reshape(layout.num_samples, layout.num_rows, *x.shape[1:])
+
+    @staticmethod
+    def _check_batch(x: torch.Tensor, layout: ChunkLayout, what: str) -> None:
         if x.dim() == 0 or x.shape[0] != layout.batch:
             raise ValueError(
                 f"{what} got a tensor of shape {tuple(x.shape)} whose first dimension is not the batch"
                 f" ({layout.batch} = {layout.num_samples} samples x {layout.num_rows} rows); MC sampling"
                 " needs batch-first tensors at stochastic layers"
             )
-        return x.reshape(layout.num_samples, layout.num_rows, *x.shape[1:])
 
     def dropout(
         self, x: torch.Tensor, p: float, *, channelwise: bool, alpha: bool, replicated: bool = True,
@@ -210,10 +220,14 @@ class MaskSampler:
         if p == 0.0 and replicated:
             return x
         layout = self._require_layout()
-        grouped = self.split(x, "a dropout layer") if replicated else x.unsqueeze(0)
+        if replicated:
+            self._check_batch(x, layout, "a dropout layer")
         features = tuple(x.shape[1:])
         shape = (layout.batch, *features)
         mask_shape = (features[0],) if channelwise and features else features
+        if 0.0 < p < 1.0 and not alpha and self._compiled(x, layout):
+            return self._masked_by_kernel(x, p, mask_shape, shape, layout, replicated, in_place)
+        grouped = x.reshape(layout.num_samples, layout.num_rows, *features) if replicated else x.unsqueeze(0)
         keep = self.layer_keep(mask_shape, p, x.dtype, alpha=alpha)
         if keep is None:
             return grouped.expand(layout.num_samples, *x.shape).reshape(shape)
@@ -226,6 +240,25 @@ class MaskSampler:
         a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1.0) * (1.0 - p))
         shift = (keep - 1.0) * (_ALPHA * a) + _ALPHA * a * p
         return (grouped * (keep * a) + shift).reshape(shape)
+
+    def _compiled(self, x: torch.Tensor, layout: ChunkLayout) -> bool:
+        """Whether the compiled kernel can mask ``x``: shared masks, contiguous float32 on the CPU."""
+        return (mask_source.COMPILED and layout.row_ids is None and self.device.type == "cpu"
+                and x.dtype == torch.float32 and x.is_contiguous() and x.numel() > 0)
+
+    def _masked_by_kernel(self, x: torch.Tensor, p: float, mask_shape: tuple[int, ...], shape: tuple[int, ...],
+                          layout: ChunkLayout, replicated: bool, in_place: bool) -> torch.Tensor:
+        """:meth:`dropout`'s answer with the masks that :meth:`keep` would draw, drawn and multiplied in
+        one compiled pass: no mask array, no separate product."""
+        layer = self._count_layer(mask_shape, x.dtype)
+        target = x if in_place and replicated else torch.empty(shape, dtype=x.dtype)
+        units = math.prod(mask_shape)
+        per_row = x.numel() // len(x)
+        mask_source.apply(
+            x.data_ptr(), layout.num_rows * per_row if replicated else 0, target.data_ptr(), layout.seed, layer,
+            layout.first_sample, layout.num_samples, layout.num_rows, units, per_row // units, p, 1.0 / (1.0 - p),
+        )
+        return target
 
     def layer_keep(
         self, mask_shape: tuple[int, ...], p: float, dtype: torch.dtype, *, alpha: bool = False
