@@ -70,6 +70,8 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 4 * 2**20
 _mmap_threshold_pinned = False
 
+_UNSWITCHED = contextlib.nullcontext()  # in place of mc_modes where a pass calls no module
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -132,6 +134,7 @@ class _Probe:
     sample_bytes: int  # masks (and masked weights) per MC sample
     functional: bool  # dropout is called functionally: the passes need the function mode
     shared: ModulePrefix | None  # not a Sequential: the modules that run once per row
+    modeless: bool  # the passes call no module (every layer is computed directly): no mode switch
 
 
 @dataclass(frozen=True)
@@ -252,8 +255,9 @@ class MCPredictor:
         auto = samples == "auto"
         total = self.max_samples if auto else samples
         sampler = MaskSampler(self.device)  # active only inside forward passes, not around the statistics
-        with torch.inference_mode(), mc_modes(self._roles):
-            plan = self._plan(inputs.shape[0], total, self._probe(inputs, sampler))
+        probe = self._probed.get(tuple(inputs.shape[1:]))
+        with torch.inference_mode(), _UNSWITCHED if probe is not None and probe.modeless else mc_modes(self._roles):
+            plan = self._plan(inputs.shape[0], total, probe or self._probe(inputs, sampler))
             accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples)
         if not bool(accumulator.spread().any()):  # spreads are variances: all zero, or some positive
             raise ValueError(
@@ -366,7 +370,9 @@ class MCPredictor:
                 self.model, len(first), lambda: self._row_pass(first, sampler, functional=True),
                 lambda: self._run_suffix(first, layout, sampler, functional=True), layout.num_samples,
             )
-        self._probed[key] = _Probe(max(row_bytes, 1), max(leaf_bytes[0], 1), sample_bytes, functional, shared)
+        modeless = self._tail is not None and not functional and not self._tail.calls_modules \
+            and not any(isinstance(step, nn.Module) for step in self._prefix_steps)
+        self._probed[key] = _Probe(max(row_bytes, 1), max(leaf_bytes[0], 1), sample_bytes, functional, shared, modeless)
         return self._probed[key]
 
     def _plan(self, rows: int, total: int, probe: _Probe) -> _Plan:

@@ -41,6 +41,7 @@ class FlatTail:
     def __init__(self, steps: list[tuple[nn.Module, int]], by_input: bool) -> None:
         self.steps = [(module, kind, WeightLayout(module, torch.t) if by_input and _copied(module, kind) else None)
                       for module, kind in steps]
+        self.calls_modules = any(kind == _LAYER for _, kind in steps)  # False: no module's mode matters
 
     @classmethod
     def find(cls, suffix: object, by_input: bool = False) -> FlatTail | None:

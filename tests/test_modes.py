@@ -56,6 +56,22 @@ def test_batchnorm_statistics_unchanged_by_predictions():
         assert torch.equal(value, after[key]), key
 
 
+def test_a_model_computed_layer_by_layer_answers_alike_in_either_mode_and_keeps_it():
+    """Linear, ReLU and Dropout run as the engine's own steps, with no module called and so no mode
+    switched; the answers do not depend on the mode the caller left the model in."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
+    x = torch.randn(3, 4)
+    answers = {}
+    for training in (True, False):
+        model.train(training)
+        predictor = mcd.MCPredictor(model, samples=16)
+        predictor.predict(x, seed=0)  # the first call probes the model
+        answers[training] = predictor.predict(x, seed=1).mean
+        assert all(module.training == training for module in model.modules())
+    assert torch.equal(answers[True], answers[False])
+
+
 def test_modes_restored_after_an_error_inside_the_forward():
     class Exploding(nn.Module):
         def __init__(self):
