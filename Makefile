@@ -12,9 +12,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# One stamp per extra, rebuilt when pyproject.toml or the compiled mask kernel changes (an editable
-# install builds the kernel once and does not see later edits to its source).
-$(VENV)/.installed-%: pyproject.toml setup.py mcdropout/_maskkernel.c | $(BIN)/python
+# One stamp per extra, rebuilt when pyproject.toml or the compiled kernels change (an editable
+# install builds the kernels once and does not see later edits to its source).
+$(VENV)/.installed-%: pyproject.toml setup.py mcdropout/_native.c | $(BIN)/python
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[$*]"
 	touch $@

@@ -13,8 +13,8 @@ Per-row masks (an option for comparison) put the row index in the high word of
 the counter, giving every (sample, row) its own stream.
 
 :func:`apply` draws the same shared masks in compiled code and multiplies them
-into an activation in the same pass, without a mask array (``_maskkernel.c``,
-built where the install finds a C compiler; :data:`COMPILED` says whether it was).
+into an activation in the same pass, without a mask array (:mod:`mcdropout.native`,
+where the install built it).
 """
 
 from __future__ import annotations
@@ -25,12 +25,8 @@ import threading
 
 import numpy as np
 
-try:
-    from mcdropout import _maskkernel
-except ImportError:  # installed without a C compiler: masks come from numpy alone
-    _maskkernel = None
+from mcdropout import native
 
-COMPILED = _maskkernel is not None
 _MASK64 = (1 << 64) - 1
 _COUNTER_BITS = 256  # Philox4x64 yields 4 x 64 bits per counter value
 _local = threading.local()
@@ -122,7 +118,7 @@ def apply(
     p: float,
     scale: float,
 ) -> None:
-    """Shared masks applied by the compiled kernel (only where :data:`COMPILED`), from addresses of
+    """Shared masks applied by the compiled kernel (only where ``native.kernels`` is there), from addresses of
     contiguous float32 data: for sample t, row r and feature i of F = units x inner,
 
         target[t, r, i] = source[t x source_sample_stride + r x F + i] x mask_t[i // inner]
@@ -132,8 +128,8 @@ def apply(
     ``source == target`` masks in place. ``0 < p < 1``.
     """
     bits, level = _threshold(p)
-    _maskkernel.apply(source, source_sample_stride, target, num_samples, rows, units, inner,
-                      layer & _MASK64, seed & _MASK64, first_sample, 0, bits, level, scale)
+    native.kernels.apply(source, source_sample_stride, target, num_samples, rows, units, inner,
+                         layer & _MASK64, seed & _MASK64, first_sample, 0, bits, level, scale)
 
 
 @functools.lru_cache(maxsize=256)

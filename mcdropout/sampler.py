@@ -36,6 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from mcdropout import masks as mask_source
+from mcdropout import native
 
 _ALPHA = 1.7580993408473766  # SELU's -lambda * alpha, as in torch's alpha dropout
 
@@ -243,7 +244,7 @@ class MaskSampler:
 
     def _compiled(self, x: torch.Tensor, layout: ChunkLayout) -> bool:
         """Whether the compiled kernel can mask ``x``: shared masks, contiguous float32 on the CPU."""
-        return (mask_source.COMPILED and layout.row_ids is None and self.device.type == "cpu"
+        return (native.kernels is not None and layout.row_ids is None and self.device.type == "cpu"
                 and x.dtype == torch.float32 and x.is_contiguous() and x.numel() > 0)
 
     def _masked_by_kernel(self, x: torch.Tensor, p: float, mask_shape: tuple[int, ...], shape: tuple[int, ...],

@@ -1,10 +1,12 @@
-"""The compiled mask kernel draws numpy's masks bit for bit and applies them as torch would.
+"""The compiled kernels: masks bit for bit as numpy draws them, applied as torch would; float64 moments.
 
-Every comparison is exact: the kernel multiplies each element by the same
-float32 mask value that numpy's table holds, so nothing may differ, not even
-the sign of a zero.
+Masked values are compared exactly: the kernel multiplies each element by the
+same float32 mask value that numpy's table holds, so nothing may differ, not
+even the sign of a zero. Moments are float64 sums in another order than
+torch's, equal to float64 rounding.
 """
 
+import math
 import shutil
 
 import numpy as np
@@ -13,16 +15,16 @@ import torch
 from torch import nn
 
 import mcdropout as mcd
-from mcdropout import masks
+from mcdropout import masks, native
 
-needs_kernel = pytest.mark.skipif(not masks.COMPILED, reason="installed without the compiled mask kernel")
+needs_kernel = pytest.mark.skipif(native.kernels is None, reason="installed without the compiled kernels")
 
 
 def test_kernel_is_built_where_a_compiler_is():
     """The extension is optional for users without a compiler; here (and in CI) one is at hand."""
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler on this machine")
-    assert masks.COMPILED
+    assert native.kernels is not None
 
 
 def _numpy_masked(source: torch.Tensor, seed, layer, first, samples, units, inner, p) -> torch.Tensor:
@@ -77,6 +79,29 @@ def test_predictions_are_the_same_with_and_without_the_kernel(name, options, mon
     model, x = _models()[name]
     task = "classification" if name == "cnn" else "regression"
     with_kernel = mcd.predict(model, x, samples=40, task=task, seed=7, return_samples=True, device="cpu", **options)
-    monkeypatch.setattr(masks, "COMPILED", False)
+    monkeypatch.setattr(native, "kernels", None)
     without = mcd.predict(model, x, samples=40, task=task, seed=7, return_samples=True, device="cpu", **options)
     assert torch.equal(with_kernel.samples, without.samples)
+    first = with_kernel.mean if task == "regression" else with_kernel.probs
+    second = without.mean if task == "regression" else without.probs
+    assert torch.allclose(first, second, rtol=1e-12, atol=1e-15)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(40, 3, 7), (2, 1), (1, 5)])
+def test_moments_match_float64_torch(dtype, shape):
+    values = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=dtype) * 1e3 + 7.0
+    values[:, 0] = 4.0  # a column with no spread: variance exactly zero
+    columns = math.prod(shape[1:])
+    mean = torch.empty(columns, dtype=torch.float64)
+    variance = torch.empty(columns, dtype=torch.float64)
+    positive = native.kernels.moments(values.data_ptr(), dtype == torch.float64, shape[0], columns,
+                                      mean.data_ptr(), variance.data_ptr())
+    expected_variance, expected_mean = torch.var_mean(values.to(torch.float64).reshape(shape[0], -1), dim=0,
+                                                      correction=0)
+    assert positive == bool(expected_variance.any())
+    assert variance.view(-1)[0] == 0.0
+    # Two float64 passes over values of 1e3: rounding far below 1e-12 of the scale.
+    assert torch.allclose(mean, expected_mean, rtol=1e-12, atol=1e-12 * 1e3)
+    assert torch.allclose(variance, expected_variance, rtol=1e-12, atol=1e-12 * 1e6)

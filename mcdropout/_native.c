@@ -1,15 +1,19 @@
-/* Dropout masks drawn and applied in one pass: the compiled form of mcdropout.masks.
+/* The engine's compiled kernels (optional: mcdropout.native says whether they were built).
  *
- * The masks are the ones mcdropout.masks draws with numpy's Philox4x64-10,
- * bit for bit: the key is (layer, seed), sample t's mask takes the `stride`
- * counter blocks from (first_sample + t) * stride on (numpy advances the
- * counter before each block), and a block's 32 bytes, in memory order as
- * numpy's view of them, give 256 / bits draws. An element is kept, scaled,
- * where its draw is >= level.
+ * At batch 1 a prediction is a few small matrix products and many small steps
+ * around them, and with cold caches each torch or numpy call among those steps
+ * costs 10-40 us, mostly in fetching its own code. These kernels do such steps
+ * in one small call each.
  *
- * numpy draws a mask into an array and torch then multiplies by it: four
- * calls per layer, each of which costs ten or more microseconds when a
- * one-row prediction runs with cold caches. This is one call, no mask array.
+ * apply: dropout masks drawn and applied in one pass. The masks are the ones
+ * mcdropout.masks draws with numpy's Philox4x64-10, bit for bit: the key is
+ * (layer, seed), sample t's mask takes the `stride` counter blocks from
+ * (first_sample + t) * stride on (numpy advances the counter before each
+ * block), and a block's 32 bytes, in memory order as numpy's view of them,
+ * give 256 / bits draws. An element is kept, scaled, where its draw is >= level.
+ *
+ * moments: per-column mean and population variance over the rows of a
+ * float32 or float64 matrix, in float64.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -140,18 +144,73 @@ static PyObject *apply(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+/* moments(source, is_double, samples, columns, mean, variance) -> bool
+ *
+ * source: the address of a contiguous (samples, columns) float32 (is_double false) or float64 matrix; mean and
+ * variance: addresses of `columns` float64 each, written with each column's mean and population variance (two
+ * passes: the mean, then the mean squared deviation). Returns whether any variance is above zero.
+ */
+static PyObject *moments(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "moments takes 6 arguments, got %zd", nargs);
+        return NULL;
+    }
+    const void *source = PyLong_AsVoidPtr(args[0]);
+    const int is_double = PyObject_IsTrue(args[1]);
+    const Py_ssize_t samples = PyLong_AsSsize_t(args[2]), columns = PyLong_AsSsize_t(args[3]);
+    double *mean = PyLong_AsVoidPtr(args[4]), *variance = PyLong_AsVoidPtr(args[5]);
+    if (PyErr_Occurred() || is_double < 0) {
+        return NULL;
+    }
+    if (samples < 1 || columns < 0) {
+        PyErr_SetString(PyExc_ValueError, "moments: samples must be >= 1 and columns >= 0");
+        return NULL;
+    }
+    int positive = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const float *single = source;
+    const double *twice = source;
+    for (Py_ssize_t j = 0; j < columns; j++) {
+        mean[j] = 0.0;
+        variance[j] = 0.0;
+    }
+    for (Py_ssize_t s = 0; s < samples; s++) {
+        for (Py_ssize_t j = 0; j < columns; j++) {
+            mean[j] += is_double ? twice[s * columns + j] : (double)single[s * columns + j];
+        }
+    }
+    for (Py_ssize_t j = 0; j < columns; j++) {
+        mean[j] /= (double)samples;
+    }
+    for (Py_ssize_t s = 0; s < samples; s++) {
+        for (Py_ssize_t j = 0; j < columns; j++) {
+            const double deviation = (is_double ? twice[s * columns + j] : (double)single[s * columns + j]) - mean[j];
+            variance[j] += deviation * deviation;
+        }
+    }
+    for (Py_ssize_t j = 0; j < columns; j++) {
+        variance[j] /= (double)samples;
+        positive |= variance[j] > 0.0;
+    }
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(positive);
+}
+
 static PyMethodDef methods[] = {
     {"apply", (PyCFunction)(void (*)(void))apply, METH_FASTCALL, "Draw dropout masks and apply them in one pass."},
+    {"moments", (PyCFunction)(void (*)(void))moments, METH_FASTCALL,
+     "Per-column mean and population variance over the rows, in float64."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef definition = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "_maskkernel",
+    .m_name = "_native",
     .m_size = -1,
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__maskkernel(void) {
+PyMODINIT_FUNC PyInit__native(void) {
     return PyModule_Create(&definition);
 }
