@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mcdropout import native
 from mcdropout.folding import ChannelHead
 from mcdropout.prefix import ModulePrefix, SharedRows
 from mcdropout.sampler import (
@@ -70,6 +71,7 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 4 * 2**20
 _mmap_threshold_pinned = False
 
+_NATIVE_FINITE = (torch.float32, torch.float64)  # the input types the compiled finiteness check reads
 _UNSWITCHED = contextlib.nullcontext()  # in place of mc_modes where a pass calls no module
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -291,10 +293,7 @@ class MCPredictor:
                 f" (inputs of shape (rows, {', '.join(map(str, self.input_shape))}))"
             )
         if dtype.is_floating_point:
-            # Any NaN or inf makes the sum NaN or inf: one cheap reduction (torch.isfinite is several
-            # kernels) in the input's own dtype; only a non-finite sum (bad values, or finite ones
-            # that overflowed) needs the row check.
-            if not math.isfinite(float(tensor.sum())):
+            if not _all_finite(tensor, dtype):
                 finite = torch.isfinite(tensor).reshape(shape[0], -1).all(dim=1)
                 bad = torch.nonzero(~finite).flatten().tolist()
                 if bad:
@@ -416,7 +415,9 @@ class MCPredictor:
         for start in range(0, rows, plan.rows):
             stop = min(rows, start + plan.rows)
             block_inputs = inputs if stop - start == rows else inputs[start:stop]
-            hidden = self._run_prefix(block_inputs.to(self.device), sampler)
+            if block_inputs.device != self.device:  # .to() itself is a call into torch, costly when cold
+                block_inputs = block_inputs.to(self.device)
+            hidden = self._run_prefix(block_inputs, sampler)
             if plan.shared is not None:
                 shared = plan.shared.run(hidden, lambda rows: self._row_pass(rows, sampler, plan.functional))
                 if shared is not None:  # None: these rows took another path through forward; share nothing
@@ -593,6 +594,19 @@ def _leading_dropout(suffix: Callable) -> tuple[nn.Module | None, Callable]:
     if not is_dropout_module(lead) or has_forward_hooks(lead):
         return None, suffix
     return lead, nn.Sequential(*list(suffix)[1:])
+
+
+def _all_finite(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+    """True when ``tensor`` surely holds no NaN or inf; False sends the caller to its row check.
+
+    The compiled kernel answers for contiguous float32 and float64 inputs on the CPU. Otherwise one
+    cheap reduction in the input's own dtype (torch.isfinite is several kernels): any NaN or inf
+    makes the sum NaN or inf, and so may finite values that overflow it.
+    """
+    kernels = native.kernels
+    if kernels is not None and dtype in _NATIVE_FINITE and tensor.device.type == "cpu" and tensor.is_contiguous():
+        return kernels.all_finite(tensor.data_ptr(), dtype == torch.float64, tensor.numel())
+    return math.isfinite(float(tensor.sum()))
 
 
 def _check_samples(samples, name: str, allow_auto: bool = False):

@@ -105,3 +105,16 @@ def test_moments_match_float64_torch(dtype, shape):
     # Two float64 passes over values of 1e3: rounding far below 1e-12 of the scale.
     assert torch.allclose(mean, expected_mean, rtol=1e-12, atol=1e-12 * 1e3)
     assert torch.allclose(variance, expected_variance, rtol=1e-12, atol=1e-12 * 1e6)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), -float("inf")])
+def test_all_finite_finds_any_nan_or_inf(dtype, bad):
+    values = torch.full((37,), torch.finfo(dtype).max / 1.5, dtype=dtype)  # huge but finite: no overflow
+    values[::2] *= -1
+    for position in (0, 17, 36):
+        probe = values.clone()
+        if bad is not None:
+            probe[position] = bad
+        assert native.kernels.all_finite(probe.data_ptr(), dtype == torch.float64, probe.numel()) is (bad is None)
