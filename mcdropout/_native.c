@@ -15,7 +15,8 @@
  * moments: per-column mean and population variance over the rows of a
  * float32 or float64 matrix, in float64.
  *
- * all_finite: whether an input holds no NaN or inf.
+ * all_finite, any_nonzero: whether an input holds no NaN or inf; whether the
+ * samples' variances show any spread at all.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -232,11 +233,35 @@ static PyObject *all_finite(PyObject *module, PyObject *const *args, Py_ssize_t 
     return PyBool_FromLong(total == 0.0);
 }
 
+/* any_nonzero(source, is_double, count) -> bool: whether any of `count` contiguous float32 (or float64)
+ * values is not zero (NaN counts, as in torch's any). */
+static PyObject *any_nonzero(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "any_nonzero takes 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    const void *source = PyLong_AsVoidPtr(args[0]);
+    const int is_double = PyObject_IsTrue(args[1]);
+    const Py_ssize_t count = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred() || is_double < 0) {
+        return NULL;
+    }
+    int found = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count && !found; i++) {
+        found = is_double ? ((const double *)source)[i] != 0.0 : ((const float *)source)[i] != 0.0f;
+    }
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(found);
+}
+
 static PyMethodDef methods[] = {
     {"apply", (PyCFunction)(void (*)(void))apply, METH_FASTCALL, "Draw dropout masks and apply them in one pass."},
     {"moments", (PyCFunction)(void (*)(void))moments, METH_FASTCALL,
      "Per-column mean and population variance over the rows, in float64."},
     {"all_finite", (PyCFunction)(void (*)(void))all_finite, METH_FASTCALL, "Whether contiguous floats are all finite."},
+    {"any_nonzero", (PyCFunction)(void (*)(void))any_nonzero, METH_FASTCALL, "Whether any contiguous float is not 0."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -71,7 +71,7 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 4 * 2**20
 _mmap_threshold_pinned = False
 
-_NATIVE_FINITE = (torch.float32, torch.float64)  # the input types the compiled finiteness check reads
+_NATIVE_FLOATS = (torch.float32, torch.float64)  # what the compiled checks read
 _UNSWITCHED = contextlib.nullcontext()  # in place of mc_modes where a pass calls no module
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -261,7 +261,7 @@ class MCPredictor:
         with torch.inference_mode(), _UNSWITCHED if probe is not None and probe.modeless else mc_modes(self._roles):
             plan = self._plan(inputs.shape[0], total, probe or self._probe(inputs, sampler))
             accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples)
-        if not bool(accumulator.spread().any()):  # spreads are variances: all zero, or some positive
+        if not _any_nonzero(accumulator.spread()):  # spreads are variances: all zero, or some positive
             raise ValueError(
                 f"all {int(accumulator.moments.count.max())} MC samples came out identical for every row:"
                 " the stochastic layers have no effect on the output (dropout p=0, or dropout placed where"
@@ -604,9 +604,18 @@ def _all_finite(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
     makes the sum NaN or inf, and so may finite values that overflow it.
     """
     kernels = native.kernels
-    if kernels is not None and dtype in _NATIVE_FINITE and tensor.device.type == "cpu" and tensor.is_contiguous():
+    if kernels is not None and dtype in _NATIVE_FLOATS and tensor.device.type == "cpu" and tensor.is_contiguous():
         return kernels.all_finite(tensor.data_ptr(), dtype == torch.float64, tensor.numel())
     return math.isfinite(float(tensor.sum()))
+
+
+def _any_nonzero(tensor: torch.Tensor) -> bool:
+    """``bool(tensor.any())``, through the compiled kernel for contiguous float32 or float64 CPU tensors."""
+    kernels = native.kernels
+    if kernels is not None and tensor.dtype in _NATIVE_FLOATS and tensor.device.type == "cpu" \
+            and tensor.is_contiguous():
+        return kernels.any_nonzero(tensor.data_ptr(), tensor.dtype == torch.float64, tensor.numel())
+    return bool(tensor.any())
 
 
 def _check_samples(samples, name: str, allow_auto: bool = False):

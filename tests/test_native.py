@@ -118,3 +118,13 @@ def test_all_finite_finds_any_nan_or_inf(dtype, bad):
         if bad is not None:
             probe[position] = bad
         assert native.kernels.all_finite(probe.data_ptr(), dtype == torch.float64, probe.numel()) is (bad is None)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [0.0, -0.0, 1e-300, 1.0, float("nan")])
+def test_any_nonzero_answers_as_torch_any(dtype, value):
+    values = torch.zeros(29, dtype=dtype)
+    values[13] = value
+    found = bool(values.any())  # torch's answer: float32 rounds 1e-300 to zero, NaN counts
+    assert native.kernels.any_nonzero(values.data_ptr(), dtype == torch.float64, values.numel()) is found
