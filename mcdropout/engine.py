@@ -604,7 +604,7 @@ def _all_finite(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
     makes the sum NaN or inf, and so may finite values that overflow it.
     """
     kernels = native.kernels
-    if kernels is not None and dtype in _NATIVE_FLOATS and tensor.device.type == "cpu" and tensor.is_contiguous():
+    if kernels is not None and dtype in _NATIVE_FLOATS and tensor.is_cpu and tensor.is_contiguous():
         return kernels.all_finite(tensor.data_ptr(), dtype == torch.float64, tensor.numel())
     return math.isfinite(float(tensor.sum()))
 
@@ -612,8 +612,7 @@ def _all_finite(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
 def _any_nonzero(tensor: torch.Tensor) -> bool:
     """``bool(tensor.any())``, through the compiled kernel for contiguous float32 or float64 CPU tensors."""
     kernels = native.kernels
-    if kernels is not None and tensor.dtype in _NATIVE_FLOATS and tensor.device.type == "cpu" \
-            and tensor.is_contiguous():
+    if kernels is not None and tensor.dtype in _NATIVE_FLOATS and tensor.is_cpu and tensor.is_contiguous():
         return kernels.any_nonzero(tensor.data_ptr(), tensor.dtype == torch.float64, tensor.numel())
     return bool(tensor.any())
 

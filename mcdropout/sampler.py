@@ -244,7 +244,7 @@ class MaskSampler:
 
     def _compiled(self, x: torch.Tensor, layout: ChunkLayout) -> bool:
         """Whether the compiled kernel can mask ``x``: shared masks, contiguous float32 on the CPU."""
-        return (native.kernels is not None and layout.row_ids is None and self.device.type == "cpu"
+        return (native.kernels is not None and layout.row_ids is None and x.is_cpu
                 and x.dtype == torch.float32 and x.is_contiguous() and x.numel() > 0)
 
     def _masked_by_kernel(self, x: torch.Tensor, p: float, mask_shape: tuple[int, ...], shape: tuple[int, ...],
@@ -254,7 +254,7 @@ class MaskSampler:
         layer = self._count_layer(mask_shape, x.dtype)
         target = x if in_place and replicated else torch.empty(shape, dtype=x.dtype)
         units = math.prod(mask_shape)
-        per_row = x.numel() // len(x)
+        per_row = math.prod(shape[1:])
         mask_source.apply(
             x.data_ptr(), layout.num_rows * per_row if replicated else 0, target.data_ptr(), layout.seed, layer,
             layout.first_sample, layout.num_samples, layout.num_rows, units, per_row // units, p, 1.0 / (1.0 - p),

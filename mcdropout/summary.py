@@ -72,7 +72,7 @@ def _variance_mean(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     call is the cheaper one.
     """
     kernels = native.kernels
-    if kernels is not None and values.device.type == "cpu" and values.dtype in _NATIVE_MOMENTS \
+    if kernels is not None and values.is_cpu and values.dtype in _NATIVE_MOMENTS \
             and values.is_contiguous():
         shape = values.shape[1:]
         mean = torch.empty(shape, dtype=torch.float64)
