@@ -410,6 +410,8 @@ class MCPredictor:
 
     def _run(self, inputs, sampler, plan, seed, total, auto, return_samples):
         rows = inputs.shape[0]
+        if not auto and plan.shared is None and plan.rows >= rows and plan.samples >= total:
+            return self._one_pass(inputs, sampler, plan, seed, total, return_samples)
         accumulator = None
         kept = None
         for start in range(0, rows, plan.rows):
@@ -445,6 +447,20 @@ class MCPredictor:
                     active = active[~accumulator.converged(self.tolerance)[active.to(self.device)].cpu()]
                     if not len(active):
                         break
+        return accumulator, kept
+
+    def _one_pass(self, inputs, sampler, plan, seed, total, return_samples):
+        """A call that one forward pass answers, all rows and all samples (small calls, the usual
+        server request): what ``_run`` does, without the bookkeeping of its loops (7-13 us of a one-row
+        call when caches are cold)."""
+        rows = inputs.shape[0]
+        if inputs.device != self.device:
+            inputs = inputs.to(self.device)
+        layout = ChunkLayout(seed, 0, total, rows, self._row_ids(range(rows)))
+        outputs = self._run_suffix(self._prefix_pass(inputs), layout, sampler, plan.functional)
+        accumulator = self._accumulator(rows, outputs)
+        values = accumulator.update(slice(0, rows), outputs, fresh=True)
+        kept = self._keep(None, rows, total, torch.arange(rows), 0, values) if return_samples else None
         return accumulator, kept
 
     def _run_prefix(self, x: torch.Tensor, sampler: MaskSampler, checked: bool = True) -> torch.Tensor:
