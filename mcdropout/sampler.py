@@ -142,7 +142,8 @@ class MaskSampler:
         self.calls = 0
         self.functional_calls = 0  # dropout calls that only the function mode caught
         self.deterministic = False
-        self.sample_bytes = 0  # mask and masked-weight bytes per MC sample, from the last pass
+        self.sample_bytes = 0  # mask and masked-weight bytes per MC sample, from the last pass measured
+        self.measuring = False  # count sample_bytes (the probe's pass; the accounting reads dtype sizes)
 
     def begin(self, layout: ChunkLayout | None) -> None:
         """Start a forward pass over ``layout``; None runs deterministic layers only."""
@@ -183,13 +184,14 @@ class MaskSampler:
         return keep.to(self.device, dtype, non_blocking=True)
 
     def _count_layer(self, shape: tuple[int, ...], dtype: torch.dtype) -> int:
-        """The next layer's number, counting its masks' memory (masks of ``shape`` per sample)."""
-        layout = self.layout
+        """The next layer's number; while measuring, counts its masks' memory (masks of ``shape`` per sample)."""
         layer = self.layer
         self.layer += 1
         self.calls += 1
-        per_row = layout.row_ids is not None
-        self.sample_bytes += math.prod(shape) * (4 + 2 * dtype.itemsize) * (layout.num_rows if per_row else 1)
+        if self.measuring:
+            layout = self.layout
+            rows = layout.num_rows if layout.row_ids is not None else 1
+            self.sample_bytes += math.prod(shape) * (4 + 2 * dtype.itemsize) * rows
         return layer
 
     def split(self, x: torch.Tensor, what: str) -> torch.Tensor:

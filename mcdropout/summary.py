@@ -158,10 +158,11 @@ def _normal_quantile(probability: float) -> float:
     return float(stats.norm.ppf(probability))
 
 
-def _host(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``Tensor.cpu`` for results on another device; on the CPU nothing (each ``.cpu()`` is a call into torch
-    all the same, and with cold caches the first one costs 10-30 us)."""
-    return _unchanged if device.type == "cpu" else torch.Tensor.cpu
+def _host(result: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``Tensor.cpu`` for results on another device than ``result``'s; nothing for those on the CPU: each
+    ``.cpu()``, and each read of a ``device.type``, is a call into torch all the same, and with cold caches
+    the first one costs 10-30 us (``is_cpu`` is read on the CPU path anyway)."""
+    return _unchanged if result.is_cpu else torch.Tensor.cpu
 
 
 def _unchanged(tensor: torch.Tensor) -> torch.Tensor:
@@ -207,7 +208,7 @@ class RegressionAccumulator:
         return torch.zeros_like(self.moments.mean)
 
     def result(self, seed: int, samples: torch.Tensor | None) -> RegressionPrediction:
-        host = _host(self.moments.device)
+        host = _host(self.moments.mean)
         return RegressionPrediction(
             mean=host(self.moments.mean),
             epistemic=host(self.moments.variance),
@@ -245,7 +246,7 @@ class ClassificationAccumulator:
     def result(self, seed: int, samples: torch.Tensor | None) -> ClassificationPrediction:
         count = self.moments.count.to(torch.float64)
         probs = self.moments.mean
-        host = _host(self.moments.device)
+        host = _host(probs)
         return ClassificationPrediction(
             probs=host(probs),
             entropy=host(_entropy(probs)),
