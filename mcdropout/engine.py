@@ -229,7 +229,7 @@ class MCPredictor:
         self._channels_last = self._on_cpu and _to_channels_last(self._prefix)
         self._lead, self._after_lead = _leading_dropout(self._suffix)
         self._head = ChannelHead.find(self._lead, self._after_lead)
-        self._tail = FlatTail.find(self._suffix, by_input=self._on_cpu) if self._head is None else None
+        self._tail = FlatTail.find(self._suffix) if self._head is None else None
         self._roles = module_roles(model)
         self._dropout_modules = dropout_modules(model)
         pin_mmap_threshold()

@@ -26,33 +26,25 @@ from torch import nn
 
 from mcdropout.sampler import MaskSampler, has_forward_hooks, is_dropout_module
 from mcdropout.stochastic import stochastic_modules
-from mcdropout.weight_layout import WeightLayout
 
 
 # What a step is: a Linear or ReLU without hooks (computed through its torch function), another
 # deterministic layer (called), a torch dropout module.
 _LINEAR, _RELU, _LAYER, _DROPOUT = range(4)
-COPIED_WEIGHT_BYTES = 4 * 2**20  # the largest Linear weight that ``by_input`` copies
 
 
 class FlatTail:
     """The layers of a Sequential suffix in call order, each with what kind of step it is."""
 
-    def __init__(self, steps: list[tuple[nn.Module, int]], by_input: bool) -> None:
-        self.steps = [(module, kind, WeightLayout(module, torch.t) if by_input and _copied(module, kind) else None)
-                      for module, kind in steps]
+    def __init__(self, steps: list[tuple[nn.Module, int]]) -> None:
+        self.steps = steps
         self.calls_modules = any(kind == _LAYER for _, kind in steps)  # False: no module's mode matters
 
     @classmethod
-    def find(cls, suffix: object, by_input: bool = False) -> FlatTail | None:
+    def find(cls, suffix: object) -> FlatTail | None:
         """The flat tail of ``suffix`` when it opens with a torch dropout module and every other layer
         is free of stochastic modules; None otherwise. Hooks rule a dropout module or a Sequential out
         (only their ``__call__`` would run them); a deterministic layer is called with its hooks.
-
-        ``by_input`` (the CPU): Linears whose weight takes up to ``COPIED_WEIGHT_BYTES`` multiply by
-        an (inputs, outputs) copy of it, kept between calls. ``F.linear`` hands the product a
-        transposed weight, and on this project's CPU that product took 1.1-1.6x as long for 8-64
-        rows (512 x 512) and the same from 100 rows on. The bound keeps big models from doubling.
         """
         if not isinstance(suffix, nn.Sequential):
             return None
@@ -68,7 +60,7 @@ class FlatTail:
                 steps.append((module, _kind(module)))
         if not steps or steps[0][1] != _DROPOUT:
             return None
-        return cls(steps, by_input)
+        return cls(steps)
 
     def __call__(self, hidden: torch.Tensor, sampler: MaskSampler) -> torch.Tensor:
         """The suffix on ``hidden`` (each row once) for every sample of the sampler's pass, sample-major.
@@ -79,9 +71,9 @@ class FlatTail:
         x = hidden
         replicated = False  # the first dropout replicates the rows for the samples as it masks them
         owned = False  # x was made by this pass and nothing else holds it
-        for step, kind, by_input in self.steps:
+        for step, kind in self.steps:
             if kind == _LINEAR:
-                x, owned = (F.linear(x, step.weight, step.bias) if by_input is None else _linear(x, step, by_input)), True
+                x, owned = F.linear(x, step.weight, step.bias), True
             elif kind == _RELU:
                 x, owned = (x.relu_() if owned else torch.relu(x)), True
             elif kind == _LAYER:
@@ -91,18 +83,6 @@ class FlatTail:
                 x, owned = sampler.module_dropout(step, x, replicated=replicated, in_place=owned), owned or step.p != 0.0
                 replicated = True
         return x
-
-
-def _copied(module: nn.Module, kind: int) -> bool:
-    return kind == _LINEAR and module.weight.numel() * module.weight.element_size() <= COPIED_WEIGHT_BYTES
-
-
-def _linear(x: torch.Tensor, linear: nn.Linear, by_input: WeightLayout) -> torch.Tensor:
-    """``linear(x)`` as a product with the (inputs, outputs) copy of its weight."""
-    flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    weight = by_input.get()
-    out = torch.mm(flat, weight) if linear.bias is None else torch.addmm(linear.bias, flat, weight)
-    return out if x.dim() == 2 else out.view(*x.shape[:-1], out.shape[-1])
 
 
 def direct(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -352,9 +352,9 @@ def _tail_model() -> nn.Sequential:
 
 
 def test_a_flat_sequential_tail_answers_as_the_model_runs_it():
-    """A Sequential suffix (nested ones flattened) is walked layer by layer, each Linear multiplying by a
-    transposed copy of its weight on the CPU; a hook on the inner Sequential makes the engine run the
-    model's own forward instead. Both draw the same masks, so they agree to float rounding."""
+    """A Sequential suffix (nested ones flattened) is walked layer by layer; a hook on the inner
+    Sequential makes the engine run the model's own forward instead. Both draw the same masks, so they
+    agree to float rounding."""
     x = torch.randn(5, 6)
     model = _tail_model()
     flat = mcd.predict(model, x, samples=40, seed=3, return_samples=True)
@@ -376,10 +376,10 @@ def test_the_tail_writes_into_no_tensor_of_the_model():
 
 
 @pytest.mark.parametrize("case", ["folded head", "flat tail"])
-def test_kept_weight_copies_follow_their_weights(case):
-    """The folded head (a per-channel layout) and the flat tail (transposed Linears) keep copies of a
-    weight between calls; changing the weight in place or replacing it must not leave the old copy
-    in use."""
+def test_predictions_follow_weights_changed_between_calls(case):
+    """The folded head keeps a per-channel copy of a weight between calls, and the flat tail reads
+    each Linear's weight as it walks; changing the weight in place or replacing it must not leave
+    an old copy in use."""
     if case == "folded head":
         make, task, x = (lambda: _channel_cnn(nn.Dropout2d(0.3))), "classification", torch.randn(4, 1, 4, 4)
     else:
