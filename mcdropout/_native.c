@@ -200,18 +200,28 @@ static PyObject *moments(PyObject *module, PyObject *const *args, Py_ssize_t nar
     return PyBool_FromLong(positive);
 }
 
-/* all_finite(source, is_double, count) -> bool: whether `count` contiguous float32 (or float64) values are all
- * finite. x * 0 is 0 for a finite x and NaN for inf or NaN, so one sum tells, with no branch per value. */
+/* The arguments of the scans below, (source, is_double, count): the address of `count` contiguous float32
+ * values (float64 where is_double). 0 when they were read, -1 with an exception set when not. */
+static int scan_arguments(const char *name, PyObject *const *args, Py_ssize_t nargs, const void **source,
+                          int *is_double, Py_ssize_t *count) {
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "%s takes 3 arguments, got %zd", name, nargs);
+        return -1;
+    }
+    *source = PyLong_AsVoidPtr(args[0]);
+    *is_double = PyObject_IsTrue(args[1]);
+    *count = PyLong_AsSsize_t(args[2]);
+    return PyErr_Occurred() || *is_double < 0 ? -1 : 0;
+}
+
+/* all_finite(source, is_double, count) -> bool: whether the values are all finite. x * 0 is 0 for a finite x
+ * and NaN for inf or NaN, so one sum tells, with no branch per value. */
 static PyObject *all_finite(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "all_finite takes 3 arguments, got %zd", nargs);
-        return NULL;
-    }
-    const void *source = PyLong_AsVoidPtr(args[0]);
-    const int is_double = PyObject_IsTrue(args[1]);
-    const Py_ssize_t count = PyLong_AsSsize_t(args[2]);
-    if (PyErr_Occurred() || is_double < 0) {
+    const void *source;
+    int is_double;
+    Py_ssize_t count;
+    if (scan_arguments("all_finite", args, nargs, &source, &is_double, &count) < 0) {
         return NULL;
     }
     double total = 0.0;
@@ -233,18 +243,13 @@ static PyObject *all_finite(PyObject *module, PyObject *const *args, Py_ssize_t 
     return PyBool_FromLong(total == 0.0);
 }
 
-/* any_nonzero(source, is_double, count) -> bool: whether any of `count` contiguous float32 (or float64)
- * values is not zero (NaN counts, as in torch's any). */
+/* any_nonzero(source, is_double, count) -> bool: whether any value is not zero (NaN counts, as in torch's any). */
 static PyObject *any_nonzero(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "any_nonzero takes 3 arguments, got %zd", nargs);
-        return NULL;
-    }
-    const void *source = PyLong_AsVoidPtr(args[0]);
-    const int is_double = PyObject_IsTrue(args[1]);
-    const Py_ssize_t count = PyLong_AsSsize_t(args[2]);
-    if (PyErr_Occurred() || is_double < 0) {
+    const void *source;
+    int is_double;
+    Py_ssize_t count;
+    if (scan_arguments("any_nonzero", args, nargs, &source, &is_double, &count) < 0) {
         return NULL;
     }
     int found = 0;
