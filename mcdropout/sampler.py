@@ -254,7 +254,7 @@ class MaskSampler:
         """:meth:`dropout`'s answer with the masks that :meth:`keep` would draw, drawn and multiplied in
         one compiled pass: no mask array, no separate product."""
         layer = self._count_layer(mask_shape, x.dtype)
-        target = x if in_place and replicated else torch.empty(shape, dtype=x.dtype)
+        target = x if in_place and replicated else x.new_empty(shape)  # on x's device whatever torch's default
         units = math.prod(mask_shape)
         per_row = math.prod(shape[1:])
         mask_source.apply(

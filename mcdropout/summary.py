@@ -75,8 +75,8 @@ def _variance_mean(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if kernels is not None and values.is_cpu and values.dtype in _NATIVE_MOMENTS \
             and values.is_contiguous():
         shape = values.shape[1:]
-        mean = torch.empty(shape, dtype=torch.float64)
-        variance = torch.empty(shape, dtype=torch.float64)
+        mean = values.new_empty(shape, dtype=torch.float64)  # on the CPU, whatever torch's default device
+        variance = values.new_empty(shape, dtype=torch.float64)
         kernels.moments(values.data_ptr(), values.dtype == torch.float64, values.shape[0], mean.numel(),
                         mean.data_ptr(), variance.data_ptr())
         return variance, mean
