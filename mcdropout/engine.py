@@ -71,7 +71,6 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 4 * 2**20
 _mmap_threshold_pinned = False
 
-_NATIVE_FLOATS = (torch.float32, torch.float64)  # what the compiled checks read
 _UNSWITCHED = contextlib.nullcontext()  # in place of mc_modes where a pass calls no module
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -625,17 +624,18 @@ def _all_finite(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
     cheap reduction in the input's own dtype (torch.isfinite is several kernels): any NaN or inf
     makes the sum NaN or inf, and so may finite values that overflow it.
     """
-    kernels = native.kernels
-    if kernels is not None and dtype in _NATIVE_FLOATS and tensor.is_cpu and tensor.is_contiguous():
+    kernels = native.reading(tensor, dtype)
+    if kernels is not None:
         return kernels.all_finite(tensor.data_ptr(), dtype == torch.float64, tensor.numel())
     return math.isfinite(float(tensor.sum()))
 
 
 def _any_nonzero(tensor: torch.Tensor) -> bool:
     """``bool(tensor.any())``, through the compiled kernel for contiguous float32 or float64 CPU tensors."""
-    kernels = native.kernels
-    if kernels is not None and tensor.dtype in _NATIVE_FLOATS and tensor.is_cpu and tensor.is_contiguous():
-        return kernels.any_nonzero(tensor.data_ptr(), tensor.dtype == torch.float64, tensor.numel())
+    dtype = tensor.dtype
+    kernels = native.reading(tensor, dtype)
+    if kernels is not None:
+        return kernels.any_nonzero(tensor.data_ptr(), dtype == torch.float64, tensor.numel())
     return bool(tensor.any())
 
 

@@ -38,6 +38,7 @@ from torch.overrides import TorchFunctionMode
 from mcdropout import masks as mask_source
 from mcdropout import native
 
+_KERNEL_MASKED = (torch.float32,)  # the activations the compiled kernel masks
 _ALPHA = 1.7580993408473766  # SELU's -lambda * alpha, as in torch's alpha dropout
 
 _active: contextvars.ContextVar[MaskSampler | None] = contextvars.ContextVar("mcdropout_sampler", default=None)
@@ -246,8 +247,7 @@ class MaskSampler:
 
     def _compiled(self, x: torch.Tensor, layout: ChunkLayout) -> bool:
         """Whether the compiled kernel can mask ``x``: shared masks, contiguous float32 on the CPU."""
-        return (native.kernels is not None and layout.row_ids is None and x.is_cpu
-                and x.dtype == torch.float32 and x.is_contiguous() and x.numel() > 0)
+        return layout.row_ids is None and x.numel() > 0 and native.reading(x, x.dtype, _KERNEL_MASKED) is not None
 
     def _masked_by_kernel(self, x: torch.Tensor, p: float, mask_shape: tuple[int, ...], shape: tuple[int, ...],
                           layout: ChunkLayout, replicated: bool, in_place: bool) -> torch.Tensor:

@@ -18,7 +18,6 @@ from scipy import stats
 from mcdropout import native
 
 Index = slice | torch.Tensor
-_NATIVE_MOMENTS = (torch.float32, torch.float64)  # the input types of the compiled moments
 
 
 class _Moments:
@@ -71,13 +70,13 @@ def _variance_mean(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     holds more than a few dozen values (64 rows x 10 classes: 293 against 70 us); below that its single
     call is the cheaper one.
     """
-    kernels = native.kernels
-    if kernels is not None and values.is_cpu and values.dtype in _NATIVE_MOMENTS \
-            and values.is_contiguous():
+    dtype = values.dtype
+    kernels = native.reading(values, dtype)
+    if kernels is not None:
         shape = values.shape[1:]
         mean = values.new_empty(shape, dtype=torch.float64)  # on the CPU, whatever torch's default device
         variance = values.new_empty(shape, dtype=torch.float64)
-        kernels.moments(values.data_ptr(), values.dtype == torch.float64, values.shape[0], mean.numel(),
+        kernels.moments(values.data_ptr(), dtype == torch.float64, values.shape[0], mean.numel(),
                         mean.data_ptr(), variance.data_ptr())
         return variance, mean
     values = values.to(torch.float64)
