@@ -32,7 +32,8 @@ import pandas as pd
 import psutil
 import torch
 
-from mcdropout import datasets, load_bundle
+from mcdropout import load_bundle
+from mcdropout.training import datasets
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "models" / "diabetes"

@@ -38,7 +38,7 @@ import torch
 import uvloop
 
 import mcdropout as mcd
-from mcdropout import datasets
+from mcdropout.training import datasets
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = 100

@@ -23,12 +23,12 @@ _EXPORTS = {
     "predict": "mcdropout.engine",
     "DropConnect": "mcdropout.layers",
     "LockedDropout": "mcdropout.layers",
-    "STOCHASTIC_TYPES": "mcdropout.stochastic",
-    "is_stochastic": "mcdropout.stochastic",
-    "mc_dropout": "mcdropout.stochastic",
-    "ClassificationPrediction": "mcdropout.summary",
-    "RegressionPrediction": "mcdropout.summary",
-    "metrics": "mcdropout.metrics",
+    "STOCHASTIC_TYPES": "mcdropout.engine",
+    "is_stochastic": "mcdropout.engine",
+    "mc_dropout": "mcdropout.engine",
+    "ClassificationPrediction": "mcdropout.stats",
+    "RegressionPrediction": "mcdropout.stats",
+    "metrics": "mcdropout.stats.metrics",
 }
 
 __all__ = [
@@ -51,12 +51,12 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from mcdropout import metrics
+    from mcdropout.stats import metrics
     from mcdropout.bundle import Bundle, BundleError, Manifest, load_bundle, save_bundle
     from mcdropout.engine import MCPredictor, predict
     from mcdropout.layers import DropConnect, LockedDropout
-    from mcdropout.stochastic import STOCHASTIC_TYPES, is_stochastic, mc_dropout
-    from mcdropout.summary import ClassificationPrediction, RegressionPrediction
+    from mcdropout.engine import STOCHASTIC_TYPES, is_stochastic, mc_dropout
+    from mcdropout.stats import ClassificationPrediction, RegressionPrediction
 
 
 def __getattr__(name: str) -> Any:

@@ -141,7 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _recipe_names() -> list[str]:
-    from mcdropout.recipes import RECIPES
+    from mcdropout.training._recipes import RECIPES
 
     return list(RECIPES)
 
@@ -150,11 +150,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.data is None:
         if args.name is None:
             raise UsageError("name a shipped model (" + ", ".join(_recipe_names()) + ") or give --data and --target")
-        from mcdropout.recipes import train
+        from mcdropout.training._recipes import train
 
         path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs, quiet=args.quiet)
     else:
-        from mcdropout.table_training import train_from_table
+        from mcdropout.training._own_table import train_from_table
 
         if args.name is not None:
             raise UsageError(f"give either a shipped model name ({args.name!r}) or --data, not both")
@@ -190,7 +190,7 @@ def _numbers(values: Sequence[str], flag: str) -> list[float]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mcdropout.bundle import load_bundle
-    from mcdropout.evaluation import evaluate, plot
+    from mcdropout.training._evaluation import evaluate, plot
 
     _check_samples(args)
     bundle = load_bundle(args.bundle, device="cpu")
@@ -229,7 +229,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _uci(args: argparse.Namespace) -> int:
-    from mcdropout import uci
+    from mcdropout.training import _uci as uci
 
     results = []
     for folder in args.datasets:

@@ -2,7 +2,7 @@
 
 Both behave like torch's dropout outside the engine (random masks in train
 mode, identity in eval) and draw per-MC-sample masks from the engine's
-:class:`~mcdropout.sampler.MaskSampler` inside it.
+:class:`~mcdropout.engine._sampler.MaskSampler` inside it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcdropout.sampler import active_sampler
 
 _CONV_FUNCTIONS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 
@@ -42,6 +41,8 @@ class DropConnect(nn.Module):
         return f"p={self.p}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from mcdropout.engine._sampler import active_sampler  # here: the engine imports this module
+
         sampler = active_sampler()
         if sampler is not None and self.p > 0:
             return self._forward_sampled(x, sampler)
@@ -115,6 +116,8 @@ class LockedDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"LockedDropout expects a 3-D (batch, time, features) tensor, got shape {tuple(x.shape)}")
+        from mcdropout.engine._sampler import active_sampler  # here: the engine imports this module
+
         sampler = active_sampler()
         if sampler is not None and self.p > 0:
             return self._forward_sampled(x, sampler)

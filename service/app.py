@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import mcdropout
 from mcdropout.bundle import Bundle, Manifest, load_bundle
-from mcdropout.results import RegressionResult
+from mcdropout.answer import RegressionResult
 from service import v2
 from service.batcher import Answer, Batcher, DeadlineExceeded, Overloaded
 from service.inputs import ApiError, instances_array, rows_array, samples_value

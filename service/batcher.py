@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mcdropout.bundle import Bundle
-from mcdropout.results import RegressionResult, Result, from_prediction, take_rows
+from mcdropout.answer import RegressionResult, Result, from_prediction, take_rows
 
 
 class Overloaded(Exception):

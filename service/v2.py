@@ -18,7 +18,7 @@ import orjson
 from pydantic import ValidationError
 
 from mcdropout.bundle import Manifest
-from mcdropout.results import RegressionResult, Result
+from mcdropout.answer import RegressionResult, Result
 from service.inputs import ApiError
 from service.schemas import V2InferRequest
 

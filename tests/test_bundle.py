@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import mcdropout as mcd
-from mcdropout import architectures
+from mcdropout.bundle import architectures
 from mcdropout.bundle import MANIFEST, WEIGHTS, BundleError, Manifest, Standardisation, load_bundle, save_bundle
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mcdropout import datasets, load_bundle
+from mcdropout import load_bundle
+from mcdropout.training import datasets
 from mcdropout.client import (
     AsyncClient,
     ClassificationResult,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import mcdropout as mcd
-from mcdropout.engine import _split_sequential
+from mcdropout.engine._predictor import _split_sequential
 
 
 class _CountRows(nn.Module):

@@ -98,7 +98,7 @@ def test_modes_restored_after_an_error_inside_the_forward():
         with mcd.mc_dropout(model):
             1 / 0
     assert not any(m.training for m in model.modules())
-    from mcdropout.sampler import active_sampler
+    from mcdropout.engine._sampler import active_sampler
 
     assert active_sampler() is None
 

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 import mcdropout as mcd
-from mcdropout import masks, native
+from mcdropout.engine import _masks as masks
+from mcdropout import _kernels as native
 
 needs_kernel = pytest.mark.skipif(native.kernels is None, reason="installed without the compiled kernels")
 

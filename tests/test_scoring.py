@@ -14,7 +14,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from mcdropout import datasets, load_bundle
+from mcdropout import load_bundle
+from mcdropout.training import datasets
 
 from .conftest import MODELS, ROOT
 
@@ -199,7 +200,7 @@ def test_bad_files_give_one_line_exit_2_and_no_output(tmp_path):
 
 def test_inputs_are_read_in_chunks_and_resumes_skip_rows(tmp_path):
     """Parquet input read 1,000 rows at a time: no batch holds more than a chunk (memory: bench/scoring.py)."""
-    from mcdropout import tables
+    from mcdropout import _tables as tables
 
     path = _write(_frame(20_000), tmp_path / "big.parquet")
     sizes = [batch.num_rows for batch in tables.iter_chunks(path, 1000)]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import mcdropout as mcd
-from mcdropout import datasets
+from mcdropout.training import datasets
 
 from .conftest import MODELS
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import numpy as np
 
-from mcdropout import datasets
+from mcdropout.training import datasets
 
 from .conftest import MODELS, run_server
 

@@ -8,7 +8,7 @@ import pytest
 import tritonclient.http as triton
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
-from mcdropout import datasets
+from mcdropout.training import datasets
 
 DIABETES = datasets.diabetes(0).x_test[:4].astype(np.float32)
 DIGITS = datasets.digits(0).x_test[:3].astype(np.float32)

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 import mcdropout as mcd
-from mcdropout import evaluation
+from mcdropout.training import _evaluation as evaluation
 from mcdropout.bundle import Manifest
-from mcdropout.recipes import RECIPES, train
+from mcdropout.training._recipes import RECIPES, train
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = sorted(p.name for p in MODELS.iterdir() if p.is_dir())

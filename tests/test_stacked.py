@@ -5,7 +5,8 @@ import math
 import numpy as np
 import torch
 
-from mcdropout import metrics, stacked
+from mcdropout.stats import metrics
+from mcdropout.training import _stacked as stacked
 
 
 def _random_stack(count: int, sizes, dropout: float) -> stacked.StackedMLP:

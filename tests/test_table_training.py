@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from mcdropout import load_bundle
-from mcdropout.evaluation import evaluate
-from mcdropout.table_training import train_from_table
+from mcdropout.training._evaluation import evaluate
+from mcdropout.training._own_table import train_from_table
 
 from .conftest import ROOT
 

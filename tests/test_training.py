@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import mcdropout as mcd
-from mcdropout import training
+from mcdropout.training import _fit as training
 from mcdropout.cli import main
-from mcdropout.recipes import RECIPES
+from mcdropout.training._recipes import RECIPES, train
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -28,8 +28,8 @@ def test_short_training_writes_a_loadable_bundle(name, tmp_path, capsys):
 
 
 def test_training_is_reproducible(tmp_path):
-    first = mcd.recipes.train("breast-cancer", seed=4, out=tmp_path / "a", epochs=3, quiet=True)[1]
-    second = mcd.recipes.train("breast-cancer", seed=4, out=tmp_path / "b", epochs=3, quiet=True)[1]
+    first = train("breast-cancer", seed=4, out=tmp_path / "a", epochs=3, quiet=True)[1]
+    second = train("breast-cancer", seed=4, out=tmp_path / "b", epochs=3, quiet=True)[1]
     assert first == second
     weights = [mcd.load_bundle(tmp_path / n).model.state_dict() for n in "ab"]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
@@ -47,7 +47,7 @@ def test_fit_tau_recovers_the_noise_precision():
 
 def test_evaluate_prints_writes_json_and_plots(tmp_path, capsys):
     out = tmp_path / "h1d"
-    mcd.recipes.train("heteroscedastic-1d", out=out, epochs=3, quiet=True)
+    train("heteroscedastic-1d", out=out, epochs=3, quiet=True)
     capsys.readouterr()
     report, picture = tmp_path / "m.json", tmp_path / "band.png"
     assert main(["evaluate", str(out), "--samples", "16", "--json", str(report), "--plot", str(picture)]) == 0

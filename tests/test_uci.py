@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from mcdropout import uci
+from mcdropout.training import _uci as uci
 
 from .conftest import ROOT
 

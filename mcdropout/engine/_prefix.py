@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mcdropout.sampler import (
+from mcdropout.engine._sampler import (
     StochasticPrefixError,
     forwards_replaced,
     has_forward_hooks,
 )
-from mcdropout.stochastic import is_stochastic
+from mcdropout.engine._modes import is_stochastic
 
 
 @dataclass(frozen=True)

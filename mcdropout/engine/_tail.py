@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcdropout.sampler import MaskSampler, has_forward_hooks, is_dropout_module
-from mcdropout.stochastic import stochastic_modules
+from mcdropout.engine._sampler import MaskSampler, has_forward_hooks, is_dropout_module
+from mcdropout.engine._modes import stochastic_modules
 
 
 # What a step is: a Linear or ReLU without hooks (computed through its torch function), another

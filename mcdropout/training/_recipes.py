@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcdropout import architectures, datasets, evaluation, training
+from mcdropout.bundle import architectures
+from mcdropout.training import _evaluation as evaluation
+from mcdropout.training import _fit as training
+from mcdropout.training import datasets
 from mcdropout.bundle import Bundle, Manifest, Standardisation, save_bundle
 
 

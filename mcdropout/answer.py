@@ -139,7 +139,7 @@ def from_prediction(manifest: Any, prediction: Any, level: float) -> Result:
     common = {"model": manifest.name, "version": manifest.version, "seed": prediction.seed,
               "samples_used": prediction.num_samples.numpy().astype(np.int64, copy=False)}
     if manifest.task == "regression":  # in numpy: cheaper than torch for the few rows of a request
-        from mcdropout.summary import normal_interval  # here: the client imports this module without torch
+        from mcdropout.stats._summary import normal_interval  # here: the client imports this module without torch
 
         means, epistemic, aleatoric = table(prediction.mean), table(prediction.epistemic), table(prediction.aleatoric)
         variance = epistemic + aleatoric

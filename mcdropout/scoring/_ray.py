@@ -24,16 +24,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mcdropout import tables
+from mcdropout import _tables as tables
 from mcdropout.bundle import read_manifest
-from mcdropout.scoring import (
-    Job,
-    LocalEngine,
-    ScoringError,
-    checked_chunks,
-    partial_folder,
-    rows_table,
-)
+from mcdropout.scoring._engines import LocalEngine
+from mcdropout.scoring._job import Job, ScoringError, checked_chunks, partial_folder, rows_table
 
 
 class _Predictor:

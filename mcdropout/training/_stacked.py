@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcdropout.progress import Progress
+from mcdropout._progress import Progress
 
 LOSSES = ("mse", "cross_entropy")
 _LEVELS = 1 << 16  # masks compare 16 random bits with round(p * 2**16): p resolved to 2**-16
@@ -67,7 +67,7 @@ class StackedMLP:
 
     def select(self, index: int) -> nn.Sequential:
         """Model ``index`` as the ``mlp`` architecture with input dropout (``architectures.build``)."""
-        from mcdropout import architectures
+        from mcdropout.bundle import architectures
 
         sizes = [w.shape[1] for w in self.weights] + [self.weights[-1].shape[2]]
         model = architectures.build("mlp", {

@@ -16,13 +16,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mcdropout.sampler import (
+from mcdropout.engine._sampler import (
     ChunkLayout,
     MaskSampler,
     has_forward_hooks,
     is_channel_dropout,
 )
-from mcdropout.weight_layout import WeightLayout
+from mcdropout.engine._weight_layout import WeightLayout
 
 
 class ChannelHead:

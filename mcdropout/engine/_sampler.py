@@ -3,7 +3,7 @@
 While the engine runs a chunk, the batch holds ``samples x rows`` replicas laid
 out sample-major: rows ``[s*R, (s+1)*R)`` belong to MC sample ``first_sample + s``.
 :class:`MaskSampler` applies the mask of each replica's sample, drawn from
-(seed, layer, sample) by :mod:`mcdropout.masks`, to every dropout call in the
+(seed, layer, sample) by :mod:`mcdropout.engine._masks`, to every dropout call in the
 pass. Layers are numbered in call order within one forward pass, so however a
 dropout is reached its masks are the same:
 
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from mcdropout import masks as mask_source
-from mcdropout import native
+from mcdropout.engine import _masks as mask_source
+from mcdropout import _kernels as native
 
 _KERNEL_MASKED = (torch.float32,)  # the activations the compiled kernel masks
 _ALPHA = 1.7580993408473766  # SELU's -lambda * alpha, as in torch's alpha dropout

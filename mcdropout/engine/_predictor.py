@@ -2,15 +2,15 @@
 
 For each block of input rows the deterministic prefix of the model (the layers
 before the first stochastic one: an ``nn.Sequential``'s leading children, or in
-any other model the modules that finish before it, :mod:`mcdropout.prefix`)
+any other model the modules that finish before it, :mod:`mcdropout.engine._prefix`)
 runs once; its output is replicated along the batch dimension for a block of
 MC samples and the rest of the model runs on ``samples x rows`` replicas at
 once, in chunks sized to the memory budget. A channel dropout that opens the
 rest and feeds a Linear through a Flatten is folded into per-channel shares
-computed with the prefix (:mod:`mcdropout.folding`).
-Masks come from :class:`~mcdropout.sampler.MaskSampler`, so a row's answer
+computed with the prefix (:mod:`mcdropout.engine._folding`).
+Masks come from :class:`~mcdropout.engine._sampler.MaskSampler`, so a row's answer
 depends only on (model, row, T, seed). Statistics stream into float64
-accumulators (:mod:`mcdropout.summary`).
+accumulators (:mod:`mcdropout.stats._summary`).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mcdropout import native
-from mcdropout.folding import ChannelHead
-from mcdropout.prefix import ModulePrefix, SharedRows
-from mcdropout.sampler import (
+from mcdropout import _kernels as native
+from mcdropout.engine._folding import ChannelHead
+from mcdropout.engine._prefix import ModulePrefix, SharedRows
+from mcdropout.engine._sampler import (
     ChunkLayout,
     MaskSampler,
     StochasticPrefixError,
@@ -42,19 +42,19 @@ from mcdropout.sampler import (
     has_forward_hooks,
     is_dropout_module,
 )
-from mcdropout.stochastic import (
+from mcdropout.engine._modes import (
     mc_modes,
     module_roles,
     stochastic_modules,
     unsampled_dropout,
 )
-from mcdropout.summary import (
+from mcdropout.stats._summary import (
     ClassificationAccumulator,
     ClassificationPrediction,
     RegressionAccumulator,
     RegressionPrediction,
 )
-from mcdropout.tail import FlatTail, direct
+from mcdropout.engine._tail import FlatTail, direct
 
 Prediction = Union[RegressionPrediction, ClassificationPrediction]
 Task = Literal["regression", "classification"]

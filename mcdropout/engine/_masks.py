@@ -13,7 +13,7 @@ Per-row masks (an option for comparison) put the row index in the high word of
 the counter, giving every (sample, row) its own stream.
 
 :func:`apply` draws the same shared masks in compiled code and multiplies them
-into an activation in the same pass, without a mask array (:mod:`mcdropout.native`,
+into an activation in the same pass, without a mask array (:mod:`mcdropout._kernels`,
 where the install built it).
 """
 
@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from mcdropout import native
+from mcdropout import _kernels as native
 
 _MASK64 = (1 << 64) - 1
 _COUNTER_BITS = 256  # Philox4x64 yields 4 x 64 bits per counter value

@@ -1,7 +1,7 @@
 """Model bundles on disk: ``manifest.json`` + ``weights.safetensors``.
 
 A bundle is a folder. The manifest names the task, the architecture (built from
-:mod:`mcdropout.architectures` by name), the input and output description, the
+:mod:`mcdropout.bundle.architectures` by name), the input and output description, the
 standardisation of features and target, inference defaults, and the training
 and evaluation record. Weights are safetensors: no pickle is ever loaded.
 :func:`load_bundle` returns a :class:`Bundle` whose ``predict`` takes and
@@ -26,9 +26,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mcdropout import architectures
+from mcdropout.bundle import architectures
 from mcdropout.engine import ArrayLike, MCPredictor, Prediction
-from mcdropout.summary import RegressionPrediction
+from mcdropout.stats._summary import RegressionPrediction
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

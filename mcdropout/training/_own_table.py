@@ -5,7 +5,7 @@ for the metrics the manifest records, and the rest is the training part.
 Features and target are standardised on the training part; p and tau are
 chosen by validation log-likelihood when grids are given (the last 20% of the
 training part, as in Gal & Ghahramani's protocol), and the chosen network is
-re-trained on the whole training part (:mod:`mcdropout.gridsearch`). The
+re-trained on the whole training part (:mod:`mcdropout.training._gridsearch`). The
 bundle is an ``mlp`` with dropout before every dense layer, ready for the
 service and ``mcdropout score``.
 """
@@ -20,14 +20,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from mcdropout import datasets, evaluation, gridsearch, tables
+from mcdropout import _tables as tables
+from mcdropout.training import _evaluation as evaluation
+from mcdropout.training import _gridsearch as gridsearch
+from mcdropout.training import datasets
+from mcdropout.training._table_data import features_and_target, partition
 from mcdropout.bundle import Bundle, Manifest, Standardisation, save_bundle
 
 MIN_TRAINING_ROWS = 20
-MAX_CLASSES = 1000
 
 
 def train_from_table(
@@ -65,10 +67,10 @@ def train_from_table(
         raise ValueError(f"--features must not include the target column {target!r}")
     if not features:
         raise ValueError(f"{path}: no feature columns besides the target {target!r}")
-    x, y, classes = _features_and_target(table, features, target, task, path)
+    x, y, classes = features_and_target(table, features, target, task, path)
     _check_data(x, features, path)
 
-    test, train = _partition(len(x), seed, test_fraction)
+    test, train = partition(len(x), seed, test_fraction)
     held_out = len(test)
     if len(train) < MIN_TRAINING_ROWS:
         raise ValueError(f"{path}: {len(train)} training rows after holding out {held_out} for testing; at least"
@@ -121,38 +123,6 @@ def train_from_table(
     return bundle, metrics
 
 
-def _partition(rows: int, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the held-out test part and of the training part."""
-    order = np.random.default_rng(seed).permutation(rows)
-    held_out = round(rows * test_fraction)
-    return order[:held_out], order[held_out:]
-
-
-def recorded_split(manifest: Manifest) -> datasets.Split:
-    """The test part of the table a bundle was trained on, re-read from the path its manifest records."""
-    data = manifest.training["data"]
-    x, y, classes = _features_and_target(tables.read_table(data["path"]), manifest.feature_names, data["target"],
-                                         manifest.task, data["path"])
-    if classes != manifest.class_names:
-        raise tables.TableError(f"{data['path']}: its classes {classes} are not the bundle's"
-                                f" {manifest.class_names}; the file changed since training")
-    if len(x) != data["rows"]:
-        raise tables.TableError(f"{data['path']}: {len(x)} rows, the bundle was trained on {data['rows']};"
-                                " the file changed since training")
-    test, train = _partition(len(x), data["split_seed"], data["test_fraction"])
-    return datasets.Split(x[train], y[train], x[:0], y[:0], x[test], y[test], feature_names=manifest.feature_names)
-
-
-def _features_and_target(table: pa.Table, features: Sequence[str], target: str, task: str,
-                         path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    """Checked features (rows, features); the target, (rows, 1) values or (rows,) class indices; class names."""
-    x = tables.numeric(table, features, path=path)
-    if task == "regression":
-        return x, tables.numeric(table, [target], path=path, what="target"), None
-    y, classes = _labels(table.column(target), path, target)
-    return x, y, classes
-
-
 def _check_settings(task: str, dropouts: Sequence[float], taus: Sequence[float] | None, hidden: Sequence[int],
                     epochs: int, test_fraction: float) -> None:
     if task not in ("regression", "classification"):
@@ -176,20 +146,6 @@ def _check_data(x: np.ndarray, features: Sequence[str], path: str | Path) -> Non
     if constant:
         raise tables.TableError(f"{path}: constant column(s) {', '.join(map(repr, constant))} carry no information;"
                                 " leave them out with --features")
-
-
-def _labels(column: pa.ChunkedArray, path: str | Path, target: str) -> tuple[np.ndarray, list[str]]:
-    """Class indices and class names (sorted; numbers sort as numbers)."""
-    if column.null_count:
-        rows = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
-        raise tables.TableError(f"{path}: target column {target!r} is empty in row(s) {', '.join(map(str, rows[:10]))}")
-    values = column.to_numpy(zero_copy_only=False)
-    classes, indices = np.unique(values, return_inverse=True)
-    if not 2 <= len(classes) <= MAX_CLASSES:
-        raise tables.TableError(f"{path}: target column {target!r} has {len(classes)} distinct value(s); a"
-                                f" classifier needs 2 to {MAX_CLASSES}")
-    names = [str(int(c)) if isinstance(c, float) and c.is_integer() else str(c) for c in classes]
-    return indices.astype(np.int64), names
 
 
 def _bundle_name(path: Path) -> str:

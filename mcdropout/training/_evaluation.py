@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mcdropout import datasets, metrics
+from mcdropout.stats import metrics
+from mcdropout.training import datasets
 from mcdropout.bundle import Bundle
-from mcdropout.summary import normal_interval, to_probabilities
+from mcdropout.stats._summary import normal_interval, to_probabilities
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
@@ -29,7 +30,7 @@ def evaluate(bundle: Bundle, split: datasets.Split | None = None, *, samples: in
 def _split_of(bundle: Bundle) -> datasets.Split:
     data = bundle.manifest.training.get("data", {})
     if "path" in data:  # trained with `mcdropout train --data`: re-read the table
-        from mcdropout.table_training import recorded_split
+        from mcdropout.training._table_data import recorded_split
 
         return recorded_split(bundle.manifest)
     name = data.get("name")

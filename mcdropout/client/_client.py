@@ -29,7 +29,7 @@ from typing import Any, Union
 import httpx
 import numpy as np
 
-from mcdropout.results import (
+from mcdropout.answer import (
     ClassificationResult,
     RegressionResult,
     Result,

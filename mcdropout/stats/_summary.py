@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from scipy import stats
 
-from mcdropout import native
+from mcdropout import _kernels as native
 
 Index = slice | torch.Tensor
 

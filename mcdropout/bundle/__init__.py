@@ -1,0 +1,37 @@
+"""Model bundles: a manifest and safetensors weights in a folder, loaded as a ready predictor.
+
+Architectures are named in :mod:`mcdropout.bundle.architectures` (the registry that
+third-party packages extend through the ``mcdropout.architectures`` entry points).
+"""
+
+from mcdropout.bundle import architectures
+from mcdropout.bundle._bundle import (
+    MANIFEST,
+    NAME_PATTERN,
+    SCHEMA_VERSION,
+    WEIGHTS,
+    Bundle,
+    BundleError,
+    Manifest,
+    Standardisation,
+    flush_subnormals,
+    load_bundle,
+    read_manifest,
+    save_bundle,
+)
+
+__all__ = [
+    "MANIFEST",
+    "NAME_PATTERN",
+    "SCHEMA_VERSION",
+    "WEIGHTS",
+    "Bundle",
+    "BundleError",
+    "Manifest",
+    "Standardisation",
+    "architectures",
+    "flush_subnormals",
+    "load_bundle",
+    "read_manifest",
+    "save_bundle",
+]

@@ -1,0 +1,23 @@
+"""Python client for the mcdropout service: :class:`Client` and :class:`AsyncClient`.
+
+Importing this package imports neither torch nor fastapi: it needs httpx and numpy.
+"""
+
+from mcdropout.client._client import (
+    AsyncClient,
+    ClassificationResult,
+    Client,
+    InvalidInput,
+    ModelInfo,
+    NotFound,
+    Overloaded,
+    RegressionResult,
+    Result,
+    ServerError,
+    ServiceError,
+    Unauthorized,
+    Unreachable,
+)
+
+__all__ = ["AsyncClient", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound", "Overloaded",
+           "RegressionResult", "Result", "ServerError", "ServiceError", "Unauthorized", "Unreachable"]

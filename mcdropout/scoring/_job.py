@@ -1,0 +1,99 @@
+"""What a scoring run is (:class:`Job`), its errors, and the chunks of checked input rows every engine reads."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from mcdropout import _tables as tables
+from mcdropout.answer import Result
+
+OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+ENGINES = ("local", "remote", "ray")
+ROW_COLUMN = "row"
+
+
+class ScoringError(ValueError):
+    """Scoring cannot start or go on; the message says why and what to do."""
+
+@dataclass(frozen=True)
+class Job:
+    """What is scored and how: recorded with the partial output, so a resume can check it is the same job."""
+
+    model: str
+    input: str
+    output: str
+    engine: str = "local"
+    samples: int | None = None
+    seed: int = 0
+    interval: float = 0.95
+    id_column: str | None = None
+    chunk_rows: int = 10_000
+    url: str | None = None
+    input_size: int = 0
+    input_mtime_ns: int = 0
+
+@dataclass
+class Summary:
+    output: Path
+    rows: int
+    seconds: float
+    resumed_from: int
+
+    @property
+    def rows_per_second(self) -> float:
+        """Rows scored by this run (not those done before a resume) per second."""
+        return (self.rows - self.resumed_from) / self.seconds if self.seconds > 0 else math.inf
+
+class Engine(Protocol):
+    feature_names: list[str] | None
+    input_shape: list[int]
+
+    def predict(self, x: np.ndarray) -> Result: ...
+
+def feature_columns(engine_features: list[str] | None, input_shape: list[int], schema: pa.Schema,
+                    id_column: str | None, path: str | Path) -> list[str]:
+    """The input's columns to feed the model: matched by feature name, or by position where the file has no
+    header (NPY, whitespace text) or the model no feature names."""
+    if engine_features and tables.table_format(path) not in tables.HEADERLESS:
+        return list(engine_features)
+    columns = [name for name in schema.names if name != id_column]
+    width = math.prod(input_shape)
+    if len(columns) != width:
+        raise tables.TableError(f"{path}: the model takes {width} input values per row (shape {input_shape}),"
+                                f" matched by position; the file has {len(columns)} columns besides the id")
+    return columns
+
+def checked_chunks(job: Job, feature_names: list[str] | None, input_shape: list[int],
+                   skip: int) -> Iterator[tuple[list[str], np.ndarray, str, pa.Array]]:
+    """The input from row ``skip`` on, a chunk at a time: the feature columns, their checked values
+    (rows, features), and the name and values of the id column (the row number without ``--id-column``)."""
+    columns = None
+    first = skip
+    for batch in tables.iter_chunks(job.input, job.chunk_rows, skip_rows=skip, float_columns=feature_names or ()):
+        if columns is None:
+            columns = feature_columns(feature_names, input_shape, batch.schema, job.id_column, job.input)
+        x = tables.numeric(batch, columns, path=job.input, first_row=first)
+        if job.id_column is None:
+            yield columns, x, ROW_COLUMN, pa.array(np.arange(first, first + batch.num_rows, dtype=np.int64))
+        elif job.id_column in batch.schema.names:
+            yield columns, x, job.id_column, batch.column(batch.schema.names.index(job.id_column))
+        else:
+            raise tables.TableError(f"{job.input}: no id column {job.id_column!r}; the file has"
+                                    f" {', '.join(map(repr, batch.schema.names))}")
+        first += batch.num_rows
+
+def rows_table(id_name: str, ids: pa.Array, result: Result) -> pa.Table:
+    """The output rows of one chunk: the id column, then the statistics."""
+    return pa.table({id_name: ids, **{key: pa.array(value) for key, value in result.columns().items()}})
+
+def partial_folder(output: str | Path) -> Path:
+    """Where the parts and the progress record of a run writing ``output`` live until it is complete."""
+    output = Path(output)
+    return output.with_name(output.name + ".partial")

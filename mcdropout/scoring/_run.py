@@ -1,0 +1,97 @@
+"""Batch scoring of a table of rows: ``mcdropout score MODEL INPUT OUTPUT``.
+
+The input is read in chunks (:mod:`mcdropout._tables`), so memory stays flat
+however many rows it has. Each chunk is predicted by an engine, the bundle in
+this process (``local``), a server (``remote``, through :mod:`mcdropout.client`)
+or an actor pool on Ray Data (``ray``, :mod:`mcdropout.scoring._ray`), and its
+rows are written with their statistics as one part file.
+
+Nothing is lost: parts and a progress record live in ``OUTPUT.partial/``; each
+part is written under a temporary name and renamed, then the record is updated,
+so after Ctrl-C or kill -9 ``--resume`` continues from the last recorded chunk
+with no row missing or twice. When every chunk is done the parts are joined into
+a temporary file beside OUTPUT, renamed to OUTPUT, and the folder removed. A
+bad input file is an error naming the problem, and leaves no output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+
+from mcdropout import _tables as tables
+from mcdropout._progress import Progress
+from mcdropout.scoring._engines import LocalEngine, RemoteEngine
+from mcdropout.scoring._job import ENGINES, OUTPUT_FORMATS, Engine, Job, ScoringError, Summary, checked_chunks, rows_table
+from mcdropout.scoring._partial import Partial
+
+
+def score(job: Job, *, engine: Engine | None = None, resume: bool = False, quiet: bool = False,
+          api_key: str | None = None, ray_address: str | None = None, workers: int = 2) -> Summary:
+    """Score ``job.input`` into ``job.output``; see the module docstring for the guarantees."""
+    started = time.perf_counter()
+    output = Path(job.output)
+    out_format = _output_format(output)
+    tables.table_format(job.input)
+    source = Path(job.input)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such file")
+    if job.chunk_rows < 1:
+        raise ScoringError(f"--chunk-rows must be >= 1, got {job.chunk_rows}")
+    stat = source.stat()
+    job = Job(**{**asdict(job), "input_size": stat.st_size, "input_mtime_ns": stat.st_mtime_ns})
+    if job.engine != "ray":
+        engine = engine or _engine(job, api_key)
+    partial = Partial(output, job, resume)
+    try:
+        if job.engine == "ray":
+            from mcdropout.scoring._ray import ray_chunks
+
+            chunks = ray_chunks(job, partial.rows_done, address=ray_address, workers=workers, quiet=quiet)
+        else:
+            chunks = _local_chunks(job, engine, partial.rows_done)
+        total = _row_count(source)
+        with Progress(max(total - partial.rows_done, 0), f"scoring {source.name}", "rows", quiet=quiet) as progress:
+            for table in chunks:
+                partial.add(table)
+                progress.update(table.num_rows)
+        partial.finish(out_format)
+    except tables.TableError:
+        partial.discard()
+        raise
+    return Summary(output, partial.rows_done, round(time.perf_counter() - started, 3), partial.resumed_from)
+
+def _engine(job: Job, api_key: str | None) -> Engine:
+    if job.engine == "local":
+        return LocalEngine(job.model, samples=job.samples, seed=job.seed, interval=job.interval)
+    if job.engine == "remote":
+        if not job.url:
+            raise ScoringError("--engine remote needs --url (the server, e.g. http://127.0.0.1:8000)")
+        return RemoteEngine(job.model, job.url, samples=job.samples, seed=job.seed, interval=job.interval,
+                            api_key=api_key)
+    raise ScoringError(f"unknown engine {job.engine!r}; expected one of {', '.join(ENGINES)}")
+
+def _local_chunks(job: Job, engine: Engine, skip: int) -> Iterator[pa.Table]:
+    for _, x, id_name, ids in checked_chunks(job, engine.feature_names, engine.input_shape, skip):
+        yield rows_table(id_name, ids, engine.predict(x))
+
+def _row_count(path: Path) -> int:
+    """Rows in the input: from metadata where the format has it, else by counting lines."""
+    counted = tables.count_rows(path)
+    if counted is not None:
+        return counted
+    lines = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            lines += block.count(b"\n")
+    return max(lines - (tables.table_format(path) == "csv"), 0)
+
+def _output_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ScoringError(f"{path}: output must be .parquet or .csv, got {suffix or 'no extension'!r}")
+    return OUTPUT_FORMATS[suffix]

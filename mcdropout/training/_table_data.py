@@ -1,0 +1,61 @@
+"""A table's features and target as arrays, and the held-out split a bundle trained on it records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from mcdropout import _tables as tables
+from mcdropout.bundle import Manifest
+from mcdropout.training import datasets
+
+MAX_CLASSES = 1000
+
+
+def partition(rows: int, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the held-out test part and of the training part."""
+    order = np.random.default_rng(seed).permutation(rows)
+    held_out = round(rows * test_fraction)
+    return order[:held_out], order[held_out:]
+
+
+def recorded_split(manifest: Manifest) -> datasets.Split:
+    """The test part of the table a bundle was trained on, re-read from the path its manifest records."""
+    data = manifest.training["data"]
+    x, y, classes = features_and_target(tables.read_table(data["path"]), manifest.feature_names, data["target"],
+                                         manifest.task, data["path"])
+    if classes != manifest.class_names:
+        raise tables.TableError(f"{data['path']}: its classes {classes} are not the bundle's"
+                                f" {manifest.class_names}; the file changed since training")
+    if len(x) != data["rows"]:
+        raise tables.TableError(f"{data['path']}: {len(x)} rows, the bundle was trained on {data['rows']};"
+                                " the file changed since training")
+    test, train = partition(len(x), data["split_seed"], data["test_fraction"])
+    return datasets.Split(x[train], y[train], x[:0], y[:0], x[test], y[test], feature_names=manifest.feature_names)
+
+
+def features_and_target(table: pa.Table, features: Sequence[str], target: str, task: str,
+                         path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """Checked features (rows, features); the target, (rows, 1) values or (rows,) class indices; class names."""
+    x = tables.numeric(table, features, path=path)
+    if task == "regression":
+        return x, tables.numeric(table, [target], path=path, what="target"), None
+    y, classes = _labels(table.column(target), path, target)
+    return x, y, classes
+
+
+def _labels(column: pa.ChunkedArray, path: str | Path, target: str) -> tuple[np.ndarray, list[str]]:
+    """Class indices and class names (sorted; numbers sort as numbers)."""
+    if column.null_count:
+        rows = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
+        raise tables.TableError(f"{path}: target column {target!r} is empty in row(s) {', '.join(map(str, rows[:10]))}")
+    values = column.to_numpy(zero_copy_only=False)
+    classes, indices = np.unique(values, return_inverse=True)
+    if not 2 <= len(classes) <= MAX_CLASSES:
+        raise tables.TableError(f"{path}: target column {target!r} has {len(classes)} distinct value(s); a"
+                                f" classifier needs 2 to {MAX_CLASSES}")
+    names = [str(int(c)) if isinstance(c, float) and c.is_integer() else str(c) for c in classes]
+    return indices.astype(np.int64), names
