@@ -29,6 +29,8 @@ _EXPORTS = {
     "ClassificationPrediction": "mcdropout.stats",
     "RegressionPrediction": "mcdropout.stats",
     "metrics": "mcdropout.stats.metrics",
+    "MCDropoutError": "mcdropout.errors",
+    "InputError": "mcdropout.errors",
 }
 
 __all__ = [
@@ -37,7 +39,9 @@ __all__ = [
     "BundleError",
     "ClassificationPrediction",
     "DropConnect",
+    "InputError",
     "LockedDropout",
+    "MCDropoutError",
     "MCPredictor",
     "Manifest",
     "RegressionPrediction",
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
     from mcdropout.bundle import Bundle, BundleError, Manifest, load_bundle, save_bundle
     from mcdropout.engine import MCPredictor, predict
     from mcdropout.layers import DropConnect, LockedDropout
+    from mcdropout.errors import InputError, MCDropoutError
     from mcdropout.engine import STOCHASTIC_TYPES, is_stochastic, mc_dropout
     from mcdropout.stats import ClassificationPrediction, RegressionPrediction
 

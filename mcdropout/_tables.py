@@ -21,14 +21,12 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from mcdropout.errors import TableError
+
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".npy": "npy", ".txt": "text", ".data": "text", ".dat": "text"}
 HEADERLESS = {"npy", "text"}  # formats whose columns are named by position
 _SHOWN_ROWS = 10  # row numbers listed in an error, at most
-
-
-class TableError(ValueError):
-    """A file that cannot be read as a table of numbers; the message names the file and the problem."""
 
 
 def table_format(path: str | Path) -> str:

@@ -28,16 +28,13 @@ from torch import nn
 
 from mcdropout.bundle import architectures
 from mcdropout.engine import ArrayLike, MCPredictor, Prediction
+from mcdropout.errors import BundleError
 from mcdropout.stats._summary import RegressionPrediction
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be loaded; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,6 @@ ENGINES = ("local", "remote", "ray")
 ROW_COLUMN = "row"
 
 
-class ScoringError(ValueError):
-    """Scoring cannot start or go on; the message says why and what to do."""
-
 @dataclass(frozen=True)
 class Job:
     """What is scored and how: recorded with the partial output, so a resume can check it is the same job."""
