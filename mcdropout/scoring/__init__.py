@@ -5,7 +5,8 @@ Ray Data (``ray``); see :func:`score` for the guarantees.
 """
 
 from mcdropout.scoring._engines import LocalEngine, RemoteEngine
-from mcdropout.scoring._job import ENGINES, Engine, Job, ScoringError, Summary
+from mcdropout.errors import ScoringError
+from mcdropout.scoring._job import ENGINES, Engine, Job, Summary
 from mcdropout.scoring._run import score
 
 __all__ = ["ENGINES", "Engine", "Job", "LocalEngine", "RemoteEngine", "ScoringError", "Summary", "score"]

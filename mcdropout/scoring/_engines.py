@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mcdropout.answer import Result, from_prediction
-from mcdropout.scoring._job import ScoringError
+from mcdropout.errors import ScoringError
 
 
 class LocalEngine:

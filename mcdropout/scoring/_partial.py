@@ -13,7 +13,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from mcdropout import _tables as tables
-from mcdropout.scoring._job import Job, ScoringError, partial_folder
+from mcdropout.errors import ScoringError
+from mcdropout.scoring._job import Job, partial_folder
 
 
 class Partial:

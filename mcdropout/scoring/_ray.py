@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from mcdropout import _tables as tables
 from mcdropout.bundle import read_manifest
 from mcdropout.scoring._engines import LocalEngine
-from mcdropout.scoring._job import Job, ScoringError, checked_chunks, partial_folder, rows_table
+from mcdropout.errors import ScoringError
+from mcdropout.scoring._job import Job, checked_chunks, partial_folder, rows_table
 
 
 class _Predictor:

@@ -26,7 +26,8 @@ import pyarrow as pa
 from mcdropout import _tables as tables
 from mcdropout._progress import Progress
 from mcdropout.scoring._engines import LocalEngine, RemoteEngine
-from mcdropout.scoring._job import ENGINES, OUTPUT_FORMATS, Engine, Job, ScoringError, Summary, checked_chunks, rows_table
+from mcdropout.errors import ScoringError
+from mcdropout.scoring._job import ENGINES, OUTPUT_FORMATS, Engine, Job, Summary, checked_chunks, rows_table
 from mcdropout.scoring._partial import Partial
 
 
