@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mcdropout._malloc import pin_mmap_threshold
+
 
 class UsageError(Exception):
     """Bad arguments or files: one clear line, exit status 2."""
@@ -135,6 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[variable] = str(getattr(args, flag))
     host = os.environ.get("MCD_HOST", "127.0.0.1")
     port = int(os.environ.get("MCD_PORT", "8000"))
+    pin_mmap_threshold()
     # The app is named by import string, so the library itself never imports the service.
     uvicorn.run("service.app:app", host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
     return 0
@@ -212,6 +215,7 @@ def _score(args: argparse.Namespace) -> int:
 
     from mcdropout.scoring import Job, score
 
+    pin_mmap_threshold()
     _check_samples(args)
     if not 0 < args.interval < 1:
         raise UsageError(f"--interval must lie in (0, 1), got {args.interval}")
