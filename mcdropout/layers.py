@@ -1,8 +1,9 @@
 """Stochastic layers from the dropout literature that torch does not ship.
 
 Both behave like torch's dropout outside the engine (random masks in train
-mode, identity in eval) and draw per-MC-sample masks from the engine's
-:class:`~mcdropout.engine._sampler.MaskSampler` inside it.
+mode, identity in eval). Inside the engine each has its entry in the registry of
+stochastic layers (:mod:`mcdropout.engine._registry`), which draws its
+per-MC-sample masks; this module imports nothing of the engine.
 """
 
 from __future__ import annotations
@@ -41,17 +42,13 @@ class DropConnect(nn.Module):
         return f"p={self.p}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from mcdropout.engine._sampler import active_sampler  # here: the engine imports this module
-
-        sampler = active_sampler()
-        if sampler is not None and self.p > 0:
-            return self._forward_sampled(x, sampler)
         if not self.training or self.p == 0:
             return self.layer(x)
         keep = torch.rand_like(self.layer.weight) >= self.p
-        return self._compute(x, self.layer.weight * keep / (1.0 - self.p), self.layer.bias)
+        return self.compute(x, self.layer.weight * keep / (1.0 - self.p), self.layer.bias)
 
-    def _compute(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1) -> torch.Tensor:
+    def compute(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1) -> torch.Tensor:
+        """The wrapped layer's operation with ``weight`` and ``bias`` in place of its own (``groups`` times its groups)."""
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight, bias)
@@ -62,39 +59,6 @@ class DropConnect(nn.Module):
             padding = layer.padding
         conv = _CONV_FUNCTIONS[type(layer)]
         return conv(x, weight, bias, layer.stride, padding, layer.dilation, layer.groups * groups)
-
-    def _forward_sampled(self, x: torch.Tensor, sampler) -> torch.Tensor:
-        layer = self.layer
-        grouped = sampler.split(x, "DropConnect")  # (S, R, ...)
-        keep = sampler.keep(tuple(layer.weight.shape), self.p, layer.weight.dtype, 1.0 / (1.0 - self.p))
-        weights = layer.weight * keep  # (S, 1|R, *weight.shape)
-        samples, rows = grouped.shape[:2]
-        if isinstance(layer, nn.Linear):
-            if weights.shape[1] == 1:  # shared across rows: one batched matmul per sample
-                flat = grouped.reshape(samples, -1, grouped.shape[-1])
-                out = torch.bmm(flat, weights[:, 0].transpose(1, 2))
-            else:
-                flat = grouped.reshape(samples, rows, -1, grouped.shape[-1])
-                out = torch.matmul(flat, weights.transpose(-1, -2))
-            if layer.bias is not None:
-                out = out + layer.bias
-            return out.reshape(*x.shape[:-1], layer.out_features)
-        # Convolutions: each weight set becomes a group of one grouped convolution.
-        shared = weights.shape[1] == 1
-        num_groups = samples if shared else samples * rows
-        per_group = weights[:, 0] if shared else weights
-        weight = per_group.reshape(num_groups * layer.weight.shape[0], *layer.weight.shape[1:])
-        bias = layer.bias.repeat(num_groups) if layer.bias is not None else None
-        spatial = x.shape[2:]
-        if shared:  # (S, R, C, ...) -> (R, S*C, ...): every row sees all S weight sets
-            inputs = grouped.transpose(0, 1).reshape(rows, samples * x.shape[1], *spatial)
-        else:
-            inputs = grouped.reshape(1, samples * rows * x.shape[1], *spatial)
-        out = self._compute(inputs, weight, bias, groups=num_groups)
-        out_spatial = out.shape[2:]
-        if shared:
-            out = out.reshape(rows, samples, layer.out_channels, *out_spatial).transpose(0, 1)
-        return out.reshape(samples * rows, layer.out_channels, *out_spatial)
 
 
 class LockedDropout(nn.Module):
@@ -113,14 +77,12 @@ class LockedDropout(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}, batch_first={self.batch_first}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 3:
             raise ValueError(f"LockedDropout expects a 3-D (batch, time, features) tensor, got shape {tuple(x.shape)}")
-        from mcdropout.engine._sampler import active_sampler  # here: the engine imports this module
 
-        sampler = active_sampler()
-        if sampler is not None and self.p > 0:
-            return self._forward_sampled(x, sampler)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         if not self.training or self.p == 0:
             return x
         batch_dim = 0 if self.batch_first else 1
@@ -128,11 +90,3 @@ class LockedDropout(nn.Module):
         mask_shape[batch_dim] = x.shape[batch_dim]
         keep = torch.rand(mask_shape, device=x.device) >= self.p
         return x * keep.to(x.dtype) / (1.0 - self.p)
-
-    def _forward_sampled(self, x: torch.Tensor, sampler) -> torch.Tensor:
-        seq_first = x if self.batch_first else x.transpose(0, 1)
-        grouped = sampler.split(seq_first, "LockedDropout")  # (S, R, time, features)
-        keep = sampler.keep((x.shape[2],), self.p, x.dtype, 1.0 / (1.0 - self.p))  # (S, 1|R, features)
-        out = grouped * keep.unsqueeze(2)
-        out = out.reshape(seq_first.shape)
-        return out if self.batch_first else out.transpose(0, 1)

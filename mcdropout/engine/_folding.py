@@ -20,8 +20,8 @@ from mcdropout.engine._sampler import (
     ChunkLayout,
     MaskSampler,
     has_forward_hooks,
-    is_channel_dropout,
 )
+from mcdropout.engine._registry import is_channel_dropout
 from mcdropout.engine._weight_layout import WeightLayout
 
 

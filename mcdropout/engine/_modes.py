@@ -7,23 +7,9 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from mcdropout.layers import DropConnect, LockedDropout
+from mcdropout.engine._registry import STOCHASTIC_TYPES, is_stochastic
 
-STOCHASTIC_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-    DropConnect,
-    LockedDropout,
-)
-
-
-def is_stochastic(module: nn.Module) -> bool:
-    """True for the modules that MC mode switches on."""
-    return isinstance(module, STOCHASTIC_TYPES)
+__all__ = ["STOCHASTIC_TYPES", "is_stochastic", "mc_dropout", "mc_modes", "module_roles", "stochastic_modules"]
 
 
 def stochastic_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

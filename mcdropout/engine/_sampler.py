@@ -7,13 +7,11 @@ out sample-major: rows ``[s*R, (s+1)*R)`` belong to MC sample ``first_sample + s
 pass. Layers are numbered in call order within one forward pass, so however a
 dropout is reached its masks are the same:
 
-- torch's dropout modules (``nn.Dropout``, ``Dropout1d/2d/3d``,
-  ``AlphaDropout``, ``FeatureAlphaDropout``) get, for the length of the pass, a
-  ``forward`` that calls the sampler;
-- this project's own layers (:mod:`mcdropout.layers`) ask
-  :func:`active_sampler` for their masks;
-- functional calls (``F.dropout(x, p, self.training)``, dropout module
-  subclasses) are caught by a ``TorchFunctionMode``. The mode sees every torch
+- every module in the registry of stochastic layers (torch's six dropout
+  modules, :mod:`mcdropout.layers`; :mod:`mcdropout.engine._registry`) gets, for
+  the length of the pass, its entry's ``sample`` as its ``forward``;
+- functional calls (``F.dropout(x, p, self.training)``, subclasses that
+  override ``forward``) are caught by a ``TorchFunctionMode``. The mode sees every torch
   call of the pass, which costs about a fifth of a small model's forward
   time, so the engine turns it on only for models in which its probe pass
   found such calls.
@@ -27,18 +25,15 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from mcdropout.engine import _masks as mask_source
-from mcdropout import _kernels as native
+from mcdropout.engine._registry import DROPOUT_FUNCTIONS, entry
 
-_KERNEL_MASKED = (torch.float32,)  # the activations the compiled kernel masks
 _ALPHA = 1.7580993408473766  # SELU's -lambda * alpha, as in torch's alpha dropout
 
 _active: contextvars.ContextVar[MaskSampler | None] = contextvars.ContextVar("mcdropout_sampler", default=None)
@@ -68,42 +63,6 @@ class ChunkLayout:
         return self.num_samples * self.num_rows
 
 
-# func -> (channel-wise?, alpha?) ; positional p is the 2nd argument for all of them.
-_DROPOUT_FUNCTIONS: dict[Callable[..., Any], tuple[bool, bool]] = {
-    F.dropout: (False, False),
-    F.dropout1d: (True, False),
-    F.dropout2d: (True, False),
-    F.dropout3d: (True, False),
-    F.alpha_dropout: (False, True),
-    F.feature_alpha_dropout: (True, True),
-    torch.dropout: (False, False),
-    torch.feature_dropout: (True, False),
-    torch.alpha_dropout: (False, True),
-    torch.feature_alpha_dropout: (True, True),
-}
-
-
-# torch's dropout modules -> (channel-wise?, alpha?); subclasses go through the function mode.
-_DROPOUT_MODULES: dict[type[nn.Module], tuple[bool, bool]] = {
-    nn.Dropout: (False, False),
-    nn.Dropout1d: (True, False),
-    nn.Dropout2d: (True, False),
-    nn.Dropout3d: (True, False),
-    nn.AlphaDropout: (False, True),
-    nn.FeatureAlphaDropout: (True, True),
-}
-
-
-def dropout_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules of ``model`` whose forward the sampler replaces during a pass."""
-    return [module for module in model.modules() if is_dropout_module(module)]
-
-
-def is_dropout_module(module: nn.Module) -> bool:
-    """One of torch's dropout modules itself (not a subclass, whose forward may differ)."""
-    return type(module) in _DROPOUT_MODULES
-
-
 def has_forward_hooks(module: nn.Module) -> bool:
     """Forward (pre-)hooks, which only ``module.__call__`` runs: a module the engine computes some
     other way (masked while replicating, folded, replayed) must have none."""
@@ -128,11 +87,6 @@ def forwards_replaced(modules: Sequence[nn.Module], make: Callable[[nn.Module], 
             del vars(module)["forward"]
 
 
-def is_channel_dropout(module: nn.Module) -> bool:
-    """Torch's ``Dropout1d/2d/3d`` itself: whole channels dropped, kept ones scaled (not alpha)."""
-    return _DROPOUT_MODULES.get(type(module)) == (True, False)
-
-
 class MaskSampler:
     """Applies per-sample masks to every dropout call while :meth:`applied`."""
 
@@ -155,11 +109,11 @@ class MaskSampler:
 
     @contextlib.contextmanager
     def applied(self, modules: Sequence[nn.Module], functional: bool) -> Iterator[None]:
-        """Route the dropout of a forward pass here: ``modules`` (from :func:`dropout_modules`)
-        and this project's layers always, functional calls when ``functional``."""
+        """Route the dropout of a forward pass here: ``modules`` (from the registry's
+        :func:`~mcdropout.engine._registry.sampled_modules`) always, functional calls when ``functional``."""
         token = _active.set(self)
         try:
-            with forwards_replaced(modules, lambda module: functools.partial(self.module_dropout, module)), \
+            with forwards_replaced(modules, lambda module: functools.partial(entry(module).sample, self, module)), \
                     _FunctionalDropout(self) if functional else contextlib.nullcontext():
                 yield
         finally:
@@ -229,8 +183,6 @@ class MaskSampler:
         features = tuple(x.shape[1:])
         shape = (layout.batch, *features)
         mask_shape = (features[0],) if channelwise and features else features
-        if 0.0 < p < 1.0 and not alpha and self._compiled(x, layout):
-            return self._masked_by_kernel(x, p, mask_shape, shape, layout, replicated, in_place)
         grouped = x.reshape(layout.num_samples, layout.num_rows, *features) if replicated else x.unsqueeze(0)
         keep = self.layer_keep(mask_shape, p, x.dtype, alpha=alpha)
         if keep is None:
@@ -244,24 +196,6 @@ class MaskSampler:
         a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1.0) * (1.0 - p))
         shift = (keep - 1.0) * (_ALPHA * a) + _ALPHA * a * p
         return (grouped * (keep * a) + shift).reshape(shape)
-
-    def _compiled(self, x: torch.Tensor, layout: ChunkLayout) -> bool:
-        """Whether the compiled kernel can mask ``x``: shared masks, contiguous float32 on the CPU."""
-        return layout.row_ids is None and x.numel() > 0 and native.reading(x, x.dtype, _KERNEL_MASKED) is not None
-
-    def _masked_by_kernel(self, x: torch.Tensor, p: float, mask_shape: tuple[int, ...], shape: tuple[int, ...],
-                          layout: ChunkLayout, replicated: bool, in_place: bool) -> torch.Tensor:
-        """:meth:`dropout`'s answer with the masks that :meth:`keep` would draw, drawn and multiplied in
-        one compiled pass: no mask array, no separate product."""
-        layer = self._count_layer(mask_shape, x.dtype)
-        target = x if in_place and replicated else x.new_empty(shape)  # on x's device whatever torch's default
-        units = math.prod(mask_shape)
-        per_row = math.prod(shape[1:])
-        mask_source.apply(
-            x.data_ptr(), layout.num_rows * per_row if replicated else 0, target.data_ptr(), layout.seed, layer,
-            layout.first_sample, layout.num_samples, layout.num_rows, units, per_row // units, p, 1.0 / (1.0 - p),
-        )
-        return target
 
     def layer_keep(
         self, mask_shape: tuple[int, ...], p: float, dtype: torch.dtype, *, alpha: bool = False
@@ -277,10 +211,10 @@ class MaskSampler:
     def module_dropout(
         self, module: nn.Module, x: torch.Tensor, replicated: bool = True, in_place: bool = False
     ) -> torch.Tensor:
-        """What torch dropout ``module`` (from :func:`dropout_modules`) does to ``x`` in this pass."""
-        channelwise, alpha = _DROPOUT_MODULES[type(module)]
+        """What torch dropout ``module`` does to ``x`` in this pass."""
+        found = entry(module)
         return self.dropout(
-            x, module.p, channelwise=channelwise, alpha=alpha, replicated=replicated, in_place=in_place
+            x, module.p, channelwise=found.channelwise, alpha=found.alpha, replicated=replicated, in_place=in_place
         )
 
     def _require_layout(self) -> ChunkLayout:
@@ -298,10 +232,10 @@ class _FunctionalDropout(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        kind = _DROPOUT_FUNCTIONS.get(func)
+        kind = DROPOUT_FUNCTIONS.get(func)
         if kind is None:
             return func(*args, **kwargs)
         x = args[0] if args else kwargs["input"]
         p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
         self.sampler.functional_calls += 1
-        return self.sampler.dropout(x, float(p), channelwise=kind[0], alpha=kind[1])
+        return self.sampler.dropout(x, float(p), channelwise=kind[0] == "channel", alpha=kind[1])
