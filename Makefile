@@ -12,9 +12,8 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# One stamp per extra, rebuilt when pyproject.toml or the compiled kernels change (an editable
-# install builds the kernels once and does not see later edits to its source).
-$(VENV)/.installed-%: pyproject.toml setup.py mcdropout/_native.c | $(BIN)/python
+# One stamp per extra, rebuilt when pyproject.toml changes.
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[$*]"
 	touch $@
@@ -29,4 +28,4 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/engine.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info mcdropout/*.so
+	rm -rf $(VENV) build *.egg-info

@@ -11,10 +11,6 @@ then resolved to 2**-16, far below any Monte Carlo error).
 
 Per-row masks (an option for comparison) put the row index in the high word of
 the counter, giving every (sample, row) its own stream.
-
-:func:`apply` draws the same shared masks in compiled code and multiplies them
-into an activation in the same pass, without a mask array (:mod:`mcdropout._kernels`,
-where the install built it).
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ import threading
 
 import numpy as np
 
-from mcdropout import _kernels as native
 
 _MASK64 = (1 << 64) - 1
 _COUNTER_BITS = 256  # Philox4x64 yields 4 x 64 bits per counter value
@@ -102,34 +97,6 @@ class MaskGenerator:
         raw = self._bitgen.random_raw(num_samples * stride * 4)
         values = table.take(raw.view(word), axis=0).reshape(num_samples, stride * per_counter)
         return values if stride * per_counter == numel else values[:, :numel]
-
-
-def apply(
-    source: int,
-    source_sample_stride: int,
-    target: int,
-    seed: int,
-    layer: int,
-    first_sample: int,
-    num_samples: int,
-    rows: int,
-    units: int,
-    inner: int,
-    p: float,
-    scale: float,
-) -> None:
-    """Shared masks applied by the compiled kernel (only where ``native.kernels`` is there), from addresses of
-    contiguous float32 data: for sample t, row r and feature i of F = units x inner,
-
-        target[t, r, i] = source[t x source_sample_stride + r x F + i] x mask_t[i // inner]
-
-    where ``mask_t`` is what :meth:`MaskGenerator.keep` draws for (seed, layer, first_sample + t) over
-    ``units`` elements; a stride of 0 replicates one copy of the rows for every sample, and
-    ``source == target`` masks in place. ``0 < p < 1``.
-    """
-    bits, level = _threshold(p)
-    native.kernels.apply(source, source_sample_stride, target, num_samples, rows, units, inner,
-                         layer & _MASK64, seed & _MASK64, first_sample, 0, bits, level, scale)
 
 
 @functools.lru_cache(maxsize=256)
