@@ -43,6 +43,7 @@ from torch import nn
 import mcdropout as mcd
 
 FLOOR_CHUNK = 1024
+DEVICE = torch.device("cpu")  # --device
 
 
 def mlp(inputs: int = 64, hidden: int = 512, outputs: int = 10, p: float = 0.5) -> nn.Sequential:
@@ -51,7 +52,7 @@ def mlp(inputs: int = 64, hidden: int = 512, outputs: int = 10, p: float = 0.5) 
         nn.Linear(inputs, hidden), nn.ReLU(), nn.Dropout(p),
         nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(p),
         nn.Linear(hidden, outputs),
-    ).eval()
+    ).eval().to(DEVICE)
 
 
 def moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,12 +94,14 @@ def best_floor(ms: dict[str, float]) -> float:
 
 
 def engine(model, x, samples):
-    predictor = mcd.MCPredictor(model, samples=samples, device="cpu")
+    predictor = mcd.MCPredictor(model, samples=samples)  # on the model's device
     seeds = itertools.count()
     return lambda: predictor.predict(x, seed=next(seeds))  # a fresh seed each call: no mask reuse
 
 
 def baal_wrapper(model, x, samples, replicate: bool):
+    if DEVICE.type != "cpu":
+        raise ImportError("the baal wrapper is timed on the CPU only")
     from baal.bayesian.dropout import MCDropoutModule
     from baal.modelwrapper import ModelWrapper, TrainingArgs
 
@@ -144,6 +147,8 @@ def interleaved(contenders: dict[str, Callable], repeats: int, block: int = 1) -
     repetition in a fresh random order (seeded): each contender follows every other alike, whereas a
     rotated fixed order gives each one the same predecessor every time, whose cache state it inherits."""
     names = list(contenders)
+    if DEVICE.type == "cuda":  # time the work, not its launch
+        contenders = {name: _synchronised(run) for name, run in contenders.items()}
     for name in names:  # warm-up
         contenders[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -157,11 +162,20 @@ def interleaved(contenders: dict[str, Callable], repeats: int, block: int = 1) -
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
+def _synchronised(run: Callable) -> Callable:
+    def timed():
+        result = run()
+        torch.cuda.synchronize()
+        return result
+
+    return timed
+
+
 def speed_table(repeats: int) -> list[dict]:
     model = mlp()
     rows = []
     for batch, samples in [(1, 50), (1, 100), (256, 50), (256, 100)]:
-        x = torch.randn(batch, 64)
+        x = torch.randn(batch, 64, device=DEVICE)
         contenders = {"naive loop": naive_loop(model, x, samples), **floors(model, x, samples),
                       "mcdropout": engine(model, x, samples)}
         anchors = {}
@@ -192,12 +206,39 @@ def steady_table(repeats: int, block: int = 20) -> list[dict]:
     model = mlp()
     rows = []
     for samples in (50, 100):
-        x = torch.randn(1, 64)
+        x = torch.randn(1, 64, device=DEVICE)
         ms = interleaved({"naive loop": naive_loop(model, x, samples), **floors(model, x, samples),
                           "mcdropout": engine(model, x, samples)}, repeats, block)
         rows.append({"batch": 1, "T": samples, "ms": ms, "vs naive": ms["naive loop"] / ms["mcdropout"],
                      "vs floor": ms["mcdropout"] / best_floor(ms)})
     return rows
+
+
+def cnn(p_channels: float = 0.25, p: float = 0.5) -> nn.Sequential:
+    """3x32x32 inputs; conv 32-64-128, each followed by ReLU and channel dropout; a linear head with dropout."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Dropout2d(p_channels), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Dropout2d(p_channels), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.Dropout2d(p_channels), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(128, 128), nn.ReLU(), nn.Dropout(p), nn.Linear(128, 10),
+    ).eval().to(DEVICE)
+
+
+def cnn_table(repeats: int) -> list[dict]:
+    """Channel dropout inside the convolutions: batch 64, T = 50, beside baal and torch-uncertainty."""
+    model = cnn()
+    x = torch.randn(64, 3, 32, 32, device=DEVICE)
+    samples = 50
+    contenders = {**floors(model, x, samples), "mcdropout": engine(model, x, samples)}
+    for name, make in [("baal (loop)", lambda: baal_wrapper(model, x, samples, replicate=False)),
+                       ("torch-uncertainty (loop)", lambda: torch_uncertainty_wrapper(model, x, samples, on_batch=False))]:
+        try:
+            contenders[name] = make()
+        except ImportError as error:
+            print(f"{name} skipped: {error}", file=sys.stderr)
+    ms = interleaved(contenders, repeats)
+    return [{"batch": 64, "T": samples, "ms": ms, "vs floor": ms["mcdropout"] / best_floor(ms)}]
 
 
 class Wrapped(nn.Module):
@@ -218,7 +259,7 @@ def prefix_table(repeats: int) -> list[dict]:
     wrapped = Wrapped(model)
     rows = []
     for batch, samples in [(1, 100), (256, 50)]:
-        x = torch.randn(batch, 2048)
+        x = torch.randn(batch, 2048, device=DEVICE)
         ms = interleaved({**floors(model, x, samples), "mcdropout": engine(model, x, samples),
                           "mcdropout (not a Sequential)": engine(wrapped, x, samples)}, repeats)
         rows.append({"batch": batch, "T": samples, "ms": ms, "vs floor": ms["mcdropout"] / best_floor(ms),
@@ -228,9 +269,12 @@ def prefix_table(repeats: int) -> list[dict]:
 
 def memory_child(rows: int, samples: int, budget: str) -> None:
     """Run in a subprocess: peak resident memory over the baseline for one big prediction."""
+    from mcdropout._malloc import pin_mmap_threshold
+
+    pin_mmap_threshold()  # as `mcdropout serve` and `mcdropout score` do at start-up
     model = mlp()
-    x = torch.randn(rows, 64)
-    predictor = mcd.MCPredictor(model, samples=samples, memory_budget=budget, device="cpu")
+    x = torch.randn(rows, 64, device=DEVICE)
+    predictor = mcd.MCPredictor(model, samples=samples, memory_budget=budget)
     predictor.predict(x[:2], samples=2, seed=0)  # load kernels and allocator before the baseline
     with open("/proc/self/statm") as statm:
         baseline = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -273,6 +317,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--memory-samples", type=int, default=10_000)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the models and inputs live")
+    parser.add_argument("--tables", default="speed,steady,cnn,prefix,memory",
+                        help="comma-separated subset of speed, steady, cnn, prefix, memory")
     parser.add_argument("--memory-child", nargs=3, metavar=("ROWS", "T", "BUDGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -280,37 +327,68 @@ def main() -> None:
         memory_child(int(rows), int(samples), budget)
         return
 
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    tables = set(args.tables.split(","))
+    gpu = f", {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else ""
+    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores{gpu}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {platform.python_version()}")
-    print(f"# MLP 64-512-512-10, p=0.5 after each hidden layer, CPU, median of {args.repeats} interleaved runs (ms)")
-    speed = speed_table(args.repeats)
+    if "speed" in tables:
+        _speed(args.repeats)
+    if "steady" in tables:
+        _steady(args.repeats)
+    if "cnn" in tables:
+        print(f"\n# CNN 3x32x32, conv 32-64-128 each with ReLU and Dropout2d(0.25), head with Dropout(0.5), {DEVICE}")
+        rows = cnn_table(args.repeats)
+        names = contender_names(rows)
+        print_table(["batch", "T", *names, "/ floor"],
+                    [[row["batch"], row["T"], *times(row, names), f"{row['vs floor']:.2f}"] for row in rows])
+    if "prefix" in tables:
+        _prefix(args.repeats)
+    if "memory" in tables and not args.skip_memory and DEVICE.type == "cpu":
+        _memory(args.memory_samples)
+
+
+def _speed(repeats: int) -> None:
+    print(f"# MLP 64-512-512-10, p=0.5 after each hidden layer, {DEVICE}, median of {repeats} interleaved runs (ms)")
+    speed = speed_table(repeats)
     names = contender_names(speed)
     print_table(["batch", "T", *names, "x naive", "x best anchor", "/ floor"], [
         [row["batch"], row["T"], *times(row, names), f"{row['vs naive']:.1f}x",
          f"{row['vs best anchor']:.1f}x", f"{row['vs floor']:.2f}"] for row in speed])
 
+
+
+def _steady(repeats: int) -> None:
     print("\n# steady state, batch 1: blocks of 20 consecutive calls per contender, blocks in random order")
-    steady = steady_table(args.repeats)
+    steady = steady_table(repeats)
     names = contender_names(steady)
     print_table(["batch", "T", *names, "x naive", "/ floor"], [
         [row["batch"], row["T"], *times(row, names), f"{row['vs naive']:.1f}x",
          f"{row['vs floor']:.2f}"] for row in steady])
 
+
+
+def _prefix(repeats: int) -> None:
     print("\n# prefix sharing: MLP 2048-512-512-10 (first dropout after the 2048-wide layer), as a Sequential"
           " and wrapped in a module of its own")
-    prefix = prefix_table(args.repeats)
+    prefix = prefix_table(repeats)
     names = contender_names(prefix)
     print_table(["batch", "T", *names, "/ floor", "not a Sequential / floor"], [
         [row["batch"], row["T"], *times(row, names), f"{row['vs floor']:.2f}", f"{row['module vs floor']:.2f}"]
         for row in prefix])
 
-    if not args.skip_memory:
-        print(f"\n# peak memory: 1000 rows, T={args.memory_samples}, MLP 64-512-512-10, return_samples=False")
-        print_table(["memory_budget", "peak over baseline", "model", "within budget + model", "seconds"], [
-            [f"{row['budget'] / 1e6:.0f} MB", f"{row['peak_over_baseline'] / 1e6:.1f} MB",
-             f"{row['model_bytes'] / 1e6:.2f} MB",
-             "yes" if row["peak_over_baseline"] <= row["budget"] + row["model_bytes"] else "NO",
-             f"{row['seconds']:.1f}"] for row in memory_table(args.memory_samples)])
+
+
+def _memory(memory_samples: int) -> None:
+    print(f"\n# peak memory: 1000 rows, T={memory_samples}, MLP 64-512-512-10, return_samples=False")
+    print_table(["memory_budget", "peak over baseline", "model", "within budget + model", "seconds"], [
+        [f"{row['budget'] / 1e6:.0f} MB", f"{row['peak_over_baseline'] / 1e6:.1f} MB",
+         f"{row['model_bytes'] / 1e6:.2f} MB",
+         "yes" if row["peak_over_baseline"] <= row["budget"] + row["model_bytes"] else "NO",
+         f"{row['seconds']:.1f}"] for row in memory_table(memory_samples)])
 
 
 def contender_names(rows: list[dict]) -> list[str]:

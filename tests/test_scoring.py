@@ -65,10 +65,13 @@ def test_each_input_format_gives_the_librarys_numbers(tmp_path, suffix):
     assert list(result.columns[:5]) == [("row" if suffix == ".npy" else "pid"), "mean", "std", "lower", "upper"]
     ids = result.iloc[:, 0].tolist()
     assert ids == (list(range(257)) if suffix == ".npy" else frame.pid.tolist())
-    np.testing.assert_allclose(result["mean"], expected.mean[:, 0].numpy(), rtol=1e-6)
-    np.testing.assert_allclose(result["std"], expected.std[:, 0].numpy(), rtol=1e-6)
-    np.testing.assert_allclose(result["lower"], lower[:, 0].numpy(), rtol=1e-6)
-    np.testing.assert_allclose(result["upper"], upper[:, 0].numpy(), rtol=1e-6)
+    # Chunks of 100 rows may run dense where 257 rows run thinned (the cost model): the same masks, float32
+    # rounding apart, on targets of about 1e2.
+    close = {"rtol": 1e-6, "atol": 1e-4}
+    np.testing.assert_allclose(result["mean"], expected.mean[:, 0].numpy(), **close)
+    np.testing.assert_allclose(result["std"], expected.std[:, 0].numpy(), **close)
+    np.testing.assert_allclose(result["lower"], lower[:, 0].numpy(), **close)
+    np.testing.assert_allclose(result["upper"], upper[:, 0].numpy(), **close)
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*.tmp"))
 
 

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mcdropout.bundle import architectures
-from mcdropout.engine import ArrayLike, MCPredictor, Prediction
+from mcdropout.engine import ArrayLike, MCPredictor, Prediction, resolve_device
 from mcdropout.errors import BundleError
 from mcdropout.stats._summary import RegressionPrediction
 
@@ -210,14 +210,13 @@ class Bundle:
     def __init__(self, manifest: Manifest, model: nn.Module, path: Path | None = None, device: str = "auto",
                  memory_budget: int | str = "256MB") -> None:
         self.manifest = manifest
-        self.model = model.eval()
+        self.model = model.eval().to(resolve_device(device))  # the bundle's own model: "auto" is CUDA when present
         self.path = path
         self.predictor = MCPredictor(
-            model,
+            self.model,
             task=manifest.task,
             samples=manifest.samples,
             tau=manifest.tau,
-            device=device,
             memory_budget=memory_budget,
             max_samples=manifest.max_samples,
             input_shape=manifest.input_shape,

@@ -16,13 +16,13 @@ accumulators (:mod:`mcdropout.stats._summary`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import itertools
 import math
-import os
 import re
 import secrets
-import sys
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Union
@@ -31,16 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from mcdropout import _kernels as native
 from mcdropout.engine._folding import ChannelHead
 from mcdropout.engine._prefix import ModulePrefix, SharedRows
 from mcdropout.engine._sampler import (
     ChunkLayout,
     MaskSampler,
     StochasticPrefixError,
-    dropout_modules,
     has_forward_hooks,
-    is_dropout_module,
 )
 from mcdropout.engine._modes import (
     mc_modes,
@@ -54,7 +51,9 @@ from mcdropout.stats._summary import (
     RegressionAccumulator,
     RegressionPrediction,
 )
-from mcdropout.engine._tail import FlatTail, direct
+from mcdropout.engine._registry import is_torch_dropout, sampled_modules
+from mcdropout.engine._thinned import ThinnedChain
+from mcdropout.errors import InputError
 
 Prediction = Union[RegressionPrediction, ClassificationPrediction]
 Task = Literal["regression", "classification"]
@@ -66,13 +65,6 @@ AUTO_STEP = 32  # samples="auto" checks convergence every AUTO_STEP samples
 PLANS_KEPT = 1024  # plans (per rows, T and input shape) kept before the cache starts over
 CACHE_CHUNK_BYTES = 2 * 2**20  # on the CPU, a pass's widest activation stays within this (cache-sized)
 
-_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 4 * 2**20
-_mmap_threshold_pinned = False
-
-_UNSWITCHED = contextlib.nullcontext()  # in place of mc_modes where a pass calls no module
-
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -83,47 +75,68 @@ def parse_bytes(size: int | str) -> int:
     else:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(size))
         if not match or match.group(2).lower() not in _UNITS:
-            raise ValueError(f"memory_budget must be bytes or a size like '256MB' or '1GiB', got {size!r}")
+            raise InputError(f"memory_budget must be bytes or a size like '256MB' or '1GiB', got {size!r}")
         value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if value <= 0:
-        raise ValueError(f"memory_budget must be positive, got {size!r}")
+        raise InputError(f"memory_budget must be positive, got {size!r}")
     return value
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU."""
+    """``"auto"`` picks CUDA when present, else the CPU (what the service and ``mcdropout score`` run on)."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use 'auto' or 'cpu'")
+        raise InputError(f"device {str(device)!r} asked for, but CUDA is not available here; use 'auto' or 'cpu'")
     return resolved
 
 
-def pin_mmap_threshold() -> None:
-    """Fix glibc's mmap threshold at 4 MiB (and its trim threshold at 8 MiB), once per process.
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters and buffers (the CPU for a model that has none)."""
+    devices = {tensor.device for tensor in itertools.chain(model.parameters(), model.buffers())}
+    if len(devices) > 1:
+        raise InputError(f"the model's parameters are on several devices ({', '.join(sorted(map(str, devices)))});"
+                         " MC dropout runs a model on one device")
+    return devices.pop() if devices else torch.device("cpu")
 
-    Left dynamic, glibc raises the threshold (up to 32 MiB) after the first
-    large free; chunk activations then come from the heap, fragment it and are
-    not returned to the OS, so resident memory grows with T (383 MB over the
-    baseline for T=10,000 with a 64 MB budget). glibc's 128 KiB default goes
-    the other way: every activation of a small call (T=100 x 512 features is
-    200 KB) is a fresh mmap whose pages fault in on each call, which doubled
-    the time of a one-row prediction. At 4 MiB, small calls reuse heap memory
-    and large chunks are still mapped and unmapped whole, so peak memory stays
-    within ``memory_budget``. A ``MALLOC_MMAP_THRESHOLD_`` set in the
-    environment is left alone.
-    """
-    global _mmap_threshold_pinned
-    if _mmap_threshold_pinned or "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
-        return
-    _mmap_threshold_pinned = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD)
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to pin
-        pass
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> threading.RLock:
+    """One lock per model: a pass switches its modules' modes and dropout forwards, so passes over one
+    model from several threads take turns (torch parallelises inside each operation)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """How the engine cuts a model's forward: the deterministic prefix (run once per row) and the sampled rest."""
+
+    prefix: tuple[nn.Module, ...]  # leading children of a Sequential that hold no stochastic module
+    suffix: Callable  # the rest of the model
+    lead: nn.Module | None  # a torch dropout module opening a Sequential suffix, masked while replicating
+    after_lead: Callable  # the suffix after ``lead``
+    head: ChannelHead | None  # channel dropout -> Flatten -> Linear, folded into per-channel shares
+    thinned: ThinnedChain | None  # a Linear/dropout chain run as thinned sub-networks
+
+    @classmethod
+    def of(cls, model: nn.Module) -> _Structure:
+        prefix, suffix = _split_sequential(model)
+        lead, after_lead = _leading_dropout(suffix)
+        head = ChannelHead.find(lead, after_lead)
+        return cls(tuple(prefix), suffix, lead, after_lead, head, ThinnedChain.find(suffix) if head is None else None)
+
+    @classmethod
+    def whole(cls, model: nn.Module) -> _Structure:
+        """Nothing shared: for an input shape whose leading layers call dropout functionally."""
+        return cls((), model, None, model, None, None)
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: it keys the plans made from it
@@ -135,7 +148,7 @@ class _Probe:
     sample_bytes: int  # masks (and masked weights) per MC sample
     functional: bool  # dropout is called functionally: the passes need the function mode
     shared: ModulePrefix | None  # not a Sequential: the modules that run once per row
-    modeless: bool  # the passes call no module (every layer is computed directly): no mode switch
+    structure: _Structure  # how the passes over this input shape cut the model
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,7 @@ class _Plan:
     samples: int  # MC samples per forward pass
     functional: bool  # run the passes under the function mode that catches F.dropout calls
     shared: ModulePrefix | None  # modules that answer from their per-row outputs (see _Probe)
+    structure: _Structure
 
 
 class MCPredictor:
@@ -192,18 +206,18 @@ class MCPredictor:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+            raise InputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         if masks not in MASK_MODES:
-            raise ValueError(f"unknown masks {masks!r}; expected one of {', '.join(MASK_MODES)}")
+            raise InputError(f"unknown masks {masks!r}; expected one of {', '.join(MASK_MODES)}")
         if tau is not None and not (isinstance(tau, (int, float)) and np.isfinite(tau) and tau > 0):
-            raise ValueError(f"tau must be a positive number, got {tau!r}")
+            raise InputError(f"tau must be a positive number, got {tau!r}")
         if tau is not None and task != "regression":
-            raise ValueError("tau applies to regression only")
+            raise InputError("tau applies to regression only")
         if not (isinstance(tolerance, (int, float)) and tolerance > 0):
-            raise ValueError(f"tolerance must be a positive number, got {tolerance!r}")
+            raise InputError(f"tolerance must be a positive number, got {tolerance!r}")
         _check_samples(max_samples, "max_samples")
         if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
-            raise ValueError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
+            raise InputError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
         self.task = task
         self.samples = _check_samples(samples, "samples", allow_auto=True)
         self.tau = None if tau is None else float(tau)
@@ -213,25 +227,25 @@ class MCPredictor:
         self.memory_budget = parse_bytes(memory_budget)
         self.chunk_rows = chunk_rows
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
-        self.device = resolve_device(device)
+        own = model_device(model)
+        self.device = own if str(device) == "auto" else resolve_device(device)
+        if self.device != own and not (self.device.type == own.type == "cuda" and self.device.index is None):
+            raise InputError(f"the model is on {own}, device {str(device)!r} was asked for: the library runs a model"
+                             f" where it is; move it first (model.to({str(device)!r})) or pass device='auto'")
+        self.device = own
         self._on_cpu = self.device.type == "cpu"  # read once: each device.type is a call into torch
-        self.model = model.to(self.device)
+        self.model = model
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         unsampled = unsampled_dropout(model)
         if unsampled:
             message = "the model has dropout that MC sampling cannot reach:\n  " + "\n  ".join(unsampled)
             if strict:
-                raise ValueError(message + "\n(pass strict=False to sample the rest and ignore these)")
+                raise InputError(message + "\n(pass strict=False to sample the rest and ignore these)")
             warnings.warn(message, stacklevel=2)
-        self._prefix, self._suffix = _split_sequential(model)
-        self._prefix_steps = [direct(layer) for layer in self._prefix]
-        self._channels_last = self._on_cpu and _to_channels_last(self._prefix)
-        self._lead, self._after_lead = _leading_dropout(self._suffix)
-        self._head = ChannelHead.find(self._lead, self._after_lead)
-        self._tail = FlatTail.find(self._suffix) if self._head is None else None
+        self._structure = _Structure.of(model)
         self._roles = module_roles(model)
-        self._dropout_modules = dropout_modules(model)
-        pin_mmap_threshold()
+        self._dropout_modules = sampled_modules(model)
+        self._lock = _model_lock(model)
         self._probed: dict[tuple[int, ...], _Probe] = {}
         self._plans: dict[tuple, _Plan] = {}
 
@@ -258,11 +272,11 @@ class MCPredictor:
         total = self.max_samples if auto else samples
         sampler = MaskSampler(self.device)  # active only inside forward passes, not around the statistics
         probe = self._probed.get(tuple(inputs.shape[1:]))
-        with torch.inference_mode(), _UNSWITCHED if probe is not None and probe.modeless else mc_modes(self._roles):
+        with self._lock, torch.inference_mode(), mc_modes(self._roles):
             plan = self._plan(inputs.shape[0], total, probe or self._probe(inputs, sampler))
             accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples)
-        if not _any_nonzero(accumulator.spread()):  # spreads are variances: all zero, or some positive
-            raise ValueError(
+        if not bool(accumulator.spread().any()):  # spreads are variances: all zero, or some positive
+            raise InputError(
                 f"all {int(accumulator.moments.count.max())} MC samples came out identical for every row:"
                 " the stochastic layers have no effect on the output (dropout p=0, or dropout placed where"
                 " its effect cancels); MC dropout would report zero uncertainty"
@@ -278,29 +292,29 @@ class MCPredictor:
         else:
             array = np.asarray(x)
             if array.dtype.kind not in "biuf":
-                raise ValueError(f"inputs must be numeric, got an array of dtype {array.dtype}")
+                raise InputError(f"inputs must be numeric, got an array of dtype {array.dtype}")
             tensor = torch.from_numpy(np.ascontiguousarray(array))
         dtype, shape = tensor.dtype, tensor.shape  # read once: each read is a call into torch
         if dtype.is_complex or dtype == torch.bool:
-            raise ValueError(f"inputs must be real numbers, got dtype {dtype}")
+            raise InputError(f"inputs must be real numbers, got dtype {dtype}")
         if not shape:
-            raise ValueError("inputs must have a batch dimension first, got a scalar")
+            raise InputError("inputs must have a batch dimension first, got a scalar")
         if shape[0] == 0:
-            raise ValueError("inputs are empty: got 0 rows")
+            raise InputError("inputs are empty: got 0 rows")
         if self.input_shape is not None and tuple(shape[1:]) != self.input_shape:
-            raise ValueError(
+            raise InputError(
                 f"inputs have rows of shape {tuple(shape[1:])}, expected {self.input_shape}"
                 f" (inputs of shape (rows, {', '.join(map(str, self.input_shape))}))"
             )
-        if dtype.is_floating_point:
-            if not _all_finite(tensor, dtype):
-                finite = torch.isfinite(tensor).reshape(shape[0], -1).all(dim=1)
-                bad = torch.nonzero(~finite).flatten().tolist()
-                if bad:
-                    shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
-                    raise ValueError(f"inputs contain NaN or inf in {len(bad)} row(s): {shown}")
-            if dtype != self.dtype:
-                tensor = tensor.to(self.dtype)
+        if dtype.is_floating_point and dtype != self.dtype:  # first: a float64 past float32's range becomes inf
+            tensor = tensor.to(self.dtype)
+        if dtype.is_floating_point and not _all_finite(tensor):
+            finite = torch.isfinite(tensor).reshape(shape[0], -1).all(dim=1)
+            bad = torch.nonzero(~finite).flatten().tolist()
+            if bad:
+                shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+                raise InputError(f"inputs contain NaN or inf in {len(bad)} row(s): {shown} (or values past the"
+                                 f" range of the model's {str(self.dtype).removeprefix('torch.')})")
         if len(shape) >= 4:
             # Row-major strides, spelled out: a size-1 dimension may carry any stride, and numpy gives
             # (rows, 1, 8, 8) images a channel stride of 1, which torch reads as channels-last; the
@@ -330,28 +344,27 @@ class MCPredictor:
 
         hooks = [m.register_forward_hook(record) for m in self.model.modules() if not list(m.children())]
         calls_before = sampler.calls
+        structure = self._structure
         try:
             try:
-                hidden = self._run_prefix(first, sampler, checked=False)
-            except StochasticPrefixError:  # a leading layer drops out functionally: share nothing
-                self._prefix, self._suffix, self._prefix_steps = [], self.model, []
-                self._lead, self._after_lead, self._head, self._tail = None, self.model, None, None
-                self._channels_last = False  # no prefix left to run in that layout
+                hidden = self._run_prefix(structure, first, sampler, checked=False)
+            except StochasticPrefixError:  # a leading layer drops out functionally on this shape: share nothing
+                structure = _Structure.whole(self.model)
                 hidden = first
             layout = ChunkLayout(seed=0, first_sample=0, num_samples=2, num_rows=1, row_ids=self._row_ids(range(1)))
             in_suffix[0] = True
             sampler.measuring = True
-            outputs = self._run_suffix(hidden, layout, sampler, functional=True)
+            outputs = self._run_suffix(structure, hidden, layout, sampler, functional=True)
             sampler.measuring = False
         except (RuntimeError, IndexError, TypeError) as error:
-            raise ValueError(f"the model failed on inputs with rows of shape {key}: {error}") from error
+            raise InputError(f"the model failed on inputs with rows of shape {key}: {error}") from error
         finally:
             for hook in hooks:
                 hook.remove()
         if sampler.calls == calls_before:
             found = [name for name, _ in stochastic_modules(self.model)]
             detail = f" (it has {', '.join(found)}, but none of them ran)" if found else ""
-            raise ValueError(
+            raise InputError(
                 "the model has no stochastic layer that runs in its forward pass" + detail + ": MC dropout needs"
                 " nn.Dropout (or Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout, functional F.dropout,"
                 " mcdropout.DropConnect, mcdropout.LockedDropout) to sample from"
@@ -366,14 +379,13 @@ class MCPredictor:
             sample_bytes = sampler.sample_bytes
         functional = sampler.functional_calls > 0
         shared = None
-        if not self._prefix and self._lead is None:  # no Sequential prefix: look for modules to share
+        if not structure.prefix and structure.lead is None:  # no Sequential prefix: look for modules to share
             shared = ModulePrefix.find(
-                self.model, len(first), lambda: self._row_pass(first, sampler, functional=True),
-                lambda: self._run_suffix(first, layout, sampler, functional=True), layout.num_samples,
+                self.model, len(first), lambda: self._row_pass(structure, first, sampler, functional=True),
+                lambda: self._run_suffix(structure, first, layout, sampler, functional=True), layout.num_samples,
             )
-        modeless = self._tail is not None and not functional and not self._tail.calls_modules \
-            and not any(isinstance(step, nn.Module) for step in self._prefix_steps)
-        self._probed[key] = _Probe(max(row_bytes, 1), max(leaf_bytes[0], 1), sample_bytes, functional, shared, modeless)
+        self._probed[key] = _Probe(max(row_bytes, 1), max(leaf_bytes[0], 1), sample_bytes, functional, shared,
+                                   structure)
         return self._probed[key]
 
     def _plan(self, rows: int, total: int, probe: _Probe) -> _Plan:
@@ -391,7 +403,7 @@ class MCPredictor:
         budget = self.memory_budget
         row_bytes, sample_bytes = probe.row_bytes, probe.sample_bytes
         if sample_bytes + row_bytes > budget:
-            raise ValueError(
+            raise InputError(
                 f"memory_budget of {budget} bytes is too small: one MC sample of one row needs about"
                 f" {sample_bytes + row_bytes} bytes"
             )
@@ -402,7 +414,8 @@ class MCPredictor:
             capacity = min(capacity, max(1, CACHE_CHUNK_BYTES // probe.activation_bytes))
         block_rows = min(rows, capacity, (budget - sample_bytes) // row_bytes)
         per_pass = min(total, max(1, capacity // block_rows), budget // (sample_bytes + block_rows * row_bytes))
-        return _Plan(rows=block_rows, samples=max(1, per_pass), functional=probe.functional, shared=probe.shared)
+        return _Plan(rows=block_rows, samples=max(1, per_pass), functional=probe.functional, shared=probe.shared,
+                     structure=probe.structure)
 
     def _row_ids(self, rows: range | torch.Tensor) -> np.ndarray | None:
         """Each row's index in the caller's input, which per-row masks are drawn by; None for shared masks."""
@@ -412,16 +425,16 @@ class MCPredictor:
 
     def _run(self, inputs, sampler, plan, seed, total, auto, return_samples):
         rows = inputs.shape[0]
-        if not auto and plan.shared is None and plan.rows >= rows and plan.samples >= total:
-            return self._one_pass(inputs, sampler, plan, seed, total, return_samples)
+        structure = plan.structure
         accumulator = None
         kept = None
+        drawn = 0  # the most samples any row got (samples="auto" stops rows at different counts)
         for start in range(0, rows, plan.rows):
             stop = min(rows, start + plan.rows)
             block_inputs = inputs if stop - start == rows else inputs[start:stop]
-            hidden = self._run_prefix(self._on_device(block_inputs), sampler)
+            hidden = self._run_prefix(structure, self._on_device(block_inputs), sampler)
             if plan.shared is not None:
-                shared = plan.shared.run(hidden, lambda rows: self._row_pass(rows, sampler, plan.functional))
+                shared = plan.shared.run(hidden, lambda rows: self._row_pass(structure, rows, sampler, plan.functional))
                 if shared is not None:  # None: these rows took another path through forward; share nothing
                     hidden = shared
             active = None  # the block's rows still sampled (None: all); samples="auto" narrows it
@@ -434,7 +447,7 @@ class MCPredictor:
                 for first in range(done, done + window, plan.samples):
                     count = min(plan.samples, done + window - first)
                     layout = ChunkLayout(seed, first, count, stop - start if active is None else len(active), row_ids)
-                    outputs = self._run_suffix(block, layout, sampler, plan.functional)
+                    outputs = self._run_suffix(structure, block, layout, sampler, plan.functional)
                     if accumulator is None:
                         accumulator = self._accumulator(rows, outputs)
                     values = accumulator.update(index, outputs, fresh=first == 0)
@@ -442,67 +455,57 @@ class MCPredictor:
                         rows_kept = torch.arange(start, stop) if active is None else active
                         kept = self._keep(kept, rows, total, rows_kept, first, values)
                 done += window
+                drawn = max(drawn, done)
                 if auto:
                     active = torch.arange(start, stop) if active is None else active
                     active = active[~accumulator.converged(self.tolerance)[active.to(self.device)].cpu()]
                     if not len(active):
                         break
-        return accumulator, kept
-
-    def _one_pass(self, inputs, sampler, plan, seed, total, return_samples):
-        """A call that one forward pass answers, all rows and all samples (small calls, the usual
-        server request): what ``_run`` does, without the bookkeeping of its loops (7-13 us of a one-row
-        call when caches are cold)."""
-        rows = inputs.shape[0]
-        layout = ChunkLayout(seed, 0, total, rows, self._row_ids(range(rows)))
-        outputs = self._run_suffix(self._prefix_pass(self._on_device(inputs)), layout, sampler, plan.functional)
-        accumulator = self._accumulator(rows, outputs)
-        values = accumulator.update(slice(0, rows), outputs, fresh=True)
-        kept = self._keep(None, rows, total, torch.arange(rows), 0, values) if return_samples else None
+        if kept is not None and drawn < kept.shape[1]:
+            kept = kept[:, :drawn].contiguous()  # samples="auto": no columns that no row reached
         return accumulator, kept
 
     def _on_device(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` on the model's device. On the CPU a CPU tensor is asked only ``is_cpu``: ``.to()`` and
-        ``.device`` are calls into torch of their own, each 10-30 us when caches are cold."""
+        """``x`` on the model's device."""
         if self._on_cpu and x.is_cpu:
             return x
         return x if x.device == self.device else x.to(self.device)
 
-    def _run_prefix(self, x: torch.Tensor, sampler: MaskSampler, checked: bool = True) -> torch.Tensor:
+    def _run_prefix(self, structure: _Structure, x: torch.Tensor, sampler: MaskSampler,
+                    checked: bool = True) -> torch.Tensor:
         """The deterministic leading layers; ``checked=False`` (the probe) watches them for dropout calls."""
         if checked:
-            return self._prefix_pass(x)
+            return self._prefix_pass(structure, x)
         sampler.begin(None)  # a dropout call now raises StochasticPrefixError
         with sampler.applied((), functional=True):
-            return self._prefix_pass(x)
+            return self._prefix_pass(structure, x)
 
-    def _prefix_pass(self, x: torch.Tensor) -> torch.Tensor:
-        if self._channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        for layer in self._prefix_steps:
+    @staticmethod
+    def _prefix_pass(structure: _Structure, x: torch.Tensor) -> torch.Tensor:
+        for layer in structure.prefix:
             x = layer(x)
-        if self._channels_last and isinstance(x, torch.Tensor):  # row-major for the sampled part, as before
-            x = x.contiguous()
-        if self._head is not None:
-            x = self._head.shares(x)
+        if structure.head is not None:
+            x = structure.head.shares(x)
         return x
 
-    def _row_pass(self, rows: torch.Tensor, sampler: MaskSampler, functional: bool):
+    def _row_pass(self, structure: _Structure, rows: torch.Tensor, sampler: MaskSampler, functional: bool):
         """The model on ``rows`` themselves, until its first stochastic call (StochasticPrefixError)."""
         sampler.begin(None)
         with sampler.applied(self._dropout_modules, functional):
-            return self._suffix(rows)
+            return structure.suffix(rows)
 
-    def _run_suffix(self, hidden: torch.Tensor | SharedRows, layout: ChunkLayout, sampler: MaskSampler,
-                    functional: bool):
+    def _run_suffix(self, structure: _Structure, hidden: torch.Tensor | SharedRows, layout: ChunkLayout,
+                    sampler: MaskSampler, functional: bool):
         sampler.begin(layout)
-        if self._tail is not None and not functional and not isinstance(hidden, SharedRows):
-            return self._group(self._tail(hidden, sampler), layout)  # no forward to swap, no function mode
+        thinned = structure.thinned
+        if (thinned is not None and not functional and layout.row_ids is None and not isinstance(hidden, SharedRows)
+                and thinned.pays(layout.num_rows) and thinned.unhooked()):
+            return self._group(thinned(hidden, sampler, layout), layout)  # each sample as its thinned network
         with sampler.applied(self._dropout_modules, functional):
-            if self._head is not None:  # channel dropout -> Flatten -> Linear: from per-channel shares
-                outputs = self._head(hidden, sampler, layout)
-            elif self._lead is not None:  # the suffix opens with dropout: mask while replicating
-                outputs = self._after_lead(sampler.module_dropout(self._lead, hidden, replicated=False))
+            if structure.head is not None:  # channel dropout -> Flatten -> Linear: from per-channel shares
+                outputs = structure.head(hidden, sampler, layout)
+            elif structure.lead is not None:  # the suffix opens with dropout: mask while replicating
+                outputs = structure.after_lead(sampler.module_dropout(structure.lead, hidden, replicated=False))
             else:  # sample-major replicas (row r of sample s at s*R + r): a stride-0 view for one row
                 shared = hidden if isinstance(hidden, SharedRows) else None
                 rows = hidden if shared is None else shared.inputs
@@ -511,7 +514,7 @@ class MCPredictor:
                 else:
                     replicas = rows.repeat(layout.num_samples, *([1] * (rows.dim() - 1)))
                 with contextlib.nullcontext() if shared is None else shared.replaying(layout.num_samples):
-                    outputs = self._suffix(replicas)
+                    outputs = structure.suffix(replicas)
         return self._group(outputs, layout)
 
     def _group(self, outputs, layout: ChunkLayout):
@@ -520,7 +523,7 @@ class MCPredictor:
         grouped = []
         for part in parts:
             if not isinstance(part, torch.Tensor) or part.dim() == 0 or part.shape[0] != layout.batch:
-                raise ValueError(
+                raise InputError(
                     "the model must return a batch-first tensor (or a (mean, log_variance) pair for"
                     f" heteroscedastic regression); got {_describe(outputs)}"
                 )
@@ -530,15 +533,15 @@ class MCPredictor:
     def _check_outputs(self, outputs) -> None:
         if isinstance(outputs, tuple):
             if self.task != "regression" or len(outputs) != 2 or outputs[0].shape != outputs[1].shape:
-                raise ValueError(
+                raise InputError(
                     f"a {self.task} model must return one tensor"
                     + (" or a (mean, log_variance) pair of equal shapes" if self.task == "regression" else "")
                     + f"; got {_describe(outputs)}"
                 )
             if self.tau is not None:
-                raise ValueError("the model is heteroscedastic (returns mean and log-variance); do not pass tau too")
+                raise InputError("the model is heteroscedastic (returns mean and log-variance); do not pass tau too")
         elif self.task == "classification" and outputs.dim() != 3:  # (samples, rows, classes)
-            raise ValueError(f"a classifier must return logits of shape (rows, classes); got {_describe(outputs)}")
+            raise InputError(f"a classifier must return logits of shape (rows, classes); got {_describe(outputs)}")
 
     def _accumulator(self, rows: int, outputs):
         if self.task == "classification":
@@ -589,19 +592,6 @@ def _split_sequential(model: nn.Module) -> tuple[list[nn.Module], Callable]:
     return children, nn.Sequential()
 
 
-def _to_channels_last(prefix: list[nn.Module]) -> bool:
-    """Give the 2-d convolutions of a CPU prefix channels-last weights; True when there are any.
-
-    oneDNN's convolutions and torch's CPU pooling run in that layout natively: the digits CNN's
-    prefix (two convolutions, ReLUs, a 2x2 max pool) took 0.85 ms instead of 1.55 ms for 64 rows,
-    the pool alone 47 us instead of 920. Answers agree to float rounding.
-    """
-    convolutions = [module for layer in prefix for module in layer.modules() if isinstance(module, nn.Conv2d)]
-    for convolution in convolutions:
-        convolution.to(memory_format=torch.channels_last)
-    return bool(convolutions)
-
-
 def _leading_dropout(suffix: Callable) -> tuple[nn.Module | None, Callable]:
     """A torch dropout module that opens a Sequential suffix, and the rest of the suffix.
 
@@ -612,31 +602,18 @@ def _leading_dropout(suffix: Callable) -> tuple[nn.Module | None, Callable]:
     if not isinstance(suffix, nn.Sequential) or not len(suffix):
         return None, suffix
     lead = suffix[0]
-    if not is_dropout_module(lead) or has_forward_hooks(lead):
+    if not is_torch_dropout(lead) or has_forward_hooks(lead):
         return None, suffix
     return lead, nn.Sequential(*list(suffix)[1:])
 
 
-def _all_finite(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+def _all_finite(tensor: torch.Tensor) -> bool:
     """True when ``tensor`` surely holds no NaN or inf; False sends the caller to its row check.
 
-    The compiled kernel answers for contiguous float32 and float64 inputs on the CPU. Otherwise one
-    cheap reduction in the input's own dtype (torch.isfinite is several kernels): any NaN or inf
+    One cheap reduction in the input's own dtype (torch.isfinite is several kernels): any NaN or inf
     makes the sum NaN or inf, and so may finite values that overflow it.
     """
-    kernels = native.reading(tensor, dtype)
-    if kernels is not None:
-        return kernels.all_finite(tensor.data_ptr(), dtype == torch.float64, tensor.numel())
     return math.isfinite(float(tensor.sum()))
-
-
-def _any_nonzero(tensor: torch.Tensor) -> bool:
-    """``bool(tensor.any())``, through the compiled kernel for contiguous float32 or float64 CPU tensors."""
-    dtype = tensor.dtype
-    kernels = native.reading(tensor, dtype)
-    if kernels is not None:
-        return kernels.any_nonzero(tensor.data_ptr(), dtype == torch.float64, tensor.numel())
-    return bool(tensor.any())
 
 
 def _check_samples(samples, name: str, allow_auto: bool = False):
@@ -644,7 +621,7 @@ def _check_samples(samples, name: str, allow_auto: bool = False):
         return samples
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 2:
         allowed = "an int >= 2" + (" or 'auto'" if allow_auto else "")
-        raise ValueError(f"{name} must be {allowed}, got {samples!r}")
+        raise InputError(f"{name} must be {allowed}, got {samples!r}")
     return int(samples)
 
 
@@ -652,7 +629,7 @@ def _check_seed(seed: int | None) -> int:
     if seed is None:
         return secrets.randbits(63)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        raise InputError(f"seed must be a non-negative int or None, got {seed!r}")
     return int(seed)
 
 
