@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +30,17 @@ from torch import nn
 
 from mcdropout.layers import DropConnect, LockedDropout
 
-if TYPE_CHECKING:
-    from mcdropout.engine._sampler import MaskSampler
-
 Mask = Literal["unit", "channel", "weight", "sequence"]
+
+
+class MaskSampler(Protocol):
+    """What a ``sample`` function asks of the engine's sampler (:class:`mcdropout.engine._sampler.MaskSampler`)."""
+
+    def dropout(self, x: torch.Tensor, p: float, *, channelwise: bool, alpha: bool) -> torch.Tensor: ...
+
+    def split(self, x: torch.Tensor, what: str) -> torch.Tensor: ...
+
+    def keep(self, shape: tuple[int, ...], p: float, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
