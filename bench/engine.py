@@ -73,7 +73,7 @@ def naive_loop(model, x, samples):
 
 def floors(model, x, samples) -> dict[str, Callable]:
     """The deterministic forward in one pass and, when the replicas exceed a chunk, in chunks."""
-    replicas = x.repeat(samples, 1)
+    replicas = x.repeat(samples, *([1] * (x.dim() - 1)))
 
     def whole():
         with torch.inference_mode():
