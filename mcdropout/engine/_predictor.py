@@ -410,8 +410,12 @@ class MCPredictor:
         capacity = max(1, budget // row_bytes)
         if self.chunk_rows is not None:
             capacity = min(capacity, self.chunk_rows)
-        elif self._on_cpu and not (probe.structure.thinned and probe.structure.thinned.pays(min(rows, capacity))):
-            capacity = min(capacity, max(1, CACHE_CHUNK_BYTES // probe.activation_bytes))  # thinned: compact already
+        elif self._on_cpu:
+            width = probe.activation_bytes
+            thinned = probe.structure.thinned
+            if thinned is not None and thinned.pays(min(rows, capacity)):  # samples hold only their kept units
+                width = max(1, round(width * thinned.kept_fraction()))
+            capacity = min(capacity, max(1, CACHE_CHUNK_BYTES // width))
         block_rows = min(rows, capacity, (budget - sample_bytes) // row_bytes)
         per_pass = min(total, max(1, capacity // block_rows), budget // (sample_bytes + block_rows * row_bytes))
         return _Plan(rows=block_rows, samples=max(1, per_pass), functional=probe.functional, shared=probe.shared,

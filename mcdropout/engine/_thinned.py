@@ -103,6 +103,11 @@ class ThinnedChain:
             thinned += (rows + GATHER_COST) * kept_in * kept_out
         return thinned < dense
 
+    def kept_fraction(self) -> float:
+        """The expected kept share of the widest dropout's units (1 where no dropout thins a layer)."""
+        shares = [1.0 - _p(layer.dropout) for layer in self.layers[1:]] or [1.0]
+        return max(shares)
+
     def __call__(self, hidden: torch.Tensor, sampler: MaskSampler, layout: ChunkLayout) -> torch.Tensor:
         """The chain on ``hidden`` (each row once, (rows, features)) for every sample: (samples x rows, outputs).
 
