@@ -7,6 +7,7 @@ third-party packages extend through the ``mcdropout.architectures`` entry points
 from mcdropout.bundle import architectures
 from mcdropout.bundle._bundle import (
     MANIFEST,
+    MAX_PARAMS,
     NAME_PATTERN,
     SCHEMA_VERSION,
     WEIGHTS,
@@ -16,12 +17,14 @@ from mcdropout.bundle._bundle import (
     Standardisation,
     flush_subnormals,
     load_bundle,
+    nonfinite_rows,
     read_manifest,
     save_bundle,
 )
 
 __all__ = [
     "MANIFEST",
+    "MAX_PARAMS",
     "NAME_PATTERN",
     "SCHEMA_VERSION",
     "WEIGHTS",
@@ -32,6 +35,7 @@ __all__ = [
     "architectures",
     "flush_subnormals",
     "load_bundle",
+    "nonfinite_rows",
     "read_manifest",
     "save_bundle",
 ]
