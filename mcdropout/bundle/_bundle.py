@@ -207,6 +207,16 @@ class _Reader:
         return Standardisation(**parts)
 
 
+class NonFiniteError(InputError):
+    """A prediction whose statistics came out NaN or infinite for some rows (inputs so large that the
+    network overflowed): ``model`` names it, ``rows`` (numbered from 0 in the call) are the rows."""
+
+    def __init__(self, model: str, rows: np.ndarray) -> None:
+        self.model, self.rows = model, rows
+        super().__init__(f"model {model!r}: non-finite statistics (the network overflowed) for {len(rows)}"
+                         f" row(s), rows numbered from 0: {_rows_text(rows)}")
+
+
 class Bundle:
     """A loaded bundle: ``predict`` in the user's units, plus the ``manifest`` and ``model``."""
 
@@ -248,8 +258,7 @@ class Bundle:
                                                return_samples=return_samples)
         bad = nonfinite_rows(prediction)
         if len(bad):
-            raise InputError(f"model {self.name!r}: non-finite statistics (the network overflowed) for"
-                             f" {len(bad)} row(s), rows numbered from 0: {_rows_text(bad)}")
+            raise NonFiniteError(self.name, bad)
         return prediction
 
     def predict_model_inputs(self, inputs: torch.Tensor, *, samples: int | str | None = None,
@@ -286,6 +295,7 @@ def nonfinite_rows(prediction: Prediction) -> np.ndarray:
 
 
 def _rows_text(rows: np.ndarray) -> str:
+    """Row numbers for an error message, the first ten of them."""
     return ", ".join(str(r) for r in rows[:_SHOWN_ROWS]) + (", ..." if len(rows) > _SHOWN_ROWS else "")
 
 
