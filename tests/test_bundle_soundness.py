@@ -14,7 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mcdropout.bundle import MANIFEST, WEIGHTS, BundleError, Standardisation, architectures, load_bundle, save_bundle
+from mcdropout.bundle import (
+    MANIFEST,
+    WEIGHTS,
+    BundleError,
+    Standardisation,
+    architectures,
+    load_bundle,
+    save_bundle,
+)
 from mcdropout.errors import InputError
 
 from .conftest import MODELS, run_server

@@ -26,11 +26,20 @@ import pyarrow as pa
 
 from mcdropout import _tables as tables
 from mcdropout._progress import Progress
-from mcdropout.scoring._engines import LocalEngine, RemoteEngine
 from mcdropout.bundle import NonFiniteError
 from mcdropout.errors import InputError, ScoringError
-from mcdropout.scoring._job import (ENGINES, OUTPUT_FORMATS, Engine, Job, Summary, checked_chunks, file_blake2b,
-                                    rows_table, rows_text)
+from mcdropout.scoring._engines import LocalEngine, RemoteEngine
+from mcdropout.scoring._job import (
+    ENGINES,
+    OUTPUT_FORMATS,
+    Engine,
+    Job,
+    Summary,
+    checked_chunks,
+    file_blake2b,
+    rows_table,
+    rows_text,
+)
 from mcdropout.scoring._partial import Partial
 
 
@@ -93,7 +102,10 @@ def _score(job: Job, *, engine: Engine | None, resume: bool, overwrite: bool, qu
 
 def _check_output(source: Path, output: Path, overwrite: bool) -> None:
     """Never the input (by path, hard link or symlink), never a folder, an existing file only with --overwrite."""
-    same = os.path.samefile(source, output) if output.exists() else os.path.realpath(source) == os.path.realpath(output)
+    if output.exists():
+        same = os.path.samefile(source, output)
+    else:
+        same = os.path.realpath(source) == os.path.realpath(output)
     if same:
         raise ScoringError(f"{output}: is the input file {source} (same file); give another output path")
     if output.is_dir():
