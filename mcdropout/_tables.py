@@ -36,6 +36,20 @@ def table_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
+def check_last_line(path: str | Path) -> None:
+    """Refuse a CSV or whitespace-text file whose last byte is not a newline: its last line may have been
+    cut mid-value (an interrupted copy or write), and a cut number still parses."""
+    if table_format(path) not in ("csv", "text"):
+        return
+    with open(path, "rb") as handle:
+        if handle.seek(0, 2) == 0:
+            return
+        handle.seek(-1, 2)
+        if handle.read(1) != b"\n":
+            raise TableError(f"{path}: the last line does not end in a newline, so it may be cut short; if it is"
+                             " complete, add a newline at the end of the file")
+
+
 def read_table(path: str | Path) -> pa.Table:
     """The whole file as an Arrow table."""
     batches = list(iter_chunks(path, 1 << 16))
@@ -70,7 +84,13 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, skip_rows: int = 0,
     try:
         yield from _rechunk(batches, chunk_rows, skip_rows)
     except pa.ArrowInvalid as error:
-        raise TableError(f"{path}: {error}") from None
+        raise TableError(f"{path}: {_one_line(error)}") from None
+    except OSError as error:  # pyarrow's IOError: a damaged file (the file itself was found above)
+        raise TableError(f"{path}: not a readable {kind} file ({_one_line(error)})") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def is_numeric_type(kind: pa.DataType) -> bool:
@@ -142,7 +162,7 @@ def _parquet(path) -> pq.ParquetFile:
         # memory would grow with the file.
         return pq.ParquetFile(path, pre_buffer=False)
     except (pa.ArrowInvalid, OSError) as error:
-        raise TableError(f"{path}: not a readable Parquet file ({error})") from None
+        raise TableError(f"{path}: not a readable Parquet file ({_one_line(error)})") from None
 
 
 def _parquet_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterator[pa.RecordBatch]:

@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
     score.add_argument("--workers", type=int, default=2, help="Ray actors, one predictor each (default 2)")
     score.add_argument("--resume", action="store_true", help="continue an interrupted run from its last chunk")
+    score.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (never the input)")
     score.add_argument("--quiet", action="store_true", help="no progress output")
     score.set_defaults(handler=_score)
 
@@ -224,7 +225,7 @@ def _score(args: argparse.Namespace) -> int:
     job = Job(model=args.model, input=str(args.input), output=str(args.output), engine=args.engine,
               samples=args.samples, seed=args.seed, interval=args.interval, id_column=args.id_column,
               chunk_rows=args.chunk_rows, url=args.url)
-    summary = score(job, resume=args.resume, quiet=args.quiet, api_key=args.api_key or os.environ.get("MCD_API_KEY"),
+    summary = score(job, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, api_key=args.api_key or os.environ.get("MCD_API_KEY"),
                     ray_address=args.ray_address, workers=args.workers)
     resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""
     print(f"wrote {summary.output}: {summary.rows} rows in {summary.seconds:.1f} s"

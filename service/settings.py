@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="port to bind (`mcdropout serve`)")
     device: str = Field("auto", description="torch device: auto (CUDA when present), cpu, cuda:0, ...")
     memory_budget: str = Field("256MB", description="working memory of one engine pass")
+    max_model_params: int = Field(
+        50_000_000, ge=1, description="largest bundle architecture, in parameters (counted before it is built);"
+        " a bigger one is listed as failed"
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch's intra-op threads on the compute thread; default: torch's own (one per"
         " core), which shares the event loop's core"

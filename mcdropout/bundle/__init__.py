@@ -7,31 +7,37 @@ third-party packages extend through the ``mcdropout.architectures`` entry points
 from mcdropout.bundle import architectures
 from mcdropout.bundle._bundle import (
     MANIFEST,
+    MAX_PARAMS,
     NAME_PATTERN,
     SCHEMA_VERSION,
     WEIGHTS,
     Bundle,
     BundleError,
     Manifest,
+    NonFiniteError,
     Standardisation,
     flush_subnormals,
     load_bundle,
+    nonfinite_rows,
     read_manifest,
     save_bundle,
 )
 
 __all__ = [
     "MANIFEST",
+    "MAX_PARAMS",
     "NAME_PATTERN",
     "SCHEMA_VERSION",
     "WEIGHTS",
     "Bundle",
     "BundleError",
     "Manifest",
+    "NonFiniteError",
     "Standardisation",
     "architectures",
     "flush_subnormals",
     "load_bundle",
+    "nonfinite_rows",
     "read_manifest",
     "save_bundle",
 ]

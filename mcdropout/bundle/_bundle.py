@@ -28,13 +28,16 @@ from torch import nn
 
 from mcdropout.bundle import architectures
 from mcdropout.engine import ArrayLike, MCPredictor, Prediction, resolve_device
-from mcdropout.errors import BundleError
-from mcdropout.stats._summary import RegressionPrediction
+from mcdropout.errors import BundleError, InputError
+from mcdropout.stats._summary import ClassificationPrediction, RegressionPrediction
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MAX_PARAMS = 50_000_000  # default limit of load_bundle: a bigger network is refused before it is allocated
+PROBE_SAMPLES = 4  # T of the probe prediction made at load
+_SHOWN_ROWS = 10  # row numbers listed in an error, at most
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,16 @@ class _Reader:
         return Standardisation(**parts)
 
 
+class NonFiniteError(InputError):
+    """A prediction whose statistics came out NaN or infinite for some rows (inputs so large that the
+    network overflowed): ``model`` names it, ``rows`` (numbered from 0 in the call) are the rows."""
+
+    def __init__(self, model: str, rows: np.ndarray) -> None:
+        self.model, self.rows = model, rows
+        super().__init__(f"model {model!r}: non-finite statistics (the network overflowed) for {len(rows)}"
+                         f" row(s), rows numbered from 0: {_rows_text(rows)}")
+
+
 class Bundle:
     """A loaded bundle: ``predict`` in the user's units, plus the ``manifest`` and ``model``."""
 
@@ -235,8 +248,22 @@ class Bundle:
 
     def predict(self, x: ArrayLike, *, samples: int | str | None = None, seed: int | None = None,
                 return_samples: bool = False) -> Prediction:
-        """MC prediction for rows of ``x`` in the user's units (standardisation applied and undone)."""
-        prediction = self.predictor.predict(self.model_inputs(x), samples=samples, seed=seed, return_samples=return_samples)
+        """MC prediction for rows of ``x`` in the user's units (standardisation applied and undone).
+
+        A statistic that comes out NaN or infinite (inputs so far out that the network overflows) is
+        never returned: :class:`~mcdropout.errors.InputError` names the model and the rows.
+        """
+        prediction = self.predict_model_inputs(self.model_inputs(x), samples=samples, seed=seed,
+                                               return_samples=return_samples)
+        bad = nonfinite_rows(prediction)
+        if len(bad):
+            raise NonFiniteError(self.name, bad)
+        return prediction
+
+    def predict_model_inputs(self, inputs: torch.Tensor, *, samples: int | str | None = None,
+                             seed: int | None = None, return_samples: bool = False) -> Prediction:
+        """MC prediction for standardised rows, returned in the user's units; no finiteness check."""
+        prediction = self.predictor.predict(inputs, samples=samples, seed=seed, return_samples=return_samples)
         target = self.manifest.target_standardisation
         if target is None or not isinstance(prediction, RegressionPrediction):
             return prediction
@@ -249,6 +276,26 @@ class Bundle:
             aleatoric=prediction.aleatoric * std**2,
             samples=None if prediction.samples is None else (prediction.samples * std + mean).float(),
         )
+
+
+def nonfinite_rows(prediction: Prediction) -> np.ndarray:
+    """Indices of the rows of ``prediction`` with any NaN or infinite statistic (or returned sample)."""
+    if isinstance(prediction, ClassificationPrediction):
+        fields = [prediction.probs, prediction.entropy, prediction.expected_entropy, prediction.variation_ratio]
+    else:
+        fields = [prediction.mean, prediction.epistemic, prediction.aleatoric]
+    if prediction.samples is not None:
+        fields.append(prediction.samples)
+    bad = torch.zeros(len(fields[0]), dtype=torch.bool)
+    for values in fields:
+        values = values.detach().cpu()
+        bad |= ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+    return np.flatnonzero(bad.numpy())
+
+
+def _rows_text(rows: np.ndarray) -> str:
+    """Row numbers for an error message, the first ten of them."""
+    return ", ".join(str(r) for r in rows[:_SHOWN_ROWS]) + (", ..." if len(rows) > _SHOWN_ROWS else "")
 
 
 def save_bundle(model: nn.Module, path: str | os.PathLike, manifest: Manifest | dict) -> Path:
@@ -300,14 +347,26 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise BundleError(f"{file}: {error}") from None
 
 
-def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget: int | str = "256MB") -> Bundle:
-    """Load a bundle folder into a ready :class:`Bundle`."""
+def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget: int | str = "256MB",
+                max_params: int = MAX_PARAMS) -> Bundle:
+    """Load a bundle folder into a ready :class:`Bundle`, only if it is sound.
+
+    Sound: the manifest is valid and its standardisations fit the input shape and the outputs; the
+    architecture has at most ``max_params`` values (counted on the meta device, before anything is
+    allocated); every weight tensor has the architecture's name, shape and dtype (no conversion) and is
+    finite; and a probe prediction (two rows at -1 and +1 standard deviations, T=4) gives finite
+    statistics, which refuses weights so large (3e38) that float32 arithmetic overflows. Anything else
+    is a :class:`BundleError` naming the file and the problem.
+    """
     folder = Path(path)
     manifest = read_manifest(folder)
+    manifest_file = folder / MANIFEST
+    _check_standardisation_shape(manifest, manifest_file)
+    _check_size(manifest, manifest_file, max_params)
     try:
         model = architectures.build(manifest.architecture, manifest.config)
-    except ValueError as error:
-        raise BundleError(f"{folder / MANIFEST}: architecture: {error}") from None
+    except (ValueError, RuntimeError) as error:
+        raise BundleError(f"{manifest_file}: architecture: {error}") from None
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise BundleError(f"{weights}: missing (a bundle holds {MANIFEST} and {WEIGHTS})")
@@ -317,7 +376,62 @@ def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget:
         raise BundleError(f"{weights}: cannot read safetensors ({error}); the file is truncated or not safetensors") from None
     _check_tensors(model, tensors, weights)
     model.load_state_dict(flush_subnormals(tensors), strict=True)
-    return Bundle(manifest, model, folder, device=device, memory_budget=memory_budget)
+    bundle = Bundle(manifest, model, folder, device=device, memory_budget=memory_budget)
+    _probe(bundle, weights)
+    return bundle
+
+
+def _check_standardisation_shape(manifest: Manifest, file: Path) -> None:
+    """The input standardisation must broadcast to one row (``input.shape``), without changing its shape."""
+    value = manifest.input_standardisation
+    if value is None:
+        return
+    shape = tuple(manifest.input_shape)
+    for key in ("mean", "std"):
+        length = len(getattr(value, key))
+        fits = length == 1 or length == shape[-1]
+        if not fits:
+            raise BundleError(f"{file}: field 'preprocessing.input.{key}': {length} values for input shape"
+                              f" {list(shape)}; expected 1 or {shape[-1]} (one per value of the last dimension)")
+
+
+def _check_size(manifest: Manifest, file: Path, max_params: int) -> None:
+    """Count the architecture's values on the meta device (no memory) before it is built for real."""
+    try:
+        with torch.device("meta"):
+            skeleton = architectures.build(manifest.architecture, manifest.config)
+    except (ValueError, RuntimeError) as error:
+        raise BundleError(f"{file}: architecture: {error}") from None
+    count = sum(tensor.numel() for tensor in skeleton.state_dict().values())
+    if count > max_params:
+        raise BundleError(f"{file}: architecture {manifest.architecture!r} has {count:,} parameters, over the"
+                          f" limit of {max_params:,} (MCD_MAX_MODEL_PARAMS for the service)")
+
+
+def _probe(bundle: Bundle, weights: Path) -> None:
+    """Predict two rows (standardised -1 and +1) and check that every statistic is finite and that the
+    target standardisation and output names fit the network's outputs."""
+    manifest = bundle.manifest
+    shape = (1, *manifest.input_shape)
+    rows = torch.cat([torch.full(shape, -1.0), torch.full(shape, 1.0)]).to(bundle.predictor.dtype)
+    try:
+        raw = bundle.predictor.predict(rows, samples=PROBE_SAMPLES, seed=0)
+    except (ValueError, RuntimeError) as error:
+        raise BundleError(f"{weights}: the probe prediction at load failed: {error}") from None
+    if isinstance(raw, RegressionPrediction):
+        outputs = raw.mean.reshape(len(raw.mean), -1).shape[1]
+        target = manifest.target_standardisation
+        for key in ("mean", "std"):
+            length = 0 if target is None else len(getattr(target, key))
+            if length not in (0, 1, outputs):
+                raise BundleError(f"{weights.parent / MANIFEST}: field 'preprocessing.target.{key}': {length}"
+                                  f" values for a network with {outputs} output(s); expected 1 or {outputs}")
+        if manifest.output_names is not None and len(manifest.output_names) != outputs:
+            raise BundleError(f"{weights.parent / MANIFEST}: field 'outputs.names': {len(manifest.output_names)}"
+                              f" names for a network with {outputs} output(s)")
+    if len(nonfinite_rows(bundle.predict_model_inputs(rows, samples=PROBE_SAMPLES, seed=0))):
+        raise BundleError(f"{weights}: the probe prediction at load gave NaN or infinite statistics: the"
+                          " weights overflow float32 arithmetic")
 
 
 def flush_subnormals(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -341,7 +455,7 @@ def flush_subnormals(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], weights: Path) -> None:
     expected = model.state_dict()
-    problems = []
+    problems, unsound = [], []
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing:
@@ -349,10 +463,21 @@ def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], weights: 
     if unexpected:
         problems.append("unexpected tensors: " + ", ".join(unexpected))
     for key in sorted(set(expected) & set(tensors)):
-        if tuple(expected[key].shape) != tuple(tensors[key].shape):
-            problems.append(
-                f"{key} has shape {tuple(tensors[key].shape)} in the file but {tuple(expected[key].shape)}"
-                " in the architecture"
-            )
+        tensor, wanted = tensors[key], expected[key]
+        if tuple(wanted.shape) != tuple(tensor.shape):
+            problems.append(f"{key} has shape {tuple(tensor.shape)} in the file but {tuple(wanted.shape)}"
+                            " in the architecture")
+        elif tensor.dtype != wanted.dtype:
+            unsound.append(f"{key} has dtype {_dtype_name(tensor.dtype)} in the file but"
+                            f" {_dtype_name(wanted.dtype)} in the architecture (weights are not converted)")
+        elif tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            unsound.append(f"{key} holds {count} NaN or infinite value(s)")
     if problems:
         raise BundleError(f"{weights}: does not match the manifest's architecture: " + "; ".join(problems))
+    if unsound:
+        raise BundleError(f"{weights}: unusable weights: " + "; ".join(unsound))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

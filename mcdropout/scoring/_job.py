@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,17 @@ from mcdropout.answer import Result
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 ENGINES = ("local", "remote", "ray")
 ROW_COLUMN = "row"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_SHOWN_ROWS = 10
+
+
+def file_blake2b(path: str | Path) -> str:
+    """Hex BLAKE2b (128-bit) of a file's bytes, read 16 MB at a time."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -34,7 +46,7 @@ class Job:
     chunk_rows: int = 10_000
     url: str | None = None
     input_size: int = 0
-    input_mtime_ns: int = 0
+    input_blake2b: str = ""  # of the input's bytes: a resume scores the same rows, however the file was touched
 
 @dataclass
 class Summary:
@@ -77,6 +89,7 @@ def checked_chunks(job: Job, feature_names: list[str] | None, input_shape: list[
         if columns is None:
             columns = feature_columns(feature_names, input_shape, batch.schema, job.id_column, job.input)
         x = tables.numeric(batch, columns, path=job.input, first_row=first)
+        _check_float32(x, job.input, first)
         if job.id_column is None:
             yield columns, x, ROW_COLUMN, pa.array(np.arange(first, first + batch.num_rows, dtype=np.int64))
         elif job.id_column in batch.schema.names:
@@ -85,6 +98,19 @@ def checked_chunks(job: Job, feature_names: list[str] | None, input_shape: list[
             raise tables.TableError(f"{job.input}: no id column {job.id_column!r}; the file has"
                                     f" {', '.join(map(repr, batch.schema.names))}")
         first += batch.num_rows
+
+def _check_float32(x: np.ndarray, path: str, first: int) -> None:
+    """Models compute in float32: a value past its range (3.4e38) would become infinite there."""
+    bad = np.flatnonzero((np.abs(x) > _FLOAT32_MAX).any(axis=1))
+    if len(bad):
+        raise tables.TableError(f"{path}: {len(bad)} row(s) with values beyond float32's range (+-3.4e38),"
+                                f" rows numbered from 0: {rows_text(bad + first)}")
+
+
+def rows_text(rows: np.ndarray) -> str:
+    """Row numbers for an error message, the first ten of them."""
+    return ", ".join(str(r) for r in rows[:_SHOWN_ROWS]) + (", ..." if len(rows) > _SHOWN_ROWS else "")
+
 
 def rows_table(id_name: str, ids: pa.Array, result: Result) -> pa.Table:
     """The output rows of one chunk: the id column, then the statistics."""

@@ -1,4 +1,9 @@
-"""``OUTPUT.partial/``: the parts of an unfinished run and its progress record, joined into OUTPUT at the end."""
+"""``OUTPUT.partial/``: the parts of an unfinished run and its progress record, joined into OUTPUT at the end.
+
+``progress.json`` lists every part with its first row, its row count and the BLAKE2b of its bytes; a
+resume checks that the list is consistent (parts in order, rows contiguous from 0) and that each part
+file is still the one written, so an edited record or a replaced part is an error, never mixed data.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -14,52 +20,94 @@ import pyarrow.parquet as pq
 
 from mcdropout import _tables as tables
 from mcdropout.errors import ScoringError
-from mcdropout.scoring._job import Job, partial_folder
+from mcdropout.scoring._job import Job, file_blake2b, partial_folder
+
+_START_OVER = "delete the folder to start over"
 
 
 class Partial:
-    """``OUTPUT.partial/``: ``job.json``, ``part-NNNNNN.parquet`` per chunk, ``progress.json`` (chunks, rows)."""
+    """``OUTPUT.partial/``: ``job.json``, ``part-NNNNNN.parquet`` per chunk, ``progress.json`` (the parts)."""
 
     def __init__(self, output: Path, job: Job, resume: bool) -> None:
         self.output = output
         self.folder = partial_folder(output)
         self.job = job
-        self.chunks = self.rows_done = 0
+        self.parts: list[dict[str, Any]] = []
         if self.folder.exists():
             if not resume:
                 raise ScoringError(f"{self.folder} holds an interrupted run: pass --resume to continue it, or"
-                                   " delete the folder to start over")
+                                   f" {_START_OVER}")
             self._load()
         else:
             self.folder.mkdir(parents=True)
-            _write_json(self.folder / "job.json", asdict(job))
-            self._save_progress()
+            try:
+                _write_json(self.folder / "job.json", asdict(job))
+                self._save_progress()
+            except BaseException:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                raise
         self.resumed_from = self.rows_done
+
+    @property
+    def chunks(self) -> int:
+        return len(self.parts)
+
+    @property
+    def rows_done(self) -> int:
+        return sum(part["rows"] for part in self.parts)
 
     def _load(self) -> None:
         try:
             recorded = json.loads((self.folder / "job.json").read_text())
             progress = json.loads((self.folder / "progress.json").read_text())
         except (OSError, ValueError) as error:
-            raise ScoringError(f"{self.folder}: cannot resume, its record is unreadable ({error}); delete the"
-                               " folder to start over") from None
+            raise ScoringError(f"{self.folder}: cannot resume, its record is unreadable ({error}); {_START_OVER}"
+                               ) from None
+        if not isinstance(recorded, dict):
+            raise ScoringError(f"{self.folder}/job.json: cannot resume, not a job record; {_START_OVER}")
         differs = [key for key, value in asdict(self.job).items() if recorded.get(key) != value]
         if differs:
+            what = ["the input's content" if key in ("input_blake2b", "input_size") else key for key in differs]
             raise ScoringError(f"{self.folder}: cannot resume, the interrupted run had a different"
-                               f" {', '.join(differs)}; delete the folder to start over")
-        self.chunks, self.rows_done = progress["chunks"], progress["rows"]
+                               f" {', '.join(dict.fromkeys(what))}; {_START_OVER}")
+        self.parts = self._checked_parts(progress)
+
+    def _checked_parts(self, progress: Any) -> list[dict[str, Any]]:
+        """The recorded parts, each checked against the record's own order and the file on disk."""
+        record = self.folder / "progress.json"
+        parts = progress.get("parts") if isinstance(progress, dict) else None
+        if not isinstance(parts, list):
+            raise ScoringError(f"{record}: cannot resume, no list of parts; {_START_OVER}")
+        first = 0
+        for index, part in enumerate(parts):
+            name = _part_name(index)
+            if not (isinstance(part, dict) and part.get("file") == name and part.get("first_row") == first
+                    and isinstance(part.get("rows"), int) and part["rows"] > 0 and isinstance(part.get("blake2b"), str)):
+                raise ScoringError(f"{record}: cannot resume, entry {index} is not {name} from row {first};"
+                                   f" the record was edited; {_START_OVER}")
+            file = self.folder / name
+            if not file.is_file() or file_blake2b(file) != part["blake2b"]:
+                raise ScoringError(f"{file}: cannot resume, the part is missing or not the one this run wrote"
+                                   f" (checksum differs); {_START_OVER}")
+            first += part["rows"]
+        return parts
 
     def add(self, table: pa.Table) -> None:
-        part = self.folder / f"part-{self.chunks:06d}.parquet"
+        name = _part_name(self.chunks)
+        part = self.folder / name
         staging = part.with_suffix(".tmp")
-        pq.write_table(table, staging)
-        os.replace(staging, part)
-        self.chunks += 1
-        self.rows_done += table.num_rows
+        try:
+            pq.write_table(table, staging)
+            checksum = file_blake2b(staging)
+            os.replace(staging, part)
+        finally:
+            staging.unlink(missing_ok=True)
+        self.parts.append({"file": name, "first_row": self.rows_done, "rows": table.num_rows, "blake2b": checksum})
         self._save_progress()
 
     def _save_progress(self) -> None:
-        _write_json(self.folder / "progress.json", {"chunks": self.chunks, "rows": self.rows_done})
+        _write_json(self.folder / "progress.json", {"chunks": self.chunks, "rows": self.rows_done,
+                                                    "parts": self.parts})
 
     @property
     def _staging(self) -> Path:
@@ -67,29 +115,39 @@ class Partial:
         return self.output.with_name(f".{self.output.name}.tmp")
 
     def finish(self, out_format: str) -> None:
-        parts = [self.folder / f"part-{i:06d}.parquet" for i in range(self.chunks)]
         staging = self._staging
         writer = None
         try:
-            for part in parts:
-                table = pq.read_table(part)
+            for part in self.parts:
+                table = pq.read_table(self.folder / part["file"])
                 if writer is None:
                     writer = pq.ParquetWriter(staging, table.schema) if out_format == "parquet" \
                         else pa_csv.CSVWriter(staging, table.schema)
                 writer.write_table(table)
             if writer is None:
                 raise tables.TableError(f"{self.job.input}: the file holds no rows to score")
+            done, writer = writer, None
+            done.close()
+            os.replace(staging, self.output)
         finally:
             if writer is not None:
                 writer.close()
-        os.replace(staging, self.output)
+            staging.unlink(missing_ok=True)
         shutil.rmtree(self.folder)
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self._staging.unlink(missing_ok=True)
 
+
+def _part_name(index: int) -> str:
+    return f"part-{index:06d}.parquet"
+
+
 def _write_json(path: Path, data: dict) -> None:
     staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(data))
-    os.replace(staging, path)
+    try:
+        staging.write_text(json.dumps(data))
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)

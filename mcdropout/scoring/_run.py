@@ -16,6 +16,7 @@ bad input file is an error naming the problem, and leaves no output.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -25,15 +26,42 @@ import pyarrow as pa
 
 from mcdropout import _tables as tables
 from mcdropout._progress import Progress
+from mcdropout.bundle import NonFiniteError
+from mcdropout.errors import InputError, ScoringError
 from mcdropout.scoring._engines import LocalEngine, RemoteEngine
-from mcdropout.errors import ScoringError
-from mcdropout.scoring._job import ENGINES, OUTPUT_FORMATS, Engine, Job, Summary, checked_chunks, rows_table
+from mcdropout.scoring._job import (
+    ENGINES,
+    OUTPUT_FORMATS,
+    Engine,
+    Job,
+    Summary,
+    checked_chunks,
+    file_blake2b,
+    rows_table,
+    rows_text,
+)
 from mcdropout.scoring._partial import Partial
 
 
-def score(job: Job, *, engine: Engine | None = None, resume: bool = False, quiet: bool = False,
-          api_key: str | None = None, ray_address: str | None = None, workers: int = 2) -> Summary:
-    """Score ``job.input`` into ``job.output``; see the module docstring for the guarantees."""
+def score(job: Job, *, engine: Engine | None = None, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False, api_key: str | None = None, ray_address: str | None = None,
+          workers: int = 2) -> Summary:
+    """Score ``job.input`` into ``job.output``; see the module docstring for the guarantees.
+
+    File-system failures (a read-only folder, a full disk, an unreadable file) are a
+    :class:`ScoringError` naming the path, as are inputs that cannot be read as tables.
+    """
+    try:
+        return _score(job, engine=engine, resume=resume, overwrite=overwrite, quiet=quiet, api_key=api_key,
+                      ray_address=ray_address, workers=workers)
+    except (OSError, pa.ArrowException) as error:
+        if isinstance(error, (ValueError, FileNotFoundError)):
+            raise
+        raise ScoringError(_io_message(error, job.output)) from None
+
+
+def _score(job: Job, *, engine: Engine | None, resume: bool, overwrite: bool, quiet: bool, api_key: str | None,
+           ray_address: str | None, workers: int) -> Summary:
     started = time.perf_counter()
     output = Path(job.output)
     out_format = _output_format(output)
@@ -43,8 +71,9 @@ def score(job: Job, *, engine: Engine | None = None, resume: bool = False, quiet
         raise FileNotFoundError(f"{source}: no such file")
     if job.chunk_rows < 1:
         raise ScoringError(f"--chunk-rows must be >= 1, got {job.chunk_rows}")
-    stat = source.stat()
-    job = Job(**{**asdict(job), "input_size": stat.st_size, "input_mtime_ns": stat.st_mtime_ns})
+    _check_output(source, output, overwrite)
+    tables.check_last_line(source)
+    job = Job(**{**asdict(job), "input_size": source.stat().st_size, "input_blake2b": file_blake2b(source)})
     if job.engine != "ray":
         engine = engine or _engine(job, api_key)
     partial = Partial(output, job, resume)
@@ -64,7 +93,33 @@ def score(job: Job, *, engine: Engine | None = None, resume: bool = False, quiet
     except tables.TableError:
         partial.discard()
         raise
+    except BaseException:
+        if partial.chunks == 0:  # nothing to resume from: leave nothing behind
+            partial.discard()
+        raise
     return Summary(output, partial.rows_done, round(time.perf_counter() - started, 3), partial.resumed_from)
+
+
+def _check_output(source: Path, output: Path, overwrite: bool) -> None:
+    """Never the input (by path, hard link or symlink), never a folder, an existing file only with --overwrite."""
+    if output.exists():
+        same = os.path.samefile(source, output)
+    else:
+        same = os.path.realpath(source) == os.path.realpath(output)
+    if same:
+        raise ScoringError(f"{output}: is the input file {source} (same file); give another output path")
+    if output.is_dir():
+        raise ScoringError(f"{output}: is a folder; give the path of a .parquet or .csv file")
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        raise ScoringError(f"{output}: exists; pass --overwrite to replace it")
+
+
+def _io_message(error: BaseException, output: str) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = error.filename or output
+        return f"{where}: {error.strerror}" + (f" ({error.filename2})" if error.filename2 else "")
+    return f"{output}: {' '.join(str(error).split())}"
+
 
 def _engine(job: Job, api_key: str | None) -> Engine:
     if job.engine == "local":
@@ -77,8 +132,19 @@ def _engine(job: Job, api_key: str | None) -> Engine:
     raise ScoringError(f"unknown engine {job.engine!r}; expected one of {', '.join(ENGINES)}")
 
 def _local_chunks(job: Job, engine: Engine, skip: int) -> Iterator[pa.Table]:
+    first = skip
     for _, x, id_name, ids in checked_chunks(job, engine.feature_names, engine.input_shape, skip):
-        yield rows_table(id_name, ids, engine.predict(x))
+        try:
+            result = engine.predict(x)
+        except NonFiniteError as error:
+            raise tables.TableError(f"{job.input}: model {error.model!r} gives non-finite statistics (values"
+                                    f" too large for the network) for {len(error.rows)} row(s), rows numbered"
+                                    f" from 0: {rows_text(error.rows + first)}") from None
+        except InputError as error:
+            raise tables.TableError(f"{job.input}: rows {first}-{first + len(x) - 1} (numbered from 0, the row"
+                                    f" numbers below count from {first}): {error}") from None
+        yield rows_table(id_name, ids, result)
+        first += len(x)
 
 def _row_count(path: Path) -> int:
     """Rows in the input: from metadata where the format has it, else by counting lines."""
