@@ -95,6 +95,7 @@ class ServiceState:
             batcher = Batcher(
                 bundle, self.executor, enabled=self.settings.batching, max_batch_rows=self.settings.max_batch_rows,
                 max_delay_ms=self.settings.max_delay_ms, max_queue=self.settings.max_queue,
+                max_samples=self.settings.max_samples,
                 observe=lambda stats, name=name: self.metrics.observe_batch(name, stats),
             )
             batcher.start()

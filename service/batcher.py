@@ -56,7 +56,7 @@ class Answer:
     """One request's rows of a merged run, and with ``return_samples`` its draws (rows, T, outputs)."""
 
     result: Result
-    draws: np.ndarray | None = None
+    draws: np.ndarray | list[np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,11 @@ class BatchStats:
 
 class Batcher:
     def __init__(self, bundle: Bundle, executor: Executor, *, enabled: bool, max_batch_rows: int,
-                 max_delay_ms: float, max_queue: int, observe: Callable[[BatchStats], None] | None = None) -> None:
+                 max_delay_ms: float, max_queue: int, observe: Callable[[BatchStats], None] | None = None,
+                 max_samples: int | None = None) -> None:
         self.bundle = bundle
+        # samples="auto" stops here: the bundle's maximum, or the server's (MCD_MAX_SAMPLES) when lower
+        self.max_samples = min(bundle.manifest.max_samples, max_samples or bundle.manifest.max_samples)
         self.executor = executor
         self.enabled = enabled
         self.max_batch_rows = max_batch_rows
@@ -113,7 +116,7 @@ class Batcher:
             raise Overloaded("the server is shutting down")
         if len(self.queue) >= self.max_queue:
             raise Overloaded(f"model {self.bundle.name!r} has {len(self.queue)} requests waiting (the limit)")
-        per_row = self.bundle.manifest.max_samples if samples == "auto" else samples
+        per_row = self.max_samples if samples == "auto" else samples
         loop = asyncio.get_running_loop()
         job = Job(inputs, samples, seed, level, return_samples, cost=len(inputs) * per_row,
                   future=loop.create_future())
@@ -193,7 +196,8 @@ class Batcher:
             inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([job.inputs for job in jobs])
             try:
                 prediction = self.bundle.predict(inputs, samples=samples, seed=seed,
-                                                 return_samples=any(job.return_samples for job in jobs))
+                                                 return_samples=any(job.return_samples for job in jobs),
+                                                 max_samples=self.max_samples if samples == "auto" else None)
             except Exception as error:
                 loop.call_soon_threadsafe(_fail, [job.future for job in jobs], error)
                 continue
@@ -206,8 +210,10 @@ class Batcher:
                 if job.level not in results:
                     results[job.level] = from_prediction(self.bundle.manifest, prediction, job.level)
                 draws = None
-                if job.return_samples:  # (rows, T, outputs)
+                if job.return_samples:  # (rows, T, outputs); with samples="auto" each row's own draws only
                     draws = prediction.samples[start:stop].reshape(stop - start, prediction.samples.shape[1], -1).numpy()
+                    if samples == "auto":
+                        draws = [row[:count] for row, count in zip(draws, prediction.num_samples[start:stop].tolist())]
                 answers.append(Answer(take_rows(results[job.level], start, stop), draws))
                 start = stop
             # One hand-over to the event loop for the whole group, not one wake-up per request.

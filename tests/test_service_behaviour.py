@@ -165,3 +165,15 @@ def test_the_inference_lane_answers_as_fastapi_does(server, tmp_path):
             assert lane.json() == fastapi.json(), (path, body)
         counted = httpx.get(f"{server.url}/metrics").text
         assert 'route="/v1/models/{name}/predict"' in counted  # the request counter still sees the route
+
+
+def test_auto_samples_stop_at_the_servers_maximum_and_return_only_real_draws(tmp_path):
+    """MCD_MAX_SAMPLES caps samples="auto" below the bundle's own maximum; each row's draws are its own."""
+    rows = datasets.digits().x_test[:20].tolist()
+    with run_server(tmp_path, max_samples="100") as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        answer = http.post("/v1/models/digits/predict",
+                           json={"inputs": rows, "samples": "auto", "return_samples": True}).json()
+    assert max(answer["samples_used"]) <= 100
+    for draws, used in zip(answer["draws"], answer["samples_used"]):
+        assert len(draws) == used
+        assert all(value is not None for draw in draws for value in draw)

@@ -247,23 +247,25 @@ class Bundle:
         return inputs
 
     def predict(self, x: ArrayLike, *, samples: int | str | None = None, seed: int | None = None,
-                return_samples: bool = False) -> Prediction:
+                return_samples: bool = False, max_samples: int | None = None) -> Prediction:
         """MC prediction for rows of ``x`` in the user's units (standardisation applied and undone).
 
         A statistic that comes out NaN or infinite (inputs so far out that the network overflows) is
         never returned: :class:`~mcdropout.errors.InputError` names the model and the rows.
         """
         prediction = self.predict_model_inputs(self.model_inputs(x), samples=samples, seed=seed,
-                                               return_samples=return_samples)
+                                               return_samples=return_samples, max_samples=max_samples)
         bad = nonfinite_rows(prediction)
         if len(bad):
             raise NonFiniteError(self.name, bad)
         return prediction
 
     def predict_model_inputs(self, inputs: torch.Tensor, *, samples: int | str | None = None,
-                             seed: int | None = None, return_samples: bool = False) -> Prediction:
+                             seed: int | None = None, return_samples: bool = False,
+                             max_samples: int | None = None) -> Prediction:
         """MC prediction for standardised rows, returned in the user's units; no finiteness check."""
-        prediction = self.predictor.predict(inputs, samples=samples, seed=seed, return_samples=return_samples)
+        prediction = self.predictor.predict(inputs, samples=samples, seed=seed, return_samples=return_samples,
+                                            max_samples=max_samples)
         target = self.manifest.target_standardisation
         if target is None or not isinstance(prediction, RegressionPrediction):
             return prediction
@@ -284,8 +286,9 @@ def nonfinite_rows(prediction: Prediction) -> np.ndarray:
         fields = [prediction.probs, prediction.entropy, prediction.expected_entropy, prediction.variation_ratio]
     else:
         fields = [prediction.mean, prediction.epistemic, prediction.aleatoric]
-    if prediction.samples is not None:
-        fields.append(prediction.samples)
+    if prediction.samples is not None:  # samples="auto": NaN past a row's own count is padding, not a value
+        drawn = torch.arange(prediction.samples.shape[1]) < prediction.num_samples.reshape(-1, 1)
+        fields.append(prediction.samples.masked_fill(~drawn.reshape(*drawn.shape, *[1] * (prediction.samples.dim() - 2)), 0.0))
     bad = torch.zeros(len(fields[0]), dtype=torch.bool)
     for values in fields:
         values = values.detach().cpu()

@@ -258,8 +258,11 @@ class MCPredictor:
         samples: int | Literal["auto"] | None = None,
         seed: int | None = None,
         return_samples: bool = False,
+        max_samples: int | None = None,
     ) -> Prediction:
         """Predictive distribution for each row of ``x`` (batch dimension first).
+
+        ``max_samples`` caps ``samples="auto"`` for this call (at most the predictor's own).
 
         ``seed`` picks the T sub-networks; None draws one, reported as ``.seed``.
         ``return_samples=True`` adds ``.samples`` of shape (rows, T, ...): the
@@ -269,7 +272,8 @@ class MCPredictor:
         seed = _check_seed(seed)
         inputs = self.prepare_input(x)
         auto = samples == "auto"
-        total = self.max_samples if auto else samples
+        cap = self.max_samples if max_samples is None else min(self.max_samples, _check_samples(max_samples, "max_samples"))
+        total = cap if auto else samples
         sampler = MaskSampler(self.device)  # active only inside forward passes, not around the statistics
         probe = self._probed.get(tuple(inputs.shape[1:]))
         with self._lock, torch.inference_mode(), mc_modes(self._roles):
