@@ -18,6 +18,67 @@ from typing import Any, Union
 import numpy as np
 
 
+@dataclass(frozen=True)
+class Statistic:
+    """One statistic of an answer, declared once: the result objects, the scoring columns, the v1 JSON
+    body and its schema, and the v2 output tensors and metadata are all derived from these."""
+
+    name: str
+    task: str  # "regression" | "classification" | "both"
+    shape: str  # "outputs": (rows, outputs); "classes": (rows, classes); "row": one value per row
+    units: str
+    meaning: str
+    kind: str = "float"  # "float" | "int" | "str"
+    within: str | None = None  # the v1 object that holds it ("interval"), else the body itself
+    column: bool = True  # a column of the flat table (scoring output, to_pandas)
+    tensor: bool = True  # a v2 output tensor
+
+    @property
+    def description(self) -> str:
+        return f"{self.meaning} ({self.units})" if self.units else self.meaning
+
+
+STATISTICS: tuple[Statistic, ...] = (
+    Statistic("mean", "regression", "outputs", "target units", "predictive mean over the MC samples"),
+    Statistic("std", "regression", "outputs", "target units", "predictive standard deviation: sqrt(variance)"),
+    Statistic("lower", "regression", "outputs", "target units", "lower end of the central interval at `level`",
+              within="interval"),
+    Statistic("upper", "regression", "outputs", "target units", "upper end of the central interval at `level`",
+              within="interval"),
+    Statistic("variance", "regression", "outputs", "target units squared",
+              "predictive variance: epistemic + aleatoric", column=False),
+    Statistic("epistemic_variance", "regression", "outputs", "target units squared",
+              "variance of the sampled means: the model's uncertainty"),
+    Statistic("aleatoric_variance", "regression", "outputs", "target units squared",
+              "noise variance: 1/tau, or the mean of a heteroscedastic head's variances"),
+    Statistic("label", "classification", "row", "class index", "the class of highest mean probability", kind="int"),
+    Statistic("class_name", "classification", "row", "", "the name of `label`", kind="str", tensor=False),
+    Statistic("probs", "classification", "classes", "probability", "mean softmax probability of each class"),
+    Statistic("entropy", "classification", "row", "nats", "predictive entropy of `probs`: total uncertainty"),
+    Statistic("expected_entropy", "classification", "row", "nats",
+              "mean entropy of the samples' probabilities: aleatoric uncertainty"),
+    Statistic("mutual_information", "classification", "row", "nats",
+              "entropy - expected_entropy (BALD): epistemic uncertainty"),
+    Statistic("variation_ratio", "classification", "row", "fraction",
+              "share of samples whose arg-max is not `label`: disagreement"),
+    Statistic("samples_used", "both", "row", "samples", "MC samples this row got", kind="int"),
+)
+
+
+def statistics(task: str) -> tuple[Statistic, ...]:
+    """The statistics of ``task``'s answer, in column order."""
+    return tuple(stat for stat in STATISTICS if stat.task in (task, "both"))
+
+
+def _read(body: dict[str, Any], stat: Statistic, rows: int) -> np.ndarray:
+    """One statistic out of a v1 JSON body, as the result object holds it."""
+    value = (body[stat.within] if stat.within else body)[stat.name]
+    if stat.kind == "str":
+        return np.asarray(value, dtype=object)
+    array = np.asarray(value, dtype=np.int64 if stat.kind == "int" else np.float64)
+    return array.reshape(rows, -1) if stat.shape != "row" else array.reshape(rows)
+
+
 @dataclass
 class RegressionResult:
     """Per row: ``mean``, ``std``, ``variance``, ``epistemic_variance``, ``aleatoric_variance``,
@@ -39,25 +100,23 @@ class RegressionResult:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> RegressionResult:
-        def table(key: str, source: dict = body) -> np.ndarray:
-            return np.asarray(source[key], dtype=np.float64).reshape(len(body["samples_used"]), -1)
-
-        return cls(
-            model=body["model"], version=body["version"], seed=body["seed"], outputs=list(body["outputs"]),
-            level=body["interval"]["level"], samples_used=np.asarray(body["samples_used"], dtype=np.int64),
-            mean=table("mean"), std=table("std"), variance=table("variance"),
-            epistemic_variance=table("epistemic_variance"), aleatoric_variance=table("aleatoric_variance"),
-            lower=table("lower", body["interval"]), upper=table("upper", body["interval"]),
-        )
+        rows = len(body["samples_used"])
+        return cls(model=body["model"], version=body["version"], seed=body["seed"], outputs=list(body["outputs"]),
+                   level=body["interval"]["level"],
+                   **{stat.name: _read(body, stat, rows) for stat in statistics("regression")})
 
     def columns(self) -> dict[str, np.ndarray]:
         single = len(self.outputs) == 1
         table: dict[str, np.ndarray] = {}
-        for key in ("mean", "std", "lower", "upper", "epistemic_variance", "aleatoric_variance"):
-            values = getattr(self, key)
+        for stat in statistics("regression"):
+            values = getattr(self, stat.name)
+            if not stat.column:
+                continue
+            if stat.shape != "outputs":
+                table[stat.name] = values
+                continue
             for index, output in enumerate(self.outputs):
-                table[key if single else f"{key}_{output}"] = values[:, index]
-        table["samples_used"] = self.samples_used
+                table[stat.name if single else f"{stat.name}_{output}"] = values[:, index]
         return table
 
     def to_pandas(self):
@@ -87,23 +146,19 @@ class ClassificationResult:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ClassificationResult:
-        def vector(key: str, kind: type = np.float64) -> np.ndarray:
-            return np.asarray(body[key], dtype=kind)
-
-        return cls(
-            model=body["model"], version=body["version"], seed=body["seed"], classes=list(body["classes"]),
-            samples_used=vector("samples_used", np.int64), probs=vector("probs").reshape(len(body["label"]), -1),
-            label=vector("label", np.int64), class_name=np.asarray(body["class_name"], dtype=object),
-            entropy=vector("entropy"), expected_entropy=vector("expected_entropy"),
-            mutual_information=vector("mutual_information"), variation_ratio=vector("variation_ratio"),
-        )
+        rows = len(body["samples_used"])
+        return cls(model=body["model"], version=body["version"], seed=body["seed"], classes=list(body["classes"]),
+                   **{stat.name: _read(body, stat, rows) for stat in statistics("classification")})
 
     def columns(self) -> dict[str, np.ndarray]:
-        table: dict[str, np.ndarray] = {"label": self.label, "class_name": self.class_name}
-        for index, name in enumerate(self.classes or [str(i) for i in range(self.probs.shape[1])]):
-            table[f"prob_{name}"] = self.probs[:, index]
-        for key in ("entropy", "expected_entropy", "mutual_information", "variation_ratio", "samples_used"):
-            table[key] = getattr(self, key)
+        table: dict[str, np.ndarray] = {}
+        for stat in statistics("classification"):
+            values = getattr(self, stat.name)
+            if stat.shape == "classes":
+                for index, name in enumerate(self.classes or [str(i) for i in range(values.shape[1])]):
+                    table[f"prob_{name}"] = values[:, index]
+            elif stat.column:
+                table[stat.name] = values
         return table
 
     def to_pandas(self):

@@ -24,12 +24,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import mcdropout
 from mcdropout.bundle import Bundle, Manifest, load_bundle
-from mcdropout.answer import RegressionResult
+from mcdropout.answer import RegressionResult, statistics
 from service import v2
 from service.batcher import Answer, Batcher, DeadlineExceeded, Overloaded
 from service.inputs import ApiError, instances_array, rows_array, samples_value
 from service.metrics import ServiceMetrics
-from service.middleware import BodyLimit, InferenceLane, RequestCounter
+from service.middleware import BodyLimit, RequestCounter
 from service.schemas import (
     ClassificationResponse,
     ErrorBody,
@@ -175,11 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # resolution costs a tenth of a small request's time on the event loop.
     guarded = [Depends(authorised)] if settings.api_keys else []
 
-    # Each add_middleware wraps what was added before: the lane runs inside the counter, inside the body
-    # limit. Not with OpenTelemetry on: FastAPI's router names each span after the route it selects.
-    if not settings.otel:
-        inference = {"/v1/models/{name}/predict", "/v2/models/{name}/infer"}
-        app.add_middleware(InferenceLane, fastapi_app=app, paths=inference, authorise=authorised)
+    # Each add_middleware wraps what was added before: the counter runs inside the body limit.
     app.add_middleware(RequestCounter, metrics=state.metrics, known=state.models)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
@@ -335,17 +331,12 @@ def _v1_body(manifest: Manifest, answer: Answer, samples: int | str, seed: int) 
     body: dict[str, Any] = {"model": manifest.name, "version": manifest.version, "task": manifest.task,
                             "samples": samples, "samples_used": result.samples_used, "seed": seed}
     if isinstance(result, RegressionResult):
-        body.update(
-            outputs=result.outputs, mean=result.mean, std=result.std, variance=result.variance,
-            epistemic_variance=result.epistemic_variance, aleatoric_variance=result.aleatoric_variance,
-            interval={"level": result.level, "lower": result.lower, "upper": result.upper},
-        )
+        body.update(outputs=result.outputs, interval={"level": result.level})
     else:
-        body.update(
-            classes=manifest.class_names or [], probs=result.probs, label=result.label,
-            class_name=result.class_name.tolist(), entropy=result.entropy, expected_entropy=result.expected_entropy,
-            mutual_information=result.mutual_information, variation_ratio=result.variation_ratio,
-        )
+        body.update(classes=manifest.class_names or [])
+    for stat in statistics(manifest.task):  # the answer's statistics, as mcdropout.answer declares them
+        value = getattr(result, stat.name)
+        (body[stat.within] if stat.within else body)[stat.name] = value.tolist() if stat.kind == "str" else value
     if answer.draws is not None:
         body["draws"] = answer.draws
     return body

@@ -1,14 +1,11 @@
-"""Pure ASGI middleware: the request-body limit, the request counter (no per-request task overhead),
-and the lane that takes inference requests past Starlette's routing and exception layers."""
+"""Pure ASGI middleware: the request-body limit and the request counter (no per-request task overhead)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Container
+from collections.abc import Container
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from starlette.routing import BaseRoute, Match
 
 from service.metrics import ServiceMetrics
 
@@ -91,58 +88,3 @@ class RequestCounter:
             if counter is None:
                 counter = self._counters[labels] = self.metrics.requests.labels(*labels)
             counter.inc()
-
-
-class InferenceLane:
-    """Serves the routes at ``paths`` (the inference routes) straight from their endpoints.
-
-    Under FastAPI a request passes about ten layers before its endpoint runs:
-    exception and telemetry middleware, an exit stack, the router trying routes
-    in turn, the route's request/response wrapper. In-process they took some 70
-    of the 150 us of event-loop time a one-row prediction cost, and under load
-    the loop is what limits throughput. This lane sits inside the app's own middleware
-    (the body limit and the request counter still see every request) and, for a
-    POST that one of its routes matches, authorises, calls the endpoint with the
-    bare request and answers errors with the app's own exception handlers, as
-    FastAPI would. Anything else goes on to FastAPI unchanged; so do exceptions
-    with no handler, to the app's handler of last resort.
-    """
-
-    def __init__(self, app, fastapi_app: FastAPI, paths: Collection[str],
-                 authorise: Callable[[Request], Awaitable[None]]) -> None:
-        self.app = app
-        self.fastapi_app = fastapi_app
-        self.paths = paths
-        self.authorise = authorise
-        self._routes: list[BaseRoute] | None = None  # the app's routes exist only after this is built
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        if self._routes is None:
-            self._routes = [route for route in self.fastapi_app.router.routes
-                            if getattr(route, "path", None) in self.paths]
-        for route in self._routes:
-            match, child_scope = route.matches(scope)
-            if match == Match.FULL:
-                scope.update(child_scope)
-                break
-        else:
-            return await self.app(scope, receive, send)
-        request = Request(scope, receive, send)
-        try:
-            await self.authorise(request)
-            response = await scope["endpoint"](request)
-        except Exception as error:
-            handler = self._handler(error)
-            if handler is None:
-                raise
-            response = await handler(request, error)
-        await response(scope, receive, send)
-
-    def _handler(self, error: Exception):
-        handlers = self.fastapi_app.exception_handlers
-        for kind in type(error).__mro__:
-            if kind is not Exception and kind in handlers:  # Exception's handler is the outermost layer's
-                return handlers[kind]
-        return None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from mcdropout.answer import STATISTICS, Statistic, statistics
 
 Seed = Field(None, ge=0, le=2**63 - 1, description="picks the T sub-networks; default: the server's MCD_DEFAULT_SEED")
 
@@ -23,10 +25,15 @@ class PredictRequest(BaseModel):
     return_samples: bool = Field(False, description="also return every sampled output per row")
 
 
-class Interval(BaseModel):
-    level: float
-    lower: list[list[float]]
-    upper: list[list[float]]
+def _annotation(stat: Statistic) -> Any:
+    scalar = {"float": float, "int": int, "str": str}[stat.kind]
+    return list[scalar] if stat.shape == "row" else list[list[scalar]]
+
+
+def _fields(task: str, within: str | None) -> dict[str, Any]:
+    """The answer's statistics of ``task`` held by ``within`` (None: the body), as pydantic fields."""
+    return {stat.name: (_annotation(stat), Field(description=stat.description))
+            for stat in statistics(task) if stat.within == within and stat.name != "samples_used"}
 
 
 class PredictionBase(BaseModel):
@@ -34,31 +41,24 @@ class PredictionBase(BaseModel):
     version: str
     task: str
     samples: Union[int, Literal["auto"]] = Field(description="the T asked for")
-    samples_used: list[int] = Field(description="MC samples each row got")
+    samples_used: list[int] = Field(description=next(s for s in STATISTICS if s.name == "samples_used").description)
     seed: int
 
 
-class RegressionResponse(PredictionBase):
-    outputs: list[str]
-    mean: list[list[float]]
-    std: list[list[float]]
-    variance: list[list[float]]
-    epistemic_variance: list[list[float]]
-    aleatoric_variance: list[list[float]]
-    interval: Interval
-    draws: list[list[list[float]]] | None = Field(None, description="(rows, T, outputs) with return_samples")
-
-
-class ClassificationResponse(PredictionBase):
-    classes: list[str]
-    probs: list[list[float]]
-    label: list[int]
-    class_name: list[str]
-    entropy: list[float]
-    expected_entropy: list[float]
-    mutual_information: list[float]
-    variation_ratio: list[float]
-    draws: list[list[list[float]]] | None = Field(None, description="(rows, T, classes) probabilities")
+# Derived from mcdropout.answer's declarations: a new statistic there is a new field here.
+Interval = create_model("Interval", level=(float, Field(description="the interval's level")),
+                        **_fields("regression", "interval"))
+RegressionResponse = create_model(
+    "RegressionResponse", __base__=PredictionBase, outputs=(list[str], ...), interval=(Interval, ...),
+    draws=(Optional[list[list[list[float]]]], Field(None, description="(rows, T, outputs) with return_samples;"
+                                                    " with samples='auto' each row's own T")),
+    **_fields("regression", None),
+)
+ClassificationResponse = create_model(
+    "ClassificationResponse", __base__=PredictionBase, classes=(list[str], ...),
+    draws=(Optional[list[list[list[float]]]], Field(None, description="(rows, T, classes) probabilities")),
+    **_fields("classification", None),
+)
 
 
 class ModelInfo(BaseModel):

@@ -18,7 +18,7 @@ import orjson
 from pydantic import ValidationError
 
 from mcdropout.bundle import Manifest
-from mcdropout.answer import RegressionResult, Result
+from mcdropout.answer import RegressionResult, Result, statistics
 from service.inputs import ApiError
 from service.schemas import V2InferRequest
 
@@ -30,10 +30,9 @@ DATATYPES: dict[str, np.dtype] = {
     "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
     "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
 }
-REGRESSION_OUTPUTS = ("mean", "std", "variance", "epistemic_variance", "aleatoric_variance", "lower", "upper",
-                      "samples_used")
-CLASSIFICATION_OUTPUTS = ("probs", "label", "entropy", "expected_entropy", "mutual_information", "variation_ratio",
-                          "samples_used")
+# The answer's statistics as output tensors; a classifier's probabilities first, as v2 clients index them.
+OUTPUTS = {task: tuple(sorted((stat for stat in statistics(task) if stat.tensor), key=lambda stat: stat.shape != "classes"))
+           for task in ("regression", "classification")}
 PARAMETERS = ("samples", "seed", "interval", "binary_data_output")
 
 
@@ -43,15 +42,9 @@ def error(message: str, status: int = 400) -> ApiError:
 
 def output_specs(manifest: Manifest) -> list[dict[str, Any]]:
     """The output tensors a model's infer answers with: name, datatype, shape (-1 = rows)."""
-    if manifest.task == "regression":
-        width = len(manifest.output_names or []) or -1
-        specs = [{"name": n, "datatype": "FP64", "shape": [-1, width]} for n in REGRESSION_OUTPUTS[:-1]]
-    else:
-        classes = len(manifest.class_names or [])
-        specs = [{"name": "probs", "datatype": "FP64", "shape": [-1, classes]},
-                 {"name": "label", "datatype": "INT64", "shape": [-1]}]
-        specs += [{"name": n, "datatype": "FP64", "shape": [-1]} for n in CLASSIFICATION_OUTPUTS[2:-1]]
-    return specs + [{"name": "samples_used", "datatype": "INT64", "shape": [-1]}]
+    widths = {"outputs": len(manifest.output_names or []) or -1, "classes": len(manifest.class_names or []) or -1}
+    return [{"name": stat.name, "datatype": "INT64" if stat.kind == "int" else "FP64",
+             "shape": [-1] if stat.shape == "row" else [-1, widths[stat.shape]]} for stat in OUTPUTS[manifest.task]]
 
 
 def model_metadata(manifest: Manifest) -> dict[str, Any]:
@@ -178,5 +171,5 @@ def response(request: V2InferRequest, manifest: Manifest, result: Result, params
 
 
 def _tensors(result: Result) -> dict[str, np.ndarray]:
-    names = REGRESSION_OUTPUTS if isinstance(result, RegressionResult) else CLASSIFICATION_OUTPUTS
-    return {name: getattr(result, name) for name in names}
+    task = "regression" if isinstance(result, RegressionResult) else "classification"
+    return {stat.name: getattr(result, stat.name) for stat in OUTPUTS[task]}
