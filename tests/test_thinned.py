@@ -114,3 +114,12 @@ def test_auto_samples_return_only_drawn_samples():
     assert prediction.samples.shape[1] <= 96
     drawn = (~torch.isnan(prediction.samples[..., 0])).sum(dim=1)
     assert int(drawn.max()) == prediction.samples.shape[1]
+
+
+def test_a_chain_whose_first_dropout_is_off():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Dropout(0.0), nn.Linear(6, 12), nn.ReLU(), nn.Dropout(0.5), nn.Linear(12, 2))
+    x = torch.randn(1000, 6)
+    assert ThinnedChain.find(model).pays(1000)
+    torch.testing.assert_close(mcd.predict(model, x, samples=30, seed=1, return_samples=True).samples,
+                               _dense(model, x, samples=30, seed=1, return_samples=True).samples, rtol=1e-5, atol=1e-6)
