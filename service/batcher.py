@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mcdropout.bundle import Bundle
+from mcdropout.bundle import Bundle, NonFiniteError
 from mcdropout.answer import RegressionResult, Result, from_prediction, take_rows
 
 
@@ -188,7 +188,9 @@ class Batcher:
         for job in batch:
             groups.setdefault((job.samples, job.seed), []).append(job)
         stats = []
-        for (samples, seed), jobs in groups.items():
+        work = list(groups.items())
+        while work:
+            (samples, seed), jobs = work.pop(0)
             jobs = [job for job in jobs if not job.abandoned]
             if not jobs:
                 continue
@@ -198,6 +200,24 @@ class Batcher:
                 prediction = self.bundle.predict(inputs, samples=samples, seed=seed,
                                                  return_samples=any(job.return_samples for job in jobs),
                                                  max_samples=self.max_samples if samples == "auto" else None)
+            except NonFiniteError as error:
+                if len(jobs) == 1:
+                    loop.call_soon_threadsafe(_fail, [jobs[0].future], error)
+                    continue
+                # Each request answers for its own rows: the requests with bad rows fail with their row
+                # numbers, the others are run again without them (a row's answer does not depend on its batch).
+                good, start = [], 0
+                for job in jobs:
+                    stop = start + len(job.inputs)
+                    own = error.rows[(error.rows >= start) & (error.rows < stop)] - start
+                    if len(own):
+                        loop.call_soon_threadsafe(_fail, [job.future], NonFiniteError(error.model, own))
+                    else:
+                        good.append(job)
+                    start = stop
+                if good:
+                    work.append(((samples, seed), good))
+                continue
             except Exception as error:
                 loop.call_soon_threadsafe(_fail, [job.future for job in jobs], error)
                 continue

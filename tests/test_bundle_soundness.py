@@ -121,3 +121,22 @@ def test_the_service_lists_unsound_bundles_as_failed_with_their_reason(tmp_path)
         answer = httpx.post(f"{server.url}/v1/models/diabetes/predict", json={"inputs": rows, "samples": 10})
         assert answer.status_code == 422, answer.text
         assert "model 'diabetes': non-finite statistics" in answer.text and "from 0: 1" in answer.text
+
+
+def test_a_request_that_overflows_fails_alone_in_a_merged_batch(tmp_path):
+    """Concurrent requests merged into one run: only the request with the overflowing row fails, with its own
+    row numbers; the others are answered."""
+    import asyncio
+
+    good = [[0.01 * i] * 10 for i in range(3)]
+    bad = [[0.0] * 10, [1e37] * 10]
+
+    async def fire(url):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            bodies = [{"inputs": bad if i == 3 else good, "samples": 500, "seed": 1} for i in range(8)]
+            return await asyncio.gather(*(client.post("/v1/models/diabetes/predict", json=b) for b in bodies))
+
+    with run_server(tmp_path, max_delay_ms="50") as server:
+        answers = asyncio.run(fire(server.url))
+    assert [a.status_code for a in answers] == [200, 200, 200, 422, 200, 200, 200, 200]
+    assert "from 0: 1" in answers[3].text
