@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import mcdropout
 from mcdropout.bundle import Bundle, Manifest, load_bundle
 from mcdropout.answer import RegressionResult
-from service import v2
+from service import ui, v2
 from service.batcher import Answer, Batcher, DeadlineExceeded, Overloaded
 from service.inputs import ApiError, instances_array, rows_array, samples_value
 from service.metrics import ServiceMetrics
@@ -172,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Without keys there is nothing to check: no dependency at all, since FastAPI's dependency
     # resolution costs a tenth of a small request's time on the event loop.
     guarded = [Depends(authorised)] if settings.api_keys else []
+    ui.install(app, guarded)
 
     # Each add_middleware wraps what was added before: the lane runs inside the counter, inside the body
     # limit. Not with OpenTelemetry on: FastAPI's router names each span after the route it selects.
