@@ -28,7 +28,7 @@ def install(app: FastAPI, guarded: list[Depends]) -> None:
     async def ui_root() -> RedirectResponse:
         return RedirectResponse("/ui/")
 
-    @app.get("/ui/example/{name}", dependencies=guarded, tags=["ui"],
+    @app.get("/ui/example/{name}", dependencies=guarded, include_in_schema=False,
              summary="an example input row for the playground: the manifest's, else built from its training means")
     async def example(request: Request, name: str) -> dict:
         bundle = request.app.state.service.bundle(name)
