@@ -171,8 +171,14 @@ def test_no_request_leaves_127_0_0_1(browser: WebDriver, server: Server) -> None
     assert hosts == {"127.0.0.1"}, hosts
 
 
-def test_with_api_keys_the_page_sends_the_key_field_as_a_bearer_token(tmp_path) -> None:
-    with run_server(tmp_path, api_keys="ui-secret") as keyed:
+def test_with_api_keys_the_key_field_is_sent_and_a_failed_bundle_shows_its_reason(tmp_path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "digits").symlink_to(MODELS / "digits")
+    (models / "broken").mkdir()
+    (models / "broken" / "manifest.json").write_text("{}")
+    with run_server(tmp_path, api_keys="ui-secret", models_dir=str(models)) as keyed:
+        reason = httpx.get(f"{keyed.url}/v1/models/broken", headers={"Authorization": "Bearer ui-secret"}).json()
         chrome = _chrome()
         try:
             chrome.get(f"{keyed.url}/ui/")
@@ -180,6 +186,9 @@ def test_with_api_keys_the_page_sends_the_key_field_as_a_bearer_token(tmp_path) 
             assert "API key" in chrome.find_element(By.ID, "error").text
             chrome.find_element(By.ID, "api-key").send_keys("ui-secret\n")
             WebDriverWait(chrome, WAIT_S).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#model-list tr[data-model]"))
-            assert len(chrome.find_elements(By.CSS_SELECTOR, "#model-list tr[data-model]")) == len(SHIPPED)
+            rows = {row.get_attribute("data-model"): row.text
+                    for row in chrome.find_elements(By.CSS_SELECTOR, "#model-list tr[data-model]")}
+            assert sorted(rows) == ["broken", "digits"] and "ready" in rows["digits"]
+            assert reason["status"] == "failed" and "failed" in rows["broken"] and reason["error"] in rows["broken"]
         finally:
             chrome.quit()
