@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: serve test bench clean
+.PHONY: serve test bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,12 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.installed-serve
 	$(BIN)/mcdropout serve
 
-test: $(VENV)/.installed-dev
+# The browser tests drive Debian's chromium through its chromedriver (root on CI; installed once).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+test: $(VENV)/.installed-dev browser
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-bench

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import mcdropout
 from mcdropout.bundle import Bundle, Manifest, load_bundle
 from mcdropout.answer import RegressionResult, statistics
-from service import v2
+from service import ui, v2
 from service.batcher import Answer, Batcher, DeadlineExceeded, Overloaded
 from service.inputs import ApiError, instances_array, rows_array, samples_value
 from service.metrics import ServiceMetrics
@@ -174,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Without keys there is nothing to check: no dependency at all, since FastAPI's dependency
     # resolution costs a tenth of a small request's time on the event loop.
     guarded = [Depends(authorised)] if settings.api_keys else []
+    ui.install(app, guarded)
 
     # Each add_middleware wraps what was added before: the counter runs inside the body limit.
     app.add_middleware(RequestCounter, metrics=state.metrics, known=state.models)

@@ -1,0 +1,54 @@
+"""The browser playground at ``/ui``: static pages shipped in the package, plus one example-input route.
+
+The pages talk to the v1 JSON API like any client; the only route of their own gives each model's
+example input (the manifest's, else the training means), which the API does not expose.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.params import Depends
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from mcdropout.bundle import Manifest
+
+STATIC = Path(__file__).resolve().parent / "ui" / "static"
+_SEQUENCE_FREQUENCY = 0.4  # radians per step: a wave of the kind the shipped sequence model saw
+
+
+def install(app: FastAPI, guarded: list[Depends]) -> None:
+    """Serve the playground at /ui; the example route sits behind the API keys like the v1 routes."""
+
+    @app.get("/ui", include_in_schema=False)
+    async def ui_root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    @app.get("/ui/example/{name}", dependencies=guarded, include_in_schema=False,
+             summary="an example input row for the playground: the manifest's, else built from its training means")
+    async def example(request: Request, name: str) -> dict:
+        bundle = request.app.state.service.bundle(name)
+        return {"name": name, **example_input(bundle.manifest)}
+
+    app.mount("/ui/", StaticFiles(directory=STATIC, html=True), name="ui")
+
+
+def example_input(manifest: Manifest) -> dict[str, Any]:
+    """One row for the model page to predict on opening; ``inputs`` is None where the page draws one (images)."""
+    recorded = (manifest.training or {}).get("example")
+    if recorded is not None:
+        return {"inputs": recorded, "source": "the bundle's example"}
+    shape = manifest.input_shape
+    if len(shape) == 3:
+        return {"inputs": None, "source": "a digit drawn by the page"}
+    means = manifest.input_standardisation.mean if manifest.input_standardisation else [0.0]
+    if len(shape) == 1:
+        row = [float(means[i % len(means)]) for i in range(shape[0])]
+        return {"inputs": row, "source": "the training means"}
+    steps, width = shape[0], math.prod(shape[1:])
+    row = [[round(math.sin(_SEQUENCE_FREQUENCY * t), 4)] * width for t in range(steps)]
+    return {"inputs": row, "source": f"a sine wave, sin({_SEQUENCE_FREQUENCY} t)"}
