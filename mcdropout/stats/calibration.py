@@ -1,0 +1,453 @@
+"""Calibration of MC dropout's numbers, fitted on rows the network never trained on.
+
+Protocol-neutral (numpy and scipy only): arrays in, plain dataclasses out, each with ``to_dict`` /
+``from_dict`` for the bundle manifest. The fitting functions:
+
+- :func:`fit_conformal_regression` (means, stds, y): split conformal with the normalised score
+  |y - mean| / std; :meth:`ConformalRegression.quantile` answers any level at serve time.
+- :func:`fit_sigma_scale` (means, stds, y): one factor s on the predictive variance (s^2 var), by NLL.
+- :func:`fit_temperature` (logits, y): one temperature T by NLL of mean_t softmax(z_t / T), with logits
+  of shape (rows, samples, classes); :func:`summarise_logits` gives the statistics at a temperature.
+- :func:`fit_conformal_sets` (probs, y): LAC and APS scores; :meth:`ConformalSets.predict_sets`.
+- :func:`fit_selective` (statistics, y): risk-controlling thresholds at any (max_risk, delta) at
+  serve time; :meth:`Selective.threshold` and :func:`selective_threshold` on raw arrays.
+- :func:`fit_regression` and :func:`fit_classification` put them together in a :class:`Calibration`.
+
+Guarantees: conformal coverage >= level for exchangeable rows (marginally, per output); the selective
+threshold's accepted rows have error <= max_risk with probability >= 1 - delta (Clopper-Pearson bounds
+as in Geifman & El-Yaniv's SGR, 2017, over a grid with Bonferroni: Learn-then-Test, Angelopoulos et al. 2021).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from scipy import optimize, special, stats
+
+from mcdropout.errors import InputError
+
+__all__ = [
+    "SCORES", "SET_METHODS", "Calibration", "ConformalRegression", "ConformalSets", "Selective", "SortedScores",
+    "check_level", "check_risk", "fit_classification", "fit_conformal_regression", "fit_conformal_sets",
+    "fit_regression", "fit_selective", "fit_sigma_scale", "fit_temperature", "selective_threshold",
+    "summarise_logits", "uncertainty_score",
+]
+
+MAX_SCORES = 4096  # order statistics kept per score: enough for any level to 1/4096 of its rank
+MAX_SELECTIVE_ROWS = 5000  # calibration rows kept for serve-time selective thresholds
+SELECTIVE_GRID = 30  # candidate thresholds tested at once
+SET_METHODS = ("lac", "aps")
+SCORES = ("one_minus_max_prob", "entropy", "mutual_information")
+_TINY_LOG = math.log(np.finfo(np.float64).tiny)
+
+
+def check_level(level: Any, name: str = "level") -> float:
+    """``level`` as a float in (0, 1), else :class:`InputError` naming ``name``."""
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not 0.0 < float(level) < 1.0:
+        raise InputError(f"{name} must be a number in (0, 1), got {level!r}")
+    return float(level)
+
+
+def check_risk(max_risk: Any, name: str = "max_risk") -> float:
+    return check_level(max_risk, name)
+
+
+# -- order statistics -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SortedScores:
+    """The order statistics of n calibration scores, or a thinned, conservative subset of them.
+
+    ``ranks`` (1-based, increasing, ending at n) and ``values`` (their scores). The conformal
+    quantile at ``level`` is the score of rank k = ceil((n + 1) level); when k is not kept, the
+    next kept rank answers (a larger score: the coverage only grows).
+    """
+
+    n: int
+    ranks: list[int]
+    values: list[float]
+
+    @classmethod
+    def of(cls, scores: np.ndarray, keep: int = MAX_SCORES) -> SortedScores:
+        scores = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+        n = len(scores)
+        if n == 0:
+            raise InputError("calibration needs at least one row")
+        if not np.isfinite(scores).all():
+            raise InputError("calibration scores must be finite (a zero std or a NaN target?)")
+        ranks = np.arange(1, n + 1) if n <= keep else np.unique(np.ceil(np.linspace(1, n, keep)).astype(np.int64))
+        return cls(n=n, ranks=ranks.tolist(), values=scores[ranks - 1].tolist())
+
+    def max_level(self) -> float:
+        """The highest level with a finite quantile: n / (n + 1)."""
+        return self.n / (self.n + 1)
+
+    def quantile(self, level: float) -> float:
+        """The conformal quantile at ``level``; inf when ceil((n + 1) level) > n (too few rows)."""
+        return _quantile(self, check_level(level))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "ranks": self.ranks, "values": self.values}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SortedScores:
+        return cls(n=int(data["n"]), ranks=[int(r) for r in data["ranks"]], values=[float(v) for v in data["values"]])
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+@functools.lru_cache(maxsize=256)
+def _quantile(scores: SortedScores, level: float) -> float:
+    k = math.ceil((scores.n + 1) * level - 1e-12)  # the tolerance: (n + 1) level that is an integer in exact maths
+    if k > scores.n:
+        return math.inf
+    return scores.values[int(np.searchsorted(scores.ranks, k, side="left"))]
+
+
+# -- regression -------------------------------------------------------------------
+
+
+def _regression_arrays(means, stds, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    means = np.asarray(means, dtype=np.float64)
+    means = means.reshape(len(means), -1)
+    stds = np.asarray(stds, dtype=np.float64).reshape(means.shape)
+    y = np.asarray(y, dtype=np.float64).reshape(means.shape)
+    if not (np.isfinite(means).all() and np.isfinite(y).all()):
+        raise InputError("calibration means and targets must be finite")
+    if not (np.isfinite(stds).all() and (stds > 0).all()):
+        raise InputError("calibration stds must be finite and positive")
+    return means, stds, y
+
+
+@dataclass(frozen=True)
+class ConformalRegression:
+    """Split conformal intervals mean +- q std, one score list per output."""
+
+    scores: list[SortedScores]
+
+    @property
+    def n(self) -> int:
+        return self.scores[0].n
+
+    def quantiles(self, level: float) -> np.ndarray:
+        """q per output at ``level``; :class:`InputError` when ``level`` is above n / (n + 1)."""
+        level = check_level(level)
+        q = np.array([s.quantile(level) for s in self.scores])
+        if not np.isfinite(q).all():
+            raise InputError(f"level {level} is too high for {self.n} calibration rows: a conformal interval"
+                             f" needs level <= n / (n + 1) = {self.scores[0].max_level():.6f}")
+        return q
+
+    def interval(self, means: np.ndarray, stds: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+        half = self.quantiles(level) * stds
+        return means - half, means + half
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "q90": [float(s.quantile(0.9)) for s in self.scores],
+                "scores": [s.to_dict() for s in self.scores]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConformalRegression:
+        return cls(scores=[SortedScores.from_dict(s) for s in data["scores"]])
+
+
+def fit_conformal_regression(means, stds, y, keep: int = MAX_SCORES) -> ConformalRegression:
+    """Split conformal with the normalised score |y - mean| / std; arrays (rows,) or (rows, outputs)."""
+    means, stds, y = _regression_arrays(means, stds, y)
+    scores = np.abs(y - means) / stds
+    return ConformalRegression(scores=[SortedScores.of(scores[:, j], keep) for j in range(scores.shape[1])])
+
+
+def fit_sigma_scale(means, stds, y) -> np.ndarray:
+    """Per output the factor s minimising the Gaussian NLL of y under N(mean, s^2 std^2).
+
+    Closed form: s^2 = mean((y - mean)^2 / std^2).
+    """
+    means, stds, y = _regression_arrays(means, stds, y)
+    scale = np.sqrt(np.mean(((y - means) / stds) ** 2, axis=0))
+    if not (scale > 0).all():
+        raise InputError("sigma-scaling needs rows whose targets differ from the means")
+    return scale
+
+
+# -- classification ---------------------------------------------------------------
+
+
+def summarise_logits(logits, temperature: float = 1.0) -> dict[str, np.ndarray]:
+    """The answer's classification statistics from MC logits (rows, samples, classes) at a temperature.
+
+    Log-probabilities serve as logits too (a softmax ignores a per-row shift).
+    """
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    log_p = z - special.logsumexp(z, axis=-1, keepdims=True)
+    p = np.exp(log_p)
+    probs = p.mean(axis=1)
+    entropy = -special.xlogy(probs, probs).sum(axis=-1)
+    expected = -(p * np.maximum(log_p, _TINY_LOG)).sum(axis=-1).mean(axis=1)
+    labels = probs.argmax(axis=-1)
+    votes = (p.argmax(axis=-1) == labels[:, None]).mean(axis=1)
+    return {"probs": probs, "label": labels, "entropy": entropy, "expected_entropy": expected,
+            "mutual_information": np.maximum(entropy - expected, 0.0), "variation_ratio": 1.0 - votes}
+
+
+def _labels(y, rows: int, classes: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (rows,) or y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and (y == np.round(y)).all()):
+        raise InputError(f"calibration labels must be {rows} class indices, got an array of shape {y.shape}")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= classes:
+        raise InputError(f"calibration labels must be class indices in [0, {classes}), got {y.min()}..{y.max()}")
+    return y
+
+
+def fit_temperature(logits, y, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature T minimising the NLL of mean_t softmax(z_t / T) at the labels ``y``.
+
+    ``logits``: (rows, samples, classes) MC logits (or log-probabilities); (rows, classes) is one sample.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 2:
+        z = z[:, None, :]
+    if z.ndim != 3 or not np.isfinite(z).all():
+        raise InputError(f"logits must be finite, of shape (rows, samples, classes); got shape {z.shape}")
+    y = _labels(y, z.shape[0], z.shape[2])
+    samples = z.shape[1]
+
+    def nll(log_t: float) -> float:
+        scaled = z / math.exp(log_t)
+        log_p = scaled - special.logsumexp(scaled, axis=-1, keepdims=True)
+        picked = log_p[np.arange(len(y)), :, y]  # (rows, samples)
+        return float(-(special.logsumexp(picked, axis=1) - math.log(samples)).mean())
+
+    fit = optimize.minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
+                                   options={"xatol": 1e-6})
+    return float(math.exp(fit.x))
+
+
+def _set_scores(probs: np.ndarray, method: str) -> np.ndarray:
+    """Every class's score (rows, classes): LAC 1 - p_k; APS the mass of the classes ranked at or above k."""
+    if method == "lac":
+        return 1.0 - probs
+    order = np.argsort(-probs, axis=1, kind="stable")
+    ranked = np.take_along_axis(probs, order, axis=1).cumsum(axis=1)
+    scores = np.empty_like(probs)
+    np.put_along_axis(scores, order, ranked, axis=1)
+    return scores
+
+
+@dataclass(frozen=True)
+class ConformalSets:
+    """Conformal prediction sets from LAC and APS scores (non-randomised: a row's set depends on it alone)."""
+
+    scores: dict[str, SortedScores]
+
+    @property
+    def n(self) -> int:
+        return next(iter(self.scores.values())).n
+
+    def predict_sets(self, probs: np.ndarray, level: float, method: str = "lac") -> np.ndarray:
+        """A (rows, classes) boolean mask: class k is in row i's set at ``level``."""
+        if method not in self.scores:
+            raise InputError(f"set_method must be one of {', '.join(self.scores)}, got {method!r}")
+        level = check_level(level, "set_level")
+        q = self.scores[method].quantile(level)
+        if not math.isfinite(q):
+            raise InputError(f"set_level {level} is too high for {self.n} calibration rows: it must be"
+                             f" <= n / (n + 1) = {self.scores[method].max_level():.6f}")
+        return _set_scores(np.asarray(probs, dtype=np.float64), method) <= q + 1e-12
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, **{m: s.to_dict() for m, s in self.scores.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConformalSets:
+        return cls(scores={m: SortedScores.from_dict(data[m]) for m in SET_METHODS if m in data})
+
+
+def fit_conformal_sets(probs, y, methods: tuple[str, ...] = SET_METHODS, keep: int = MAX_SCORES) -> ConformalSets:
+    """Calibration scores of the true class under each method, from (rows, classes) probabilities."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = _labels(y, probs.shape[0], probs.shape[1])
+    return ConformalSets(scores={m: SortedScores.of(_set_scores(probs, m)[np.arange(len(y)), y], keep)
+                                 for m in methods})
+
+
+# -- selective classification -----------------------------------------------------
+
+
+def uncertainty_score(statistics: dict[str, np.ndarray], score: str) -> np.ndarray:
+    """The named uncertainty per row (higher: less sure) from the answer's statistics."""
+    if score == "one_minus_max_prob":
+        return 1.0 - np.asarray(statistics["probs"]).max(axis=-1)
+    if score in ("entropy", "mutual_information"):
+        return np.asarray(statistics[score], dtype=np.float64)
+    raise InputError(f"abstain_score must be one of {', '.join(SCORES)}, got {score!r}")
+
+
+def selective_threshold(scores, errors, max_risk: float, delta: float = 0.1, grid: int = SELECTIVE_GRID) -> float:
+    """The largest threshold t such that rows with score <= t err at most ``max_risk``, with probability 1 - delta.
+
+    Learn-then-Test with Bonferroni over a grid of ``grid`` candidate thresholds (the calibration scores'
+    quantiles at accepted fractions 1/grid, ..., 1): each candidate's accepted rows get a Clopper-Pearson
+    upper bound on their error at delta / grid, so every bound holds at once with probability >= 1 - delta,
+    and the largest candidate whose bound is <= max_risk is returned. (Geifman & El-Yaniv's SGR binary
+    search is the same bound at delta / log2 n, but it stalls where too few rows are accepted to prove
+    anything.) -inf when no threshold qualifies: abstain on every row.
+    """
+    max_risk, delta = check_risk(max_risk), check_level(delta, "delta")
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    cumulative = np.cumsum(np.asarray(errors, dtype=np.int64)[order])
+    n = len(sorted_scores)
+    if n == 0:
+        raise InputError("selective thresholds need at least one calibration row")
+    positions = np.unique(np.ceil(np.linspace(1, n, min(grid, n)) - 1e-9).astype(np.int64))
+    candidates = np.unique(sorted_scores[positions - 1])
+    accepted = np.searchsorted(sorted_scores, candidates, side="right")
+    wrong = cumulative[accepted - 1]
+    bounds = np.where(wrong >= accepted, 1.0,
+                      stats.beta.ppf(1.0 - delta / len(candidates), wrong + 1, np.maximum(accepted - wrong, 1)))
+    feasible = np.flatnonzero(bounds <= max_risk)
+    return float(candidates[feasible[-1]]) if len(feasible) else -math.inf
+
+
+@dataclass(frozen=True)
+class Selective:
+    """Calibration rows' uncertainty scores and errors, so that any (max_risk, delta) is answered at serve time."""
+
+    scores: dict[str, list[float]]
+    errors: list[int]
+    delta: float = 0.1
+
+    @property
+    def n(self) -> int:
+        return len(self.errors)
+
+    def threshold(self, max_risk: float, score: str = "one_minus_max_prob", delta: float | None = None) -> float:
+        if score not in self.scores:
+            raise InputError(f"abstain_score must be one of {', '.join(self.scores)}, got {score!r}")
+        return _threshold(self, float(max_risk), score, self.delta if delta is None else float(delta))
+
+    def abstain(self, statistics: dict[str, np.ndarray], max_risk: float, score: str = "one_minus_max_prob",
+                delta: float | None = None) -> np.ndarray:
+        """True for the rows to hand to a human: uncertainty above the threshold."""
+        return uncertainty_score(statistics, score) > self.threshold(max_risk, score, delta)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "delta": self.delta, "errors": self.errors, "scores": self.scores}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Selective:
+        return cls(scores={k: [float(v) for v in vs] for k, vs in data["scores"].items()},
+                   errors=[int(e) for e in data["errors"]], delta=float(data.get("delta", 0.1)))
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+@functools.lru_cache(maxsize=256)
+def _threshold(selective: Selective, max_risk: float, score: str, delta: float) -> float:
+    return selective_threshold(selective.scores[score], selective.errors, max_risk, delta)
+
+
+def fit_selective(statistics: dict[str, np.ndarray], y, delta: float = 0.1, keep: int = MAX_SELECTIVE_ROWS,
+                  seed: int = 0) -> Selective:
+    """Keep each calibration row's uncertainty under every score and whether its label was wrong.
+
+    More than ``keep`` rows: a seeded random subset (a smaller calibration set; still valid).
+    """
+    labels = np.asarray(statistics["label"])
+    y = _labels(y, len(labels), int(np.asarray(statistics["probs"]).shape[1]))
+    rows = np.arange(len(y))
+    if len(rows) > keep:
+        rows = np.sort(np.random.default_rng(seed).choice(len(y), keep, replace=False))
+    return Selective(scores={s: uncertainty_score(statistics, s)[rows].tolist() for s in SCORES},
+                     errors=(labels[rows] != y[rows]).astype(int).tolist(), delta=check_level(delta, "delta"))
+
+
+# -- a bundle's calibration -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a bundle's manifest records under ``calibration``: methods, rows, fitted values, when."""
+
+    task: str
+    rows: int
+    source: str = ""
+    fitted_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    sigma_scale: list[float] | None = None
+    conformal: ConformalRegression | None = None
+    temperature: float | None = None
+    sets: ConformalSets | None = None
+    selective: Selective | None = None
+
+    @property
+    def methods(self) -> list[str]:
+        names = [("sigma_scaling", self.sigma_scale), ("conformal", self.conformal),
+                 ("temperature", self.temperature), ("conformal_sets", self.sets), ("selective", self.selective)]
+        return [name for name, value in names if value is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "methods": self.methods, "task": self.task, "rows": self.rows, "source": self.source,
+            "fitted_at": self.fitted_at, "sigma_scale": self.sigma_scale,
+            "conformal": None if self.conformal is None else self.conformal.to_dict(),
+            "temperature": self.temperature,
+            "sets": None if self.sets is None else self.sets.to_dict(),
+            "selective": None if self.selective is None else self.selective.to_dict(),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The fitted values without the stored scores: for ``/v1/models/{name}`` and logs."""
+        out = {"methods": self.methods, "rows": self.rows, "source": self.source, "fitted_at": self.fitted_at}
+        if self.sigma_scale is not None:
+            out["sigma_scale"] = self.sigma_scale
+        if self.conformal is not None:
+            out["conformal_q90"] = [float(s.quantile(0.9)) for s in self.conformal.scores]
+        if self.temperature is not None:
+            out["temperature"] = self.temperature
+        if self.selective is not None:
+            out["delta"] = self.selective.delta
+        if self.conformal is not None or self.sets is not None:
+            out["max_level"] = (self.conformal or self.sets).n / ((self.conformal or self.sets).n + 1)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        def part(key, kind):
+            return None if data.get(key) is None else kind.from_dict(data[key])
+
+        sigma = data.get("sigma_scale")
+        temperature = data.get("temperature")
+        return cls(task=str(data["task"]), rows=int(data["rows"]), source=str(data.get("source", "")),
+                   fitted_at=str(data.get("fitted_at", "")),
+                   sigma_scale=None if sigma is None else [float(s) for s in sigma],
+                   conformal=part("conformal", ConformalRegression),
+                   temperature=None if temperature is None else float(temperature),
+                   sets=part("sets", ConformalSets), selective=part("selective", Selective))
+
+
+def fit_regression(means, stds, y, source: str = "") -> Calibration:
+    """Sigma-scaling, then split conformal on the scaled stds (the served std is the scaled one)."""
+    means, stds, y = _regression_arrays(means, stds, y)
+    scale = fit_sigma_scale(means, stds, y)
+    return Calibration(task="regression", rows=len(y), source=source, sigma_scale=scale.tolist(),
+                       conformal=fit_conformal_regression(means, stds * scale, y))
+
+
+def fit_classification(logits, y, source: str = "", delta: float = 0.1) -> Calibration:
+    """Temperature, then conformal sets and selective thresholds on the temperature-scaled statistics."""
+    temperature = fit_temperature(logits, y)
+    statistics = summarise_logits(logits if np.ndim(logits) == 3 else np.asarray(logits)[:, None], temperature)
+    return Calibration(task="classification", rows=len(statistics["label"]), source=source,
+                       temperature=temperature, sets=fit_conformal_sets(statistics["probs"], y),
+                       selective=fit_selective(statistics, y, delta))
