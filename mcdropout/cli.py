@@ -113,6 +113,25 @@ def _parser() -> argparse.ArgumentParser:
     uci.add_argument("--json", metavar="FILE", help="also write every split's numbers as JSON")
     uci.add_argument("--quiet", action="store_true", help="no progress output")
     uci.set_defaults(handler=_uci)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit a bundle's calibration on held-out rows",
+        description="Fit conformal intervals and sigma-scaling (regression) or temperature, conformal sets and"
+                    " abstention thresholds (classification) on rows the network never trained on, and write them"
+                    " into BUNDLE's manifest (atomically).")
+    calibrate.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder (manifest.json + weights)")
+    calibrate.add_argument("--data", type=Path, required=True, metavar="FILE", help="CSV, Parquet, JSON Lines, NPY"
+                           " or whitespace-separated text (no header: columns are named 0, 1, ...)")
+    calibrate.add_argument("--target", metavar="COLUMN", help="the column of true values (class index or name)")
+    calibrate.add_argument("--labels", type=Path, metavar="FILE", help="true values in their own file instead"
+                           " (NPY vector or one-column table), e.g. for image rows in NPY")
+    calibrate.add_argument("--features", nargs="+", metavar="COLUMN", help="feature columns (default: the"
+                           " bundle's feature names, or every other column by position)")
+    calibrate.add_argument("--delta", type=float, default=0.1, help="1 - confidence of the abstention guarantee"
+                           " (default 0.1)")
+    _sampling_arguments(calibrate, "the bundle's")
+    calibrate.add_argument("--quiet", action="store_true", help="no progress output")
+    calibrate.set_defaults(handler=_calibrate)
     return parser
 
 
@@ -248,6 +267,18 @@ def _uci(args: argparse.Namespace) -> int:
         print(uci.format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from mcdropout import _calibrate as calibration
+
+    _check_samples(args)
+    if not 0 < args.delta < 1:
+        raise UsageError(f"--delta must lie in (0, 1), got {args.delta}")
+    fitted = calibration.calibrate(args.bundle, args.data, args.target, features=args.features, labels=args.labels,
+                                   samples=args.samples, seed=args.seed, delta=args.delta, quiet=args.quiet)
+    print(calibration.describe(fitted))
     return 0
 
 

@@ -174,3 +174,21 @@ def test_classification_calibration_round_trips_through_json():
                                   fitted.sets.predict_sets(stats_["probs"], 0.9, "aps"))
     assert again.selective.threshold(0.2, "entropy") == fitted.selective.threshold(0.2, "entropy")
     assert "scores" not in json.dumps(fitted.summary())
+
+
+def test_the_engine_applies_the_temperature_to_every_sample():
+    import torch
+
+    from mcdropout.engine import MCPredictor
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(16, 3))
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    raw = MCPredictor(model, task="classification", samples=16).predict(x, seed=3, return_samples=True)
+    hot = MCPredictor(model, task="classification", samples=16, temperature=2.5).predict(x, seed=3)
+    expected = cal.summarise_logits(np.log(raw.samples.numpy().astype(np.float64)), 2.5)
+    np.testing.assert_allclose(hot.probs.numpy(), expected["probs"], atol=1e-6)
+    np.testing.assert_allclose(hot.expected_entropy.numpy(), expected["expected_entropy"], atol=1e-5)
+    np.testing.assert_allclose(hot.mutual_information.numpy(), expected["mutual_information"], atol=1e-5)
+    with pytest.raises(InputError, match="temperature must be a positive number"):
+        MCPredictor(model, task="classification", temperature=0.0)

@@ -30,6 +30,7 @@ from mcdropout.bundle import architectures
 from mcdropout.engine import ArrayLike, MCPredictor, Prediction, resolve_device
 from mcdropout.errors import BundleError, InputError
 from mcdropout.stats._summary import ClassificationPrediction, RegressionPrediction
+from mcdropout.stats.calibration import Calibration
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -77,6 +78,7 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    calibration: Calibration | None = None  # None: uncalibrated, the raw MC numbers
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,7 @@ class Manifest:
                           "tau": self.tau},
             "training": self.training,
             "metrics": self.metrics,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
 
     @classmethod
@@ -133,6 +136,7 @@ class Manifest:
             tau=reader.get("inference.tau", (int, float), optional=True),
             training=reader.get("training", dict, default={}),
             metrics=reader.get("metrics", dict, default={}),
+            calibration=_calibration(reader.get("calibration", dict, optional=True)),
         )
         manifest.check()
         return manifest
@@ -153,6 +157,17 @@ class Manifest:
             raise BundleError(f"field 'inference.samples': expected 2 <= samples <= max_samples, got {self.samples}")
         if self.tau is not None and self.tau <= 0:
             raise BundleError(f"field 'inference.tau': must be positive, got {self.tau}")
+        if self.calibration is not None and self.calibration.task != self.task:
+            raise BundleError(f"field 'calibration.task': {self.calibration.task!r} calibration for a {self.task} model")
+
+
+def _calibration(data: dict | None) -> Calibration | None:
+    if data is None:
+        return None
+    try:
+        return Calibration.from_dict(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise BundleError(f"field 'calibration': cannot be read ({type(error).__name__}: {error})") from None
 
 
 def _standardisation_dict(value: Standardisation | None) -> dict | None:
@@ -233,6 +248,7 @@ class Bundle:
             memory_budget=memory_budget,
             max_samples=manifest.max_samples,
             input_shape=manifest.input_shape,
+            temperature=None if manifest.calibration is None else manifest.calibration.temperature,
         )
 
     @property
@@ -267,15 +283,21 @@ class Bundle:
         prediction = self.predictor.predict(inputs, samples=samples, seed=seed, return_samples=return_samples,
                                             max_samples=max_samples)
         target = self.manifest.target_standardisation
-        if target is None or not isinstance(prediction, RegressionPrediction):
+        calibration = self.manifest.calibration
+        scale = None if calibration is None else calibration.sigma_scale
+        if (target is None and scale is None) or not isinstance(prediction, RegressionPrediction):
             return prediction
-        mean = torch.tensor(target.mean, dtype=torch.float64)
-        std = torch.tensor(target.std, dtype=torch.float64)
+        mean = torch.tensor([0.0] if target is None else target.mean, dtype=torch.float64)
+        std = torch.tensor([1.0] if target is None else target.std, dtype=torch.float64)
+        variance_std = std if scale is None else std * torch.tensor(scale, dtype=torch.float64)  # sigma-scaling
+        if target is None:
+            return dataclasses.replace(prediction, epistemic=prediction.epistemic * variance_std**2,
+                                       aleatoric=prediction.aleatoric * variance_std**2)
         return dataclasses.replace(
             prediction,
             mean=prediction.mean * std + mean,
-            epistemic=prediction.epistemic * std**2,
-            aleatoric=prediction.aleatoric * std**2,
+            epistemic=prediction.epistemic * variance_std**2,
+            aleatoric=prediction.aleatoric * variance_std**2,
             samples=None if prediction.samples is None else (prediction.samples * std + mean).float(),
         )
 

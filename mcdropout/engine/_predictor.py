@@ -185,6 +185,8 @@ class MCPredictor:
             as many as keep the pass's widest activation within 2 MiB, which stays
             in cache (at batch 256, T=50 on a 64-512-512-10 MLP, 1,024-row chunks
             ran 25-35% faster than 4,096); on CUDA, as many as ``memory_budget`` allows.
+        temperature: for a classifier, divides every MC sample's logits before the softmax (temperature
+            scaling, fitted by :func:`mcdropout.stats.calibration.fit_temperature`); None: as they are.
     """
 
     def __init__(
@@ -202,6 +204,7 @@ class MCPredictor:
         input_shape: Sequence[int] | None = None,
         strict: bool = True,
         chunk_rows: int | None = None,
+        temperature: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -213,6 +216,10 @@ class MCPredictor:
             raise InputError(f"tau must be a positive number, got {tau!r}")
         if tau is not None and task != "regression":
             raise InputError("tau applies to regression only")
+        if temperature is not None and not (isinstance(temperature, (int, float)) and np.isfinite(temperature)
+                                            and temperature > 0 and task == "classification"):
+            raise InputError(f"temperature must be a positive number, for classification only; got {temperature!r}")
+        self.temperature = None if temperature is None else float(temperature)
         if not (isinstance(tolerance, (int, float)) and tolerance > 0):
             raise InputError(f"tolerance must be a positive number, got {tolerance!r}")
         _check_samples(max_samples, "max_samples")
@@ -554,7 +561,7 @@ class MCPredictor:
     def _accumulator(self, rows: int, outputs):
         if self.task == "classification":
             classes = outputs.shape[-1]
-            return ClassificationAccumulator(rows, 2 if classes == 1 else classes, self.device)
+            return ClassificationAccumulator(rows, 2 if classes == 1 else classes, self.device, self.temperature)
         shape = tuple((outputs[0] if isinstance(outputs, tuple) else outputs).shape[2:])
         return RegressionAccumulator(rows, shape, self.device, self.tau)
 

@@ -209,12 +209,15 @@ class RegressionAccumulator:
 
 
 class ClassificationAccumulator:
-    def __init__(self, rows: int, classes: int, device: torch.device) -> None:
+    def __init__(self, rows: int, classes: int, device: torch.device, temperature: float | None = None) -> None:
+        self.temperature = temperature  # a calibrated bundle's: divides every sample's logits before the softmax
         self.moments = _Moments(rows, (classes,), device)
         self.entropy_sum = torch.zeros(rows, dtype=torch.float64, device=device)
         self.votes = torch.zeros(rows, classes, dtype=torch.int64, device=device)
 
     def update(self, index: Index, logits: torch.Tensor, fresh: bool = False) -> torch.Tensor:
+        if self.temperature is not None:
+            logits = logits.to(torch.float64) / self.temperature
         probs, log_probs, labels = softmax_parts(logits)
         samples, rows, classes = probs.shape
         self.moments.update(index, probs, fresh)

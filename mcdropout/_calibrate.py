@@ -1,0 +1,143 @@
+"""``mcdropout calibrate``: fit a bundle's calibration on a table of held-out rows and rewrite its manifest.
+
+The rows must be ones the network never trained on (a calibration split): conformal guarantees hold
+for rows exchangeable with them. Every format ``score`` reads works (via :mod:`mcdropout._tables`);
+image models read flattened rows from NPY with the labels in a column or in their own file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from mcdropout import _tables as tables
+from mcdropout.bundle._bundle import MANIFEST, Bundle, Manifest, load_bundle
+from mcdropout.errors import InputError, TableError
+from mcdropout.scoring._job import feature_columns
+from mcdropout.stats import calibration as cal
+
+CHUNK_ROWS = 2048
+
+
+def calibrate(bundle_path: str | os.PathLike, data: str | os.PathLike, target: str | None = None, *,
+              features: Sequence[str] | None = None, labels: str | os.PathLike | None = None,
+              samples: int | None = None, seed: int = 0, delta: float = 0.1, quiet: bool = False) -> cal.Calibration:
+    """Fit the calibration of the bundle at ``bundle_path`` on ``data`` and write it into its manifest.
+
+    ``target``: the column of true values (labels: class indices or class names); or ``labels``: a file
+    holding them (NPY vector, or a one-column table). Any calibration the bundle had is ignored while fitting.
+    """
+    folder = Path(bundle_path)
+    loaded = load_bundle(folder, device="cpu")
+    manifest = loaded.manifest
+    raw = Bundle(dataclasses.replace(manifest, calibration=None), loaded.model, folder, device="cpu")
+    x, y = _rows(manifest, Path(data), target, features, labels)
+    source = f"{Path(data).name}: {len(y)} rows" + (f", labels from {Path(labels).name}" if labels else "")
+    if not quiet:
+        print(f"calibrating {manifest.name} on {len(y)} rows of {data}", file=sys.stderr, flush=True)
+    if manifest.task == "regression":
+        means, stds = [], []
+        for start in range(0, len(x), CHUNK_ROWS):
+            prediction = raw.predict(x[start:start + CHUNK_ROWS], samples=samples, seed=seed)
+            means.append(prediction.mean.reshape(prediction.mean.shape[0], -1).numpy())
+            stds.append(prediction.std.reshape(prediction.mean.shape[0], -1).numpy())
+        fitted = cal.fit_regression(np.concatenate(means), np.concatenate(stds), y, source=source)
+    else:
+        log_probs = []
+        for start in range(0, len(x), CHUNK_ROWS):
+            prediction = raw.predict(x[start:start + CHUNK_ROWS], samples=samples, seed=seed, return_samples=True)
+            probs = prediction.samples.numpy().astype(np.float64)  # (rows, T, classes)
+            log_probs.append(np.log(np.maximum(probs, np.finfo(np.float64).tiny)))
+        fitted = cal.fit_classification(np.concatenate(log_probs), _class_indices(manifest, y), source=source,
+                                        delta=delta)
+    write_manifest(folder, dataclasses.replace(manifest, calibration=fitted))
+    return fitted
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    """Replace the bundle's manifest atomically: a temporary file beside it, then a rename."""
+    manifest.check()
+    handle, staging = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=folder)
+    try:
+        os.chmod(staging, (folder / MANIFEST).stat().st_mode & 0o777 if (folder / MANIFEST).exists() else 0o644)
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        os.replace(staging, folder / MANIFEST)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def _rows(manifest: Manifest, data: Path, target: str | None, features: Sequence[str] | None,
+          labels: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
+    if (target is None) == (labels is None):
+        raise InputError("give the true values as --target COLUMN or as --labels FILE (one of the two)")
+    table = tables.read_table(data)
+    if target is not None and target not in table.schema.names:
+        raise TableError(f"{data}: no target column {target!r}; the file has {', '.join(map(repr, table.schema.names))}")
+    columns = list(features) if features else feature_columns(manifest.feature_names, manifest.input_shape,
+                                                              table.schema, target, data)
+    x = tables.numeric(table, columns, path=data).reshape(-1, *manifest.input_shape)
+    if labels is not None:
+        y = _label_file(Path(labels))
+    else:
+        column = table.column(target)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            y = np.asarray(column.to_pylist(), dtype=object)
+        else:
+            y = tables.numeric(table, [target], path=data, what="target")
+            y = y[:, 0] if y.shape[1] == 1 else y
+    if len(y) != len(x):
+        raise InputError(f"{len(x)} rows of features but {len(y)} true values")
+    if len(y) < 2:
+        raise InputError(f"{data}: calibration needs at least 2 rows, got {len(y)}")
+    return x, y
+
+
+def _label_file(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        values = np.load(path, allow_pickle=False)
+        return values.reshape(len(values), -1)[:, 0] if values.ndim > 1 else values
+    table = tables.read_table(path)
+    if table.num_columns != 1:
+        raise TableError(f"{path}: a labels file holds one column, got {table.num_columns}")
+    return tables.numeric(table, table.schema.names, path=path, what="label")[:, 0]
+
+
+def _class_indices(manifest: Manifest, y: np.ndarray) -> np.ndarray:
+    names = manifest.class_names or []
+    if y.dtype == object:
+        lookup = {name: index for index, name in enumerate(names)}
+        unknown = sorted({str(v) for v in y if v not in lookup})
+        if unknown:
+            raise InputError(f"labels {', '.join(map(repr, unknown[:5]))} are not classes of {manifest.name}"
+                             f" ({', '.join(names)})")
+        return np.asarray([lookup[v] for v in y], dtype=np.int64)
+    y = np.asarray(y, dtype=np.float64)
+    if not np.all(y == np.round(y)) or y.min() < 0 or y.max() >= len(names):
+        raise InputError(f"labels must be class indices 0..{len(names) - 1} or class names of {manifest.name};"
+                         f" got values {y.min():g}..{y.max():g}")
+    return y.astype(np.int64)
+
+
+def describe(fitted: cal.Calibration) -> str:
+    """One line per fitted value, for the command's output."""
+    lines = [f"calibrated on {fitted.source} ({', '.join(fitted.methods)})"]
+    if fitted.sigma_scale is not None:
+        lines.append("sigma scale: " + ", ".join(f"{s:.4g}" for s in fitted.sigma_scale))
+    if fitted.conformal is not None:
+        for level in (0.8, 0.9, 0.95):
+            q = [s.quantile(level) for s in fitted.conformal.scores]
+            lines.append(f"conformal q at {level:.0%}: " + ", ".join("inf" if math.isinf(v) else f"{v:.4g}" for v in q))
+    if fitted.temperature is not None:
+        lines.append(f"temperature: {fitted.temperature:.4g}")
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""`mcdropout calibrate`: fits on a user's table, rewrites the manifest atomically, and the bundle then serves it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pytest
+
+from mcdropout.bundle import load_bundle, read_manifest
+from mcdropout.cli import main
+from tests.conftest import MODELS
+
+ROWS = 300
+
+
+@pytest.fixture(scope="module")
+def regression_bundle(tmp_path_factory):
+    """The shipped diabetes bundle and a table of rows from its own generating model (its means plus noise)."""
+    folder = tmp_path_factory.mktemp("cal") / "diabetes"
+    shutil.copytree(MODELS / "diabetes", folder)
+    bundle = load_bundle(folder, device="cpu")
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=0.05, size=(ROWS, 10))
+    prediction = bundle.predict(x, samples=20, seed=0)
+    y = prediction.mean.numpy()[:, 0] + 2.0 * prediction.std.numpy()[:, 0] * rng.standard_normal(ROWS)
+    names = bundle.manifest.feature_names
+    table = pa.table({**{n: x[:, i] for i, n in enumerate(names)}, "disease_progression": y})
+    pa_csv.write_csv(table, folder.parent / "calibration.csv")
+    return folder, folder.parent / "calibration.csv"
+
+
+def test_calibrate_writes_a_regression_calibration(regression_bundle, capsys):
+    folder, table = regression_bundle
+    before = (folder / "weights.safetensors").read_bytes()
+    assert read_manifest(folder).calibration is None
+    assert main(["calibrate", str(folder), "--data", str(table), "--target", "disease_progression",
+                 "--samples", "20", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "sigma_scaling, conformal" in out and "conformal q at 90%" in out
+    manifest = read_manifest(folder)
+    assert manifest.calibration.rows == ROWS and manifest.calibration.source.startswith("calibration.csv")
+    # The targets' noise has twice the predictive std: sigma-scaling finds a factor near 2 (sd ~ 2 / sqrt(2 x 300)).
+    assert manifest.calibration.sigma_scale[0] == pytest.approx(2.0, abs=0.4)
+    assert (folder / "weights.safetensors").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "weights.safetensors"]
+    data = json.loads((folder / "manifest.json").read_text())
+    assert data["calibration"]["methods"] == ["sigma_scaling", "conformal"]
+    # Served std is the scaled one; calibrating again fits on the raw numbers, not on the scaled ones.
+    raw = load_bundle(MODELS / "diabetes", device="cpu").predict(np.zeros((2, 10)), samples=20, seed=1)
+    scaled = load_bundle(folder, device="cpu").predict(np.zeros((2, 10)), samples=20, seed=1)
+    np.testing.assert_allclose(scaled.std.numpy(), raw.std.numpy() * manifest.calibration.sigma_scale[0])
+    assert main(["calibrate", str(folder), "--data", str(table), "--target", "disease_progression",
+                 "--samples", "20", "--quiet"]) == 0
+    assert read_manifest(folder).calibration.sigma_scale == pytest.approx(manifest.calibration.sigma_scale)
+
+
+def test_calibrate_refuses_bad_arguments_by_name(regression_bundle, capsys):
+    folder, table = regression_bundle
+    assert main(["calibrate", str(folder), "--data", str(table), "--target", "nope", "--quiet"]) == 2
+    assert "no target column 'nope'" in capsys.readouterr().err
+    assert main(["calibrate", str(folder), "--data", str(table), "--quiet"]) == 2
+    assert "--target COLUMN or as --labels FILE" in capsys.readouterr().err
+
+
+def test_calibrate_an_image_classifier_from_npy_and_a_labels_file(tmp_path, capsys):
+    folder = tmp_path / "digits"
+    shutil.copytree(MODELS / "digits", folder)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 16, size=(120, 64))
+    labels = rng.integers(0, 10, size=120)  # labels unrelated to the images: the fitted model must soften
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", labels)
+    assert main(["calibrate", str(folder), "--data", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+                 "--samples", "8", "--quiet"]) == 0
+    calibration = read_manifest(folder).calibration
+    assert calibration.methods == ["temperature", "conformal_sets", "selective"]
+    assert calibration.temperature > 1.0  # random labels: softer probabilities fit better
+    bundle = load_bundle(folder, device="cpu")
+    assert bundle.predictor.temperature == calibration.temperature
+    entropy_raw = load_bundle(MODELS / "digits", device="cpu").predict(x[:8].reshape(8, 1, 8, 8), samples=8,
+                                                                        seed=0).entropy
+    entropy = bundle.predict(x[:8].reshape(8, 1, 8, 8), samples=8, seed=0).entropy
+    assert (entropy > entropy_raw).all()
