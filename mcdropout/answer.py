@@ -8,14 +8,22 @@ imports numpy only, so the client stays light. :meth:`columns` gives the flat
 per-row table (``mean``, ``std``, ``lower``, ``upper`` / ``label``,
 ``prob_<class>``, ``entropy``, ...) used by ``to_pandas`` and by
 ``mcdropout score``.
+
+A calibrated bundle's answers add, when a request asks (:class:`Options`, checked by
+:func:`parse_options`): conformal intervals (``interval.method``), ``prediction_set`` and
+``set_size`` at a ``set_level``, and ``abstain`` at a ``max_risk`` (classifiers) or from a
+``max_std`` / ``max_interval_width`` (regression).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
 import numpy as np
+
+from mcdropout.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -25,13 +33,15 @@ class Statistic:
 
     name: str
     task: str  # "regression" | "classification" | "both"
-    shape: str  # "outputs": (rows, outputs); "classes": (rows, classes); "row": one value per row
+    shape: str  # "outputs": (rows, outputs); "classes": (rows, classes); "row": one value per row;
+    # "set": a (rows, classes) membership mask, in v1 JSON each row's class indices (and ``<name>_names``)
     units: str
     meaning: str
-    kind: str = "float"  # "float" | "int" | "str"
+    kind: str = "float"  # "float" | "int" | "str" | "bool"
     within: str | None = None  # the v1 object that holds it ("interval"), else the body itself
     column: bool = True  # a column of the flat table (scoring output, to_pandas)
     tensor: bool = True  # a v2 output tensor
+    optional: bool = False  # only in answers whose request asks for it (None in the result otherwise)
 
     @property
     def description(self) -> str:
@@ -62,7 +72,130 @@ STATISTICS: tuple[Statistic, ...] = (
     Statistic("variation_ratio", "classification", "row", "fraction",
               "share of samples whose arg-max is not `label`: disagreement"),
     Statistic("samples_used", "both", "row", "samples", "MC samples this row got", kind="int"),
+    Statistic("prediction_set", "classification", "set", "class indices",
+              "conformal prediction set at `set_level`: it holds the true class with probability >= set_level",
+              kind="bool", optional=True),
+    Statistic("set_size", "classification", "row", "classes", "number of classes in `prediction_set`", kind="int",
+              optional=True),
+    Statistic("abstain", "both", "row", "",
+              "true: send the row to a human. Classifiers: uncertainty above the threshold whose accepted rows err"
+              " at most `max_risk` (with probability 1 - delta); regression: std above `max_std` or interval wider"
+              " than `max_interval_width` (no guarantee)", kind="bool", optional=True),
 )
+
+INTERVAL_METHODS = ("conformal", "gaussian")
+SET_METHODS = ("lac", "aps")
+ABSTAIN_SCORES = ("one_minus_max_prob", "entropy", "mutual_information")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a request asks beyond the raw statistics; every protocol passes these same names."""
+
+    interval_method: str | None = None  # None: conformal where the bundle is calibrated, else gaussian
+    set_level: float | None = None
+    set_method: str = "lac"
+    max_risk: float | None = None
+    delta: float | None = None  # None: the bundle's (0.1 by default)
+    abstain_score: str = "one_minus_max_prob"
+    max_std: float | None = None
+    max_interval_width: float | None = None
+
+    @property
+    def abstains(self) -> bool:
+        return self.max_risk is not None or self.max_std is not None or self.max_interval_width is not None
+
+
+OPTION_NAMES = tuple(item.name for item in fields(Options))
+
+
+class OptionError(InputError):
+    """A calibration option that cannot be honoured; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _fraction(given: dict[str, Any], name: str) -> float | None:
+    value = given.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise OptionError(name, f"must be a number in (0, 1), got {value!r}")
+    return float(value)
+
+
+def _choice(given: dict[str, Any], name: str, allowed: tuple[str, ...], default: str | None) -> str | None:
+    value = given.get(name)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise OptionError(name, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+def parse_options(given: dict[str, Any], manifest: Any, level: float = 0.95) -> Options | None:
+    """The request's calibration options, checked against the bundle; None when none is asked and none applies.
+
+    Refused (:class:`OptionError`, naming the field): a level or risk outside (0, 1), a set level or
+    risk asked of a regression model or limits on std asked of a classifier, a guarantee asked of a bundle
+    without that calibration, and a level too high for the bundle's calibration rows.
+    """
+    unknown = [name for name in given if name not in OPTION_NAMES]
+    if unknown:
+        raise OptionError(unknown[0], f"unknown option; expected one of {', '.join(OPTION_NAMES)}")
+    calibration = getattr(manifest, "calibration", None)
+    task = manifest.task
+    method = _choice(given, "interval_method", INTERVAL_METHODS, None)
+    options = Options(interval_method=method, set_level=_fraction(given, "set_level"),
+                      set_method=_choice(given, "set_method", SET_METHODS, "lac"),
+                      max_risk=_fraction(given, "max_risk"), delta=_fraction(given, "delta"),
+                      abstain_score=_choice(given, "abstain_score", ABSTAIN_SCORES, "one_minus_max_prob"),
+                      max_std=_positive(given, "max_std"), max_interval_width=_positive(given, "max_interval_width"))
+    uncalibrated = f"model {manifest.name!r} is not calibrated (run `mcdropout calibrate`)"
+    if task == "regression":
+        for name in ("set_level", "max_risk", "delta"):
+            if getattr(options, name) is not None:
+                raise OptionError(name, f"applies to classifiers; model {manifest.name!r} is a regression model")
+        conformal = None if calibration is None else calibration.conformal
+        if method == "conformal" and conformal is None:
+            raise OptionError("interval_method", f"'conformal' needs a calibrated bundle; {uncalibrated}")
+        if conformal is not None and method != "gaussian" and level > conformal.scores[0].max_level():
+            raise OptionError("interval", f"level {level} is too high for the {conformal.n} calibration rows of"
+                                     f" {manifest.name!r}: a conformal interval needs level <= n/(n+1) ="
+                                     f" {conformal.scores[0].max_level():.6f} (or interval_method 'gaussian')")
+        if options == Options() and conformal is None:
+            return None
+        return options
+    for name in ("max_std", "max_interval_width"):
+        if getattr(options, name) is not None:
+            raise OptionError(name, f"applies to regression models; model {manifest.name!r} is a classifier")
+    if method == "conformal":
+        raise OptionError("interval_method", f"model {manifest.name!r} is a classifier: it has no intervals")
+    if options.set_level is not None:
+        sets = None if calibration is None else calibration.sets
+        if sets is None:
+            raise OptionError("set_level", f"prediction sets need a calibrated bundle; {uncalibrated}")
+        top = sets.scores[options.set_method]
+        if options.set_level > top.max_level():
+            raise OptionError("set_level", f"{options.set_level} is too high for the {top.n} calibration rows:"
+                                           f" it must be <= n/(n+1) = {top.max_level():.6f}")
+    if options.max_risk is not None and (calibration is None or calibration.selective is None):
+        raise OptionError("max_risk", f"abstention at a risk needs a calibrated bundle; {uncalibrated}")
+    if options.delta is not None and options.max_risk is None:
+        raise OptionError("delta", "applies with max_risk")
+    return None if options == Options() else options
+
+
+def _positive(given: dict[str, Any], name: str) -> float | None:
+    value = given.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) > 0 \
+            or value == float("inf"):
+        raise OptionError(name, f"must be a positive number, got {value!r}")
+    return float(value)
 
 
 def statistics(task: str) -> tuple[Statistic, ...]:
@@ -70,12 +203,19 @@ def statistics(task: str) -> tuple[Statistic, ...]:
     return tuple(stat for stat in STATISTICS if stat.task in (task, "both"))
 
 
-def _read(body: dict[str, Any], stat: Statistic, rows: int) -> np.ndarray:
+def _read(body: dict[str, Any], stat: Statistic, rows: int, classes: int = 0) -> np.ndarray | None:
     """One statistic out of a v1 JSON body, as the result object holds it."""
-    value = (body[stat.within] if stat.within else body)[stat.name]
+    value = (body[stat.within] if stat.within else body).get(stat.name)
+    if value is None and stat.optional:
+        return None
     if stat.kind == "str":
         return np.asarray(value, dtype=object)
-    array = np.asarray(value, dtype=np.int64 if stat.kind == "int" else np.float64)
+    if stat.shape == "set":  # each row's class indices, back to a membership mask
+        mask = np.zeros((rows, classes), dtype=bool)
+        for row, members in enumerate(value):
+            mask[row, members] = True
+        return mask
+    array = np.asarray(value, dtype={"int": np.int64, "bool": np.bool_}.get(stat.kind, np.float64))
     return array.reshape(rows, -1) if stat.shape != "row" else array.reshape(rows)
 
 
@@ -97,12 +237,14 @@ class RegressionResult:
     aleatoric_variance: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
+    abstain: np.ndarray | None = None
+    interval_method: str = "gaussian"  # "conformal": mean +- q std with q from the bundle's calibration
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> RegressionResult:
         rows = len(body["samples_used"])
         return cls(model=body["model"], version=body["version"], seed=body["seed"], outputs=list(body["outputs"]),
-                   level=body["interval"]["level"],
+                   level=body["interval"]["level"], interval_method=body["interval"].get("method", "gaussian"),
                    **{stat.name: _read(body, stat, rows) for stat in statistics("regression")})
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -110,7 +252,7 @@ class RegressionResult:
         table: dict[str, np.ndarray] = {}
         for stat in statistics("regression"):
             values = getattr(self, stat.name)
-            if not stat.column:
+            if not stat.column or values is None:
                 continue
             if stat.shape != "outputs":
                 table[stat.name] = values
@@ -143,20 +285,39 @@ class ClassificationResult:
     expected_entropy: np.ndarray
     mutual_information: np.ndarray
     variation_ratio: np.ndarray
+    prediction_set: np.ndarray | None = None  # (rows, classes) membership at set_level
+    set_size: np.ndarray | None = None
+    abstain: np.ndarray | None = None
+    set_level: float | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ClassificationResult:
         rows = len(body["samples_used"])
-        return cls(model=body["model"], version=body["version"], seed=body["seed"], classes=list(body["classes"]),
-                   **{stat.name: _read(body, stat, rows) for stat in statistics("classification")})
+        classes = list(body["classes"])
+        return cls(model=body["model"], version=body["version"], seed=body["seed"], classes=classes,
+                   set_level=body.get("set_level"),
+                   **{stat.name: _read(body, stat, rows, len(classes)) for stat in statistics("classification")})
+
+    def set_members(self) -> list[list[int]] | None:
+        """Each row's prediction set as class indices (None when none was asked)."""
+        if self.prediction_set is None:
+            return None
+        return [np.flatnonzero(row).tolist() for row in self.prediction_set]
 
     def columns(self) -> dict[str, np.ndarray]:
         table: dict[str, np.ndarray] = {}
+        names = None
         for stat in statistics("classification"):
             values = getattr(self, stat.name)
+            if values is None:
+                continue
+            names = names or self.classes or [str(i) for i in range(values.shape[1])]
             if stat.shape == "classes":
-                for index, name in enumerate(self.classes or [str(i) for i in range(values.shape[1])]):
+                for index, name in enumerate(names):
                     table[f"prob_{name}"] = values[:, index]
+            elif stat.shape == "set":
+                for index, name in enumerate(names):
+                    table[f"in_set_{name}"] = values[:, index]
             elif stat.column:
                 table[stat.name] = values
         return table
@@ -177,12 +338,49 @@ def from_json(body: dict[str, Any]) -> Result:
         else RegressionResult.from_json(body)
 
 
-def from_prediction(manifest: Any, prediction: Any, level: float) -> Result:
+def from_prediction(manifest: Any, prediction: Any, level: float, options: Options | None = None) -> Result:
     """A library prediction (``Bundle.predict``, user units) as the plain result, with ``level``'s interval.
 
     Duck-typed on the manifest and the prediction, so that this module imports no torch. Outputs without
-    names are called ``y0, y1, ...``; classes without names by their index.
+    names are called ``y0, y1, ...``; classes without names by their index. ``options`` (checked by
+    :func:`parse_options`) add the calibrated answers; None gives the raw MC numbers.
     """
+    result = _raw_result(manifest, prediction, level)
+    return result if options is None else _calibrated(manifest, result, options)
+
+
+def _calibrated(manifest: Any, result: Result, options: Options) -> Result:
+    """The result with the bundle's calibration applied as ``options`` ask (the checks were made before)."""
+    calibration = getattr(manifest, "calibration", None)
+    if isinstance(result, RegressionResult):
+        changes: dict[str, Any] = {}
+        conformal = None if calibration is None else calibration.conformal
+        if conformal is not None and options.interval_method != "gaussian":
+            lower, upper = conformal.interval(result.mean, result.std, result.level)
+            changes.update(lower=lower, upper=upper, interval_method="conformal")
+        if options.abstains:
+            lower, upper = changes.get("lower", result.lower), changes.get("upper", result.upper)
+            abstain = np.zeros(len(result), dtype=bool)
+            if options.max_std is not None:
+                abstain |= (result.std > options.max_std).any(axis=1)
+            if options.max_interval_width is not None:
+                abstain |= (upper - lower > options.max_interval_width).any(axis=1)
+            changes["abstain"] = abstain
+        return dataclasses.replace(result, **changes)
+    changes = {}
+    if options.set_level is not None:
+        members = calibration.sets.predict_sets(result.probs, options.set_level, options.set_method)
+        changes.update(prediction_set=members, set_size=members.sum(axis=1).astype(np.int64),
+                       set_level=options.set_level)
+    if options.max_risk is not None:
+        statistics_ = {"probs": result.probs, "entropy": result.entropy,
+                       "mutual_information": result.mutual_information}
+        changes["abstain"] = calibration.selective.abstain(statistics_, options.max_risk, options.abstain_score,
+                                                           options.delta)
+    return dataclasses.replace(result, **changes)
+
+
+def _raw_result(manifest: Any, prediction: Any, level: float) -> Result:
     rows = len(prediction.num_samples)
 
     def table(values) -> np.ndarray:
@@ -231,6 +429,8 @@ def concatenate(parts: list[Result]) -> Result:
     joined = {}
     for item in fields(first):
         values = [getattr(part, item.name) for part in parts]
+        if any(isinstance(value, np.ndarray) for value in values) and any(value is None for value in values):
+            raise ValueError(f"cannot join results where only some parts have {item.name!r}")
         joined[item.name] = np.concatenate(values) if isinstance(values[0], np.ndarray) else values[0]
     return type(first)(**joined)
 

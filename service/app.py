@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import mcdropout
 from mcdropout.bundle import Manifest
-from mcdropout.answer import RegressionResult, statistics
+from mcdropout.answer import OPTION_NAMES, OptionError, RegressionResult, parse_options, statistics
 from service import ui, v2
 from service.batcher import Answer
 from service.inputs import ApiError, instances_array, rows_array, samples_value
@@ -167,7 +167,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rows = instances_array(body.instances, manifest, settings.max_rows)
         samples = samples_value(body.samples, manifest, settings.max_samples)
         seed = settings.default_seed if body.seed is None else body.seed
-        answer = await state.predict(bundle, rows, samples, seed, body.interval, body.return_samples)
+        asked = {name: getattr(body, name) for name in OPTION_NAMES if getattr(body, name) is not None}
+        try:
+            options = parse_options(asked, manifest, body.interval)
+        except OptionError as error:
+            raise ApiError(422, str(error), error.field) from None
+        answer = await state.predict(bundle, rows, samples, seed, body.interval, body.return_samples, options)
         return FastJSON(_v1_body(manifest, answer, samples, seed))
 
     # -- Open Inference Protocol --------------------------------------------------------------
@@ -215,7 +220,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         infer_request, binary = v2.parse_request(body, request.headers.get(v2.HEADER))
         rows = v2.input_array(infer_request, binary, bundle.manifest, settings.max_rows)
         params = v2.parameters(infer_request, bundle.manifest, settings.default_seed, settings.max_samples)
-        answer = await state.predict(bundle, rows, params["samples"], params["seed"], params["interval"], False)
+        answer = await state.predict(bundle, rows, params["samples"], params["seed"], params["interval"], False,
+                                     params["options"])
         content, headers = v2.response(infer_request, bundle.manifest, answer.result, params)
         return Response(content, headers=headers)
 
@@ -245,6 +251,7 @@ def _info(state: ServiceState, name: str) -> dict:
         "default_samples": manifest.samples, "max_samples": min(manifest.max_samples, state.settings.max_samples),
         "max_rows": state.settings.max_rows, "dropout": manifest.dropout, "tau": manifest.tau,
         "training": manifest.training, "metrics": manifest.metrics,
+        "calibration": None if manifest.calibration is None else manifest.calibration.summary(),
     }
 
 
@@ -253,11 +260,21 @@ def _v1_body(manifest: Manifest, answer: Answer, samples: int | str, seed: int) 
     body: dict[str, Any] = {"model": manifest.name, "version": manifest.version, "task": manifest.task,
                             "samples": samples, "samples_used": result.samples_used, "seed": seed}
     if isinstance(result, RegressionResult):
-        body.update(outputs=result.outputs, interval={"level": result.level})
+        body.update(outputs=result.outputs, interval={"level": result.level, "method": result.interval_method})
     else:
         body.update(classes=manifest.class_names or [])
+        if result.set_level is not None:
+            body["set_level"] = result.set_level
     for stat in statistics(manifest.task):  # the answer's statistics, as mcdropout.answer declares them
         value = getattr(result, stat.name)
+        if value is None:
+            continue
+        if stat.shape == "set":
+            members = result.set_members()
+            classes = body["classes"]
+            body[stat.name] = members
+            body[f"{stat.name}_names"] = [[classes[i] for i in row] for row in members]
+            continue
         (body[stat.within] if stat.within else body)[stat.name] = value.tolist() if stat.kind == "str" else value
     if answer.draws is not None:
         body["draws"] = answer.draws

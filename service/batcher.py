@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mcdropout.bundle import Bundle, NonFiniteError
-from mcdropout.answer import RegressionResult, Result, from_prediction, take_rows
+from mcdropout.answer import Options, RegressionResult, Result, from_prediction, take_rows
 
 
 class Overloaded(Exception):
@@ -49,6 +49,7 @@ class Job:
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
     abandoned: bool = False
+    options: Options | None = None  # calibrated answers asked for (sets, abstention, conformal intervals)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class BatchStats:
     queue_seconds: list[float]
     compute_seconds: float
     result: Result
+    abstained: int = 0  # rows answered with abstain: true, over the group's requests
+    set_sizes: list[int] = field(default_factory=list)  # of every prediction set served
 
     @property
     def uncertainty(self) -> tuple[str, np.ndarray]:
@@ -111,7 +114,7 @@ class Batcher:
             await self._task
 
     async def submit(self, inputs: np.ndarray, *, samples: int | str, seed: int, level: float = 0.95,
-                     return_samples: bool = False, timeout: float) -> Answer:
+                     return_samples: bool = False, timeout: float, options: Options | None = None) -> Answer:
         if self._closing:
             raise Overloaded("the server is shutting down")
         if len(self.queue) >= self.max_queue:
@@ -119,7 +122,7 @@ class Batcher:
         per_row = self.max_samples if samples == "auto" else samples
         loop = asyncio.get_running_loop()
         job = Job(inputs, samples, seed, level, return_samples, cost=len(inputs) * per_row,
-                  future=loop.create_future())
+                  future=loop.create_future(), options=options)
         self.queue.append(job)
         self._wakeup.set()
         # A timer that fails the future, not asyncio.wait_for: that wraps each request in a task of its own.
@@ -222,26 +225,33 @@ class Batcher:
                 loop.call_soon_threadsafe(_fail, [job.future for job in jobs], error)
                 continue
             finished = time.perf_counter()
-            results: dict[float, Result] = {}  # one table per interval level asked for
+            results: dict[tuple, Result] = {}  # one table per interval level and calibration options asked for
             answers = []
+            abstained, set_sizes = 0, []
             start = 0
             for job in jobs:
                 stop = start + len(job.inputs)
-                if job.level not in results:
-                    results[job.level] = from_prediction(self.bundle.manifest, prediction, job.level)
+                key = (job.level, job.options)
+                if key not in results:
+                    results[key] = from_prediction(self.bundle.manifest, prediction, job.level, job.options)
                 draws = None
                 if job.return_samples:  # (rows, T, outputs); with samples="auto" each row's own draws only
                     draws = prediction.samples[start:stop].reshape(stop - start, prediction.samples.shape[1], -1).numpy()
                     if samples == "auto":
                         draws = [row[:count] for row, count in zip(draws, prediction.num_samples[start:stop].tolist())]
-                answers.append(Answer(take_rows(results[job.level], start, stop), draws))
+                own = take_rows(results[key], start, stop)
+                if own.abstain is not None:
+                    abstained += int(own.abstain.sum())
+                if getattr(own, "set_size", None) is not None:
+                    set_sizes.extend(own.set_size.tolist())
+                answers.append(Answer(own, draws))
                 start = stop
             # One hand-over to the event loop for the whole group, not one wake-up per request.
             loop.call_soon_threadsafe(_resolve, [job.future for job in jobs], answers)
             stats.append(BatchStats(
                 requests=len(jobs), rows=len(inputs), forward_rows=int(prediction.num_samples.sum()),
                 queue_seconds=[started - job.enqueued for job in jobs], compute_seconds=finished - started,
-                result=results[jobs[0].level],
+                result=results[(jobs[0].level, jobs[0].options)], abstained=abstained, set_sizes=set_sizes,
             ))
         return stats
 

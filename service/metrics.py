@@ -41,6 +41,10 @@ class ServiceMetrics:
             " (classification); a shift shows inputs drifting from the training data",
             ["model", "kind"], buckets=_UNCERTAINTY_BUCKETS, registry=r,
         )
+        self.abstentions = Counter("mcdropout_abstentions", "rows answered with abstain: true (sent to a human)",
+                                   ["model"], registry=r)
+        self.set_size = Histogram("mcdropout_prediction_set_size", "classes in each conformal prediction set served",
+                                  ["model"], buckets=_ROW_BUCKETS, registry=r)
 
     def observe_batch(self, model: str, stats: BatchStats) -> None:
         for seconds in stats.queue_seconds:
@@ -53,6 +57,12 @@ class ServiceMetrics:
         histogram = self.uncertainty.labels(model, kind)
         for value in values.ravel().tolist():
             histogram.observe(value)
+        if stats.abstained:
+            self.abstentions.labels(model).inc(stats.abstained)
+        if stats.set_sizes:
+            sizes = self.set_size.labels(model)
+            for size in stats.set_sizes:
+                sizes.observe(size)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,17 +23,45 @@ class PredictRequest(BaseModel):
     seed: int | None = Seed
     interval: float = Field(0.95, gt=0, lt=1, description="level of the central predictive interval")
     return_samples: bool = Field(False, description="also return every sampled output per row")
+    # Calibration (mcdropout.answer.Options; checked against the bundle by mcdropout.answer.parse_options)
+    interval_method: Literal["conformal", "gaussian"] | None = Field(
+        None, description="regression: 'conformal' (the bundle's calibrated quantile, coverage >= interval for"
+        " exchangeable rows) or 'gaussian' (the raw MC normal interval); default: conformal when calibrated")
+    set_level: float | None = Field(None, gt=0, lt=1, description="classifiers: conformal prediction_set at this"
+                                    " level (a calibrated bundle)")
+    set_method: Literal["lac", "aps"] | None = Field(None, description="prediction set score (default 'lac')")
+    max_risk: float | None = Field(None, gt=0, lt=1, description="classifiers: abstain where the accepted rows'"
+                                   " error could exceed this (a calibrated bundle)")
+    delta: float | None = Field(None, gt=0, lt=1, description="with max_risk: 1 - confidence of the guarantee"
+                                " (default: the bundle's, 0.1)")
+    abstain_score: Literal["one_minus_max_prob", "entropy", "mutual_information"] | None = Field(
+        None, description="with max_risk: the uncertainty thresholded (default 'one_minus_max_prob')")
+    max_std: float | None = Field(None, gt=0, description="regression: abstain where any output's std exceeds this")
+    max_interval_width: float | None = Field(None, gt=0, description="regression: abstain where an interval is"
+                                             " wider than this")
 
 
 def _annotation(stat: Statistic) -> Any:
-    scalar = {"float": float, "int": int, "str": str}[stat.kind]
+    scalar = {"float": float, "int": int, "str": str, "bool": bool}[stat.kind]
+    if stat.shape == "set":
+        return list[list[int]]
     return list[scalar] if stat.shape == "row" else list[list[scalar]]
 
 
 def _fields(task: str, within: str | None) -> dict[str, Any]:
     """The answer's statistics of ``task`` held by ``within`` (None: the body), as pydantic fields."""
-    return {stat.name: (_annotation(stat), Field(description=stat.description))
-            for stat in statistics(task) if stat.within == within and stat.name != "samples_used"}
+    found: dict[str, Any] = {}
+    for stat in statistics(task):
+        if stat.within != within or stat.name == "samples_used":
+            continue
+        if stat.optional:
+            found[stat.name] = (Optional[_annotation(stat)], Field(None, description=stat.description))
+        else:
+            found[stat.name] = (_annotation(stat), Field(description=stat.description))
+        if stat.shape == "set":
+            found[f"{stat.name}_names"] = (Optional[list[list[str]]], Field(None, description=f"`{stat.name}` as"
+                                                                           " class names"))
+    return found
 
 
 class PredictionBase(BaseModel):
@@ -47,6 +75,9 @@ class PredictionBase(BaseModel):
 
 # Derived from mcdropout.answer's declarations: a new statistic there is a new field here.
 Interval = create_model("Interval", level=(float, Field(description="the interval's level")),
+                        method=(Literal["conformal", "gaussian"], Field(
+                            "gaussian", description="'conformal': mean +- q std with the bundle's calibrated q;"
+                            " 'gaussian': the normal interval of the MC mean and variance")),
                         **_fields("regression", "interval"))
 RegressionResponse = create_model(
     "RegressionResponse", __base__=PredictionBase, outputs=(list[str], ...), interval=(Interval, ...),
@@ -57,6 +88,7 @@ RegressionResponse = create_model(
 ClassificationResponse = create_model(
     "ClassificationResponse", __base__=PredictionBase, classes=(list[str], ...),
     draws=(Optional[list[list[list[float]]]], Field(None, description="(rows, T, classes) probabilities")),
+    set_level=(Optional[float], Field(None, description="the level of `prediction_set`")),
     **_fields("classification", None),
 )
 
@@ -79,6 +111,8 @@ class ModelInfo(BaseModel):
     tau: float | None = None
     training: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = Field(None, description="the fitted calibration (methods, rows, source,"
+                                               " values, when); null: uncalibrated, the raw MC numbers")
 
 
 class ModelList(BaseModel):

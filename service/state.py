@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mcdropout.answer import Options
 from mcdropout.bundle import Bundle, load_bundle
 from service.batcher import Answer, Batcher, DeadlineExceeded, Overloaded
 from service.inputs import ApiError
@@ -76,10 +77,10 @@ class ServiceState:
         raise ApiError(404, f"unknown model {name!r}; available: {known}", "name")
 
     async def predict(self, bundle: Bundle, inputs: np.ndarray, samples: int | str, seed: int, level: float,
-                      return_samples: bool) -> Answer:
+                      return_samples: bool, options: Options | None = None) -> Answer:
         batcher = self.batchers[bundle.name]
         try:
-            return await batcher.submit(inputs, samples=samples, seed=seed, level=level,
+            return await batcher.submit(inputs, samples=samples, seed=seed, level=level, options=options,
                                         return_samples=return_samples, timeout=self.settings.request_timeout_s)
         except Overloaded as error:
             raise ApiError(503, f"overloaded: {error}; retry later", None,

@@ -18,7 +18,7 @@ import orjson
 from pydantic import ValidationError
 
 from mcdropout.bundle import Manifest
-from mcdropout.answer import RegressionResult, Result, statistics
+from mcdropout.answer import OPTION_NAMES, OptionError, RegressionResult, Result, parse_options, statistics
 from service.inputs import ApiError
 from service.schemas import V2InferRequest
 
@@ -33,7 +33,7 @@ DATATYPES: dict[str, np.dtype] = {
 # The answer's statistics as output tensors; a classifier's probabilities first, as v2 clients index them.
 OUTPUTS = {task: tuple(sorted((stat for stat in statistics(task) if stat.tensor), key=lambda stat: stat.shape != "classes"))
            for task in ("regression", "classification")}
-PARAMETERS = ("samples", "seed", "interval", "binary_data_output")
+PARAMETERS = ("samples", "seed", "interval", "binary_data_output", *OPTION_NAMES)
 
 
 def error(message: str, status: int = 400) -> ApiError:
@@ -41,10 +41,25 @@ def error(message: str, status: int = 400) -> ApiError:
 
 
 def output_specs(manifest: Manifest) -> list[dict[str, Any]]:
-    """The output tensors a model's infer answers with: name, datatype, shape (-1 = rows)."""
-    widths = {"outputs": len(manifest.output_names or []) or -1, "classes": len(manifest.class_names or []) or -1}
-    return [{"name": stat.name, "datatype": "INT64" if stat.kind == "int" else "FP64",
-             "shape": [-1] if stat.shape == "row" else [-1, widths[stat.shape]]} for stat in OUTPUTS[manifest.task]]
+    """The output tensors a model's infer answers with: name, datatype, shape (-1 = rows).
+
+    Optional ones (prediction sets, abstention) are listed where the bundle can give them; an answer
+    holds them only when its request's parameters ask.
+    """
+    widths = {"outputs": len(manifest.output_names or []) or -1, "classes": len(manifest.class_names or []) or -1,
+              "set": len(manifest.class_names or []) or -1}
+    return [{"name": stat.name, "datatype": {"int": "INT64", "bool": "BOOL"}.get(stat.kind, "FP64"),
+             "shape": [-1] if stat.shape == "row" else [-1, widths[stat.shape]]}
+            for stat in OUTPUTS[manifest.task] if not stat.optional or _can_give(manifest, stat.name)]
+
+
+def _can_give(manifest: Manifest, name: str) -> bool:
+    calibration = manifest.calibration
+    if manifest.task == "regression":
+        return name == "abstain"  # from max_std / max_interval_width, calibrated or not
+    if calibration is None:
+        return False
+    return calibration.selective is not None if name == "abstain" else calibration.sets is not None
 
 
 def model_metadata(manifest: Manifest) -> dict[str, Any]:
@@ -55,7 +70,8 @@ def model_metadata(manifest: Manifest) -> dict[str, Any]:
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *manifest.input_shape]}],
         "outputs": output_specs(manifest),
         "parameters": {"task": manifest.task, "default_samples": manifest.samples,
-                       "max_samples": manifest.max_samples},
+                       "max_samples": manifest.max_samples,
+                       "calibration": None if manifest.calibration is None else manifest.calibration.summary()},
     }
 
 
@@ -128,14 +144,19 @@ def parameters(request: V2InferRequest, manifest: Manifest, default_seed: int, l
     level = given.get("interval", 0.95)
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
         raise error(f"parameters.interval: must be a number in (0, 1); got {level!r}")
-    return {"samples": samples, "seed": seed, "interval": float(level)}
+    asked = {name: given[name] for name in OPTION_NAMES if given.get(name) is not None}
+    try:
+        options = parse_options(asked, manifest, float(level))
+    except OptionError as problem:
+        raise error(f"parameters.{problem}") from None
+    return {"samples": samples, "seed": seed, "interval": float(level), "options": options}
 
 
 def response(request: V2InferRequest, manifest: Manifest, result: Result, params: dict[str, Any]
              ) -> tuple[bytes, dict[str, str]]:
     """The infer answer's body and headers."""
     tensors = _tensors(result)
-    names = [spec["name"] for spec in output_specs(manifest)]
+    names = [spec["name"] for spec in output_specs(manifest) if spec["name"] in tensors]
     all_binary = bool((request.parameters or {}).get("binary_data_output", False))
     if request.outputs:
         unknown = [o.name for o in request.outputs if o.name not in tensors]
@@ -149,7 +170,8 @@ def response(request: V2InferRequest, manifest: Manifest, result: Result, params
     for name, binary in selected:
         array = tensors[name]
         entry: dict[str, Any] = {"name": name, "shape": list(array.shape),
-                                 "datatype": "INT64" if array.dtype == np.int64 else "FP64"}
+                                 "datatype": {np.dtype(np.int64): "INT64", np.dtype(np.bool_): "BOOL"}.get(array.dtype,
+                                                                                                          "FP64")}
         if binary:
             raw = np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
@@ -172,4 +194,4 @@ def response(request: V2InferRequest, manifest: Manifest, result: Result, params
 
 def _tensors(result: Result) -> dict[str, np.ndarray]:
     task = "regression" if isinstance(result, RegressionResult) else "classification"
-    return {stat.name: getattr(result, stat.name) for stat in OUTPUTS[task]}
+    return {stat.name: getattr(result, stat.name) for stat in OUTPUTS[task] if getattr(result, stat.name) is not None}

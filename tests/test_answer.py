@@ -22,11 +22,12 @@ def test_result_objects_and_columns_follow_the_declarations():
     rows = 3
     regression = RegressionResult(model="m", version="1", seed=0, outputs=["y"], level=0.9,
                                   **{s.name: np.zeros((rows, 1)) if s.shape == "outputs" else np.full(rows, 5)
-                                     for s in statistics("regression")})
-    assert list(regression.columns()) == [s.name for s in statistics("regression") if s.column]
+                                     for s in statistics("regression") if not s.optional})
+    assert list(regression.columns()) == [s.name for s in statistics("regression") if s.column and not s.optional]
     values = {"probs": np.full((rows, 2), 0.5), "label": np.zeros(rows, dtype=int),
               "class_name": np.asarray(["a"] * rows, dtype=object)}
     classification = ClassificationResult(model="m", version="1", seed=0, classes=["a", "b"],
-                                          **{s.name: values.get(s.name, np.zeros(rows)) for s in statistics("classification")})
+                                          **{s.name: values.get(s.name, np.zeros(rows)) for s in statistics("classification")
+                                             if not s.optional})
     assert list(classification.columns()) == ["label", "class_name", "prob_a", "prob_b", "entropy", "expected_entropy",
                                               "mutual_information", "variation_ratio", "samples_used"]

@@ -192,3 +192,52 @@ def test_the_engine_applies_the_temperature_to_every_sample():
     np.testing.assert_allclose(hot.mutual_information.numpy(), expected["mutual_information"], atol=1e-5)
     with pytest.raises(InputError, match="temperature must be a positive number"):
         MCPredictor(model, task="classification", temperature=0.0)
+
+
+def test_calibrated_results_columns_json_and_joins():
+    from mcdropout.answer import ClassificationResult, concatenate, from_json, take_rows
+
+    rows = 4
+    result = ClassificationResult(
+        model="m", version="1", seed=0, classes=["a", "b", "c"], samples_used=np.full(rows, 8),
+        probs=np.full((rows, 3), 1 / 3), label=np.zeros(rows, dtype=np.int64),
+        class_name=np.asarray(["a"] * rows, dtype=object), entropy=np.zeros(rows), expected_entropy=np.zeros(rows),
+        mutual_information=np.zeros(rows), variation_ratio=np.zeros(rows),
+        prediction_set=np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 1, 1]], dtype=bool),
+        set_size=np.array([1, 2, 0, 3]), abstain=np.array([False, True, True, False]), set_level=0.9)
+    columns = result.columns()
+    assert list(columns)[-6:] == ["samples_used", "in_set_a", "in_set_b", "in_set_c", "set_size", "abstain"]
+    assert result.set_members() == [[0], [0, 1], [], [0, 1, 2]]
+    body = {"model": "m", "version": "1", "seed": 0, "task": "classification", "classes": result.classes,
+            "samples_used": [8] * rows, "probs": result.probs.tolist(), "label": [0] * rows,
+            "class_name": ["a"] * rows, "entropy": [0.0] * rows, "expected_entropy": [0.0] * rows,
+            "mutual_information": [0.0] * rows, "variation_ratio": [0.0] * rows,
+            "prediction_set": result.set_members(), "set_size": [1, 2, 0, 3], "abstain": [False, True, True, False],
+            "set_level": 0.9}
+    again = from_json(body)
+    np.testing.assert_array_equal(again.prediction_set, result.prediction_set)
+    np.testing.assert_array_equal(again.abstain, result.abstain)
+    joined = concatenate([take_rows(again, 0, 2), take_rows(again, 2, 4)])
+    np.testing.assert_array_equal(joined.set_size, result.set_size)
+    plain = {k: v for k, v in body.items() if k not in ("prediction_set", "set_size", "abstain", "set_level")}
+    assert from_json(plain).prediction_set is None and "abstain" not in from_json(plain).columns()
+
+
+def test_parse_options_names_the_field():
+    from types import SimpleNamespace
+
+    from mcdropout.answer import OptionError, Options, parse_options
+
+    uncalibrated = SimpleNamespace(name="m", task="classification", calibration=None)
+    assert parse_options({}, uncalibrated) is None
+    with pytest.raises(OptionError, match="set_level: prediction sets need a calibrated bundle") as error:
+        parse_options({"set_level": 0.9}, uncalibrated)
+    assert error.value.field == "set_level"
+    with pytest.raises(OptionError, match="set_method: must be one of 'lac', 'aps'"):
+        parse_options({"set_method": "raps"}, uncalibrated)
+    with pytest.raises(OptionError, match="sets: unknown option"):
+        parse_options({"sets": 1}, uncalibrated)
+    regression = SimpleNamespace(name="r", task="regression", calibration=None)
+    assert parse_options({"max_std": 2.0}, regression) == Options(max_std=2.0)
+    with pytest.raises(OptionError, match="interval_method: 'conformal' needs a calibrated bundle"):
+        parse_options({"interval_method": "conformal"}, regression)
