@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("output", type=Path, metavar="OUTPUT")
     _sampling_arguments(score, "the model's")
     score.add_argument("--interval", type=float, default=0.95, help="central interval level (default 0.95)")
+    score.add_argument("--interval-method", choices=("conformal", "gaussian"), help="regression: the calibrated"
+                       " conformal interval or the raw Gaussian one (default: conformal when the bundle is calibrated)")
+    score.add_argument("--set-level", type=float, metavar="LEVEL", help="classifiers: add conformal prediction set"
+                       " columns (in_set_<class>, set_size) at this level (a calibrated bundle)")
+    score.add_argument("--set-method", choices=("lac", "aps"), help="prediction set score (default lac)")
+    score.add_argument("--max-risk", type=float, metavar="RISK", help="classifiers: add an 'abstain' column, true"
+                       " where the accepted rows' error could exceed RISK (a calibrated bundle)")
     score.add_argument("--id-column", metavar="COL", help="column copied to the output as the row id (default:"
                        " the row number, as column 'row')")
     score.add_argument("--chunk-rows", type=int, default=10_000, help="rows per chunk (default 10000)")
@@ -243,7 +250,8 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError("--url applies to --engine remote")
     job = Job(model=args.model, input=str(args.input), output=str(args.output), engine=args.engine,
               samples=args.samples, seed=args.seed, interval=args.interval, id_column=args.id_column,
-              chunk_rows=args.chunk_rows, url=args.url)
+              chunk_rows=args.chunk_rows, url=args.url, interval_method=args.interval_method,
+              set_level=args.set_level, set_method=args.set_method, max_risk=args.max_risk)
     summary = score(job, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, api_key=args.api_key or os.environ.get("MCD_API_KEY"),
                     ray_address=args.ray_address, workers=args.workers)
     resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""

@@ -147,3 +147,37 @@ def test_uncalibrated_answers_are_as_before(http):
     body = _predict(http, "breast-cancer", inputs=[[0.0] * 30], seed=0).json()
     assert set(body) >= {"probs", "entropy", "mutual_information"} and "abstain" not in body
     assert math.isclose(sum(body["probs"][0]), 1.0)
+
+
+def test_client_results_and_to_pandas(http):
+    from mcdropout.client import Client
+
+    with Client(str(http.base_url)) as client:
+        assert client.model("digits").calibration["methods"][0] == "temperature"
+        result = client.predict("digits", DIGITS.x_test[:6], seed=2, set_level=0.9, max_risk=0.2)
+        frame = result.to_pandas()
+        native = _predict(http, "digits", inputs=DIGITS.x_test[:6].tolist(), seed=2, set_level=0.9,
+                          max_risk=0.2).json()
+        assert result.set_members() == native["prediction_set"] and frame["abstain"].tolist() == native["abstain"]
+        assert frame["set_size"].tolist() == native["set_size"] and "in_set_0" in frame
+        regression = client.predict("diabetes", DIABETES.x_test[:3], seed=1, max_std=1e-9)
+        assert regression.interval_method == "conformal" and regression.abstain.all()
+
+
+def test_score_writes_calibration_columns(http, folder, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from mcdropout.cli import main
+
+    np.save(tmp_path / "rows.npy", DIGITS.x_test[:25].reshape(25, -1))
+    out = tmp_path / "scored.parquet"
+    assert main(["score", str(folder / "models" / "digits"), str(tmp_path / "rows.npy"), str(out), "--samples", "20",
+                 "--seed", "2", "--set-level", "0.9", "--max-risk", "0.2", "--quiet"]) == 0
+    table = pq.read_table(out).to_pandas()
+    native = _predict(http, "digits", inputs=DIGITS.x_test[:25].tolist(), samples=20, seed=2, set_level=0.9,
+                      max_risk=0.2).json()
+    assert table["set_size"].tolist() == native["set_size"] and table["abstain"].tolist() == native["abstain"]
+    bad = main(["score", str(folder / "models" / "breast-cancer"), str(tmp_path / "rows.npy"),
+                str(tmp_path / "bad.parquet"), "--max-risk", "0.1", "--quiet"])
+    assert bad == 2 and not (tmp_path / "bad.parquet").exists()
+    assert "max_risk: abstention at a risk needs a calibrated bundle" in capsys.readouterr().err

@@ -102,6 +102,7 @@ class ModelInfo:
     max_rows: int | None = None
     error: str | None = None
     metrics: dict = field(default_factory=dict)
+    calibration: dict | None = None  # the bundle's fitted calibration; None: uncalibrated
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -175,7 +176,7 @@ class _Base:
         return {"live": bool(live.get("live")), "ready": bool(ready.get("ready"))}
 
     def _predict_flow(self, name: str, inputs: Any, samples: int | str | None, seed: int | None,
-                      interval: float | None) -> Flow:
+                      interval: float | None, calibration: dict[str, Any] | None = None) -> Flow:
         info = yield from self._model_flow(name)
         rows = _rows(inputs, info)
         if len(rows) == 0:
@@ -183,6 +184,7 @@ class _Base:
         options: dict[str, Any] = {"samples": samples, "seed": seed}
         if interval is not None:
             options["interval"] = interval
+        options.update(calibration or {})
         options = {k: v for k, v in options.items() if v is not None}
         step = info.max_rows or len(rows)
         parts = []
@@ -219,9 +221,20 @@ class Client(_Base):
         return self._run(self._model_flow(name))
 
     def predict(self, name: str, inputs: Any, *, samples: int | str | None = None, seed: int | None = None,
-                interval: float | None = None) -> Result:
-        """MC dropout prediction for every row of ``inputs``; fields are numpy arrays."""
-        return self._run(self._predict_flow(name, inputs, samples, seed, interval))
+                interval: float | None = None, interval_method: str | None = None, set_level: float | None = None,
+                set_method: str | None = None, max_risk: float | None = None, delta: float | None = None,
+                abstain_score: str | None = None, max_std: float | None = None,
+                max_interval_width: float | None = None) -> Result:
+        """MC dropout prediction for every row of ``inputs``; fields are numpy arrays.
+
+        A calibrated bundle also takes ``interval_method``, ``set_level`` / ``set_method`` (adds
+        ``prediction_set``, ``set_size``), ``max_risk`` / ``delta`` / ``abstain_score`` (adds ``abstain``);
+        regression takes ``max_std`` / ``max_interval_width`` (adds ``abstain``) calibrated or not.
+        """
+        calibration = {"interval_method": interval_method, "set_level": set_level, "set_method": set_method,
+                       "max_risk": max_risk, "delta": delta, "abstain_score": abstain_score, "max_std": max_std,
+                       "max_interval_width": max_interval_width}
+        return self._run(self._predict_flow(name, inputs, samples, seed, interval, calibration))
 
     def health(self) -> dict[str, bool]:
         """``{"live": ..., "ready": ...}`` from the server's health endpoints."""
@@ -272,8 +285,14 @@ class AsyncClient(_Base):
         return await self._run(self._model_flow(name))
 
     async def predict(self, name: str, inputs: Any, *, samples: int | str | None = None, seed: int | None = None,
-                      interval: float | None = None) -> Result:
-        return await self._run(self._predict_flow(name, inputs, samples, seed, interval))
+                      interval: float | None = None, interval_method: str | None = None,
+                      set_level: float | None = None, set_method: str | None = None, max_risk: float | None = None,
+                      delta: float | None = None, abstain_score: str | None = None, max_std: float | None = None,
+                      max_interval_width: float | None = None) -> Result:
+        calibration = {"interval_method": interval_method, "set_level": set_level, "set_method": set_method,
+                       "max_risk": max_risk, "delta": delta, "abstain_score": abstain_score, "max_std": max_std,
+                       "max_interval_width": max_interval_width}
+        return await self._run(self._predict_flow(name, inputs, samples, seed, interval, calibration))
 
     async def health(self) -> dict[str, bool]:
         return await self._run(self._health_flow())

@@ -47,6 +47,16 @@ class Job:
     url: str | None = None
     input_size: int = 0
     input_blake2b: str = ""  # of the input's bytes: a resume scores the same rows, however the file was touched
+    interval_method: str | None = None  # calibration options (mcdropout.answer.Options), None: the bundle's default
+    set_level: float | None = None
+    set_method: str | None = None
+    max_risk: float | None = None
+
+    def options(self) -> dict[str, object]:
+        """The calibration options asked, by their answer names."""
+        asked = {"interval_method": self.interval_method, "set_level": self.set_level,
+                 "set_method": self.set_method, "max_risk": self.max_risk}
+        return {name: value for name, value in asked.items() if value is not None}
 
 @dataclass
 class Summary:

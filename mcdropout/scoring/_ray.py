@@ -35,11 +35,11 @@ class _Predictor:
     """One per actor: the bundle, loaded from the shipped files."""
 
     def __init__(self, files: dict[str, bytes], samples: int | None, seed: int, interval: float,
-                 columns: list[str], id_name: str) -> None:
+                 columns: list[str], id_name: str, options: dict | None = None) -> None:
         self.folder = tempfile.mkdtemp(prefix="mcdropout-bundle-")
         for name, data in files.items():
             Path(self.folder, name).write_bytes(data)
-        self.engine = LocalEngine(self.folder, samples=samples, seed=seed, interval=interval)
+        self.engine = LocalEngine(self.folder, samples=samples, seed=seed, interval=interval, options=options)
         self.columns, self.id_name = columns, id_name
 
     def __call__(self, chunks: pa.Table) -> pa.Table:
@@ -82,7 +82,8 @@ def ray_chunks(job: Job, skip: int, *, address: str | None, workers: int, quiet:
             _Predictor, batch_size=1, batch_format="pyarrow", concurrency=workers, num_gpus=gpus,
             num_cpus=0 if gpus else 1,
             fn_constructor_kwargs={"files": files, "samples": job.samples, "seed": job.seed,
-                                   "interval": job.interval, "columns": columns, "id_name": id_name},
+                                   "interval": job.interval, "columns": columns, "id_name": id_name,
+                                   "options": job.options()},
         )
         for batch in dataset.iter_batches(batch_size=job.chunk_rows, batch_format="pyarrow"):
             yield batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])

@@ -123,12 +123,13 @@ def _io_message(error: BaseException, output: str) -> str:
 
 def _engine(job: Job, api_key: str | None) -> Engine:
     if job.engine == "local":
-        return LocalEngine(job.model, samples=job.samples, seed=job.seed, interval=job.interval)
+        return LocalEngine(job.model, samples=job.samples, seed=job.seed, interval=job.interval,
+                           options=job.options())
     if job.engine == "remote":
         if not job.url:
             raise ScoringError("--engine remote needs --url (the server, e.g. http://127.0.0.1:8000)")
         return RemoteEngine(job.model, job.url, samples=job.samples, seed=job.seed, interval=job.interval,
-                            api_key=api_key)
+                            api_key=api_key, options=job.options())
     raise ScoringError(f"unknown engine {job.engine!r}; expected one of {', '.join(ENGINES)}")
 
 def _local_chunks(job: Job, engine: Engine, skip: int) -> Iterator[pa.Table]:
