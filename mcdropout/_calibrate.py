@@ -39,28 +39,40 @@ def calibrate(bundle_path: str | os.PathLike, data: str | os.PathLike, target: s
     folder = Path(bundle_path)
     loaded = load_bundle(folder, device="cpu")
     manifest = loaded.manifest
-    raw = Bundle(dataclasses.replace(manifest, calibration=None), loaded.model, folder, device="cpu")
     x, y = _rows(manifest, Path(data), target, features, labels)
     source = f"{Path(data).name}: {len(y)} rows" + (f", labels from {Path(labels).name}" if labels else "")
     if not quiet:
         print(f"calibrating {manifest.name} on {len(y)} rows of {data}", file=sys.stderr, flush=True)
+    fitted = fit_bundle(loaded, x, y, source=source, samples=samples, seed=seed, delta=delta)
+    write_manifest(folder, dataclasses.replace(manifest, calibration=fitted))
+    return fitted
+
+
+def fit_bundle(bundle: Bundle, x: np.ndarray, y: np.ndarray, *, source: str = "", samples: int | None = None,
+               seed: int = 0, delta: float = 0.1) -> cal.Calibration:
+    """The calibration of ``bundle`` on rows ``x`` (user units, the model's input shape) and true values ``y``.
+
+    Predicts with the bundle's raw numbers (any calibration it has is ignored); ``y``: targets (rows,) or
+    (rows, outputs) for regression, class indices or names for classifiers. The bundle is not changed:
+    ``dataclasses.replace(bundle.manifest, calibration=...)`` and :func:`write_manifest` or ``save_bundle``.
+    """
+    manifest = bundle.manifest
+    raw = Bundle(dataclasses.replace(manifest, calibration=None), bundle.model, bundle.path,
+                 device=str(next(bundle.model.parameters()).device))
     if manifest.task == "regression":
         means, stds = [], []
         for start in range(0, len(x), CHUNK_ROWS):
             prediction = raw.predict(x[start:start + CHUNK_ROWS], samples=samples, seed=seed)
             means.append(prediction.mean.reshape(prediction.mean.shape[0], -1).numpy())
             stds.append(prediction.std.reshape(prediction.mean.shape[0], -1).numpy())
-        fitted = cal.fit_regression(np.concatenate(means), np.concatenate(stds), y, source=source)
-    else:
-        log_probs = []
-        for start in range(0, len(x), CHUNK_ROWS):
-            prediction = raw.predict(x[start:start + CHUNK_ROWS], samples=samples, seed=seed, return_samples=True)
-            probs = prediction.samples.numpy().astype(np.float64)  # (rows, T, classes)
-            log_probs.append(np.log(np.maximum(probs, np.finfo(np.float64).tiny)))
-        fitted = cal.fit_classification(np.concatenate(log_probs), _class_indices(manifest, y), source=source,
-                                        delta=delta)
-    write_manifest(folder, dataclasses.replace(manifest, calibration=fitted))
-    return fitted
+        return cal.fit_regression(np.concatenate(means), np.concatenate(stds), y, source=source)
+    log_probs = []  # the samples' log-probabilities serve as their logits (a softmax ignores a per-row shift)
+    for start in range(0, len(x), CHUNK_ROWS):
+        prediction = raw.predict(x[start:start + CHUNK_ROWS], samples=samples, seed=seed, return_samples=True)
+        probs = prediction.samples.numpy().astype(np.float64)  # (rows, T, classes)
+        log_probs.append(np.log(np.maximum(probs, np.finfo(np.float64).tiny)))
+    return cal.fit_classification(np.concatenate(log_probs), _class_indices(manifest, np.asarray(y)),
+                                  source=source, delta=delta)
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
