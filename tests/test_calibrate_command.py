@@ -85,3 +85,19 @@ def test_calibrate_an_image_classifier_from_npy_and_a_labels_file(tmp_path, caps
                                                                         seed=0).entropy
     entropy = bundle.predict(x[:8].reshape(8, 1, 8, 8), samples=8, seed=0).entropy
     assert (entropy > entropy_raw).all()
+
+
+def test_a_damaged_calibration_is_a_bundle_error_naming_the_field(regression_bundle):
+    from mcdropout.bundle import BundleError, Manifest
+
+    folder, table = regression_bundle
+    if read_manifest(folder).calibration is None:
+        main(["calibrate", str(folder), "--data", str(table), "--target", "disease_progression", "--samples", "20",
+              "--quiet"])
+    data = read_manifest(folder).to_dict()
+    data["calibration"]["sigma_scale"] = [1.0, 2.0]
+    with pytest.raises(BundleError, match=r"'calibration.sigma_scale': 2 values for 1 outputs"):
+        Manifest.from_dict(data)
+    data["calibration"] = {"task": "regression"}
+    with pytest.raises(BundleError, match="field 'calibration': cannot be read"):
+        Manifest.from_dict(data)

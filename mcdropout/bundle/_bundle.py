@@ -159,6 +159,12 @@ class Manifest:
             raise BundleError(f"field 'inference.tau': must be positive, got {self.tau}")
         if self.calibration is not None and self.calibration.task != self.task:
             raise BundleError(f"field 'calibration.task': {self.calibration.task!r} calibration for a {self.task} model")
+        outputs = len(self.output_names) if self.output_names else None
+        for name, values in (("sigma_scale", self.calibration and self.calibration.sigma_scale),
+                             ("conformal.scores", self.calibration and self.calibration.conformal
+                              and self.calibration.conformal.scores)):
+            if values and outputs is not None and len(values) != outputs:
+                raise BundleError(f"field 'calibration.{name}': {len(values)} values for {outputs} outputs")
 
 
 def _calibration(data: dict | None) -> Calibration | None:
