@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mcdropout import __version__
 from mcdropout._malloc import pin_mmap_threshold
 
 
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcdropout", description="Bayesian uncertainty from MC dropout.")
+    parser.add_argument("--version", action="version", version=f"mcdropout {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve every bundle in a folder over HTTP",
@@ -145,9 +147,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _recipe_names() -> list[str]:
-    from mcdropout.training._recipes import RECIPES
+    # torch-free, so that `train --help` stays fast
+    from mcdropout.training._recipe_names import RECIPE_NAMES
 
-    return list(RECIPES)
+    return list(RECIPE_NAMES)
 
 
 def _train(args: argparse.Namespace) -> int:
