@@ -129,6 +129,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        "schema": {"type": "string", **known}}
 
     errors = {status: {"model": ErrorBody} for status in (401, 404, 413, 422, 503, 504)}
+    # The infer body's nested models go to the document's components, where its references point
+    # (left inside the body's schema, ReDoc and other resolvers fail on them).
+    infer_schema = V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    infer_components = infer_schema.pop("$defs", {})
     v2_errors = {status: {"model": V2Error} for status in (400, 401, 404, 413, 503, 504)}
 
     # -- native API ---------------------------------------------------------------------------
@@ -211,7 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=guarded,
         responses={200: {"model": V2InferResponse}, **v2_errors},
         openapi_extra={"parameters": [model_parameter], "requestBody": {"required": True, "content": {
-            "application/json": {"schema": V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
+            "application/json": {"schema": infer_schema}
         }}},
         tags=["v2"],
         summary="inference; parameters carry samples, seed and interval; binary tensor data supported",
@@ -231,6 +235,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = FastAPI.openapi(app).setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in infer_components.items():
+                schemas.setdefault(name, schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -67,6 +67,16 @@ def test_docs_pages_load_only_same_origin_assets(served, page):
     assert "/openapi.json" in references
 
 
+def test_every_schema_reference_of_the_openapi_document_resolves(served):
+    """ReDoc refuses a document with a dangling reference ("Invalid reference token")."""
+    url, _ = served
+    document = httpx.get(url + "/openapi.json").json()
+    references = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(document)))
+    assert "V2InferInput" in references
+    assert references <= set(document["components"]["schemas"])
+    assert "$defs" not in json.dumps(document)
+
+
 def test_logs_are_json_lines_at_the_chosen_level(served):
     url, log = served
     httpx.get(url + "/v1/models")
