@@ -67,7 +67,14 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'mcdropout' has no attribute {name!r}")
-    module = importlib.import_module(_EXPORTS[name])
+    try:
+        module = importlib.import_module(_EXPORTS[name])
+    except ModuleNotFoundError as error:
+        if (error.name or "").startswith("mcdropout."):  # the client distribution ships no library modules
+            raise ModuleNotFoundError(f"mcdropout.{name} is part of the library, and only the client"
+                                      " (mcdropout-client) is installed here: pip install mcdropout",
+                                      name=error.name) from None
+        raise
     value = module if name == "metrics" else getattr(module, name)
     globals()[name] = value
     return value

@@ -8,6 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mcdropout import __version__
+from mcdropout._extras import missing_extra
+from mcdropout._log_config import FORMATS, LEVELS, log_config
 from mcdropout._malloc import pin_mmap_threshold
 
 
@@ -21,7 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (UsageError, ValueError, FileNotFoundError, ImportError) as error:
-        print(f"mcdropout {args.command}: error: {error}", file=sys.stderr)
+        hint = missing_extra(error) if isinstance(error, ImportError) else None
+        print(f"mcdropout {args.command}: error: {hint or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mcdropout {args.command}: interrupted", file=sys.stderr)
@@ -30,14 +34,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcdropout", description="Bayesian uncertainty from MC dropout.")
+    parser.add_argument("--version", action="version", version=f"mcdropout {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve every bundle in a folder over HTTP",
                                 description="Serve every bundle in MCD_MODELS_DIR (default models/) over HTTP."
-                                " Every MCD_* setting applies; these flags override three of them.")
+                                " Every MCD_* setting applies; these flags override five of them.")
     serve.add_argument("--models-dir", help="folder of bundles (MCD_MODELS_DIR, default models)")
     serve.add_argument("--host", help="address to bind (MCD_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (MCD_PORT, default 8000)")
+    serve.add_argument("--log-level", choices=LEVELS, help="server log level (MCD_LOG_LEVEL, default info)")
+    serve.add_argument("--log-format", choices=FORMATS, help="text, or json: one JSON object a line"
+                       " (MCD_LOG_FORMAT, default text)")
     serve.set_defaults(handler=_serve)
 
     train = commands.add_parser(
@@ -159,21 +167,26 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise UsageError("serving needs the serve extra: pip install 'mcdropout[serve]'") from None
-    for flag, variable in (("models_dir", "MCD_MODELS_DIR"), ("host", "MCD_HOST"), ("port", "MCD_PORT")):
+    for flag, variable in (("models_dir", "MCD_MODELS_DIR"), ("host", "MCD_HOST"), ("port", "MCD_PORT"),
+                           ("log_level", "MCD_LOG_LEVEL"), ("log_format", "MCD_LOG_FORMAT")):
         if getattr(args, flag) is not None:
             os.environ[variable] = str(getattr(args, flag))
     host = os.environ.get("MCD_HOST", "127.0.0.1")
     port = int(os.environ.get("MCD_PORT", "8000"))
+    level = os.environ.get("MCD_LOG_LEVEL", "info").lower()
+    logging = log_config(level, os.environ.get("MCD_LOG_FORMAT", "text").lower())
     pin_mmap_threshold()
     # The app is named by import string, so the library itself never imports the service.
-    uvicorn.run("service.app:app", host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    uvicorn.run("service.app:app", host=host, port=port, log_level=level, log_config=logging,
+                timeout_graceful_shutdown=30)
     return 0
 
 
 def _recipe_names() -> list[str]:
-    from mcdropout.training._recipes import RECIPES
+    # torch-free, so that `train --help` stays fast
+    from mcdropout.training._recipe_names import RECIPE_NAMES
 
-    return list(RECIPES)
+    return list(RECIPE_NAMES)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import mcdropout
 from mcdropout.bundle import Manifest
 from mcdropout.answer import OPTION_NAMES, OptionError, RegressionResult, parse_options, statistics
-from service import ui, v2
+from service import docs, ui, v2
 from service.batcher import Answer
 from service.inputs import ApiError, instances_array, rows_array, samples_value
 from service.middleware import BodyLimit, RequestCounter
@@ -81,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         " Inference Protocol (v2).",
         lifespan=lifespan,
         default_response_class=FastJSON,
+        docs_url=None,  # /docs and /redoc come from service.docs, with assets served here (no CDN)
+        redoc_url=None,
     )
     app.state.service = state
     _error_handlers(app)
@@ -101,10 +104,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # resolution costs a tenth of a small request's time on the event loop.
     guarded = [Depends(authorised)] if settings.api_keys else []
     ui.install(app, guarded)
+    docs.install(app)
 
     # Each add_middleware wraps what was added before: the counter runs inside the body limit.
     app.add_middleware(RequestCounter, metrics=state.metrics, known=state.models)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.cors_origins:  # outermost, so that a browser's preflight is answered before any limit
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Retry-After", v2.HEADER])
 
     # The path parameter documents the models found at start-up; unknown names still get a 404.
     folder = Path(settings.models_dir)
@@ -122,6 +129,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        "schema": {"type": "string", **known}}
 
     errors = {status: {"model": ErrorBody} for status in (401, 404, 413, 422, 503, 504)}
+    # The infer body's nested models go to the document's components, where its references point
+    # (left inside the body's schema, ReDoc and other resolvers fail on them).
+    infer_schema = V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    infer_components = infer_schema.pop("$defs", {})
     v2_errors = {status: {"model": V2Error} for status in (400, 401, 404, 413, 503, 504)}
 
     # -- native API ---------------------------------------------------------------------------
@@ -209,7 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=guarded,
         responses={200: {"model": V2InferResponse}, **v2_errors},
         openapi_extra={"parameters": [model_parameter], "requestBody": {"required": True, "content": {
-            "application/json": {"schema": V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
+            "application/json": {"schema": infer_schema}
         }}},
         tags=["v2"],
         summary="inference; parameters carry samples, seed and interval; binary tensor data supported",
@@ -230,6 +241,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = FastAPI.openapi(app).setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in infer_components.items():
+                schemas.setdefault(name, schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

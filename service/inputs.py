@@ -39,6 +39,8 @@ def rows_array(rows: Any, manifest: Manifest, max_rows: int, field: str = "input
         array = np.asarray(rows, dtype=np.float64)
     except (ValueError, TypeError):
         raise _locate(rows, shape, field) from None
+    if array.dtype != object and len(shape) > 1 and array.shape[1:] == (math.prod(shape),):
+        array = array.reshape(len(array), *shape)  # flat rows of an image model: as many values as its shape
     if array.dtype == object or tuple(array.shape[1:]) != shape or _has_bool(rows):
         raise _locate(rows, shape, field)
     _check_finite(array, field)
@@ -131,8 +133,13 @@ def _locate(rows: list, shape: tuple[int, ...], field: str) -> ApiError:
                 return error
         return None
 
+    size = math.prod(shape)
     for i, row in enumerate(rows):
-        error = walk(row, shape, f"{field}[{i}]")
+        flat = len(shape) > 1 and isinstance(row, list) and not any(isinstance(item, list) for item in row)
+        if flat and len(row) != size:
+            return invalid(f"expected {size} values (a flat row for input shape {list(shape)}) or nested lists"
+                           f" of shape {list(shape)}, got {len(row)} values", f"{field}[{i}]")
+        error = walk(row, (size,) if flat else shape, f"{field}[{i}]")
         if error:
             return error
     return invalid(f"each row must have shape {list(shape)}", field)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -48,7 +49,24 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated keys; when set, model endpoints want Bearer auth"
     )
 
-    @field_validator("api_keys", mode="before")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated origins that browsers may call the API from"
+        " (e.g. https://app.example.com, or *); none by default"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="server log level (`mcdropout serve`, or --log-level)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="server log lines: text, or json (one JSON object a line; `mcdropout serve`,"
+        " or --log-format)"
+    )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -104,8 +104,11 @@ def input_array(request: V2InferRequest, binary: bytes, manifest: Manifest, max_
     if dtype is None or tensor.datatype == "BOOL":
         raise error(f"input {INPUT_NAME!r}: datatype {tensor.datatype!r} is not numeric; use FP32, FP64 or an INT type")
     expected = [*manifest.input_shape]
-    if len(tensor.shape) != len(expected) + 1 or tensor.shape[1:] != expected or tensor.shape[0] < 1:
-        raise error(f"input {INPUT_NAME!r}: shape {tensor.shape} does not match [rows, {', '.join(map(str, expected))}]")
+    flat = len(expected) > 1 and tensor.shape[1:] == [math.prod(expected)]  # an image model's rows, flattened
+    if (not flat and (len(tensor.shape) != len(expected) + 1 or tensor.shape[1:] != expected)) or tensor.shape[0] < 1:
+        also = f" (or [rows, {math.prod(expected)}] flat)" if len(expected) > 1 else ""
+        raise error(f"input {INPUT_NAME!r}: shape {tensor.shape} does not match [rows, {', '.join(map(str, expected))}]"
+                    + also)
     rows = tensor.shape[0]
     if rows > max_rows:
         raise error(f"input {INPUT_NAME!r}: {rows} rows is over the limit of {max_rows} per request; split them")
@@ -125,7 +128,7 @@ def input_array(request: V2InferRequest, binary: bytes, manifest: Manifest, max_
             raise error(f"input {INPUT_NAME!r}: {array.size} values for shape {tensor.shape} ({count} expected)")
     else:
         raise error(f"input {INPUT_NAME!r} has neither data nor binary_data_size")
-    array = array.astype(np.float32).reshape(tensor.shape)
+    array = array.astype(np.float32).reshape(rows, *expected)
     finite = np.isfinite(array.reshape(rows, -1)).all(axis=1)
     if not finite.all():
         raise error(f"input {INPUT_NAME!r}: NaN or infinity in row(s) {', '.join(map(str, np.flatnonzero(~finite)[:10]))}")

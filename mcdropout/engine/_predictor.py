@@ -53,6 +53,7 @@ from mcdropout.stats._summary import (
 )
 from mcdropout.engine._registry import is_torch_dropout, sampled_modules
 from mcdropout.engine._thinned import ThinnedChain
+from mcdropout.engine._thinned_conv import ThinnedConvChain
 from mcdropout.errors import InputError
 
 Prediction = Union[RegressionPrediction, ClassificationPrediction]
@@ -124,14 +125,15 @@ class _Structure:
     lead: nn.Module | None  # a torch dropout module opening a Sequential suffix, masked while replicating
     after_lead: Callable  # the suffix after ``lead``
     head: ChannelHead | None  # channel dropout -> Flatten -> Linear, folded into per-channel shares
-    thinned: ThinnedChain | None  # a Linear/dropout chain run as thinned sub-networks
+    thinned: ThinnedChain | ThinnedConvChain | None  # a Linear or Conv2d chain run as thinned sub-networks
 
     @classmethod
     def of(cls, model: nn.Module) -> _Structure:
         prefix, suffix = _split_sequential(model)
         lead, after_lead = _leading_dropout(suffix)
         head = ChannelHead.find(lead, after_lead)
-        return cls(tuple(prefix), suffix, lead, after_lead, head, ThinnedChain.find(suffix) if head is None else None)
+        thinned = None if head is not None else ThinnedChain.find(suffix) or ThinnedConvChain.find(suffix)
+        return cls(tuple(prefix), suffix, lead, after_lead, head, thinned)
 
     @classmethod
     def whole(cls, model: nn.Module) -> _Structure:
@@ -149,6 +151,7 @@ class _Probe:
     functional: bool  # dropout is called functionally: the passes need the function mode
     shared: ModulePrefix | None  # not a Sequential: the modules that run once per row
     structure: _Structure  # how the passes over this input shape cut the model
+    hidden_shape: tuple[int, ...]  # each row's shape where the sampled part begins
 
 
 @dataclass(frozen=True)
@@ -396,7 +399,7 @@ class MCPredictor:
                 lambda: self._run_suffix(structure, first, layout, sampler, functional=True), layout.num_samples,
             )
         self._probed[key] = _Probe(max(row_bytes, 1), max(leaf_bytes[0], 1), sample_bytes, functional, shared,
-                                   structure)
+                                   structure, tuple(hidden.shape[1:]))
         return self._probed[key]
 
     def _plan(self, rows: int, total: int, probe: _Probe) -> _Plan:
@@ -424,8 +427,8 @@ class MCPredictor:
         elif self._on_cpu:
             width = probe.activation_bytes
             thinned = probe.structure.thinned
-            if thinned is not None and thinned.pays(min(rows, capacity)):  # samples hold only their kept units
-                width = max(1, round(width * thinned.kept_fraction()))
+            if thinned is not None and thinned.pays(min(rows, capacity), probe.hidden_shape):  # samples hold only their kept units
+                width = thinned.activation_bytes(width, probe.hidden_shape)
             capacity = min(capacity, max(1, CACHE_CHUNK_BYTES // width))
         block_rows = min(rows, capacity, (budget - sample_bytes) // row_bytes)
         per_pass = min(total, max(1, capacity // block_rows), budget // (sample_bytes + block_rows * row_bytes))
@@ -457,12 +460,13 @@ class MCPredictor:
             while done < total:
                 window = min(total - done, AUTO_STEP) if auto else total - done
                 block = hidden if active is None else hidden[(active - start).to(hidden.device)]
+                memo: dict = {}  # what the thinned pass works out once for the block's rows
                 index = slice(start, stop) if active is None else active.to(self.device)
                 row_ids = self._row_ids(range(start, stop) if active is None else active)
                 for first in range(done, done + window, plan.samples):
                     count = min(plan.samples, done + window - first)
                     layout = ChunkLayout(seed, first, count, stop - start if active is None else len(active), row_ids)
-                    outputs = self._run_suffix(structure, block, layout, sampler, plan.functional)
+                    outputs = self._run_suffix(structure, block, layout, sampler, plan.functional, memo)
                     if accumulator is None:
                         accumulator = self._accumulator(rows, outputs)
                     values = accumulator.update(index, outputs, fresh=first == 0)
@@ -510,12 +514,12 @@ class MCPredictor:
             return structure.suffix(rows)
 
     def _run_suffix(self, structure: _Structure, hidden: torch.Tensor | SharedRows, layout: ChunkLayout,
-                    sampler: MaskSampler, functional: bool):
+                    sampler: MaskSampler, functional: bool, memo: dict | None = None):
         sampler.begin(layout)
         thinned = structure.thinned
         if (thinned is not None and not functional and layout.row_ids is None and not isinstance(hidden, SharedRows)
-                and thinned.pays(layout.num_rows) and thinned.unhooked()):
-            return self._group(thinned(hidden, sampler, layout), layout)  # each sample as its thinned network
+                and thinned.pays(layout.num_rows, tuple(hidden.shape[1:])) and thinned.unhooked()):
+            return self._group(thinned(hidden, sampler, layout, {} if memo is None else memo), layout)  # each sample as its thinned network
         with sampler.applied(self._dropout_modules, functional):
             if structure.head is not None:  # channel dropout -> Flatten -> Linear: from per-channel shares
                 outputs = structure.head(hidden, sampler, layout)

@@ -29,6 +29,10 @@ from mcdropout.engine._sampler import ChunkLayout, MaskSampler, has_forward_hook
 # Layers applied to each unit alone, so that they commute with selecting units.
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity)
 
+# A sample's kept units: their indices, padded to the largest count, and the dropout's scale on
+# each (0 on padding): ((S, k), (S, k)).
+Kept = tuple[torch.Tensor, torch.Tensor]
+
 # A gathered weight element costs about this many multiply-adds of the dense product (a copy per
 # sample against a blocked GEMM over all samples at once). On the bench MLP (64-512-512-10, p = 0.5,
 # T = 50, 2-core CPU) thinned and dense took the same time at 64 rows (11.3 ms), which puts the
@@ -58,10 +62,18 @@ class ThinnedChain:
         elementwise layers (exact types), each dropout directly before a Linear, opening with a dropout."""
         if not isinstance(suffix, nn.Sequential):
             return None
+        chain = cls.parse(list(leaves(suffix)))
+        if chain is None or chain.layers[0].dropout is None:
+            return None
+        return chain if chain.unhooked() else None
+
+    @classmethod
+    def parse(cls, modules: list[nn.Module]) -> ThinnedChain | None:
+        """The chain ``modules`` form (the first Linear may lack a dropout), or None."""
         layers: list[_Layer] = []
         dropout = None
         after: list[nn.Module] = []
-        for module in _leaves(suffix):
+        for module in modules:
             kind = type(module)
             if kind is nn.Dropout:
                 if dropout is not None:
@@ -76,47 +88,63 @@ class ThinnedChain:
                 after.append(module)
             else:
                 return None
-        if dropout is not None or not layers or layers[0].dropout is None:
+        if dropout is not None or not layers:
             return None
         layers[-1] = _Layer(layers[-1].dropout, layers[-1].linear, tuple(after))
-        chain = cls(layers)
-        return chain if chain.unhooked() else None
+        return cls(layers)
 
     def unhooked(self) -> bool:
         """No module of the chain has hooks, which only its ``__call__`` would run (checked on every call)."""
         return not any(has_forward_hooks(module) for module in self.modules)
 
-    def pays(self, rows: int) -> bool:
-        """Whether thinning beats the dense masked product for ``rows`` rows per sample.
+    def pays(self, rows: int, shape: tuple[int, ...] = ()) -> bool:
+        """Whether thinning beats the dense masked product for ``rows`` rows per sample (``shape``, each
+        row's shape at the chain's input, matters only to the convolutional chain)."""
+        dense, thinned = self.costs(rows)
+        return thinned < dense
+
+    def costs(self, rows: int, first_kept: float | None = None) -> tuple[float, float]:
+        """The dense and thinned costs of ``rows`` rows per sample, in multiply-adds.
 
         Per sample, a Linear of ``i`` inputs and ``o`` outputs costs ``rows x i x o`` multiply-adds dense,
         and ``rows x ki x ko + GATHER_COST x ki x ko`` thinned, where ``ki`` and ``ko`` are the expected
-        kept counts (``1 - p`` of each side that has dropout).
+        kept counts (``1 - p`` of each side that has dropout). ``first_kept``: the kept share of the first
+        Linear's inputs when something before the chain chose them.
         """
         dense = thinned = 0.0
         for index, layer in enumerate(self.layers):
             out_features, in_features = layer.linear.weight.shape
-            kept_in = in_features * (1.0 - _p(layer.dropout))
+            share_in = first_kept if index == 0 and first_kept is not None else 1.0 - rate(layer.dropout)
+            kept_in = in_features * share_in
             following = self.layers[index + 1].dropout if index + 1 < len(self.layers) else None
-            kept_out = out_features * (1.0 - _p(following))
+            kept_out = out_features * (1.0 - rate(following))
             dense += rows * in_features * out_features
             thinned += (rows + GATHER_COST) * kept_in * kept_out
-        return thinned < dense
+        return dense, thinned
 
-    def kept_fraction(self) -> float:
-        """The expected kept share of the widest dropout's units (1 where no dropout thins a layer)."""
-        shares = [1.0 - _p(layer.dropout) for layer in self.layers[1:]] or [1.0]
-        return max(shares)
+    def activation_bytes(self, dense_bytes: int, shape: tuple[int, ...] = ()) -> int:
+        """A replica's widest activation when thinned, from the dense pass's ``dense_bytes``: the widest
+        dropout's expected kept share of it."""
+        shares = [1.0 - rate(layer.dropout) for layer in self.layers[1:]] or [1.0]
+        return max(1, round(dense_bytes * max(shares)))
 
-    def __call__(self, hidden: torch.Tensor, sampler: MaskSampler, layout: ChunkLayout) -> torch.Tensor:
-        """The chain on ``hidden`` (each row once, (rows, features)) for every sample: (samples x rows, outputs).
+    def __call__(self, hidden: torch.Tensor, sampler: MaskSampler, layout: ChunkLayout,
+                 memo: dict | None = None) -> torch.Tensor:
+        """The chain on ``hidden`` (each row once, (rows, features)) for every sample: (samples x rows, outputs)."""
+        return self.run(hidden.t(), self.draw(sampler, hidden.dtype), layout)
+
+    def draw(self, sampler: MaskSampler, dtype: torch.dtype) -> list[Kept | None]:
+        """Each Linear's kept input columns, its dropout's masks drawn in call order (None: no dropout)."""
+        return [None if layer.dropout is None else kept_units(sampler, layer.dropout, layer.linear.in_features, dtype)
+                for layer in self.layers]
+
+    def run(self, x: torch.Tensor, kept: list[Kept | None], layout: ChunkLayout) -> torch.Tensor:
+        """The chain from features-first activations: ``x`` is (features, rows), every sample's input,
+        or (samples, features, rows); ``kept`` from :meth:`draw`. Returns (samples x rows, outputs).
 
         Activations are held features-first, (samples, kept units, rows), so that selecting a sample's
         units is a copy of whole rows (``index_select``), not a strided gather.
         """
-        kept = [None if layer.dropout is None else _kept(sampler, layer.dropout, layer.linear.in_features, hidden.dtype)
-                for layer in self.layers]
-        x = hidden.t()  # (features, rows) before the first Linear, then (samples, kept units, rows)
         for index, layer in enumerate(self.layers):
             columns = kept[index]
             rows_kept = kept[index + 1] if index + 1 < len(kept) else None
@@ -149,8 +177,8 @@ class ThinnedChain:
         return x.transpose(1, 2).reshape(layout.batch, x.shape[1])
 
 
-def _kept(sampler: MaskSampler, dropout: nn.Dropout, units: int, dtype: torch.dtype):
-    """The dropout's kept units per sample, padded to the largest count: (indices (S, k), scale (S, k)),
+def kept_units(sampler: MaskSampler, dropout: nn.Module, units: int, dtype: torch.dtype) -> Kept | None:
+    """The dropout's kept units (or channels) per sample, padded to the largest count: (indices (S, k), scale (S, k)),
     the scale ``1 / (1 - p)`` where kept and 0 on padding; None when p = 0 (every unit kept, no layer drawn)."""
     keep = sampler.layer_keep((units,), dropout.p, dtype)  # (S, 1, units); None for p = 0
     if keep is None:
@@ -162,13 +190,13 @@ def _kept(sampler: MaskSampler, dropout: nn.Dropout, units: int, dtype: torch.dt
     return index, keep.gather(1, index)
 
 
-def _p(dropout: nn.Dropout | None) -> float:
+def rate(dropout: nn.Module | None) -> float:
     return 0.0 if dropout is None else float(dropout.p)
 
 
-def _leaves(sequential: nn.Sequential) -> Iterator[nn.Module]:
+def leaves(sequential: nn.Sequential) -> Iterator[nn.Module]:
     for module in sequential:
         if type(module) is nn.Sequential and not has_forward_hooks(module):
-            yield from _leaves(module)
+            yield from leaves(module)
         else:
             yield module
