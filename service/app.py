@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import hmac
 import inspect
 import logging
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,12 +19,13 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import mcdropout
-from mcdropout.bundle import Manifest
+from mcdropout.bundle import Bundle, Manifest
 from mcdropout.answer import OPTION_NAMES, OptionError, RegressionResult, parse_options, statistics
 from service import docs, ui, v2
 from service.batcher import Answer
 from service.inputs import ApiError, instances_array, rows_array, samples_value
 from service.middleware import BodyLimit, RequestCounter
+from service.repository import parse_version
 from service.schemas import (
     ClassificationResponse,
     ErrorBody,
@@ -41,10 +40,11 @@ from service.schemas import (
     V2ModelMetadata,
     V2ModelReady,
     V2Ready,
+    V2RepositoryEntry,
     V2ServerMetadata,
 )
 from service.settings import Settings
-from service.state import ServiceState, bundle_folders
+from service.state import ServiceState
 
 log = logging.getLogger("mcdropout.service")
 
@@ -58,15 +58,15 @@ class FastJSON(JSONResponse):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    _default_logging()
     state = ServiceState(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        # Loaded on the compute thread (the load runs each model once), so that one thread, and one
-        # OpenMP team, ever runs torch: with a second team from a loading thread, a one-row digits call
-        # took 1.5-2.5 ms on 2 cores instead of 0.7-1.1 ms.
-        await asyncio.get_running_loop().run_in_executor(state.executor, state.load)
-        state.start()
+        # Each model is loaded on its own compute lane, the thread that then runs it (the load runs it
+        # once), so that one OpenMP team per lane ever runs torch: with a second team from a loading
+        # thread, a one-row digits call took 1.5-2.5 ms on 2 cores instead of 0.7-1.1 ms.
+        await state.open()
         # What start-up created (modules, models, the app) lives as long as the process; frozen, it is
         # left out of every garbage collection. Unfrozen, the collector's full passes over it took
         # about 30% of the server's CPU under load (perf, 64 clients).
@@ -114,10 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=["Retry-After", v2.HEADER])
 
     # The path parameter documents the models found at start-up; unknown names still get a 404.
-    folder = Path(settings.models_dir)
-    names = [path.name for path in bundle_folders(folder)] if folder.is_dir() else []
+    names = state.model_names()
     known = {"enum": names} if names else {}
     described = "a model in MCD_MODELS_DIR"
+    versioned = "a version of the model: its folder models/<name>/<version>/ (a flat bundle folder is 1)"
 
     def model_name() -> Any:
         return PathParam(description=described, json_schema_extra=known or None)
@@ -127,6 +127,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # pydantic) on every request.
     model_parameter = {"name": "name", "in": "path", "required": True, "description": described,
                        "schema": {"type": "string", **known}}
+
+    version_parameter = {"name": "version", "in": "query", "required": False,
+                         "description": "a version of the model (1, 2, ...); default: the highest loaded",
+                         "schema": {"type": "string"}}
 
     errors = {status: {"model": ErrorBody} for status in (401, 404, 413, 422, 503, 504)}
     # The infer body's nested models go to the document's components, where its references point
@@ -144,16 +148,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/models/{name}", response_model=ModelInfo, dependencies=guarded, responses=errors,
              tags=["v1"], summary="one model: inputs, outputs, defaults, training record and metrics")
-    async def get_model(name: str = model_name()) -> dict:
-        if name not in state.models and name not in state.failures:
-            state.bundle(name)
+    async def get_model(name: str = model_name(), version: str | None = None) -> dict:
+        if version is not None or (name not in state.models and name not in state.failures):
+            return _info(state, name, state.bundle(name, version))
         return _info(state, name)
 
     @app.post(
         "/v1/models/{name}/predict",
         dependencies=guarded,
         responses={200: {"model": RegressionResponse | ClassificationResponse}, **errors},
-        openapi_extra={"parameters": [model_parameter], "requestBody": {"required": True, "content": {
+        openapi_extra={"parameters": [model_parameter, version_parameter], "requestBody": {"required": True, "content": {
             "application/json": {"schema": PredictRequest.model_json_schema()}
         }}},
         tags=["v1"],
@@ -167,7 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body = PredictRequest.model_validate_json(await request.body())
         except ValidationError as problem:
             raise RequestValidationError(problem.errors()) from None
-        bundle = state.bundle(name)
+        bundle = state.bundle(name, request.query_params.get("version"))
         manifest = bundle.manifest
         if (body.inputs is None) == (body.instances is None):
             raise ApiError(422, "give exactly one of 'inputs' (lists of values) or 'instances' ({feature: value})",
@@ -184,7 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except OptionError as error:
             raise ApiError(422, str(error), error.field) from None
         answer = await state.predict(bundle, rows, samples, seed, body.interval, body.return_samples, options)
-        return FastJSON(_v1_body(manifest, answer, samples, seed))
+        return FastJSON(_v1_body(manifest, answer, samples, seed, state.version_of(bundle)))
 
     # -- Open Inference Protocol --------------------------------------------------------------
 
@@ -205,15 +209,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v2/models/{name}", response_model=V2ModelMetadata, dependencies=guarded,
              responses=v2_errors, tags=["v2"], summary="model metadata: input and output tensors")
     async def model_metadata(name: str = model_name()) -> dict:
-        return v2.model_metadata(state.bundle(name).manifest)
+        return _v2_metadata(state, name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}", response_model=V2ModelMetadata, dependencies=guarded,
+             responses=v2_errors, tags=["v2"], summary="one version's metadata: input and output tensors")
+    async def version_metadata(name: str = model_name(), version: str = PathParam(description=versioned)) -> dict:
+        return _v2_metadata(state, name, version)
 
     @app.get("/v2/models/{name}/ready", response_model=V2ModelReady, dependencies=guarded,
              responses={503: {"model": V2ModelReady}, **v2_errors}, tags=["v2"], summary="model readiness")
     async def model_ready(name: str = model_name()) -> Response:
-        if name in state.failures:
-            return FastJSON({"name": name, "ready": False}, status_code=503)
-        state.bundle(name)
-        return FastJSON({"name": name, "ready": name in state.batchers})
+        return _v2_ready(state, name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", response_model=V2ModelReady, dependencies=guarded,
+             responses={503: {"model": V2ModelReady}, **v2_errors}, tags=["v2"], summary="one version's readiness")
+    async def version_ready(name: str = model_name(), version: str = PathParam(description=versioned)) -> Response:
+        return _v2_ready(state, name, version)
 
     @app.post(
         "/v2/models/{name}/infer",
@@ -226,15 +237,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="inference; parameters carry samples, seed and interval; binary tensor data supported",
     )
     async def infer(request: Request) -> Response:
-        bundle = state.bundle(request.path_params["name"])
-        body = await request.body()
-        infer_request, binary = v2.parse_request(body, request.headers.get(v2.HEADER))
-        rows = v2.input_array(infer_request, binary, bundle.manifest, settings.max_rows)
-        params = v2.parameters(infer_request, bundle.manifest, settings.default_seed, settings.max_samples)
-        answer = await state.predict(bundle, rows, params["samples"], params["seed"], params["interval"], False,
-                                     params["options"])
-        content, headers = v2.response(infer_request, bundle.manifest, answer.result, params)
-        return Response(content, headers=headers)
+        return await _v2_infer(state, request)
+
+    app.add_api_route(
+        "/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"], dependencies=guarded,
+        responses={200: {"model": V2InferResponse}, **v2_errors}, tags=["v2"], summary="inference by one version",
+        openapi_extra={"parameters": [model_parameter, {"name": "version", "in": "path", "required": True,
+                                                         "description": versioned, "schema": {"type": "string"}}],
+                       "requestBody": {"required": True, "content": {"application/json": {
+                           "schema": infer_schema}}}},
+    )
+
+    # -- repository extension (OIP) -----------------------------------------------------------
+
+    @app.post("/v2/repository/index", response_model=list[V2RepositoryEntry], dependencies=guarded,
+              responses=v2_errors, tags=["v2 repository"], summary="every model version in the folder, and its state")
+    async def repository_index(request: Request) -> list:
+        ready = v2.index_request(await request.body())
+        return [entry for entry in state.index() if not ready or entry["state"] == "READY"]
+
+    @app.post("/v2/repository/models/{name}/load", dependencies=guarded, responses=v2_errors,
+              tags=["v2 repository"], summary="load (or reload from the folder) every version of a model")
+    async def repository_load(name: str = model_name()) -> dict:
+        await state.reload(name)
+        if name in state.failures:
+            raise ApiError(400, f"model {name!r} failed to load: {state.failures[name]}")
+        return {}
+
+    @app.post("/v2/repository/models/{name}/unload", dependencies=guarded, responses=v2_errors,
+              tags=["v2 repository"], summary="stop serving a model (requests in flight finish)")
+    async def repository_unload(name: str = model_name()) -> dict:
+        await state.unload(name)
+        return {}
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
              responses={200: {"content": {"text/plain": {}}}})
@@ -252,6 +286,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _default_logging() -> None:
+    """The service's info lines (one per model at start-up, reloads) on stderr, as uvicorn prints its own,
+    unless the process configured logging itself."""
+    package = logging.getLogger("mcdropout")
+    if package.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+
+
 def _telemetry_option(enabled: bool) -> dict[str, Any]:
     """FastAPI's ``telemetry`` argument, for the FastAPI releases that have native OpenTelemetry."""
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
@@ -259,12 +305,14 @@ def _telemetry_option(enabled: bool) -> dict[str, Any]:
     return {"telemetry": {"tracing": enabled, "metrics": enabled, "logs": enabled}}
 
 
-def _info(state: ServiceState, name: str) -> dict:
-    if name in state.failures:
-        return {"name": name, "status": "failed", "error": state.failures[name]}
-    manifest = state.models[name].manifest
+def _info(state: ServiceState, name: str, bundle: Bundle | None = None) -> dict:
+    if bundle is None and name in state.failures:
+        return {"name": name, "status": "failed", "error": state.failures[name], "versions": state.versions(name)}
+    bundle = bundle or state.models[name]
+    manifest = bundle.manifest
     return {
-        "name": name, "status": "ready", "version": manifest.version, "task": manifest.task,
+        "name": name, "status": "ready", "version": manifest.version, "model_version": state.version_of(bundle),
+        "versions": state.versions(name), "task": manifest.task,
         "description": manifest.description, "input_shape": manifest.input_shape,
         "feature_names": manifest.feature_names, "outputs": manifest.output_names, "classes": manifest.class_names,
         "default_samples": manifest.samples, "max_samples": min(manifest.max_samples, state.settings.max_samples),
@@ -274,9 +322,51 @@ def _info(state: ServiceState, name: str) -> dict:
     }
 
 
-def _v1_body(manifest: Manifest, answer: Answer, samples: int | str, seed: int) -> dict:
+def _v2_version(version: str | None) -> str | None:
+    try:
+        parse_version(version)
+    except ValueError as error:
+        raise v2.error(str(error)) from None
+    return version
+
+
+def _v2_metadata(state: ServiceState, name: str, version: str | None) -> dict:
+    bundle = state.bundle(name, _v2_version(version))
+    return v2.model_metadata(bundle.manifest, [str(number) for number in sorted(state.served.get(name, {}))])
+
+
+def _v2_ready(state: ServiceState, name: str, version: str | None) -> Response:
+    number = parse_version(_v2_version(version))
+    if number is None:
+        ready, failed = name in state.models, name in state.failures
+    else:
+        ready, failed = number in state.served.get(name, {}), number in state.failed.get(name, {})
+    if failed and not ready:
+        return FastJSON({"name": name, "ready": False}, status_code=503)
+    state.bundle(name, number)
+    return FastJSON({"name": name, "ready": True})
+
+
+async def _v2_infer(state: ServiceState, request: Request) -> Response:
+    settings = state.settings
+    body = await request.body()
+    # The model is looked up after the body is read: no wait between the look-up and the queue, so a
+    # version swapped meanwhile is never asked for work after its batcher was told to finish.
+    bundle = state.bundle(request.path_params["name"], _v2_version(request.path_params.get("version")))
+    infer_request, binary = v2.parse_request(body, request.headers.get(v2.HEADER))
+    rows = v2.input_array(infer_request, binary, bundle.manifest, settings.max_rows)
+    params = v2.parameters(infer_request, bundle.manifest, settings.default_seed, settings.max_samples)
+    answer = await state.predict(bundle, rows, params["samples"], params["seed"], params["interval"], False,
+                                 params["options"])
+    content, headers = v2.response(infer_request, bundle.manifest, answer.result, params,
+                                   str(state.version_of(bundle)))
+    return Response(content, headers=headers)
+
+
+def _v1_body(manifest: Manifest, answer: Answer, samples: int | str, seed: int, model_version: int = 1) -> dict:
     result = answer.result
-    body: dict[str, Any] = {"model": manifest.name, "version": manifest.version, "task": manifest.task,
+    body: dict[str, Any] = {"model": manifest.name, "version": manifest.version, "model_version": model_version,
+                            "task": manifest.task,
                             "samples": samples, "samples_used": result.samples_used, "seed": seed}
     if isinstance(result, RegressionResult):
         body.update(outputs=result.outputs, interval={"level": result.level, "method": result.interval_method})

@@ -66,7 +66,8 @@ def _fields(task: str, within: str | None) -> dict[str, Any]:
 
 class PredictionBase(BaseModel):
     model: str
-    version: str
+    version: str = Field(description="the bundle's own version (its manifest's)")
+    model_version: int = Field(1, description="the repository version that answered: models/<name>/<version>/")
     task: str
     samples: Union[int, Literal["auto"]] = Field(description="the T asked for")
     samples_used: list[int] = Field(description=next(s for s in STATISTICS if s.name == "samples_used").description)
@@ -93,11 +94,19 @@ ClassificationResponse = create_model(
 )
 
 
+class VersionState(BaseModel):
+    version: int
+    status: Literal["ready", "failed"]
+    error: str | None = Field(None, description="why it failed; for a ready version, why its new files did not load")
+
+
 class ModelInfo(BaseModel):
     name: str
     status: Literal["ready", "failed"]
     error: str | None = None
     version: str | None = None
+    model_version: int | None = Field(None, description="the repository version described (default: the highest)")
+    versions: list[VersionState] = Field(default_factory=list, description="every version in the folder")
     task: str | None = None
     description: str | None = None
     input_shape: list[int] | None = None
@@ -195,6 +204,13 @@ class V2InferResponse(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[V2InferOutput]
+
+
+class V2RepositoryEntry(BaseModel):
+    name: str
+    version: str | None = None
+    state: Literal["READY", "UNAVAILABLE"]
+    reason: str = ""
 
 
 class V2Error(BaseModel):

@@ -28,6 +28,21 @@ class Settings(BaseSettings):
         None, ge=1, description="torch's intra-op threads on the compute thread; default: torch's own (one per"
         " core), which shares the event loop's core"
     )
+    compute_lanes: Literal["model", "shared"] = Field(
+        "model", description="model: one compute thread per model, so a cheap model is not queued behind an"
+        " expensive one; shared: one thread for every model (one OpenMP team in the process)"
+    )
+    reload: bool = Field(
+        True, description="poll the models folder and load added or changed bundles, drop removed ones, without"
+        " a restart"
+    )
+    reload_interval_s: float = Field(
+        2.0, gt=0, description="seconds between polls of the models folder; a bundle is loaded once its files"
+        " are unchanged over one interval"
+    )
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="port of the gRPC Open Inference Protocol (`mcdropout serve`); 0: off"
+    )
     batching: bool = Field(True, description="merge concurrent requests for a model into one engine run")
     max_batch_rows: int = Field(65_536, ge=1, description="forward rows (inputs x samples) per merged run")
     max_delay_ms: float = Field(

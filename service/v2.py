@@ -62,10 +62,11 @@ def _can_give(manifest: Manifest, name: str) -> bool:
     return calibration.selective is not None if name == "abstain" else calibration.sets is not None
 
 
-def model_metadata(manifest: Manifest) -> dict[str, Any]:
+def model_metadata(manifest: Manifest, versions: list[str] | None = None) -> dict[str, Any]:
+    """``versions``: the repository versions served (default: the manifest's own version)."""
     return {
         "name": manifest.name,
-        "versions": [manifest.version],
+        "versions": versions or [manifest.version],
         "platform": "mcdropout_pytorch",
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *manifest.input_shape]}],
         "outputs": output_specs(manifest),
@@ -135,6 +136,19 @@ def input_array(request: V2InferRequest, binary: bytes, manifest: Manifest, max_
     return array
 
 
+def index_request(body: bytes) -> bool:
+    """The repository index request's ``ready`` flag (an empty body: false)."""
+    if not body.strip():
+        return False
+    try:
+        given = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise error("the repository index request is not valid JSON") from None
+    if not isinstance(given, dict) or not isinstance(given.get("ready", False), bool):
+        raise error("the repository index request is {\"ready\": true|false}")
+    return given.get("ready", False)
+
+
 def parameters(request: V2InferRequest, manifest: Manifest, default_seed: int, limit: int) -> dict[str, Any]:
     given = request.parameters or {}
     samples = given.get("samples", manifest.samples)
@@ -155,9 +169,9 @@ def parameters(request: V2InferRequest, manifest: Manifest, default_seed: int, l
     return {"samples": samples, "seed": seed, "interval": float(level), "options": options}
 
 
-def response(request: V2InferRequest, manifest: Manifest, result: Result, params: dict[str, Any]
-             ) -> tuple[bytes, dict[str, str]]:
-    """The infer answer's body and headers."""
+def response(request: V2InferRequest, manifest: Manifest, result: Result, params: dict[str, Any],
+             version: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The infer answer's body and headers; ``version``: the repository version that answered."""
     tensors = _tensors(result)
     names = [spec["name"] for spec in output_specs(manifest) if spec["name"] in tensors]
     all_binary = bool((request.parameters or {}).get("binary_data_output", False))
@@ -184,7 +198,7 @@ def response(request: V2InferRequest, manifest: Manifest, result: Result, params
         outputs.append(entry)
     header = orjson.dumps({
         "model_name": manifest.name,
-        "model_version": manifest.version,
+        "model_version": version or manifest.version,
         "id": request.id,
         "parameters": {"samples": params["samples"], "seed": params["seed"], "interval": params["interval"]},
         "outputs": outputs,
