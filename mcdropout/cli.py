@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--models-dir", help="folder of bundles (MCD_MODELS_DIR, default models)")
     serve.add_argument("--host", help="address to bind (MCD_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (MCD_PORT, default 8000)")
+    serve.add_argument("--trust-bundle-code", action="store_true", help="run bundles' own model.py"
+                       " (MCD_TRUST_BUNDLE_CODE; off by default)")
     serve.set_defaults(handler=_serve)
 
     train = commands.add_parser(
@@ -136,6 +138,8 @@ def _serve(args: argparse.Namespace) -> int:
     for flag, variable in (("models_dir", "MCD_MODELS_DIR"), ("host", "MCD_HOST"), ("port", "MCD_PORT")):
         if getattr(args, flag) is not None:
             os.environ[variable] = str(getattr(args, flag))
+    if args.trust_bundle_code:
+        os.environ["MCD_TRUST_BUNDLE_CODE"] = "1"
     host = os.environ.get("MCD_HOST", "127.0.0.1")
     port = int(os.environ.get("MCD_PORT", "8000"))
     pin_mmap_threshold()

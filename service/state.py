@@ -41,7 +41,7 @@ class ServiceState:
         for path in bundle_folders(folder):
             try:
                 bundle = load_bundle(path, device=self.settings.device, memory_budget=self.settings.memory_budget,
-                                     max_params=self.settings.max_model_params)
+                                     max_params=self.settings.max_model_params, trust_code=self.settings.trust_bundle_code)
                 if bundle.name != path.name:
                     raise ValueError(f"{path}: the manifest names the model {bundle.name!r}, the folder {path.name!r}")
             except Exception as error:  # a broken bundle is reported, the others are served
