@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=LEVELS, help="server log level (MCD_LOG_LEVEL, default info)")
     serve.add_argument("--log-format", choices=FORMATS, help="text, or json: one JSON object a line"
                        " (MCD_LOG_FORMAT, default text)")
+    serve.add_argument("--trust-bundle-code", action="store_true", help="run bundles' own model.py"
+                       " (MCD_TRUST_BUNDLE_CODE; off by default)")
     serve.set_defaults(handler=_serve)
 
     train = commands.add_parser(
@@ -171,6 +173,8 @@ def _serve(args: argparse.Namespace) -> int:
                            ("log_level", "MCD_LOG_LEVEL"), ("log_format", "MCD_LOG_FORMAT")):
         if getattr(args, flag) is not None:
             os.environ[variable] = str(getattr(args, flag))
+    if args.trust_bundle_code:
+        os.environ["MCD_TRUST_BUNDLE_CODE"] = "1"
     host = os.environ.get("MCD_HOST", "127.0.0.1")
     port = int(os.environ.get("MCD_PORT", "8000"))
     level = os.environ.get("MCD_LOG_LEVEL", "info").lower()

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
         50_000_000, ge=1, description="largest bundle architecture, in parameters (counted before it is built);"
         " a bigger one is listed as failed"
     )
+    trust_bundle_code: bool = Field(
+        False, description="run a bundle's own model.py (its architecture 'model.py:Class'); off: such bundles"
+        " are listed as failed, saying so"
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch's intra-op threads on the compute thread; default: torch's own (one per"
         " core), which shares the event loop's core"

@@ -185,7 +185,7 @@ class ServiceState:
     def _read(self, version: Version) -> Bundle:
         """On the model's lane: the bundle, named by its folder."""
         bundle = load_bundle(version.path, device=self.settings.device, memory_budget=self.settings.memory_budget,
-                             max_params=self.settings.max_model_params)
+                             max_params=self.settings.max_model_params, trust_code=self.settings.trust_bundle_code)
         if bundle.manifest.name != version.name:
             log.warning("model %s: the manifest in %s names it %r; served by its folder's name %r",
                         version.name, version.path, bundle.manifest.name, version.name)

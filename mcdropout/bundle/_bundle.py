@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mcdropout.bundle import architectures
+from mcdropout.bundle import _code, architectures
 from mcdropout.engine import ArrayLike, MCPredictor, Prediction, resolve_device
 from mcdropout.errors import BundleError, InputError
 from mcdropout.stats._summary import ClassificationPrediction, RegressionPrediction
@@ -329,33 +330,99 @@ def _rows_text(rows: np.ndarray) -> str:
     return ", ".join(str(r) for r in rows[:_SHOWN_ROWS]) + (", ..." if len(rows) > _SHOWN_ROWS else "")
 
 
-def save_bundle(model: nn.Module, path: str | os.PathLike, manifest: Manifest | dict) -> Path:
-    """Write ``model``'s weights and ``manifest`` to the folder ``path``, atomically.
+def save_bundle(model: nn.Module, path: str | os.PathLike, manifest: Manifest | dict | None = None, *,
+                task: str | None = None, input_shape: Sequence[int] | None = None, architecture: str | None = None,
+                config: dict[str, Any] | None = None, code: str | os.PathLike | None = None, name: str | None = None,
+                feature_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+                class_names: Sequence[str] | None = None, samples: int = 100, dropout: float | None = None,
+                tau: float | None = None, input_standardisation: Standardisation | None = None,
+                target_standardisation: Standardisation | None = None, description: str = "",
+                version: str = "1.0.0") -> Path:
+    """Write ``model``'s weights and a manifest to the folder ``path``, atomically.
+
+    Either pass a whole ``manifest``, or describe the model with keywords (``task`` and ``input_shape``
+    at least) and let the manifest be made: the name is the folder's, the architecture is the import
+    path of ``type(model)`` (``my_pkg.nets:Net``, built with ``config``, default no arguments) unless
+    ``architecture`` names it; ``code`` is a Python file shipped as the bundle's ``model.py``, whose
+    classes are then named ``model.py:Net``. The architecture is rebuilt from its name and config before
+    anything is written, and must have the model's tensor names and shapes.
 
     The bundle is written to a temporary folder beside ``path`` and renamed into
     place, so a crash never leaves a half-written bundle.
     """
+    target = Path(path)
+    described = manifest is None
+    source = None if code is None else Path(code).read_bytes()
+    if described:
+        if task is None or input_shape is None:
+            raise BundleError("save_bundle: give a manifest, or task= and input_shape= (with architecture= and"
+                              " config= where the model's class does not name its architecture)")
+        if architecture is None:
+            architecture = f"{_code.BUNDLE_CODE}:{type(model).__qualname__}" if code is not None else \
+                _code.import_path_of(type(model))
+        if architecture.startswith(f"{_code.BUNDLE_CODE}:") and source is None:
+            source = _code.source_of(type(model), architecture)
+        manifest = Manifest.from_dict(Manifest(
+            name=name or target.name, task=task, architecture=architecture, config=dict(config or {}),
+            input_shape=[int(s) for s in input_shape], version=version, description=description,
+            feature_names=None if feature_names is None else list(feature_names),
+            output_names=None if output_names is None else list(output_names),
+            class_names=None if class_names is None else list(class_names),
+            input_standardisation=input_standardisation, target_standardisation=target_standardisation,
+            samples=samples, max_samples=max(10_000, samples), dropout=dropout, tau=tau,
+        ).to_dict())
+    elif any(v is not None for v in (task, input_shape, architecture, config, name, feature_names, output_names,
+                                     class_names)):
+        raise BundleError("save_bundle: give either a manifest or the keywords that describe one, not both")
     manifest = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
     manifest.check()
-    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         tensors = flush_subnormals({key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()})
+        if source is not None:
+            (staging / _code.BUNDLE_CODE).write_bytes(source)
+        if described:
+            _check_rebuilds(manifest, tensors, staging)
         save_file(tensors, staging / WEIGHTS, metadata={"name": manifest.name, "version": manifest.version})
         (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old)
-        else:
-            staging.rename(target)
+        move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def move_into_place(staging: Path, target: Path) -> None:
+    """Rename the complete folder ``staging`` to ``target``, replacing an old ``target`` only once it is."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old)
+    else:
+        staging.rename(target)
+
+
+def _check_rebuilds(manifest: Manifest, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """The manifest's architecture, built on the meta device from its config, has the model's tensors."""
+    try:
+        with torch.device("meta"):
+            skeleton = architectures.build(manifest.architecture, manifest.config, folder=folder, trust_code=True)
+    except ValueError as error:
+        raise BundleError(f"save_bundle: {error}") from None
+    expected = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+    problems = [f"missing in the rebuilt architecture: {', '.join(sorted(set(tensors) - set(expected)))}"] \
+        if set(tensors) - set(expected) else []
+    if set(expected) - set(tensors):
+        problems.append(f"not in the model: {', '.join(sorted(set(expected) - set(tensors)))}")
+    problems += [f"{key} is {tuple(tensors[key].shape)} in the model but {shape} rebuilt"
+                 for key, shape in expected.items() if key in tensors and tuple(tensors[key].shape) != shape]
+    if problems:
+        raise BundleError(f"save_bundle: architecture {manifest.architecture!r} built with config"
+                          f" {manifest.config} is not the model ({'; '.join(problems)}); pass config= with the"
+                          " arguments the model was built with")
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
@@ -379,7 +446,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 
 
 def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget: int | str = "256MB",
-                max_params: int = MAX_PARAMS) -> Bundle:
+                max_params: int = MAX_PARAMS, trust_code: bool = False) -> Bundle:
     """Load a bundle folder into a ready :class:`Bundle`, only if it is sound.
 
     Sound: the manifest is valid and its standardisations fit the input shape and the outputs; the
@@ -388,14 +455,17 @@ def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget:
     finite; and a probe prediction (two rows at -1 and +1 standard deviations, T=4) gives finite
     statistics, which refuses weights so large (3e38) that float32 arithmetic overflows. Anything else
     is a :class:`BundleError` naming the file and the problem.
+
+    An architecture in the bundle's own ``model.py`` is code the bundle carries: it runs only with
+    ``trust_code=True`` and is refused otherwise.
     """
     folder = Path(path)
     manifest = read_manifest(folder)
     manifest_file = folder / MANIFEST
     _check_standardisation_shape(manifest, manifest_file)
-    _check_size(manifest, manifest_file, max_params)
+    _check_size(manifest, manifest_file, max_params, trust_code)
     try:
-        model = architectures.build(manifest.architecture, manifest.config)
+        model = architectures.build(manifest.architecture, manifest.config, folder=folder, trust_code=trust_code)
     except (ValueError, RuntimeError) as error:
         raise BundleError(f"{manifest_file}: architecture: {error}") from None
     weights = folder / WEIGHTS
@@ -426,13 +496,16 @@ def _check_standardisation_shape(manifest: Manifest, file: Path) -> None:
                               f" {list(shape)}; expected 1 or {shape[-1]} (one per value of the last dimension)")
 
 
-def _check_size(manifest: Manifest, file: Path, max_params: int) -> None:
+def _check_size(manifest: Manifest, file: Path, max_params: int, trust_code: bool) -> None:
     """Count the architecture's values on the meta device (no memory) before it is built for real."""
     try:
         with torch.device("meta"):
-            skeleton = architectures.build(manifest.architecture, manifest.config)
+            skeleton = architectures.build(manifest.architecture, manifest.config, folder=file.parent,
+                                           trust_code=trust_code)
+    except BundleError as error:
+        raise BundleError(f"{file}: {error}") from None
     except (ValueError, RuntimeError) as error:
-        raise BundleError(f"{file}: architecture: {error}") from None
+        raise BundleError(f"{file}: architecture (built on the meta device to count its parameters): {error}") from None
     count = sum(tensor.numel() for tensor in skeleton.state_dict().values())
     if count > max_params:
         raise BundleError(f"{file}: architecture {manifest.architecture!r} has {count:,} parameters, over the"

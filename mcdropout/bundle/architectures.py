@@ -3,16 +3,21 @@
 Third-party packages add architectures through the entry-point group
 ``mcdropout.architectures``: each entry point names a callable that takes the
 manifest's ``architecture.config`` as keyword arguments and returns a module.
+A name with a colon is code instead: an import path (``my_pkg.nets:Net``) or a
+class in the bundle's own ``model.py`` (``model.py:Net``, only when bundle code is
+trusted); see :mod:`mcdropout.bundle._code`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from mcdropout.bundle import _code
 from mcdropout.layers import LockedDropout
 
 ENTRY_POINT_GROUP = "mcdropout.architectures"
@@ -36,11 +41,25 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(name: str, config: dict) -> nn.Module:
-    """Build architecture ``name`` from its config; errors name what is unknown or wrong."""
+def build(name: str, config: dict, *, folder: Path | None = None, trust_code: bool = False) -> nn.Module:
+    """Build architecture ``name`` from its config; errors name what is unknown or wrong.
+
+    ``folder`` is the bundle's, where a ``model.py:Class`` name is looked up (only with ``trust_code``).
+    """
+    if _code.is_code_path(name):
+        builder = _code.resolve(name, folder, trust_code)
+        try:
+            model = builder(**config)
+        except Exception as error:  # the user's code: any failure is reported as this architecture's
+            raise ValueError(f"architecture {name!r} with config {config} failed: {type(error).__name__}:"
+                             f" {error}") from error
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"architecture {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        return model
     _load_entry_points()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}, an import path"
+                         " ('my_pkg.nets:Net') or the bundle's own 'model.py:Net'")
     try:
         return _REGISTRY[name](**config)
     except TypeError as error:
