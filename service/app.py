@@ -24,7 +24,7 @@ from mcdropout.answer import OPTION_NAMES, OptionError, RegressionResult, parse_
 from service import docs, ui, v2
 from service.batcher import Answer
 from service.inputs import ApiError, instances_array, rows_array, samples_value
-from service.middleware import BodyLimit, RequestCounter
+from service.middleware import BodyLimit, HeadAsGet, RequestCounter
 from service.repository import parse_version
 from service.schemas import (
     ClassificationResponse,
@@ -109,12 +109,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Each add_middleware wraps what was added before: the counter runs inside the body limit.
     app.add_middleware(RequestCounter, metrics=state.metrics, known=state.models)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     if settings.cors_origins:  # outermost, so that a browser's preflight is answered before any limit
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Retry-After", v2.HEADER])
 
     # The path parameter documents the models found at start-up; unknown names still get a 404.
-    names = state.model_names()
+    # With API keys the document stays open, so it does not list the models (a key-holder's GET /v1/models does).
+    names = [] if settings.api_keys else state.model_names()
     known = {"enum": names} if names else {}
     described = "a model in MCD_MODELS_DIR"
     versioned = "a version of the model: its folder models/<name>/<version>/ (a flat bundle folder is 1)"
@@ -394,8 +396,13 @@ def _is_v2(request: Request) -> bool:
     return request.url.path.startswith("/v2")
 
 
+MAX_ERROR_CHARS = 1000  # an error text never echoes a large input back whole
+
+
 def _error_response(request: Request, status: int, message: str, field: str | None = None,
                     headers: dict[str, str] | None = None) -> Response:
+    if len(message) > MAX_ERROR_CHARS:
+        message = f"{message[:MAX_ERROR_CHARS]}... ({len(message)} characters)"
     content: dict[str, Any] = {"error": message}
     if field is not None and not _is_v2(request):
         content["field"] = field
@@ -429,4 +436,13 @@ def _error_handlers(app: FastAPI) -> None:
         return _error_response(request, 500, f"internal error: {type(error).__name__}; see the server log")
 
 
-app = create_app()
+def _settings_or_exit() -> Settings:
+    """The MCD_* settings; a bad one stops the server before it serves, with one line per problem."""
+    try:
+        return Settings()
+    except ValidationError as problem:
+        lines = [f"{'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg']}" for error in problem.errors()]
+        raise SystemExit("mcdropout serve: bad settings: " + "; ".join(lines)) from None
+
+
+app = create_app(_settings_or_exit())

@@ -37,11 +37,11 @@ def rows_array(rows: Any, manifest: Manifest, max_rows: int, field: str = "input
     shape = tuple(manifest.input_shape)
     try:
         array = np.asarray(rows, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise _locate(rows, shape, field) from None
     if array.dtype != object and len(shape) > 1 and array.shape[1:] == (math.prod(shape),):
         array = array.reshape(len(array), *shape)  # flat rows of an image model: as many values as its shape
-    if array.dtype == object or tuple(array.shape[1:]) != shape or _has_bool(rows):
+    if array.dtype == object or tuple(array.shape[1:]) != shape or has_non_number(rows):
         raise _locate(rows, shape, field)
     _check_finite(array, field)
     return array.astype(np.float32)
@@ -79,18 +79,25 @@ def samples_value(samples: int | str | None, manifest: Manifest, limit: int) -> 
         return samples
     top = min(limit, manifest.max_samples)
     if isinstance(samples, bool) or not isinstance(samples, int) or not 2 <= samples <= top:
-        raise invalid(f"must be an integer from 2 to {top}, or 'auto'; got {samples!r}", "samples")
+        raise invalid(f"must be an integer from 2 to {top}, or 'auto'; got {shown(samples)}", "samples")
     return samples
 
 
-def _has_bool(values: list) -> bool:
-    """JSON true/false would pass as 1/0 through numpy; find them by identity (cheap)."""
+def has_non_number(values: list) -> bool:
+    """JSON true/false and numeric strings would pass as numbers through numpy; find them by type (cheap)."""
     for value in values:
-        if value is True or value is False:
+        kind = type(value)
+        if kind is bool or kind is str:
             return True
-        if isinstance(value, list) and _has_bool(value):
+        if kind is list and has_non_number(value):
             return True
     return False
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: error texts never echo a large input back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _check_row_count(count: int, max_rows: int, field: str) -> None:
@@ -99,19 +106,25 @@ def _check_row_count(count: int, max_rows: int, field: str) -> None:
                       field)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _check_finite(array: np.ndarray, field: str) -> None:
-    finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    """Every value finite and within float32's range, which the models compute in."""
+    values = array.reshape(len(array), -1)
+    finite = (np.isfinite(values) & (np.abs(values) <= FLOAT32_MAX)).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
-        raise invalid(f"NaN or infinity in row(s) {shown}", f"{field}[{bad[0]}]")
+        rows = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        raise invalid(f"NaN, infinity or a number beyond float32's range (±3.4e38) in row(s) {rows}",
+                      f"{field}[{bad[0]}]")
 
 
 def _number(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise invalid(f"expected a number, got {value!r}", field)
-    if not math.isfinite(value):
-        raise invalid("NaN or infinity", field)
+        raise invalid(f"expected a number, got {shown(value)}", field)
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        raise invalid("NaN, infinity or a number beyond float32's range (±3.4e38)", field)
     return float(value)
 
 
@@ -121,10 +134,12 @@ def _locate(rows: list, shape: tuple[int, ...], field: str) -> ApiError:
     def walk(value: Any, dims: Sequence[int], where: str) -> ApiError | None:
         if not dims:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return invalid(f"expected a number, got {value!r}", where)
+                return invalid(f"expected a number, got {shown(value)}", where)
+            if abs(value) > FLOAT32_MAX:
+                return invalid("a number beyond float32's range (±3.4e38)", where)
             return None
         if not isinstance(value, list):
-            return invalid(f"expected a list of {dims[0]} values, got {value!r}", where)
+            return invalid(f"expected a list of {dims[0]} values, got {shown(value)}", where)
         if len(value) != dims[0]:
             return invalid(f"expected {dims[0]} value{'s' if dims[0] != 1 else ''}, got {len(value)}", where)
         for k, item in enumerate(value):

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: the request-body limit and the request counter (no per-request task overhead)."""
+"""Pure ASGI middleware: HEAD as GET, the request-body limit and the request counter (no per-request task overhead)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,26 @@ from typing import Any
 import orjson
 
 from service.metrics import ServiceMetrics
+
+
+class HeadAsGet:
+    """Answer HEAD on every GET route: run it as GET and send the headers without the body."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 class _TooLarge(Exception):

@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from mcdropout.answer import STATISTICS, Statistic, statistics
 
-Seed = Field(None, ge=0, le=2**63 - 1, description="picks the T sub-networks; default: the server's MCD_DEFAULT_SEED")
 
 
 class PredictRequest(BaseModel):
@@ -20,24 +19,25 @@ class PredictRequest(BaseModel):
         None, description="MC samples T (default: the model's), or 'auto': sample until the MC error is small",
         json_schema_extra={"anyOf": [{"type": "integer", "minimum": 2}, {"const": "auto"}, {"type": "null"}]},
     )
-    seed: int | None = Seed
-    interval: float = Field(0.95, gt=0, lt=1, description="level of the central predictive interval")
-    return_samples: bool = Field(False, description="also return every sampled output per row")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, strict=True,
+                             description="picks the T sub-networks; default: the server's MCD_DEFAULT_SEED")
+    interval: float = Field(0.95, gt=0, lt=1, strict=True, description="level of the central predictive interval")
+    return_samples: bool = Field(False, strict=True, description="also return every sampled output per row")
     # Calibration (mcdropout.answer.Options; checked against the bundle by mcdropout.answer.parse_options)
     interval_method: Literal["conformal", "gaussian"] | None = Field(
         None, description="regression: 'conformal' (the bundle's calibrated quantile, coverage >= interval for"
         " exchangeable rows) or 'gaussian' (the raw MC normal interval); default: conformal when calibrated")
-    set_level: float | None = Field(None, gt=0, lt=1, description="classifiers: conformal prediction_set at this"
+    set_level: float | None = Field(None, gt=0, lt=1, strict=True, description="classifiers: conformal prediction_set at this"
                                     " level (a calibrated bundle)")
     set_method: Literal["lac", "aps"] | None = Field(None, description="prediction set score (default 'lac')")
-    max_risk: float | None = Field(None, gt=0, lt=1, description="classifiers: abstain where the accepted rows'"
+    max_risk: float | None = Field(None, gt=0, lt=1, strict=True, description="classifiers: abstain where the accepted rows'"
                                    " error could exceed this (a calibrated bundle)")
-    delta: float | None = Field(None, gt=0, lt=1, description="with max_risk: 1 - confidence of the guarantee"
+    delta: float | None = Field(None, gt=0, lt=1, strict=True, description="with max_risk: 1 - confidence of the guarantee"
                                 " (default: the bundle's, 0.1)")
     abstain_score: Literal["one_minus_max_prob", "entropy", "mutual_information"] | None = Field(
         None, description="with max_risk: the uncertainty thresholded (default 'one_minus_max_prob')")
-    max_std: float | None = Field(None, gt=0, description="regression: abstain where any output's std exceeds this")
-    max_interval_width: float | None = Field(None, gt=0, description="regression: abstain where an interval is"
+    max_std: float | None = Field(None, gt=0, strict=True, description="regression: abstain where any output's std exceeds this")
+    max_interval_width: float | None = Field(None, gt=0, strict=True, description="regression: abstain where an interval is"
                                              " wider than this")
 
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from mcdropout.bundle import Manifest
 from mcdropout.answer import OPTION_NAMES, OptionError, RegressionResult, Result, parse_options, statistics
-from service.inputs import ApiError
+from service.inputs import FLOAT32_MAX, ApiError, has_non_number, shown
 from service.schemas import V2InferRequest
 
 HEADER = "inference-header-content-length"
@@ -121,19 +121,44 @@ def input_array(request: V2InferRequest, binary: bytes, manifest: Manifest, max_
                         f" with {len(binary)} bytes of tensor data")
         array = np.frombuffer(binary[:size], dtype=dtype)
     elif tensor.data is not None:
-        try:
-            array = np.asarray(tensor.data, dtype=dtype).reshape(-1)
-        except (ValueError, TypeError):
-            raise error(f"input {INPUT_NAME!r}: data must be {count} numbers of datatype {tensor.datatype}") from None
+        array = _json_data(tensor.data, dtype, tensor.datatype, count)
         if array.size != count:
             raise error(f"input {INPUT_NAME!r}: {array.size} values for shape {tensor.shape} ({count} expected)")
     else:
         raise error(f"input {INPUT_NAME!r} has neither data nor binary_data_size")
-    array = array.astype(np.float32).reshape(rows, *expected)
-    finite = np.isfinite(array.reshape(rows, -1)).all(axis=1)
+    values = array.astype(np.float64).reshape(rows, -1)
+    finite = (np.isfinite(values) & (np.abs(values) <= FLOAT32_MAX)).all(axis=1)
     if not finite.all():
-        raise error(f"input {INPUT_NAME!r}: NaN or infinity in row(s) {', '.join(map(str, np.flatnonzero(~finite)[:10]))}")
-    return array
+        raise error(f"input {INPUT_NAME!r}: NaN, infinity or a number beyond float32's range (±3.4e38) in row(s)"
+                    f" {', '.join(map(str, np.flatnonzero(~finite)[:10]))}")
+    return array.astype(np.float32).reshape(rows, *expected)
+
+
+def _json_data(data: list, dtype: np.dtype, datatype: str, count: int) -> np.ndarray:
+    """JSON tensor data as ``datatype``: numbers only (no strings or booleans), each within the type's range."""
+    wanted = f"input {INPUT_NAME!r}: data must be {count} numbers of datatype {datatype}"
+    if has_non_number(data):
+        raise error(f"{wanted} (strings and booleans are not numbers)")
+    try:
+        wide = np.asarray(data, dtype=np.float64 if dtype.kind == "f" else object).reshape(-1)
+    except OverflowError:
+        raise error(f"input {INPUT_NAME!r}: a number beyond {datatype}'s range") from None
+    except (ValueError, TypeError):
+        raise error(wanted) from None
+    if dtype.kind == "f":
+        return wide.astype(dtype) if dtype.itemsize >= 4 else _in_range(wide, np.finfo(dtype), datatype, dtype)
+    if any(type(value) is not int for value in wide):
+        raise error(f"{wanted} (whole numbers)")
+    return _in_range(wide, np.iinfo(dtype), datatype, dtype)
+
+
+def _in_range(values: np.ndarray, limits, datatype: str, dtype: np.dtype) -> np.ndarray:
+    low, high = limits.min, limits.max
+    outside = [value for value in values if not low <= value <= high]
+    if outside:
+        raise error(f"input {INPUT_NAME!r}: {shown(outside[0])} is outside {datatype}'s range [{low}, {high}]"
+                    f" ({len(outside)} value(s))")
+    return values.astype(dtype)
 
 
 def index_request(body: bytes) -> bool:
@@ -154,13 +179,13 @@ def parameters(request: V2InferRequest, manifest: Manifest, default_seed: int, l
     samples = given.get("samples", manifest.samples)
     top = min(limit, manifest.max_samples)
     if samples != "auto" and (isinstance(samples, bool) or not isinstance(samples, int) or not 2 <= samples <= top):
-        raise error(f"parameters.samples: must be an integer from 2 to {top}, or 'auto'; got {samples!r}")
+        raise error(f"parameters.samples: must be an integer from 2 to {top}, or 'auto'; got {shown(samples)}")
     seed = given.get("seed", default_seed)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise error(f"parameters.seed: must be an integer from 0 to 2^63-1; got {seed!r}")
+        raise error(f"parameters.seed: must be an integer from 0 to 2^63-1; got {shown(seed)}")
     level = given.get("interval", 0.95)
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-        raise error(f"parameters.interval: must be a number in (0, 1); got {level!r}")
+        raise error(f"parameters.interval: must be a number in (0, 1); got {shown(level)}")
     asked = {name: given[name] for name in OPTION_NAMES if given.get(name) is not None}
     try:
         options = parse_options(asked, manifest, float(level))

@@ -5,6 +5,7 @@ Importing this package imports neither torch nor fastapi: it needs httpx and num
 
 from mcdropout.client._client import (
     AsyncClient,
+    BadAnswer,
     ClassificationResult,
     Client,
     InvalidInput,
@@ -15,9 +16,11 @@ from mcdropout.client._client import (
     Result,
     ServerError,
     ServiceError,
+    TimedOut,
     Unauthorized,
     Unreachable,
 )
 
-__all__ = ["AsyncClient", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound", "Overloaded",
-           "RegressionResult", "Result", "ServerError", "ServiceError", "Unauthorized", "Unreachable"]
+__all__ = ["AsyncClient", "BadAnswer", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound",
+           "Overloaded", "RegressionResult", "Result", "ServerError", "ServiceError", "TimedOut", "Unauthorized",
+           "Unreachable"]

@@ -10,9 +10,12 @@ to the model's feature names). Inputs longer than the server's row limit go as
 several requests whose answers are joined in order; with one seed the answer
 for a row does not depend on what it was sent with. Connection errors and 503
 answers are retried with exponential backoff (honouring Retry-After); 4xx
-answers never are. Errors are typed: :class:`NotFound`, :class:`InvalidInput`,
+answers never are; a server's Retry-After is honoured up to ``max_backoff``.
+``timeout`` bounds each call as a whole (retries, waits and a slow answer
+included). Errors are typed: :class:`NotFound`, :class:`InvalidInput`,
 :class:`Unauthorized`, :class:`Overloaded`, :class:`ServerError`,
-:class:`Unreachable`, all :class:`ServiceError`.
+:class:`Unreachable`, :class:`TimedOut`, :class:`BadAnswer`, all
+:class:`ServiceError`.
 
 Importing this module imports neither torch nor fastapi: it needs httpx and numpy.
 """
@@ -20,6 +23,7 @@ Importing this module imports neither torch nor fastapi: it needs httpx and nump
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Generator
@@ -37,8 +41,11 @@ from mcdropout.answer import (
     from_json,
 )
 
-__all__ = ["AsyncClient", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound", "Overloaded",
-           "RegressionResult", "Result", "ServerError", "ServiceError", "Unauthorized", "Unreachable"]
+__all__ = ["AsyncClient", "BadAnswer", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound",
+           "Overloaded", "RegressionResult", "Result", "ServerError", "ServiceError", "TimedOut", "Unauthorized",
+           "Unreachable"]
+
+EXCERPT_CHARS = 200  # of a bad answer's body, in its error
 
 
 class ServiceError(Exception):
@@ -83,6 +90,19 @@ class ServerError(ServiceError):
 
 class Unreachable(ServiceError):
     """No answer after every retry: connection refused, reset or timed out."""
+
+
+class TimedOut(ServiceError):
+    """The call's deadline (the client's ``timeout``, for the whole call) passed before its answer was in."""
+
+
+class BadAnswer(ServiceError):
+    """An answer that is not what the route returns (not JSON, the wrong shape, the wrong row count, or
+    larger than ``max_answer_bytes``); ``excerpt`` holds its start."""
+
+    def __init__(self, message: str, status: int | None = None, excerpt: str = "") -> None:
+        super().__init__(f"{message}; the answer begins {excerpt!r}" if excerpt else message, status)
+        self.excerpt = excerpt
 
 
 @dataclass
@@ -131,7 +151,10 @@ Flow = Generator[Union[_Request, _Sleep], Any, Any]
 
 class _Base:
     def __init__(self, base_url: str, api_key: str | None, timeout: float, retries: int, backoff: float,
-                 max_backoff: float) -> None:
+                 max_backoff: float, max_answer_bytes: int | None = None) -> None:
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.max_answer_bytes = max_answer_bytes
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         self.base_url = base_url.rstrip("/")
@@ -161,13 +184,19 @@ class _Base:
 
     def _models_flow(self) -> Flow:
         body = yield from self._call(_Request("GET", "/v1/models"))
-        infos = [ModelInfo.from_json(m) for m in body["models"]]
+        try:
+            infos = [ModelInfo.from_json(m) for m in body["models"]]
+        except (KeyError, TypeError, AttributeError):
+            raise _bad("GET /v1/models did not answer a model list", body) from None
         self._models.update({m.name: m for m in infos})
         return infos
 
     def _model_flow(self, name: str) -> Flow:
         if name not in self._models:
-            self._models[name] = ModelInfo.from_json((yield from self._call(_Request("GET", f"/v1/models/{name}"))))
+            body = yield from self._call(_Request("GET", f"/v1/models/{name}"))
+            if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+                raise _bad(f"GET /v1/models/{name} did not answer a model", body)
+            self._models[name] = ModelInfo.from_json(body)
         return self._models[name]
 
     def _health_flow(self) -> Flow:
@@ -194,13 +223,23 @@ class _Base:
                                                       json={"inputs": rows[start:start + step].tolist(), **options}))
             except InvalidInput as error:
                 raise _row_numbers_shifted(error, start) from None
-            parts.append(from_json(body))
+            part = _prediction(body, name, len(rows[start:start + step]))
+            parts.append(part)
             options.setdefault("seed", parts[0].seed)  # the server's default seed, kept for later chunks
         return concatenate(parts)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        wait = min(self.max_backoff, self.backoff * 2**attempt)
-        return max(wait, retry_after or 0.0)
+        """The backoff, or the server's Retry-After when longer: never past ``max_backoff``."""
+        wait = max(self.backoff * 2**attempt, retry_after or 0.0)
+        return min(self.max_backoff, wait)
+
+    def _answer(self, response: httpx.Response, body: bytes) -> httpx.Response:
+        """A streamed response with its body in: what the flows read."""
+        return httpx.Response(response.status_code, headers=response.headers, content=body, request=response.request)
+
+    def _check_size(self, received: int, step: _Request) -> None:
+        if self.max_answer_bytes is not None and received > self.max_answer_bytes:
+            raise BadAnswer(f"{step.method} {step.path}: the answer is over max_answer_bytes ({self.max_answer_bytes})")
 
 
 class Client(_Base):
@@ -208,8 +247,8 @@ class Client(_Base):
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.25, max_backoff: float = 8.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff)
+                 max_answer_bytes: int | None = None, transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, max_answer_bytes)
         self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout,
                                   transport=transport)
 
@@ -250,19 +289,34 @@ class Client(_Base):
         self.close()
 
     def _run(self, flow: Flow) -> Any:
+        deadline = time.monotonic() + self._timeout
         answer = None
         while True:
             try:
                 step = flow.send(answer)
             except StopIteration as stop:
                 return stop.value
-            answer = self._carry_out(step)
+            answer = self._carry_out(step, deadline)
 
-    def _carry_out(self, step: _Request | _Sleep) -> Any:
+    def _carry_out(self, step: _Request | _Sleep, deadline: float) -> Any:
+        left = _left(deadline, self._timeout, step)
         if isinstance(step, _Sleep):
-            return time.sleep(step.seconds)
+            time.sleep(min(step.seconds, left))
+            _left(deadline, self._timeout, step)
+            return None
         try:
-            return self._http.request(step.method, step.path, json=step.json)
+            with self._http.stream(step.method, step.path, json=step.json, timeout=left) as response:
+                chunks, received = [], 0
+                for chunk in response.iter_bytes():  # a server dripping its answer is cut off at the deadline
+                    chunks.append(chunk)
+                    received += len(chunk)
+                    self._check_size(received, step)
+                    _left(deadline, self._timeout, step)
+                return self._answer(response, b"".join(chunks))
+        except httpx.TimeoutException as error:
+            if time.monotonic() >= deadline:
+                raise TimedOut(f"{step.method} {step.path}: no complete answer within timeout={self._timeout} s")
+            return error
         except httpx.TransportError as error:
             return error
 
@@ -272,8 +326,8 @@ class AsyncClient(_Base):
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.25, max_backoff: float = 8.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff)
+                 max_answer_bytes: int | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, max_answer_bytes)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout,
                                        transport=transport)
 
@@ -307,21 +361,66 @@ class AsyncClient(_Base):
         await self.aclose()
 
     async def _run(self, flow: Flow) -> Any:
+        deadline = time.monotonic() + self._timeout
         answer = None
         while True:
             try:
                 step = flow.send(answer)
             except StopIteration as stop:
                 return stop.value
-            answer = await self._carry_out(step)
+            answer = await self._carry_out(step, deadline)
 
-    async def _carry_out(self, step: _Request | _Sleep) -> Any:
+    async def _carry_out(self, step: _Request | _Sleep, deadline: float) -> Any:
+        left = _left(deadline, self._timeout, step)
         if isinstance(step, _Sleep):
-            return await asyncio.sleep(step.seconds)
+            await asyncio.sleep(min(step.seconds, left))
+            _left(deadline, self._timeout, step)
+            return None
         try:
-            return await self._http.request(step.method, step.path, json=step.json)
+            return await asyncio.wait_for(self._receive(step, left), left)
+        except asyncio.TimeoutError:
+            raise TimedOut(f"{step.method} {step.path}: no complete answer within timeout={self._timeout} s") from None
         except httpx.TransportError as error:
             return error
+
+    async def _receive(self, step: _Request, left: float) -> httpx.Response:
+        async with self._http.stream(step.method, step.path, json=step.json, timeout=left) as response:
+            chunks, received = [], 0
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                received += len(chunk)
+                self._check_size(received, step)
+            return self._answer(response, b"".join(chunks))
+
+
+def _left(deadline: float, timeout: float, step: _Request | _Sleep) -> float:
+    """Seconds until the call's deadline; TimedOut once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        what = f"{step.method} {step.path}" if isinstance(step, _Request) else "waiting to retry"
+        raise TimedOut(f"{what}: the call's timeout of {timeout} s passed")
+    return left
+
+
+def _excerpt(body: Any) -> str:
+    text = body if isinstance(body, str) else repr(body)
+    return text[:EXCERPT_CHARS]
+
+
+def _bad(message: str, body: Any, status: int | None = 200) -> BadAnswer:
+    return BadAnswer(message, status, _excerpt(body))
+
+
+def _prediction(body: Any, name: str, rows: int) -> Result:
+    """A predict answer as a result, checked to be one, for ``rows`` rows."""
+    try:
+        result = from_json(body)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        raise _bad(f"model {name!r}: the predict answer is not a prediction", body) from None
+    got = len(result.samples_used)
+    if got != rows:
+        raise _bad(f"model {name!r}: the answer holds {got} row(s) for {rows} input row(s)", body)
+    return result
 
 
 def _row_numbers_shifted(error: InvalidInput, offset: int) -> InvalidInput:
@@ -340,8 +439,11 @@ def _outcome(response: httpx.Response, request: _Request) -> Any:
     """The JSON answer, or the typed error for it (returned, so the caller decides on retrying)."""
     try:
         body = response.json()
-    except ValueError:
-        body = {"error": response.text[:200] or response.reason_phrase}
+    except (ValueError, RecursionError):
+        if response.status_code in request.ok:
+            return _bad(f"{request.method} {request.path}: the answer is not JSON", response.text,
+                        response.status_code)
+        body = {"error": response.text[:EXCERPT_CHARS] or response.reason_phrase}
     if response.status_code in request.ok:
         return body
     message = body.get("error") or body.get("detail") or response.reason_phrase if isinstance(body, dict) \
@@ -354,15 +456,18 @@ def _outcome(response: httpx.Response, request: _Request) -> Any:
     if status == 503:
         return Overloaded(str(message), status, _seconds(response.headers.get("Retry-After")))
     if 400 <= status < 500:
-        return InvalidInput(str(message), status, body.get("field") if isinstance(body, dict) else None)
+        field = body.get("field") if isinstance(body, dict) else None
+        return InvalidInput(str(message)[:1000], status, field if isinstance(field, str) else None)
     return ServerError(f"HTTP {status}: {message}", status)
 
 
 def _seconds(value: str | None) -> float | None:
+    """Retry-After in seconds (None: absent, or not a finite number of seconds)."""
     try:
-        return max(0.0, float(value)) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
 def _rows(inputs: Any, info: ModelInfo) -> np.ndarray:
