@@ -123,7 +123,7 @@ def _check_finite(array: np.ndarray, field: str) -> None:
 def _number(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise invalid(f"expected a number, got {shown(value)}", field)
-    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+    if abs(value) > FLOAT32_MAX or not math.isfinite(value):  # abs first: math.isfinite(10**400) overflows
         raise invalid("NaN, infinity or a number beyond float32's range (±3.4e38)", field)
     return float(value)
 

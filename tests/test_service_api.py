@@ -105,7 +105,7 @@ def test_non_finite_numbers_are_refused(http, literal):
     body = '{"inputs": [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, %s, 0, 0, 0, 0, 0, 0]]}' % literal
     answer = http.post("/v1/models/diabetes/predict", content=body, headers={"content-type": "application/json"})
     assert answer.status_code == 422
-    assert answer.json() == {"error": "inputs[1]: NaN or infinity in row(s) 1", "field": "inputs[1]"}
+    assert answer.json() == {"error": "inputs[1]: NaN, infinity or a number beyond float32's range (±3.4e38) in row(s) 1", "field": "inputs[1]"}
 
 
 def test_malformed_json_and_oversized_bodies(http):
