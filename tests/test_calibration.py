@@ -131,10 +131,11 @@ def test_conformal_sets_cover(method):
     assert 1.0 < np.mean(sizes) < classes
 
 
-def test_aps_scores_are_the_mass_ranked_at_or_above():
-    probs = np.array([[0.5, 0.3, 0.2]])
-    np.testing.assert_allclose(cal._set_scores(probs, "aps"), [[0.5, 0.8, 1.0]])
-    np.testing.assert_allclose(cal._set_scores(probs, "lac"), [[0.5, 0.7, 0.8]])
+def test_aps_scores_are_the_mass_ranked_above():
+    """APS with U = 0: the top class scores 0, so a sharp classifier's sets are not every class."""
+    probs = np.array([[0.3, 0.5, 0.2]])
+    np.testing.assert_allclose(cal._set_scores(probs, "aps"), [[0.5, 0.0, 0.8]])
+    np.testing.assert_allclose(cal._set_scores(probs, "lac"), [[0.7, 0.5, 0.8]])
 
 
 def test_selective_risk_bound_holds_over_repetitions():

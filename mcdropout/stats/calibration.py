@@ -17,7 +17,7 @@ Protocol-neutral (numpy and scipy only): arrays in, plain dataclasses out, each 
 
 Guarantees: conformal coverage >= level for exchangeable rows (marginally, per output); the selective
 threshold's accepted rows have error <= max_risk with probability >= 1 - delta (Clopper-Pearson bounds
-as in Geifman & El-Yaniv's SGR, 2017, over a grid with Bonferroni: Learn-then-Test, Angelopoulos et al. 2021).
+as in Geifman & El-Yaniv's SGR, 2017, tested in a fixed sequence: Learn-then-Test, Angelopoulos et al. 2021).
 """
 
 from __future__ import annotations
@@ -234,11 +234,17 @@ def fit_temperature(logits, y, bounds: tuple[float, float] = (0.05, 20.0)) -> fl
 
 
 def _set_scores(probs: np.ndarray, method: str) -> np.ndarray:
-    """Every class's score (rows, classes): LAC 1 - p_k; APS the mass of the classes ranked at or above k."""
+    """Every class's score (rows, classes): LAC 1 - p_k; APS the mass of the classes ranked above k.
+
+    APS here is the randomised APS score with U = 0 (deterministic, so a row's set depends on it alone):
+    counting p_k itself as well (U = 1) makes the true class's score about 1 for every sure, right row of a
+    sharp classifier, and the sets of every class (measured on digits: 10 classes at 90%).
+    """
     if method == "lac":
         return 1.0 - probs
     order = np.argsort(-probs, axis=1, kind="stable")
-    ranked = np.take_along_axis(probs, order, axis=1).cumsum(axis=1)
+    sorted_probs = np.take_along_axis(probs, order, axis=1)
+    ranked = sorted_probs.cumsum(axis=1) - sorted_probs
     scores = np.empty_like(probs)
     np.put_along_axis(scores, order, ranked, axis=1)
     return scores
@@ -296,12 +302,14 @@ def uncertainty_score(statistics: dict[str, np.ndarray], score: str) -> np.ndarr
 def selective_threshold(scores, errors, max_risk: float, delta: float = 0.1, grid: int = SELECTIVE_GRID) -> float:
     """The largest threshold t such that rows with score <= t err at most ``max_risk``, with probability 1 - delta.
 
-    Learn-then-Test with Bonferroni over a grid of ``grid`` candidate thresholds (the calibration scores'
-    quantiles at accepted fractions 1/grid, ..., 1): each candidate's accepted rows get a Clopper-Pearson
-    upper bound on their error at delta / grid, so every bound holds at once with probability >= 1 - delta,
-    and the largest candidate whose bound is <= max_risk is returned. (Geifman & El-Yaniv's SGR binary
-    search is the same bound at delta / log2 n, but it stalls where too few rows are accepted to prove
-    anything.) -inf when no threshold qualifies: abstain on every row.
+    Learn-then-Test (Angelopoulos et al., 2021) by fixed-sequence testing: candidate thresholds (the
+    calibration scores at ``grid`` accepted counts) are tested from the most selective up, each with a
+    binomial (Clopper-Pearson) upper bound on its accepted rows' error at level delta, and testing stops
+    at the first that fails; the last one passed is returned. The family-wise error stays within delta
+    with no Bonferroni split, which on a few hundred rows is the difference between accepting most rows
+    and none (Geifman & El-Yaniv's SGR splits delta over log2 n tests). The sequence starts at the
+    fewest accepted rows that could pass at all (no error among ceil(log delta / log(1 - max_risk))).
+    -inf when none passes: abstain on every row.
     """
     max_risk, delta = check_risk(max_risk), check_level(delta, "delta")
     scores = np.asarray(scores, dtype=np.float64)
@@ -311,14 +319,18 @@ def selective_threshold(scores, errors, max_risk: float, delta: float = 0.1, gri
     n = len(sorted_scores)
     if n == 0:
         raise InputError("selective thresholds need at least one calibration row")
-    positions = np.unique(np.ceil(np.linspace(1, n, min(grid, n)) - 1e-9).astype(np.int64))
+    fewest = math.ceil(math.log(delta) / math.log1p(-max_risk))
+    if fewest > n:
+        return -math.inf
+    positions = np.unique(np.ceil(np.linspace(fewest, n, min(grid, n - fewest + 1)) - 1e-9).astype(np.int64))
     candidates = np.unique(sorted_scores[positions - 1])
     accepted = np.searchsorted(sorted_scores, candidates, side="right")
     wrong = cumulative[accepted - 1]
-    bounds = np.where(wrong >= accepted, 1.0,
-                      stats.beta.ppf(1.0 - delta / len(candidates), wrong + 1, np.maximum(accepted - wrong, 1)))
-    feasible = np.flatnonzero(bounds <= max_risk)
-    return float(candidates[feasible[-1]]) if len(feasible) else -math.inf
+    bounds = np.where(wrong >= accepted, 1.0, stats.beta.ppf(1.0 - delta, wrong + 1, np.maximum(accepted - wrong, 1)))
+    passed = bounds <= max_risk
+    failed = np.flatnonzero(~passed)
+    last = (failed[0] if len(failed) else len(candidates)) - 1
+    return float(candidates[last]) if last >= 0 else -math.inf
 
 
 @dataclass(frozen=True)
