@@ -48,6 +48,30 @@ def calibrate(bundle_path: str | os.PathLike, data: str | os.PathLike, target: s
     return fitted
 
 
+def calibrate_on_validation(bundle_path: str | os.PathLike, *, samples: int | None = None, seed: int = 0,
+                            delta: float = 0.1, quiet: bool = False) -> cal.Calibration:
+    """Fit the calibration of a bundle that ``mcdropout train`` wrote on the validation rows of its recorded
+    split (re-made from the manifest, as ``evaluate`` re-makes the test rows), and write it into its manifest.
+
+    The network never trained on those rows; training used them only to choose epochs or hyperparameters.
+    """
+    from mcdropout.training._evaluation import split_of
+
+    folder = Path(bundle_path)
+    loaded = load_bundle(folder, device="cpu")
+    split = split_of(loaded)
+    x, y = split.x_val, split.y_val
+    if len(y) == 0:
+        raise InputError(f"bundle {loaded.name!r}: its recorded split has no validation rows; give --data")
+    if not quiet:
+        print(f"calibrating {loaded.name} on the {len(y)} validation rows of its training split", file=sys.stderr,
+              flush=True)
+    source = f"the validation rows of the training split ({len(y)} rows)"
+    fitted = fit_bundle(loaded, x, y, source=source, samples=samples, seed=seed, delta=delta)
+    write_manifest(folder, dataclasses.replace(loaded.manifest, calibration=fitted))
+    return fitted
+
+
 def fit_bundle(bundle: Bundle, x: np.ndarray, y: np.ndarray, *, source: str = "", samples: int | None = None,
                seed: int = 0, delta: float = 0.1) -> cal.Calibration:
     """The calibration of ``bundle`` on rows ``x`` (user units, the model's input shape) and true values ``y``.

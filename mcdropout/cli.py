@@ -137,8 +137,10 @@ def _parser() -> argparse.ArgumentParser:
                     " abstention thresholds (classification) on rows the network never trained on, and write them"
                     " into BUNDLE's manifest (atomically).")
     calibrate.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder (manifest.json + weights)")
-    calibrate.add_argument("--data", type=Path, required=True, metavar="FILE", help="CSV, Parquet, JSON Lines, NPY"
+    calibrate.add_argument("--data", type=Path, metavar="FILE", help="CSV, Parquet, JSON Lines, NPY"
                            " or whitespace-separated text (no header: columns are named 0, 1, ...)")
+    calibrate.add_argument("--validation-rows", action="store_true", help="instead of --data: the validation rows"
+                           " of the split a bundle of `mcdropout train` was trained on")
     calibrate.add_argument("--target", metavar="COLUMN", help="the column of true values (class index or name)")
     calibrate.add_argument("--labels", type=Path, metavar="FILE", help="true values in their own file instead"
                            " (NPY vector or one-column table), e.g. for image rows in NPY")
@@ -301,8 +303,17 @@ def _calibrate(args: argparse.Namespace) -> int:
     _check_samples(args)
     if not 0 < args.delta < 1:
         raise UsageError(f"--delta must lie in (0, 1), got {args.delta}")
-    fitted = calibration.calibrate(args.bundle, args.data, args.target, features=args.features, labels=args.labels,
-                                   samples=args.samples, seed=args.seed, delta=args.delta, quiet=args.quiet)
+    if (args.data is None) == (not args.validation_rows):
+        raise UsageError("give --data FILE (with --target or --labels), or --validation-rows")
+    if args.validation_rows:
+        if args.target or args.labels or args.features:
+            raise UsageError("--validation-rows takes the split's own targets: no --target, --labels or --features")
+        fitted = calibration.calibrate_on_validation(args.bundle, samples=args.samples, seed=args.seed,
+                                                     delta=args.delta, quiet=args.quiet)
+    else:
+        fitted = calibration.calibrate(args.bundle, args.data, args.target, features=args.features,
+                                       labels=args.labels, samples=args.samples, seed=args.seed, delta=args.delta,
+                                       quiet=args.quiet)
     print(calibration.describe(fitted))
     return 0
 

@@ -101,3 +101,23 @@ def test_a_damaged_calibration_is_a_bundle_error_naming_the_field(regression_bun
     data["calibration"] = {"task": "regression"}
     with pytest.raises(BundleError, match="field 'calibration': cannot be read"):
         Manifest.from_dict(data)
+
+
+def test_calibrate_on_the_validation_rows_of_the_training_split(tmp_path):
+    """A bundle of `mcdropout train` is calibrated on its own split's validation rows, re-made from the manifest."""
+    import subprocess
+    import sys
+
+    from mcdropout.training._evaluation import split_of
+
+    folder = tmp_path / "digits"
+    shutil.copytree(MODELS / "digits", folder)
+    done = subprocess.run([sys.executable, "-m", "mcdropout.cli", "calibrate", str(folder), "--validation-rows",
+                           "--samples", "20"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    bundle = load_bundle(folder, device="cpu")
+    rows = len(split_of(bundle).y_val)
+    assert bundle.manifest.calibration.source == f"the validation rows of the training split ({rows} rows)"
+    refused = subprocess.run([sys.executable, "-m", "mcdropout.cli", "calibrate", str(folder), "--validation-rows",
+                              "--target", "y"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--validation-rows takes the split's own targets" in refused.stderr

@@ -242,3 +242,12 @@ def test_parse_options_names_the_field():
     assert parse_options({"max_std": 2.0}, regression) == Options(max_std=2.0)
     with pytest.raises(OptionError, match="interval_method: 'conformal' needs a calibrated bundle"):
         parse_options({"interval_method": "conformal"}, regression)
+
+
+def test_separated_calibration_rows_leave_the_temperature_at_one():
+    """Every row right with a margin: the NLL falls all the way to T -> 0, which has no minimum."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, size=200)
+    logits = rng.normal(size=(200, 5, 3))
+    logits[np.arange(200), :, y] += 6.0
+    assert cal.fit_temperature(logits, y) == 1.0

@@ -213,6 +213,9 @@ def fit_temperature(logits, y, bounds: tuple[float, float] = (0.05, 20.0)) -> fl
     """The temperature T minimising the NLL of mean_t softmax(z_t / T) at the labels ``y``.
 
     ``logits``: (rows, samples, classes) MC logits (or log-probabilities); (rows, classes) is one sample.
+    Where the NLL falls all the way to the lower bound (rows so well separated that sharpening never stops
+    paying) it has no minimum, and the fit is 1 (no scaling): taken at the bound, breast-cancer's 91
+    validation rows gave T = 0.05, which tripled its test rows' NLL (0.071 -> 0.220).
     """
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim == 2:
@@ -228,9 +231,11 @@ def fit_temperature(logits, y, bounds: tuple[float, float] = (0.05, 20.0)) -> fl
         picked = log_p[np.arange(len(y)), :, y]  # (rows, samples)
         return float(-(special.logsumexp(picked, axis=1) - math.log(samples)).mean())
 
-    fit = optimize.minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
-                                   options={"xatol": 1e-6})
-    return float(math.exp(fit.x))
+    low, high = math.log(bounds[0]), math.log(bounds[1])
+    fit = optimize.minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    no_minimum = nll(low) <= fit.fun  # still falling at the bound
+    no_gain = nll(0.0) - fit.fun <= 1e-9 * max(1.0, abs(fit.fun))  # flat: T = 1 is as good
+    return 1.0 if no_minimum or no_gain else float(math.exp(fit.x))
 
 
 def _set_scores(probs: np.ndarray, method: str) -> np.ndarray:

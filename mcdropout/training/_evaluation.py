@@ -16,7 +16,7 @@ LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 def evaluate(bundle: Bundle, split: datasets.Split | None = None, *, samples: int | None = None,
              seed: int = 0) -> dict:
     """Metrics on the test part of the bundle's data set (re-made from the manifest's training record)."""
-    split = split if split is not None else _split_of(bundle)
+    split = split if split is not None else split_of(bundle)
     if bundle.manifest.task == "regression":
         result = _regression(bundle, split, samples, seed)
     else:
@@ -27,7 +27,8 @@ def evaluate(bundle: Bundle, split: datasets.Split | None = None, *, samples: in
     return result
 
 
-def _split_of(bundle: Bundle) -> datasets.Split:
+def split_of(bundle: Bundle) -> datasets.Split:
+    """The data split a bundle of ``mcdropout train`` was trained on, re-made from its manifest."""
     data = bundle.manifest.training.get("data", {})
     if "path" in data:  # trained with `mcdropout train --data`: re-read the table
         from mcdropout.training._table_data import recorded_split
@@ -173,7 +174,7 @@ def plot(bundle: Bundle, file: str, *, samples: int | None = None, seed: int = 0
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    split = _split_of(bundle)
+    split = split_of(bundle)
     figure, axes = plt.subplots(figsize=(8, 5))
     if bundle.manifest.task == "classification":
         _reliability(axes, bundle, split, samples, seed)

@@ -152,11 +152,27 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
     }
     manifest = dataclasses.replace(manifest, tau=tau, training=record)
-    metrics = evaluation.evaluate(Bundle(manifest, model, device="cpu"), split, seed=seed)
+    manifest = calibrated(Bundle(manifest, model, device="cpu"), split, seed=seed)
     record["wall_time_s"] = round(time.perf_counter() - started, 2)
-    final = dataclasses.replace(manifest, metrics=metrics)
+    final = manifest
+    metrics = final.metrics
     path = save_bundle(model, Path(out) if out is not None else Path("models") / name, final)
     return path, metrics
+
+
+def calibrated(bundle: Bundle, split: datasets.Split, *, seed: int = 0) -> Manifest:
+    """``bundle``'s manifest calibrated on the split's validation rows (which it never trained on), with the
+    held-out metrics of the calibrated bundle, and the uncalibrated ones beside them under ``uncalibrated``."""
+    from mcdropout._calibrate import fit_bundle
+
+    raw = dataclasses.replace(bundle.manifest, calibration=None)
+    before = evaluation.evaluate(Bundle(raw, bundle.model, device="cpu"), split, seed=seed)
+    fitted = fit_bundle(Bundle(raw, bundle.model, device="cpu"), split.x_val, split.y_val, seed=seed,
+                        source=f"the validation rows of the training split ({len(split.y_val)} rows)")
+    manifest = dataclasses.replace(raw, calibration=fitted)
+    metrics = evaluation.evaluate(Bundle(manifest, bundle.model, device="cpu"), split, seed=seed)
+    metrics["uncalibrated"] = {key: before[key] for key in ("mc", "deterministic") if key in before}
+    return dataclasses.replace(manifest, metrics=metrics)
 
 
 def _shape_config(recipe: Recipe, split: datasets.Split) -> dict:
