@@ -115,6 +115,36 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--quiet", action="store_true", help="no progress output")
     score.set_defaults(handler=_score)
 
+    bundle = commands.add_parser("bundle", help="make bundles from your own network and checkpoint",
+                                 description="Bundles from your own code: see `mcdropout bundle create --help`.")
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True, metavar="SUBCOMMAND")
+    create = bundle_commands.add_parser(
+        "create", help="turn an architecture and a checkpoint into a checked bundle",
+        description="Build ARCHITECTURE (an import path, my_pkg.nets:Net, a registry name, or a class in --code)"
+                    " with --config, load --weights into it (safetensors, or a .pt state dict read with"
+                    " torch.load(weights_only=True): never pickled objects), check the bundle (it loads, answers a"
+                    " probe, its dropout is sampled) and write it to --out.")
+    create.add_argument("--architecture", required=True, metavar="PATH", help="my_pkg.nets:Net, mlp, ... or"
+                        " Net with --code")
+    create.add_argument("--config", metavar="FILE.json", help="the architecture's keyword arguments (a JSON"
+                        " object, a file or inline; default none)")
+    create.add_argument("--code", type=Path, metavar="FILE.py", help="ship this file as the bundle's model.py"
+                        " (served only with --trust-bundle-code)")
+    create.add_argument("--weights", required=True, type=Path, metavar="CKPT", help=".safetensors or .pt/.pth")
+    create.add_argument("--task", required=True, choices=("regression", "classification"))
+    create.add_argument("--input-shape", required=True, nargs="+", metavar="N", help="one input's shape:"
+                        " 8, or 1 28 28, or 1,28,28")
+    names = create.add_mutually_exclusive_group()
+    names.add_argument("--feature-names", nargs="+", metavar="NAME", help="the features of a flat input")
+    names.add_argument("--classes", nargs="+", metavar="NAME", help="class names (classification; needed)")
+    create.add_argument("--output-names", nargs="+", metavar="NAME", help="names of a regression's outputs")
+    create.add_argument("--samples", type=int, default=100, help="default T of the bundle (default 100)")
+    create.add_argument("--name", help="bundle name (default: --out's folder name)")
+    create.add_argument("--description", default="", help="one line for the manifest")
+    create.add_argument("--out", required=True, type=Path, metavar="FOLDER", help="bundle folder to write")
+    create.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    create.set_defaults(handler=_bundle_create)
+
     uci = commands.add_parser(
         "uci", help="reproduce Gal & Ghahramani's UCI regression results",
         description="Run the UCI protocol (grid search over p and tau by validation log-likelihood, re-training,"
@@ -276,6 +306,25 @@ def _score(args: argparse.Namespace) -> int:
     resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""
     print(f"wrote {summary.output}: {summary.rows} rows in {summary.seconds:.1f} s"
           f" ({summary.rows_per_second:.0f} rows/s{resumed})")
+    return 0
+
+
+def _bundle_create(args: argparse.Namespace) -> int:
+    from mcdropout.bundle._create import create, read_config
+
+    shape = _numbers(args.input_shape, "--input-shape")
+    if not all(s.is_integer() and s > 0 for s in shape):
+        raise UsageError(f"--input-shape takes positive whole sizes, got {' '.join(args.input_shape)!r}")
+    made = create(architecture=args.architecture, config=read_config(args.config), code=args.code,
+                  weights=args.weights, task=args.task, input_shape=[int(s) for s in shape], out=args.out,
+                  name=args.name, feature_names=args.feature_names, classes=args.classes,
+                  output_names=args.output_names, samples=args.samples, description=args.description,
+                  overwrite=args.overwrite)
+    for note in made.notes:
+        print(f"note: {note}")
+    print(f"wrote {made.path}: {made.bundle.manifest.architecture}, {made.parameters:,} parameters;"
+          " it loads, answers a probe and its dropout is sampled")
+    print(f"sample prediction for {made.sample}")
     return 0
 
 

@@ -37,7 +37,7 @@ def test_regression_with_grids_writes_a_bundle_the_service_can_serve(tmp_path):
     assert "grid search (4 points x 1 sets)" in done.stderr and "final training" in done.stderr  # progress shown
     bundle = load_bundle(tmp_path / "bundle", device="cpu")
     manifest = bundle.manifest
-    assert manifest.name == "linear" and manifest.feature_names == ["a", "b", "c"] and manifest.output_names == ["y"]
+    assert manifest.name == "bundle" and manifest.feature_names == ["a", "b", "c"] and manifest.output_names == ["y"]
     assert manifest.config["hidden"] == [32] and manifest.config["input_dropout"] is True
     grid = manifest.training["selection"]["grid"]
     assert len(grid) == 4 and {(g["dropout"], g["tau"]) for g in grid} == {(0.01, 1), (0.01, 4), (0.1, 1), (0.1, 4)}

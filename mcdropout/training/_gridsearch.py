@@ -65,6 +65,7 @@ class Settings:
     validation_samples: int = 1000
     classes: int | None = None
     seed: int = 0
+    standardised_tau: bool = False  # weight decay from tau in standardised units (own tables); UCI: target units
     processes: int = 2  # see stacked.train; results depend on it, so it is a setting, not the machine's core count
 
 
@@ -136,7 +137,7 @@ def _train(sets: list[TrainingSet], points: list[tuple[float, float | None]], se
         y_scales = [(None, None)] * len(sets)
         y = torch.from_numpy(np.stack([s.y for s in sets]).astype(np.int64))
     rows = sizes.pop()
-    decay = [LENGTHSCALE**2 * (1 - p) / (2 * rows * (tau if tau is not None else _unit_tau(scale)))
+    decay = [LENGTHSCALE**2 * (1 - p) / (2 * rows * _decay_tau(tau, scale, settings.standardised_tau))
              for (p, tau), (_, scale) in zip(points, y_scales)]
     model = stacked.train(
         torch.from_numpy(x.astype(np.float32)), y, hidden=settings.hidden, dropout=[p for p, _ in points],
@@ -154,6 +155,15 @@ def _scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std per column as arrays (training.standardisation: std 1 for a constant column)."""
     mean, std = training.standardisation(values)
     return np.asarray(mean), np.asarray(std)
+
+
+def _decay_tau(tau: float | None, y_std: np.ndarray | None, standardised: bool) -> float:
+    """The tau of the weight decay. The network fits the standardised target, so in standardised units
+    (``standardised``) the fit is the same whatever the target's units; Gal's UCI protocol used target units."""
+    if not standardised:
+        return tau if tau is not None else _unit_tau(y_std)
+    scale = 1.0 if y_std is None else float(np.mean(y_std)) ** 2
+    return 1.0 if tau is None else tau * scale
 
 
 def _unit_tau(y_std: np.ndarray | None) -> float:

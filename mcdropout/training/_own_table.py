@@ -78,11 +78,12 @@ def train_from_table(
     settings = gridsearch.Settings(
         task=task, hidden=tuple(hidden), dropouts=tuple(dropouts), taus=None if taus is None else tuple(taus),
         epochs=epochs, validation_samples=validation_samples, classes=len(classes) if classes else None, seed=seed,
+        standardised_tau=True,
     )
     torch.manual_seed(seed)
     fitted = gridsearch.fit([gridsearch.TrainingSet(x[train], y[train])], settings, quiet=quiet)[0]
 
-    name = name or _bundle_name(Path(path))
+    name = name or (Path(out).name if out is not None else _bundle_name(Path(path)))  # the server wants folder = name
     regression = task == "regression"
     manifest = Manifest(
         name=name,
