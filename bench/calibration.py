@@ -125,7 +125,7 @@ def main() -> None:
     print(f"| ECE (15 bins), mean over halvings | {mean('ece_raw')} | {mean('ece_temp')} |")
     print(f"| NLL | {mean('nll_raw')} | {mean('nll_temp')} |")
     print(f"| fitted temperature | | {mean('temperature')} |")
-    print(f"\n| 90% sets | coverage | mean size |\n|---|---|---|")
+    print("\n| 90% sets | coverage | mean size |\n|---|---|---|")
     print(f"| mcdropout LAC (after temperature) | {mean('lac_cover')} | {mean('lac_size')} |")
     print(f"| mcdropout APS (after temperature) | {mean('aps_cover')} | {mean('aps_size')} |")
     print(f"| MAPIE split LAC (raw MC probabilities) | {mean('mapie_cover')} | {mean('mapie_size')} |")

@@ -20,12 +20,11 @@ import numpy as np
 import pyarrow as pa
 
 from mcdropout import _tables as tables
-from mcdropout.bundle._bundle import MANIFEST, Bundle, Manifest, load_bundle
+from mcdropout.bundle._bundle import MANIFEST, Manifest, load_bundle
+from mcdropout.bundle._calibration import fit_bundle
 from mcdropout.errors import InputError, TableError
 from mcdropout.scoring._job import feature_columns
 from mcdropout.stats import calibration as cal
-
-CHUNK_ROWS = 2048
 
 
 def calibrate(bundle_path: str | os.PathLike, data: str | os.PathLike, target: str | None = None, *,
@@ -70,33 +69,6 @@ def calibrate_on_validation(bundle_path: str | os.PathLike, *, samples: int | No
     fitted = fit_bundle(loaded, x, y, source=source, samples=samples, seed=seed, delta=delta)
     write_manifest(folder, dataclasses.replace(loaded.manifest, calibration=fitted))
     return fitted
-
-
-def fit_bundle(bundle: Bundle, x: np.ndarray, y: np.ndarray, *, source: str = "", samples: int | None = None,
-               seed: int = 0, delta: float = 0.1) -> cal.Calibration:
-    """The calibration of ``bundle`` on rows ``x`` (user units, the model's input shape) and true values ``y``.
-
-    Predicts with the bundle's raw numbers (any calibration it has is ignored); ``y``: targets (rows,) or
-    (rows, outputs) for regression, class indices or names for classifiers. The bundle is not changed:
-    ``dataclasses.replace(bundle.manifest, calibration=...)`` and :func:`write_manifest` or ``save_bundle``.
-    """
-    manifest = bundle.manifest
-    raw = Bundle(dataclasses.replace(manifest, calibration=None), bundle.model, bundle.path,
-                 device=str(next(bundle.model.parameters()).device))
-    if manifest.task == "regression":
-        means, stds = [], []
-        for start in range(0, len(x), CHUNK_ROWS):
-            prediction = raw.predict(x[start:start + CHUNK_ROWS], samples=samples, seed=seed)
-            means.append(prediction.mean.reshape(prediction.mean.shape[0], -1).numpy())
-            stds.append(prediction.std.reshape(prediction.mean.shape[0], -1).numpy())
-        return cal.fit_regression(np.concatenate(means), np.concatenate(stds), y, source=source)
-    log_probs = []  # the samples' log-probabilities serve as their logits (a softmax ignores a per-row shift)
-    for start in range(0, len(x), CHUNK_ROWS):
-        prediction = raw.predict(x[start:start + CHUNK_ROWS], samples=samples, seed=seed, return_samples=True)
-        probs = prediction.samples.numpy().astype(np.float64)  # (rows, T, classes)
-        log_probs.append(np.log(np.maximum(probs, np.finfo(np.float64).tiny)))
-    return cal.fit_classification(np.concatenate(log_probs), _class_indices(manifest, np.asarray(y)),
-                                  source=source, delta=delta)
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
@@ -147,22 +119,6 @@ def _label_file(path: Path) -> np.ndarray:
     if table.num_columns != 1:
         raise TableError(f"{path}: a labels file holds one column, got {table.num_columns}")
     return tables.numeric(table, table.schema.names, path=path, what="label")[:, 0]
-
-
-def _class_indices(manifest: Manifest, y: np.ndarray) -> np.ndarray:
-    names = manifest.class_names or []
-    if y.dtype == object:
-        lookup = {name: index for index, name in enumerate(names)}
-        unknown = sorted({str(v) for v in y if v not in lookup})
-        if unknown:
-            raise InputError(f"labels {', '.join(map(repr, unknown[:5]))} are not classes of {manifest.name}"
-                             f" ({', '.join(names)})")
-        return np.asarray([lookup[v] for v in y], dtype=np.int64)
-    y = np.asarray(y, dtype=np.float64)
-    if not np.all(y == np.round(y)) or y.min() < 0 or y.max() >= len(names):
-        raise InputError(f"labels must be class indices 0..{len(names) - 1} or class names of {manifest.name};"
-                         f" got values {y.min():g}..{y.max():g}")
-    return y.astype(np.int64)
 
 
 def describe(fitted: cal.Calibration) -> str:

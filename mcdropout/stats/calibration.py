@@ -12,7 +12,7 @@ Protocol-neutral (numpy and scipy only): arrays in, plain dataclasses out, each 
 - :func:`fit_selective` (statistics, y): risk-controlling thresholds at any (max_risk, delta) at
   serve time; :meth:`Selective.threshold` and :func:`selective_threshold` on raw arrays.
 - :func:`fit_regression` and :func:`fit_classification` put them together in a :class:`Calibration`
-  (what a manifest's ``calibration`` holds); ``mcdropout._calibrate.fit_bundle`` fits one from a bundle's
+  (what a manifest's ``calibration`` holds); ``mcdropout.bundle._calibration.fit_bundle`` fits one from a bundle's
   own predictions on held-out rows.
 
 Guarantees: conformal coverage >= level for exchangeable rows (marginally, per output); the selective

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mcdropout.bundle import architectures
+from mcdropout.bundle._calibration import fit_bundle
 from mcdropout.training import _evaluation as evaluation
 from mcdropout.training import _fit as training
 from mcdropout.training import datasets
@@ -163,8 +164,6 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
 def calibrated(bundle: Bundle, split: datasets.Split, *, seed: int = 0) -> Manifest:
     """``bundle``'s manifest calibrated on the split's validation rows (which it never trained on), with the
     held-out metrics of the calibrated bundle, and the uncalibrated ones beside them under ``uncalibrated``."""
-    from mcdropout._calibrate import fit_bundle
-
     raw = dataclasses.replace(bundle.manifest, calibration=None)
     before = evaluation.evaluate(Bundle(raw, bundle.model, device="cpu"), split, seed=seed)
     fitted = fit_bundle(Bundle(raw, bundle.model, device="cpu"), split.x_val, split.y_val, seed=seed,
