@@ -136,6 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
     for flag, variable in (("models_dir", "MCD_MODELS_DIR"), ("host", "MCD_HOST"), ("port", "MCD_PORT")):
         if getattr(args, flag) is not None:
             os.environ[variable] = str(getattr(args, flag))
+    os.environ.setdefault("MCD_GRPC_PORT", "8001")  # the gRPC Open Inference Protocol; 0: off
     host = os.environ.get("MCD_HOST", "127.0.0.1")
     port = int(os.environ.get("MCD_PORT", "8000"))
     pin_mmap_threshold()
