@@ -9,5 +9,5 @@ COPY service ./service
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX" "$TORCH_SPEC" \
     && pip install --no-cache-dir ".[serve]"
 ENV MCD_MODELS_DIR=/models MCD_HOST=0.0.0.0 MCD_PORT=8000
-EXPOSE 8000
+EXPOSE 8000 8001
 CMD ["mcdropout", "serve"]

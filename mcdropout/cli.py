@@ -207,6 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[variable] = str(getattr(args, flag))
     if args.trust_bundle_code:
         os.environ["MCD_TRUST_BUNDLE_CODE"] = "1"
+    os.environ.setdefault("MCD_GRPC_PORT", "8001")  # the gRPC Open Inference Protocol; 0: off
     host = os.environ.get("MCD_HOST", "127.0.0.1")
     port = int(os.environ.get("MCD_PORT", "8000"))
     level = os.environ.get("MCD_LOG_LEVEL", "info").lower()

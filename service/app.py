@@ -67,11 +67,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # once), so that one OpenMP team per lane ever runs torch: with a second team from a loading
         # thread, a one-row digits call took 1.5-2.5 ms on 2 cores instead of 0.7-1.1 ms.
         await state.open()
+        grpc_server = None
+        if settings.grpc_port:
+            from service import oip_grpc  # only when asked for: grpcio and tritonclient's stubs
+
+            grpc_server = await oip_grpc.start(state)
         # What start-up created (modules, models, the app) lives as long as the process; frozen, it is
         # left out of every garbage collection. Unfrozen, the collector's full passes over it took
         # about 30% of the server's CPU under load (perf, 64 clients).
         gc.freeze()
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(grace=10)  # calls in flight finish
         await state.close()
 
     app = FastAPI(
@@ -338,14 +345,8 @@ def _v2_metadata(state: ServiceState, name: str, version: str | None) -> dict:
 
 
 def _v2_ready(state: ServiceState, name: str, version: str | None) -> Response:
-    number = parse_version(_v2_version(version))
-    if number is None:
-        ready, failed = name in state.models, name in state.failures
-    else:
-        ready, failed = number in state.served.get(name, {}), number in state.failed.get(name, {})
-    if failed and not ready:
+    if not state.is_ready(name, _v2_version(version)):
         return FastJSON({"name": name, "ready": False}, status_code=503)
-    state.bundle(name, number)
     return FastJSON({"name": name, "ready": True})
 
 

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
         2.0, gt=0, description="seconds between polls of the models folder; a bundle is loaded once its files"
         " are unchanged over one interval"
     )
+    grpc_port: int | None = Field(
+        None, ge=0, le=65535, description="port of the gRPC Open Inference Protocol on MCD_HOST; `mcdropout serve`"
+        " opens it on 8001 unless set; 0 or unset under plain uvicorn: off"
+    )
     batching: bool = Field(True, description="merge concurrent requests for a model into one engine run")
     max_batch_rows: int = Field(65_536, ge=1, description="forward rows (inputs x samples) per merged run")
     max_delay_ms: float = Field(

@@ -264,6 +264,18 @@ class ServiceState:
         known = ", ".join(sorted(self.models)) or "none"
         raise ApiError(404, f"unknown model {name!r}; available: {known}", "name")
 
+    def is_ready(self, name: str, version: str | int | None = None) -> bool:
+        """Whether ``name`` (``version``) is being served; False when it failed to load, ApiError when unknown."""
+        number = parse_version(version)
+        if number is None:
+            ready, failed = name in self.models, name in self.failures
+        else:
+            ready, failed = number in self.served.get(name, {}), number in self.failed.get(name, {})
+        if failed and not ready:
+            return False
+        self.bundle(name, number)
+        return True
+
     def version_of(self, bundle: Bundle) -> int:
         """The repository version ``bundle`` was loaded as."""
         for served in self.served.get(bundle.name, {}).values():

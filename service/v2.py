@@ -197,20 +197,8 @@ def parameters(request: V2InferRequest, manifest: Manifest, default_seed: int, l
 def response(request: V2InferRequest, manifest: Manifest, result: Result, params: dict[str, Any],
              version: str | None = None) -> tuple[bytes, dict[str, str]]:
     """The infer answer's body and headers; ``version``: the repository version that answered."""
-    tensors = _tensors(result)
-    names = [spec["name"] for spec in output_specs(manifest) if spec["name"] in tensors]
-    all_binary = bool((request.parameters or {}).get("binary_data_output", False))
-    if request.outputs:
-        unknown = [o.name for o in request.outputs if o.name not in tensors]
-        if unknown:
-            raise error(f"unknown output(s) {', '.join(map(repr, unknown))}; model {manifest.name!r} has"
-                        f" {', '.join(names)}")
-        selected = [(o.name, bool((o.parameters or {}).get("binary_data", all_binary))) for o in request.outputs]
-    else:
-        selected = [(name, all_binary) for name in names]
     outputs, chunks = [], []
-    for name, binary in selected:
-        array = tensors[name]
+    for name, array, binary in selected_outputs(request, manifest, result):
         entry: dict[str, Any] = {"name": name, "shape": list(array.shape),
                                  "datatype": {np.dtype(np.int64): "INT64", np.dtype(np.bool_): "BOOL"}.get(array.dtype,
                                                                                                           "FP64")}
@@ -232,6 +220,23 @@ def response(request: V2InferRequest, manifest: Manifest, result: Result, params
         return header, {"content-type": "application/json"}
     return header + b"".join(chunks), {"content-type": "application/octet-stream",
                                        "Inference-Header-Content-Length": str(len(header))}
+
+
+def selected_outputs(request: V2InferRequest, manifest: Manifest, result: Result
+                     ) -> list[tuple[str, np.ndarray, bool]]:
+    """The output tensors a request asks for (default: all), each with whether it wants them as raw bytes."""
+    tensors = _tensors(result)
+    names = [spec["name"] for spec in output_specs(manifest) if spec["name"] in tensors]
+    all_binary = bool((request.parameters or {}).get("binary_data_output", False))
+    if request.outputs:
+        unknown = [o.name for o in request.outputs if o.name not in tensors]
+        if unknown:
+            raise error(f"unknown output(s) {', '.join(map(repr, unknown))}; model {manifest.name!r} has"
+                        f" {', '.join(names)}")
+        selected = [(o.name, bool((o.parameters or {}).get("binary_data", all_binary))) for o in request.outputs]
+    else:
+        selected = [(name, all_binary) for name in names]
+    return [(name, tensors[name], binary) for name, binary in selected]
 
 
 def _tensors(result: Result) -> dict[str, np.ndarray]:
