@@ -109,10 +109,14 @@ def _check_row_count(count: int, max_rows: int, field: str) -> None:
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _check_finite(array: np.ndarray, field: str) -> None:
-    """Every value finite and within float32's range, which the models compute in."""
+def finite_rows(array: np.ndarray) -> np.ndarray:
+    """Per row: every value finite and within float32's range, which the models compute in."""
     values = array.reshape(len(array), -1)
-    finite = (np.isfinite(values) & (np.abs(values) <= FLOAT32_MAX)).all(axis=1)
+    return (np.isfinite(values) & (np.abs(values) <= FLOAT32_MAX)).all(axis=1)
+
+
+def _check_finite(array: np.ndarray, field: str) -> None:
+    finite = finite_rows(array)
     if not finite.all():
         bad = np.flatnonzero(~finite)
         rows = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")

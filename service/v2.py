@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from mcdropout.bundle import Manifest
 from mcdropout.answer import OPTION_NAMES, OptionError, RegressionResult, Result, parse_options, statistics
-from service.inputs import FLOAT32_MAX, ApiError, has_non_number, shown
+from service.inputs import ApiError, finite_rows, has_non_number, shown
 from service.schemas import V2InferRequest
 
 HEADER = "inference-header-content-length"
@@ -126,8 +126,7 @@ def input_array(request: V2InferRequest, binary: bytes, manifest: Manifest, max_
             raise error(f"input {INPUT_NAME!r}: {array.size} values for shape {tensor.shape} ({count} expected)")
     else:
         raise error(f"input {INPUT_NAME!r} has neither data nor binary_data_size")
-    values = array.astype(np.float64).reshape(rows, -1)
-    finite = (np.isfinite(values) & (np.abs(values) <= FLOAT32_MAX)).all(axis=1)
+    finite = finite_rows(array.astype(np.float64).reshape(rows, -1))
     if not finite.all():
         raise error(f"input {INPUT_NAME!r}: NaN, infinity or a number beyond float32's range (±3.4e38) in row(s)"
                     f" {', '.join(map(str, np.flatnonzero(~finite)[:10]))}")

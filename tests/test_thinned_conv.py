@@ -9,6 +9,7 @@ from torch import nn
 
 import mcdropout as mcd
 from mcdropout.engine._thinned_conv import ThinnedConvChain
+from tests.test_thinned import _dense
 
 OPTIONS = dict(samples=30, seed=5, return_samples=True)
 
@@ -24,15 +25,6 @@ def _cnn(p: float, head: bool = True, inplace: bool = False) -> nn.Sequential:
         layers += [nn.Dropout2d(p), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(20, 12), nn.GELU(),
                    nn.Dropout(p), nn.Linear(12, 3)]
     return nn.Sequential(*layers)
-
-
-def _dense(model: nn.Module, x: torch.Tensor, **options):
-    """The same call through the model's own forward: a hook rules the thinned chain out."""
-    handle = model[-1].register_forward_hook(lambda *_: None)
-    try:
-        return mcd.predict(model, x, **options)
-    finally:
-        handle.remove()
 
 
 def _agree(model: nn.Module, x: torch.Tensor, task: str = "regression") -> None:
