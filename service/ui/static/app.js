@@ -588,7 +588,8 @@ function scalePosition(value, percentiles) {
   const rank = percentileRank(value, percentiles);
   let start = 0;
   for (const [from, to, width] of SECTIONS) {
-    if (rank <= to) return start + width * (rank - from) / (to - from);
+    // the section the value falls in (a tie spanning sections counts in the lowest), the rank within it
+    if (value <= percentiles[to]) return start + width * (Math.min(Math.max(rank, from), to) - from) / (to - from);
     start += width;
   }
   return start;
