@@ -135,7 +135,7 @@ async function modelPage(name) {
   const example = exampleAnswer.ok ? exampleAnswer.body : { inputs: null, source: "none" };
   const page = new ModelPage(info, example);
   view.append(page.render());
-  page.loadScales();  // computed once per model by the server (a second or so); drawn when they come
+  page.loadScales();  // computed once per loaded model by the server; drawn when they come
   await page.predict();
 }
 
@@ -313,6 +313,7 @@ class ModelPage {
 
   async predict() {
     const body = this.request();
+    this.asked = body;
     this.showCode(body);
     this.clearErrors();
     this.result.setAttribute("data-state", "waiting");
@@ -378,11 +379,11 @@ class ModelPage {
       stat("mutual information", fmt(answer.mutual_information[0])),
       stat("variation ratio", fmt(answer.variation_ratio[0])));
     if (answer.prediction_set) {
-      stats.append(stat(`prediction set at ${fmt(100 * answer.set_level, 0)}% (${this.request().set_method})`,
+      stats.append(stat(`prediction set at ${fmt(100 * answer.set_level, 0)}% (${this.asked.set_method})`,
         `{${answer.prediction_set_names[0].join(", ")}}`, "prediction-set"));
     }
     if (answer.abstain) {
-      const risk = `max risk ${fmt(this.request().max_risk)}`;
+      const risk = `max risk ${fmt(this.asked.max_risk)}`;
       stats.append(stat(answer.abstain[0] ? `abstain: too uncertain for ${risk}; send to a human` : `answered within ${risk}`,
         answer.abstain[0] ? "abstain" : "accept", "abstain", answer.abstain[0] ? "abstained" : "accepted"));
     }
