@@ -121,6 +121,8 @@ def test_each_model_page_opens_on_an_example_prediction_with_its_plot(browser: W
         assert bars and sum(float(bar.get_attribute("height")) > 0 for bar in bars) >= 2
         if shape == [1]:
             assert browser.find_elements(By.CSS_SELECTOR, "svg#band path")
+            shaded = browser.find_elements(By.CSS_SELECTOR, "svg#band rect.train-range")
+            assert len(shaded) == len(info["training"]["data"].get("train_ranges", []))
     assert f"/v1/models/{name}/predict" in browser.find_element(By.ID, "curl").text
     assert "from mcdropout.client import Client" in browser.find_element(By.ID, "python").text
     _check_scales(browser, server, name, info, seen["body"])

@@ -219,7 +219,7 @@ class ModelPage {
     } else if (this.kind === "oned") {
       const { min, max, value } = this.sliderRange();
       this.slider = el("input", { type: "range", id: "x", min, max, step: (max - min) / 200, value });
-      this.sliderLabel = el("span", { text: `x = ${fmt(value)}` });
+      this.sliderLabel = el("span", { text: `x = ${fmt(+this.slider.value)}` });  // as the slider's step rounds it
       this.slider.addEventListener("input", () => { this.sliderLabel.textContent = `x = ${fmt(+this.slider.value)}`; });
       this.slider.addEventListener("change", () => this.predict());
       panel.append(el("h2", { text: this.info.feature_names ? this.info.feature_names[0] : "x" }), source,
@@ -236,8 +236,16 @@ class ModelPage {
 
   sliderRange() {
     const centre = this.example.inputs ? this.example.inputs[0] : 0;
-    // The training range is not in the API; ±6 around the mean covers the shipped 1-D model's data and its gap.
-    return { min: centre - 6, max: centre + 6, value: centre };
+    const ranges = this.trainRanges();
+    if (!ranges.length) return { min: centre - 6, max: centre + 6, value: centre };  // ±6 standardised units at most
+    // The recorded training ranges, and 2 beyond on each side, where the epistemic part grows.
+    return { min: Math.min(...ranges.flat()) - 2, max: Math.max(...ranges.flat()) + 2, value: centre };
+  }
+
+  // The x ranges the model was trained on, where the manifest records them ([] otherwise).
+  trainRanges() {
+    const data = (this.info.training && this.info.training.data) || {};
+    return Array.isArray(data.train_ranges) ? data.train_ranges : [];
   }
 
   renderCanvas() {
@@ -393,7 +401,7 @@ class ModelPage {
   showBand(answer) {
     const n = answer.mean.length - 1;  // the last row is the slider's x
     const xs = this.request().inputs.slice(0, n).map((r) => r[0]);
-    this.result.append(band(xs, answer, n, +this.slider.value), el("h2", { text: `at x = ${fmt(+this.slider.value)}` }));
+    this.result.append(band(xs, answer, n, +this.slider.value, this.trainRanges()), el("h2", { text: `at x = ${fmt(+this.slider.value)}` }));
     this.showRegression(answer, n);
   }
 
@@ -625,7 +633,7 @@ function scale(name, label, value, percentiles) {
   return plot;
 }
 
-function band(xs, answer, n, xValue) {
+function band(xs, answer, n, xValue, trainRanges) {
   const W = 720, H = 300, L = 48, R = 20, T = 22, B = 36;
   const plot = svg("svg", { id: "band", width: W, height: H, viewBox: `0 0 ${W} ${H}` });
   const mean = xs.map((_, i) => answer.mean[i][0]);
@@ -638,6 +646,10 @@ function band(xs, answer, n, xValue) {
   const sy = (v) => T + (H - T - B) * (ymax - v) / (ymax - ymin);
   const area = (lo, hi) => "M" + xs.map((v, i) => `${sx(v)},${sy(hi[i])}`).join("L") + "L" +
     xs.map((v, i) => `${sx(v)},${sy(lo[i])}`).reverse().join("L") + "Z";
+  for (const [from, to] of trainRanges) {
+    plot.append(svg("rect", { class: "train-range", x: sx(from), width: sx(to) - sx(from), y: T, height: H - T - B, fill: "#e3e6eb", opacity: 0.6 }),
+      svg("text", { x: (sx(from) + sx(to)) / 2, y: H - B - 6, "text-anchor": "middle", fill: "#6b7485" }, "training data"));
+  }
   plot.append(svg("path", { d: area(lower, upper), fill: "#f2a541", opacity: 0.3 }));
   plot.append(svg("path", { d: area(epiLo, epiHi), fill: "#2f67cf", opacity: 0.45 }));
   plot.append(svg("path", { d: "M" + xs.map((v, i) => `${sx(v)},${sy(mean[i])}`).join("L"), fill: "none", stroke: "#1d2b45", "stroke-width": 2 }));
