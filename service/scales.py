@@ -20,10 +20,11 @@ from mcdropout.answer import RegressionResult, from_prediction
 from mcdropout.bundle import Bundle
 
 PERCENTILES = tuple(range(101))  # every whole percentile: the page reads p50/p90/p99 and a row's rank
+MAX_ROWS = 2000  # of a large test part (already shuffled by the split): the lane is not held for long
 CLASSIFICATION = ("entropy", "mutual_information", "variation_ratio")
 
 
-def held_out_percentiles(bundle: Bundle, seed: int) -> dict[str, Any]:
+def held_out_percentiles(bundle: Bundle, seed: int, max_rows: int = MAX_ROWS) -> dict[str, Any]:
     """The served uncertainty's percentiles over ``bundle``'s held-out rows; ``available`` False says why not.
 
     Each statistic maps to one list of 101 percentiles per column: per output for regression (``std``,
@@ -33,11 +34,14 @@ def held_out_percentiles(bundle: Bundle, seed: int) -> dict[str, Any]:
 
     manifest = bundle.manifest
     try:
-        rows = split_of(bundle).x_test
+        test = split_of(bundle).x_test
     except (ImportError, ValueError, OSError) as problem:  # no scikit-learn, data not recorded, table gone
         return {"available": False, "reason": f"its held-out rows cannot be re-made here: {problem}"}
-    if len(rows) == 0:
+    if len(test) == 0:
         return {"available": False, "reason": "its recorded split has no test rows"}
+    rows = test[:max_rows]
+    source = f"the {len(rows)} test rows of its training split" if len(rows) == len(test) else \
+        f"the first {len(rows)} of the {len(test)} test rows of its training split"
     result = from_prediction(manifest, bundle.predict(rows, samples=manifest.samples, seed=seed), 0.95)
     if isinstance(result, RegressionResult):
         columns = {"std": result.std, "epistemic_std": np.sqrt(result.epistemic_variance)}
@@ -45,7 +49,7 @@ def held_out_percentiles(bundle: Bundle, seed: int) -> dict[str, Any]:
         columns = {name: getattr(result, name)[:, None] for name in CLASSIFICATION}
     return {
         "available": True, "rows": len(rows), "samples": manifest.samples, "seed": seed,
-        "source": f"the {len(rows)} test rows of its training split",
+        "source": source,
         "percentiles": list(PERCENTILES),
         "statistics": {name: np.percentile(values, PERCENTILES, axis=0).T.tolist()
                        for name, values in columns.items()},
@@ -64,4 +68,9 @@ class Scales:
         if known is None or known[0] is not bundle:
             future = asyncio.get_running_loop().run_in_executor(lane, held_out_percentiles, bundle, seed)
             known = self._computed[bundle.name] = (bundle, future)
-        return await asyncio.shield(known[1])
+        try:
+            return await asyncio.shield(known[1])
+        except Exception:
+            if self._computed.get(bundle.name) is known:  # a failure is not kept: the next page tries again
+                del self._computed[bundle.name]
+            raise
