@@ -1,7 +1,8 @@
-"""The browser playground at ``/ui``: static pages shipped in the package, plus one example-input route.
+"""The browser playground at ``/ui``: static pages shipped in the package, plus two routes of their own.
 
-The pages talk to the v1 JSON API like any client; the only route of their own gives each model's
-example input (the manifest's, else the training means), which the API does not expose.
+The pages talk to the v1 JSON API like any client; their own routes give what the API does not expose:
+each model's example input (the manifest's, else the training means), and the percentiles of its served
+uncertainty over its held-out rows (:mod:`service.scales`), the scales the page draws an answer against.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from mcdropout.bundle import Manifest
+from service.scales import Scales
 
 STATIC = Path(__file__).resolve().parent / "ui" / "static"
 _SEQUENCE_FREQUENCY = 0.4  # radians per step: a wave of the kind the shipped sequence model saw
@@ -33,6 +35,15 @@ def install(app: FastAPI, guarded: list[Depends]) -> None:
     async def example(request: Request, name: str) -> dict:
         bundle = request.app.state.service.bundle(name)
         return {"name": name, **example_input(bundle.manifest)}
+
+    scales = Scales()
+
+    @app.get("/ui/scales/{name}", dependencies=guarded, include_in_schema=False,
+             summary="the percentiles of the model's served uncertainty over its held-out rows")
+    async def uncertainty_scales(request: Request, name: str) -> dict:
+        state = request.app.state.service
+        bundle = state.bundle(name)
+        return {"name": name, **await scales.of(bundle, state.batchers[name].executor, state.settings.default_seed)}
 
     app.mount("/ui/", StaticFiles(directory=STATIC, html=True), name="ui")
 

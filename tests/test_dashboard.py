@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import run_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "monitoring"
@@ -25,9 +29,19 @@ def _queries(dashboard: dict) -> list[str]:
     return queries
 
 
+@pytest.fixture(scope="module")
+def http(tmp_path_factory, calibrated_models) -> Iterator[httpx.Client]:
+    """A server whose digits is calibrated, so that abstentions and prediction sets can be served."""
+    with run_server(tmp_path_factory.mktemp("dashboard"), models_dir=str(calibrated_models)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
 def _live_metrics(http: httpx.Client) -> tuple[set[str], set[str]]:
-    answer = http.post("/v1/models/digits/predict", json={"inputs": [[[[0.0] * 8] * 8]], "samples": 4})
-    assert answer.status_code == 200, answer.text
+    # A risk no threshold can certify on 144 calibration rows: the row abstains, and its set is counted.
+    answer = http.post("/v1/models/digits/predict", json={"inputs": [[[[0.0] * 8] * 8]], "samples": 4,
+                                                          "set_level": 0.9, "max_risk": 0.0001})
+    assert answer.status_code == 200 and answer.json()["abstain"] == [True], answer.text
     assert http.post("/v1/models/diabetes/predict", json={"inputs": [[0.0] * 10], "samples": 4}).status_code == 200
     text = http.get("/metrics").text
     names, labels = set(), set()
@@ -42,7 +56,8 @@ def test_every_metric_and_label_the_dashboard_queries_exists_in_a_live_metrics_p
     names, labels = _live_metrics(http)
     queries = _queries(json.loads(DASHBOARD.read_text()))
     used = {name for query in queries for name in _NAME.findall(query)}
-    assert {"mcdropout_requests_total", "mcdropout_served_uncertainty_bucket", "mcdropout_queue_depth"} <= used
+    assert {"mcdropout_requests_total", "mcdropout_served_uncertainty_bucket", "mcdropout_queue_depth",
+            "mcdropout_abstentions_total", "mcdropout_prediction_set_size_bucket"} <= used
     assert used - names == set(), f"queried but not exported: {sorted(used - names)}"
     used_labels = {part.split("=")[0].strip().rstrip("!~") for query in queries
                    for selector in _LABELS.findall(query) for part in selector.split(",") if part.strip()}

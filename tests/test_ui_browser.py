@@ -1,5 +1,5 @@
 """The /ui playground in a real headless Chromium (Debian's chromium + chromedriver, driven by Selenium)
-against the real server on 127.0.0.1."""
+against the real server on 127.0.0.1, serving the shipped models with digits and diabetes calibrated."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as DriverService
@@ -17,6 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from mcdropout.training import datasets
 from tests.conftest import MODELS, Server, run_server
 
 SHIPPED = sorted(path.name for path in MODELS.iterdir() if path.is_dir() and not path.name.startswith("."))
@@ -37,6 +39,12 @@ def _chrome() -> WebDriver:
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                             {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
     return browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, calibrated_models) -> Iterator[Server]:
+    with run_server(tmp_path_factory.mktemp("ui-server"), models_dir=str(calibrated_models)) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +75,10 @@ def _predict(browser: WebDriver) -> dict:
     return _wait_answer(browser, before)
 
 
+def _shown_answer(browser: WebDriver) -> dict:
+    return browser.execute_script("return window.lastAnswer.body")
+
+
 def _set(browser: WebDriver, css: str, value: str) -> None:
     field = browser.find_element(By.CSS_SELECTOR, css)
     field.clear()
@@ -84,6 +96,10 @@ def test_the_model_list_renders_every_shipped_model(browser: WebDriver, server: 
         text = rows[model["name"]]
         assert model["version"] in text and model["task"] in text and "ready" in text
         assert model["description"][:40] in text
+        calibration = model["calibration"]
+        shown = "uncalibrated" if calibration is None else f"{', '.join(calibration['methods'])} · {calibration['rows']} rows"
+        assert shown in text
+    assert rows["digits"].count("conformal_sets") == 1  # the calibrated copy
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -105,8 +121,42 @@ def test_each_model_page_opens_on_an_example_prediction_with_its_plot(browser: W
         assert bars and sum(float(bar.get_attribute("height")) > 0 for bar in bars) >= 2
         if shape == [1]:
             assert browser.find_elements(By.CSS_SELECTOR, "svg#band path")
+            shaded = browser.find_elements(By.CSS_SELECTOR, "svg#band rect.train-range")
+            assert len(shaded) == len(info["training"]["data"].get("train_ranges", []))
     assert f"/v1/models/{name}/predict" in browser.find_element(By.ID, "curl").text
     assert "from mcdropout.client import Client" in browser.find_element(By.ID, "python").text
+    _check_scales(browser, server, name, info, seen["body"])
+
+
+def _check_scales(browser: WebDriver, server: Server, name: str, info: dict, answer: dict) -> None:
+    """Each uncertainty statistic of the answer is drawn once, its marker in the section of the model's
+    held-out percentiles that the value falls in."""
+    WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "scales").get_attribute("data-state") == "done")
+    scales = httpx.get(f"{server.url}/ui/scales/{name}", timeout=60).json()
+    assert scales["available"] and scales["rows"] == info["metrics"]["test_rows"]
+    row = len(answer["mean"]) - 1 if info["input_shape"] == [1] else 0
+    if info["task"] == "classification":
+        values = {name: (answer[name][row], scales["statistics"][name][0])
+                  for name in ("entropy", "mutual_information", "variation_ratio")}
+    else:
+        values = {f"std-{k}": (answer["std"][row][k], scales["statistics"]["std"][k]) for k in range(len(info["outputs"]))}
+        values |= {f"epistemic_std-{k}": (answer["epistemic_variance"][row][k] ** 0.5, scales["statistics"]["epistemic_std"][k])
+                   for k in range(len(info["outputs"]))}
+    drawn = browser.find_elements(By.CSS_SELECTOR, "#scales svg.scale")
+    assert sorted(plot.get_attribute("id") for plot in drawn) == sorted(f"scale-{stat}" for stat in values)
+    bar_left, bar_width = 10, 700  # the scale's bar in its SVG (scale() in app.js)
+    sections = np.cumsum([0, 0.27, 0.27, 0.2, 0.12, 0.14])
+    for stat, (value, percentiles) in values.items():
+        plot = browser.find_element(By.ID, f"scale-{stat}")
+        assert float(plot.get_attribute("data-value")) == pytest.approx(value, rel=1e-12, abs=1e-300)
+        section = int(np.searchsorted(np.array(percentiles)[[50, 90, 99, 100]], value, side="left"))
+        expected = ["typical: at most the median", "above the median", "high: above p90", "very high: above p99",
+                    "very high: above p99"][section]
+        assert plot.get_attribute("data-level") == expected
+        marker = plot.find_element(By.CSS_SELECTOR, "path.marker").get_attribute("d")
+        x = float(marker.split("L")[2].split(",")[0])  # the triangle's tip
+        low, high = sections[section], sections[section + 1]
+        assert bar_left + bar_width * low - 1e-6 <= x <= bar_left + bar_width * high + 1e-6, (stat, value, x)
 
 
 def test_drawing_a_digit_on_the_canvas_shows_its_class_probabilities(browser: WebDriver, server: Server) -> None:
@@ -157,6 +207,67 @@ def test_a_bad_value_shows_the_servers_error_next_to_its_field(browser: WebDrive
     message = browser.find_element(By.CSS_SELECTOR, '[data-error-for="samples"]').text
     assert message.startswith("samples: must be an integer from 2 to")
     assert browser.find_element(By.CSS_SELECTOR, '[data-error-for="instances[0].bmi"]').text == ""
+
+
+def test_a_calibrated_classifier_shows_its_prediction_set_and_abstention(browser: WebDriver, server: Server) -> None:
+    _open_model(browser, server, "digits")
+    seen = browser.execute_script("return {request: window.lastRequest, answer: window.lastAnswer}")
+    assert seen["request"]["set_level"] == 0.9 and seen["request"]["max_risk"] == 0.05  # the page's defaults
+    answer = seen["answer"]["body"]
+    members = answer["prediction_set_names"][0]
+    assert browser.find_element(By.CSS_SELECTOR, "#prediction-set b").text == "{" + ", ".join(members) + "}"
+    marked = browser.find_elements(By.CSS_SELECTOR, "svg#probs rect.prob.in-set")
+    assert sorted(bar.get_attribute("data-class") for bar in marked) == sorted(members)
+    assert len(members) == answer["set_size"][0]
+    shown = browser.find_element(By.CSS_SELECTOR, "#abstain b").text
+    assert shown == ("abstain" if answer["abstain"][0] else "accept")
+    assert "set_level=0.9" in browser.find_element(By.ID, "python").text
+
+    # A risk no threshold can certify on the calibration rows: every row abstains, and the page says so.
+    _set(browser, "#max_risk", "0.0001")
+    seen = _predict(browser)
+    assert seen["answer"]["body"]["abstain"] == [True]
+    assert browser.find_element(By.CSS_SELECTOR, "#abstain b").text == "abstain"
+
+    _set(browser, "#set_level", "1.5")
+    seen = _predict(browser)
+    direct = httpx.post(f"{server.url}/v1/models/digits/predict", json=seen["request"])
+    assert direct.status_code == 422 and direct.json()["field"] == "set_level"
+    assert browser.find_element(By.CSS_SELECTOR, '[data-error-for="set_level"]').text == direct.json()["error"]
+
+    _set(browser, "#set_level", "")
+    _set(browser, "#max_risk", "")
+    seen = _predict(browser)
+    assert "set_level" not in seen["request"] and "prediction_set" not in seen["answer"]["body"]
+    assert not browser.find_elements(By.ID, "prediction-set") and not browser.find_elements(By.ID, "abstain")
+
+
+def test_a_calibrated_regression_model_says_which_method_made_its_interval(browser: WebDriver, server: Server) -> None:
+    _open_model(browser, server, "diabetes")
+    label = browser.find_element(By.CSS_SELECTOR, "#interval-method span")
+    assert _shown_answer(browser)["interval"]["method"] == "conformal" and label.text == "95% interval (conformal)"
+    browser.find_element(By.CSS_SELECTOR, '#interval_method option[value="gaussian"]').click()
+    seen = _predict(browser)
+    assert seen["request"]["interval_method"] == "gaussian" and seen["answer"]["body"]["interval"]["method"] == "gaussian"
+    assert browser.find_element(By.CSS_SELECTOR, "#interval-method span").text == "95% interval (gaussian)"
+
+
+def test_the_scales_are_the_percentiles_of_what_the_server_serves_for_the_held_out_rows(server: Server) -> None:
+    """/ui/scales of a calibrated regression model and a calibrated classifier equal the percentiles of the
+    answers /v1 gives for their test rows (the model's T, seed 0): the served numbers, temperature and
+    sigma-scaling included."""
+    for name, split in (("diabetes", datasets.diabetes(0)), ("digits", datasets.digits(0))):
+        scales = httpx.get(f"{server.url}/ui/scales/{name}", timeout=60).json()
+        answer = httpx.post(f"{server.url}/v1/models/{name}/predict", timeout=60,
+                            json={"inputs": split.x_test.tolist(), "seed": 0}).json()
+        assert scales["rows"] == len(split.x_test) and scales["samples"] == answer["samples"] and scales["seed"] == 0
+        if name == "diabetes":
+            columns = {"std": np.array(answer["std"]), "epistemic_std": np.sqrt(answer["epistemic_variance"])}
+        else:
+            columns = {stat: np.array(answer[stat])[:, None] for stat in ("entropy", "mutual_information", "variation_ratio")}
+        for stat, values in columns.items():
+            np.testing.assert_allclose(scales["statistics"][stat], np.percentile(values, range(101), axis=0).T,
+                                       rtol=1e-9, atol=1e-300, err_msg=f"{name} {stat}")
 
 
 def test_no_request_leaves_127_0_0_1(browser: WebDriver, server: Server) -> None:

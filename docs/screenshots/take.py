@@ -1,5 +1,13 @@
-"""Retake the README's screenshots: ``python docs/screenshots/take.py http://127.0.0.1:8000`` against a
-server of the shipped models (needs chromium, chromium-driver and selenium, as the browser tests do)."""
+"""Retake the README's screenshots (1280x800) against a running server; needs chromium, chromium-driver and
+selenium, as the browser tests do. The pictures show digits and diabetes calibrated (copies; models/ is
+left as it is)::
+
+    mkdir /tmp/shots && cp -r models/* /tmp/shots/
+    mcdropout calibrate /tmp/shots/digits --validation-rows
+    mcdropout calibrate /tmp/shots/diabetes --validation-rows
+    MCD_MODELS_DIR=/tmp/shots mcdropout serve --port 8000 &
+    python docs/screenshots/take.py http://127.0.0.1:8000
+"""
 
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ def main(base: str) -> None:
         for name in PAGES:
             browser.get(f"{base}/ui/#/models/{name}")
             browser.refresh()
-            WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.CSS_SELECTOR, '#result[data-state="done"]'))
+            WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, '#scales[data-state="done"]'))
             _save(browser, f"model-{name}")
     finally:
         browser.quit()

@@ -56,12 +56,28 @@ async function api(path, body) {
   return { ok: response.ok, status: response.status, body: content };
 }
 
+const HEADLINE = ["accuracy", "ece", "rmse", "nll", "coverage_95", "brier"];
+
 function headlineMetrics(metrics) {
   const mc = (metrics && metrics.mc) || {};
-  const names = ["accuracy", "ece", "rmse", "nll", "coverage_95", "brier"];
-  const shown = names.filter((n) => typeof mc[n] === "number").map((n) => `${n} ${fmt(mc[n])}`);
+  const shown = HEADLINE.filter((n) => typeof mc[n] === "number").map((n) => `${n} ${fmt(mc[n])}`);
   if (metrics && metrics.test_rows) shown.push(`${metrics.test_rows} test rows`);
   return shown;
+}
+
+// The held-out metrics before calibration, which `mcdropout train` records beside the calibrated ones.
+function uncalibratedMetrics(metrics) {
+  const mc = (metrics && metrics.uncalibrated && metrics.uncalibrated.mc) || {};
+  return HEADLINE.filter((n) => typeof mc[n] === "number").map((n) => `${n} ${fmt(mc[n])}`);
+}
+
+function calibrationText(calibration) {
+  if (!calibration) return "uncalibrated";
+  return `${calibration.methods.join(", ")} · ${calibration.rows} rows`;
+}
+
+function calibrated(info, method) {
+  return Boolean(info.calibration && info.calibration.methods.includes(method));
 }
 
 function modelKind(info) {
@@ -86,7 +102,7 @@ async function listPage() {
   view.replaceChildren(el("h1", { text: "Models" }));
   if (!answer.ok) { view.append(el("p", { id: "error", text: answer.body.error })); return; }
   const table = el("table", { class: "models", id: "model-list" });
-  table.append(el("tr", {}, ...["name", "version", "task", "description", "held-out metrics (MC)", "status"]
+  table.append(el("tr", {}, ...["name", "version", "task", "description", "held-out metrics (MC)", "calibration", "status"]
     .map((h) => el("th", { text: h }))));
   for (const m of answer.body.models) {
     const row = el("tr", { "data-model": m.name });
@@ -95,8 +111,10 @@ async function listPage() {
     const metrics = el("td", {}, ...headlineMetrics(m.metrics).map((t) => el("span", { class: "metric", text: t })));
     const status = m.status === "ready" ? el("td", { class: "status-ready", text: "ready" })
       : el("td", {}, el("span", { class: "status-failed", text: "failed" }), el("br"), el("span", { text: m.error || "" }));
+    const calibration = m.status === "ready" ? el("td", { class: m.calibration ? "calibration" : "calibration muted",
+      text: calibrationText(m.calibration), title: m.calibration ? m.calibration.source : "the raw MC numbers" }) : el("td");
     row.append(el("td", {}, name), el("td", { text: m.version || "" }), el("td", { text: m.task || "" }),
-      el("td", { text: m.description || "" }), metrics, status);
+      el("td", { text: m.description || "" }), metrics, calibration, status);
     table.append(row);
   }
   view.append(table);
@@ -117,6 +135,7 @@ async function modelPage(name) {
   const example = exampleAnswer.ok ? exampleAnswer.body : { inputs: null, source: "none" };
   const page = new ModelPage(info, example);
   view.append(page.render());
+  page.loadScales();  // computed once per loaded model by the server; drawn when they come
   await page.predict();
 }
 
@@ -130,12 +149,21 @@ class ModelPage {
 
   render() {
     const info = this.info;
+    const metrics = (texts) => texts.map((t) => el("span", { class: "metric", text: t }));
+    const before = uncalibratedMetrics(info.metrics);
+    const calibration = info.calibration
+      ? `calibrated: ${info.calibration.methods.join(", ")}, on ${info.calibration.source}`
+      : "uncalibrated: the raw MC numbers (mcdropout calibrate fits a calibration)";
     const head = el("div", { class: "panel" },
       el("h1", { text: `${info.name} ` }, el("span", { class: "muted", text: `v${info.version} · ${info.task}` })),
       el("div", { text: info.description || "" }),
-      el("div", { class: "muted" }, ...headlineMetrics(info.metrics).map((t) => el("span", { class: "metric", text: t }))));
+      el("div", { id: "held-out-metrics" }, el("span", { class: "muted", text: "held-out metrics (MC): " }),
+        ...metrics(headlineMetrics(info.metrics))),
+      before.length ? el("div", { class: "muted" }, "before calibration: ", ...metrics(before)) : "",
+      el("div", { id: "calibration", class: info.calibration ? "" : "muted", text: calibration }));
     const left = el("div", {}, this.renderControls(), this.renderInput());
     this.result = el("div", { id: "result" });
+    this.scalePanel = el("div", { id: "scales", "data-state": "waiting" });  // shown under the answer's numbers
     const right = el("div", {}, el("div", { class: "panel" }, el("h2", { text: "Prediction" }), this.result),
       this.renderCode());
     return el("div", {}, head, el("div", { class: "layout" }, left, right));
@@ -157,7 +185,17 @@ class ModelPage {
     };
     add(`T samples (≤ ${info.max_samples})`, "samples", info.default_samples);
     add("seed", "seed", 0);
-    add("interval level", "interval", 0.95);
+    if (info.task === "regression") add("interval level", "interval", 0.95);
+    const choose = (label, name, options) => {
+      const select = el("select", { id: name }, ...options.map((o) => el("option", { value: o, text: o })));
+      box.append(el("label", {}, label, ...this.field(name, select)));
+    };
+    if (calibrated(info, "conformal")) choose("interval method", "interval_method", ["conformal", "gaussian"]);
+    if (calibrated(info, "conformal_sets")) {
+      add("set level (empty: none)", "set_level", 0.9);
+      choose("set method", "set_method", ["lac", "aps"]);
+    }
+    if (calibrated(info, "selective")) add("max risk (empty: none)", "max_risk", 0.05);
     const go = el("button", { id: "predict", text: "Predict" });
     go.addEventListener("click", () => this.predict());
     box.append(el("label", {}, " ", go));
@@ -181,7 +219,7 @@ class ModelPage {
     } else if (this.kind === "oned") {
       const { min, max, value } = this.sliderRange();
       this.slider = el("input", { type: "range", id: "x", min, max, step: (max - min) / 200, value });
-      this.sliderLabel = el("span", { text: `x = ${fmt(value)}` });
+      this.sliderLabel = el("span", { text: `x = ${fmt(+this.slider.value)}` });  // as the slider's step rounds it
       this.slider.addEventListener("input", () => { this.sliderLabel.textContent = `x = ${fmt(+this.slider.value)}`; });
       this.slider.addEventListener("change", () => this.predict());
       panel.append(el("h2", { text: this.info.feature_names ? this.info.feature_names[0] : "x" }), source,
@@ -198,8 +236,16 @@ class ModelPage {
 
   sliderRange() {
     const centre = this.example.inputs ? this.example.inputs[0] : 0;
-    // The training range is not in the API; ±6 around the mean covers the shipped 1-D model's data and its gap.
-    return { min: centre - 6, max: centre + 6, value: centre };
+    const ranges = this.trainRanges();
+    if (!ranges.length) return { min: centre - 6, max: centre + 6, value: centre };  // ±6 standardised units at most
+    // The recorded training ranges, and 2 beyond on each side, where the epistemic part grows.
+    return { min: Math.min(...ranges.flat()) - 2, max: Math.max(...ranges.flat()) + 2, value: centre };
+  }
+
+  // The x ranges the model was trained on, where the manifest records them ([] otherwise).
+  trainRanges() {
+    const data = (this.info.training && this.info.training.data) || {};
+    return Array.isArray(data.train_ranges) ? data.train_ranges : [];
   }
 
   renderCanvas() {
@@ -264,13 +310,18 @@ class ModelPage {
     }
     body.samples = this.number(this.fields.samples.value, true);
     body.seed = this.number(this.fields.seed.value, true);
-    body.interval = this.number(this.fields.interval.value, false);
+    for (const name of ["interval", "set_level", "max_risk"]) {  // left out when empty (or not offered)
+      if (this.fields[name] && this.fields[name].value.trim() !== "") body[name] = this.number(this.fields[name].value, false);
+    }
+    if (this.fields.interval_method) body.interval_method = this.fields.interval_method.value;
+    if (body.set_level !== undefined) body.set_method = this.fields.set_method.value;
     body.return_samples = true;
     return body;
   }
 
   async predict() {
     const body = this.request();
+    this.asked = body;
     this.showCode(body);
     this.clearErrors();
     this.result.setAttribute("data-state", "waiting");
@@ -285,6 +336,9 @@ class ModelPage {
     if (this.info.task === "classification") this.showClassification(answer.body);
     else if (this.kind === "oned") this.showBand(answer.body);
     else this.showRegression(answer.body, 0);
+    this.result.querySelector(".stats").after(this.scalePanel);
+    this.answer = answer.body;
+    this.showScales();
     const raw = el("details", {}, el("summary", { text: "the answer as JSON (draws left out)" }),
       el("pre", { text: JSON.stringify({ ...answer.body, draws: undefined }, null, 1) }));
     this.result.append(raw);
@@ -316,7 +370,8 @@ class ModelPage {
     outputs.forEach((output, k) => {
       const mean = answer.mean[row][k], lo = answer.interval.lower[row][k], hi = answer.interval.upper[row][k];
       const stats = el("div", { class: "stats" },
-        stat(`${output} mean`, fmt(mean)), stat(`${fmt(100 * answer.interval.level, 0)}% interval`, `${fmt(lo)} … ${fmt(hi)}`),
+        stat(`${output} mean`, fmt(mean)),
+        stat(`${fmt(100 * answer.interval.level, 0)}% interval (${answer.interval.method})`, `${fmt(lo)} … ${fmt(hi)}`, "interval-method"),
         stat("std", fmt(answer.std[row][k])), stat("epistemic std", fmt(Math.sqrt(answer.epistemic_variance[row][k]))),
         stat("aleatoric std", fmt(Math.sqrt(answer.aleatoric_variance[row][k]))));
       const draws = answer.draws ? answer.draws[row].map((d) => d[k]) : [];
@@ -326,21 +381,63 @@ class ModelPage {
 
   showClassification(answer) {
     const k = answer.classes.length || answer.probs[0].length;
-    const maxEntropy = Math.log(k);
-    const reference = (this.info.metrics && this.info.metrics.mc && this.info.metrics.mc.mean_mutual_information);
     const stats = el("div", { class: "stats" },
       stat("predicted", answer.class_name[0]),
-      stat(`entropy (max ln ${k} = ${fmt(maxEntropy)})`, fmt(answer.entropy[0])),
-      stat(reference ? `mutual information (held-out mean ${fmt(reference)})` : "mutual information", fmt(answer.mutual_information[0])),
+      stat(`entropy (max ln ${k} = ${fmt(Math.log(k))})`, fmt(answer.entropy[0])),
+      stat("mutual information", fmt(answer.mutual_information[0])),
       stat("variation ratio", fmt(answer.variation_ratio[0])));
+    if (answer.prediction_set) {
+      stats.append(stat(`prediction set at ${fmt(100 * answer.set_level, 0)}% (${this.asked.set_method})`,
+        `{${answer.prediction_set_names[0].join(", ")}}`, "prediction-set"));
+    }
+    if (answer.abstain) {
+      const risk = `max risk ${fmt(this.asked.max_risk)}`;
+      stats.append(stat(answer.abstain[0] ? `abstain: too uncertain for ${risk}; send to a human` : `answered within ${risk}`,
+        answer.abstain[0] ? "abstain" : "accept", "abstain", answer.abstain[0] ? "abstained" : "accepted"));
+    }
     this.result.append(stats, probabilityStrips(answer));
   }
 
   showBand(answer) {
     const n = answer.mean.length - 1;  // the last row is the slider's x
     const xs = this.request().inputs.slice(0, n).map((r) => r[0]);
-    this.result.append(band(xs, answer, n, +this.slider.value), el("h2", { text: `at x = ${fmt(+this.slider.value)}` }));
+    this.result.append(band(xs, answer, n, +this.slider.value, this.trainRanges()), el("h2", { text: `at x = ${fmt(+this.slider.value)}` }));
     this.showRegression(answer, n);
+  }
+
+  // -- the uncertainty against the model's held-out rows -----------------------------------------
+
+  async loadScales() {
+    const answer = await api(`/ui/scales/${encodeURIComponent(this.info.name)}`);
+    this.scales = answer.ok ? answer.body : { available: false, reason: answer.body.error };
+    this.showScales();
+  }
+
+  showScales() {
+    if (!this.scales || !this.answer) return;
+    const scales = this.scales, answer = this.answer;
+    if (!scales.available) {
+      this.scalePanel.replaceChildren(el("p", { class: "muted", text: `No scale: ${scales.reason}` }));
+      this.scalePanel.setAttribute("data-state", "unavailable");
+      return;
+    }
+    const row = this.kind === "oned" ? answer.mean.length - 1 : 0;  // the 1-D page's own x is its last row
+    const shown = [];
+    if (this.info.task === "classification") {
+      for (const [name, label] of [["entropy", "entropy"], ["mutual_information", "mutual information"],
+        ["variation_ratio", "variation ratio"]]) shown.push([name, label, answer[name][row], scales.statistics[name][0]]);
+    } else {
+      answer.outputs.forEach((output, k) => {
+        const suffix = answer.outputs.length > 1 ? ` of ${output}` : "";
+        shown.push([`std-${k}`, `predictive std${suffix}`, answer.std[row][k], scales.statistics.std[k]]);
+        shown.push([`epistemic_std-${k}`, `epistemic std${suffix}`, Math.sqrt(answer.epistemic_variance[row][k]),
+          scales.statistics.epistemic_std[k]]);
+      });
+    }
+    this.scalePanel.replaceChildren(el("div", { class: "muted", text: `How high for this model? Against ${scales.source}` +
+      ` (T ${scales.samples}, seed ${scales.seed}):` }),
+      ...shown.map(([name, label, value, percentiles]) => scale(name, label, value, percentiles)));
+    this.scalePanel.setAttribute("data-state", "done");
   }
 
   // -- the same request as code ----------------------------------------------------------------
@@ -366,14 +463,29 @@ class ModelPage {
     const imports = body.instances ? "import pandas\n" : "";
     this.python.textContent = `${imports}from mcdropout.client import Client\n\nwith Client(${JSON.stringify(origin)}, api_key=${key}) as client:\n` +
       `    result = client.predict(${JSON.stringify(this.info.name)}, ${inputs},\n` +
-      `                            samples=${JSON.stringify(body.samples)}, seed=${JSON.stringify(body.seed)}, interval=${JSON.stringify(body.interval)})\n` +
-      (this.info.task === "classification" ? "    print(result.probs, result.entropy, result.mutual_information)\n"
-        : "    print(result.mean, result.lower, result.upper)\n");
+      `                            ${keywords(body)})\n` +
+      `    print(${printed(this.info.task, body).join(", ")})\n`;
   }
 }
 
-function stat(label, value) {
-  return el("div", { class: "stat" }, el("b", { text: value }), el("span", { text: label }));
+function printed(task, body) {
+  if (task !== "classification") return ["result.mean", "result.lower", "result.upper"];
+  const names = ["result.probs", "result.entropy", "result.mutual_information"];
+  if (body.set_level !== undefined) names.push("result.prediction_set");
+  if (body.max_risk !== undefined) names.push("result.abstain");
+  return names;
+}
+
+// The request's parameters as the client's keyword arguments (Python literals).
+function keywords(body) {
+  const names = ["samples", "seed", "interval", "interval_method", "set_level", "set_method", "max_risk"];
+  return names.filter((n) => body[n] !== undefined).map((n) => `${n}=${JSON.stringify(body[n])}`).join(", ");
+}
+
+function stat(label, value, id, state) {
+  const node = el("div", { class: state ? `stat ${state}` : "stat" }, el("b", { text: value }), el("span", { text: label }));
+  if (id) node.id = id;
+  return node;
 }
 
 // -- plots (SVG) --------------------------------------------------------------------------------
@@ -388,61 +500,140 @@ function axisX(plot, scale, lo, hi, y, ticks = 5) {
 }
 
 function histogram(draws, mean, lo, hi, std) {
-  const W = 720, H = 260, L = 40, R = 20, T = 20, B = 40;
+  const W = 720, H = 230, L = 40, R = 20, T = 20, B = 40;
   const plot = svg("svg", { id: "histogram", width: W, height: H, viewBox: `0 0 ${W} ${H}` });
   const span = Math.max(...draws, hi) - Math.min(...draws, lo) || 1;
   const min = Math.min(...draws, lo) - 0.05 * span, max = Math.max(...draws, hi) + 0.05 * span;
   const x = (v) => L + (W - L - R) * (v - min) / (max - min);
-  // Bins over the draws' own range, so that their (epistemic) spread shows even when the interval is far wider.
+  const y = (share) => H - B - (H - B - T) * share;  // share of the plot's height
+  plot.append(svg("rect", { x: x(lo), width: x(hi) - x(lo), y: T, height: H - B - T, fill: "#f2a541", opacity: 0.15 }));
+  drawBars(plot, draws, x, y);
+  // The Gaussian predictive density (epistemic + aleatoric), on a height of its own: its peak at 85%.
+  const density = (v) => Math.exp(-0.5 * ((v - mean) / std) ** 2);
+  const curve = Array.from({ length: 121 }, (_, i) => min + (max - min) * i / 120).map((v) => `${x(v)},${y(0.85 * density(v))}`);
+  plot.append(svg("path", { d: "M" + curve.join("L"), fill: "none", stroke: "#d9822b", "stroke-width": 1.5 }));
+  plot.append(svg("line", { x1: x(mean), x2: x(mean), y1: T, y2: H - B, stroke: "#1d2b45", "stroke-width": 2 }));
+  for (const v of [lo, hi]) plot.append(svg("line", { x1: x(v), x2: x(v), y1: T, y2: H - B, stroke: "#d9822b", "stroke-dasharray": "4 3" }));
+  axisX(plot, x, min, max, H - B);
+  plot.append(svg("text", { x: L, y: 12 }, `blue: the ${draws.length} MC draws of the mean (epistemic); orange: predictive density and interval (+ aleatoric)`));
+  const dmin = Math.min(...draws), dmax = Math.max(...draws);
+  if (dmax - dmin > 0.2 * (max - min)) return plot;
+  // The draws span a sliver of the interval: show them close up as well.
+  const zoomH = 130, pad = 0.1 * ((dmax - dmin) || Math.abs(mean) || 1);
+  const zmin = Math.min(dmin, mean) - pad, zmax = Math.max(dmax, mean) + pad;
+  const zoom = svg("svg", { id: "draws-zoom", width: W, height: zoomH, viewBox: `0 0 ${W} ${zoomH}` });
+  const zx = (v) => L + (W - L - R) * (v - zmin) / (zmax - zmin);
+  const zy = (share) => zoomH - B - (zoomH - B - T) * share;
+  drawBars(zoom, draws, zx, zy);
+  zoom.append(svg("line", { x1: zx(mean), x2: zx(mean), y1: T, y2: zoomH - B, stroke: "#1d2b45", "stroke-width": 2 }));
+  axisX(zoom, zx, zmin, zmax, zoomH - B);
+  zoom.append(svg("text", { x: L, y: 12 }, "the MC draws close up (the epistemic part alone)"));
+  return el("div", {}, plot, zoom);
+}
+
+// A histogram of the draws over their own range, its highest bar at 90% of the plot's height.
+function drawBars(plot, draws, x, y) {
   const dmin = Math.min(...draws), dmax = Math.max(...draws), dspan = (dmax - dmin) || 1e-9;
   const bins = Math.max(8, Math.min(30, Math.round(Math.sqrt(draws.length) * 2)));
   const width = dspan / bins;
   const counts = new Array(bins).fill(0);
   for (const d of draws) counts[Math.min(bins - 1, Math.floor((d - dmin) / width))]++;
   const top = Math.max(...counts, 1);
-  const y = (c) => H - B - (H - B - T) * c / top;
-  plot.append(svg("rect", { x: x(lo), width: x(hi) - x(lo), y: T, height: H - B - T, fill: "#f2a541", opacity: 0.15 }));
   counts.forEach((c, i) => plot.append(svg("rect", {
     class: "bar", x: x(dmin + i * width), width: Math.max(1, x(dmin + (i + 1) * width) - x(dmin + i * width) - 1),
-    y: y(c), height: H - B - y(c), fill: "#2f67cf", opacity: 0.8,
+    y: y(0.9 * c / top), height: y(0) - y(0.9 * c / top), fill: "#2f67cf", opacity: 0.8,
   })));
-  // The predictive density (epistemic + aleatoric), on the histogram's count scale.
-  const density = (v) => Math.exp(-0.5 * ((v - mean) / std) ** 2) / (std * Math.sqrt(2 * Math.PI));
-  const scale = draws.length * width;
-  const curve = Array.from({ length: 121 }, (_, i) => min + (max - min) * i / 120)
-    .map((v) => `${x(v)},${Math.max(T, y(scale * density(v)))}`);
-  plot.append(svg("path", { d: "M" + curve.join("L"), fill: "none", stroke: "#d9822b", "stroke-width": 1.5 }));
-  plot.append(svg("line", { x1: x(mean), x2: x(mean), y1: T, y2: H - B, stroke: "#1d2b45", "stroke-width": 2 }));
-  for (const v of [lo, hi]) plot.append(svg("line", { x1: x(v), x2: x(v), y1: T, y2: H - B, stroke: "#d9822b", "stroke-dasharray": "4 3" }));
-  axisX(plot, x, min, max, H - B);
-  plot.append(svg("text", { x: L, y: 12 }, `blue: the ${draws.length} MC draws (epistemic); orange: predictive density and interval (+ aleatoric)`));
-  return plot;
 }
 
 function probabilityStrips(answer) {
   const classes = answer.classes.length ? answer.classes : answer.probs[0].map((_, i) => String(i));
-  const rowH = 26, W = 720, L = 110, R = 60, T = 22;
+  const rowH = 22, W = 720, L = 110, R = 60, T = 22;
   const H = T + rowH * classes.length + 30;
   const plot = svg("svg", { id: "probs", width: W, height: H, viewBox: `0 0 ${W} ${H}` });
   const x = (p) => L + (W - L - R) * p;
-  plot.append(svg("text", { x: L, y: 12 }, "mean probability per class (bar) and each MC sample's probability (dots)"));
+  const inSet = new Set(answer.prediction_set ? answer.prediction_set[0] : []);
+  const legend = answer.prediction_set ? "; green edge: in the prediction set" : "";
+  plot.append(svg("text", { x: L, y: 12 }, `mean probability per class (bar) and each MC sample's probability (dots)${legend}`));
   classes.forEach((name, c) => {
     const y = T + c * rowH;
     const p = answer.probs[0][c];
     const best = c === answer.label[0];
+    const member = inSet.has(c);
     plot.append(svg("text", { x: L - 8, y: y + rowH / 2 + 4, "text-anchor": "end", "font-weight": best ? "bold" : "normal" }, name));
-    plot.append(svg("rect", { class: "prob", "data-class": name, x: L, y: y + 4, width: Math.max(1, x(p) - L), height: rowH - 8, fill: best ? "#2f67cf" : "#a9bfe6" }));
+    if (member) plot.append(svg("rect", { class: "set-mark", x: L - 4, y: y + 2, width: 3, height: rowH - 4, fill: "#1d7a3a" }));
+    plot.append(svg("rect", { class: member ? "prob in-set" : "prob", "data-class": name, x: L, y: y + 4,
+      width: Math.max(1, x(p) - L), height: rowH - 8, fill: best ? "#2f67cf" : "#a9bfe6" }));
     for (const [t, sample] of (answer.draws ? answer.draws[0] : []).entries()) {
       const jitter = ((t * 7919) % 13) / 13 - 0.5;  // deterministic spread so that the dots do not overlap
       plot.append(svg("circle", { cx: x(sample[c]), cy: y + rowH / 2 + jitter * (rowH - 10), r: 2, fill: "#1d2b45", opacity: 0.35 }));
     }
-    plot.append(svg("text", { x: x(1) + 6, y: y + rowH / 2 + 4 }, fmt(p)));
+    plot.append(svg("text", { x: x(1) + 6, y: y + rowH / 2 + 4 }, p < 1e-4 ? "< 0.0001" : fmt(p)));
   });
   axisX(plot, x, 0, 1, T + rowH * classes.length + 4);
   return plot;
 }
 
-function band(xs, answer, n, xValue) {
+// Where `value` sits among the model's held-out rows. The bar is the rows' percentile axis, stretched at
+// the top (sections min-p50, p50-p90, p90-p99, p99-max, then beyond the maximum), so that what is high for
+// this model always has room whatever the statistic's spread; the marker sits at the value's percentile.
+const SECTIONS = [[0, 50, 0.27, "#d8efdc"], [50, 90, 0.27, "#fbf0c9"], [90, 99, 0.2, "#f9d5a7"], [99, 100, 0.12, "#f2a08f"]];
+const BEYOND = 0.14;
+
+// The value's percentile among the rows (0..100, interpolated between whole percentiles; ties: their middle).
+function percentileRank(value, percentiles) {
+  if (value < percentiles[0]) return 0;
+  if (value > percentiles[100]) return 100;
+  const first = percentiles.findIndex((p) => p >= value);
+  let last = first;
+  while (last < 100 && percentiles[last + 1] <= value) last++;
+  if (percentiles[first] === value) return (first + last) / 2;
+  const a = percentiles[first - 1], b = percentiles[first];
+  return first - 1 + (value - a) / (b - a);
+}
+
+function scalePosition(value, percentiles) {
+  const top = percentiles[100];
+  if (value > top) return 1 - BEYOND + BEYOND * Math.min(1, (value - top) / (Math.abs(top) || 1));  // up to twice the max
+  const rank = percentileRank(value, percentiles);
+  let start = 0;
+  for (const [from, to, width] of SECTIONS) {
+    // the section the value falls in (a tie spanning sections counts in the lowest), the rank within it
+    if (value <= percentiles[to]) return start + width * (Math.min(Math.max(rank, from), to) - from) / (to - from);
+    start += width;
+  }
+  return start;
+}
+
+function short(v) {
+  return String(Number(v.toPrecision(2)));
+}
+
+function scale(name, label, value, percentiles) {
+  const W = 720, H = 48, L = 10, R = 10, Y = 20, BAR = 12;
+  const width = W - L - R;
+  const rank = Math.round(percentileRank(value, percentiles));
+  const level = value > percentiles[99] ? "very high: above p99" : value > percentiles[90] ? "high: above p90"
+    : value > percentiles[50] ? "above the median" : "typical: at most the median";
+  const plot = svg("svg", { id: `scale-${name}`, class: "scale", width: W, height: H, viewBox: `0 0 ${W} ${H}`,
+    "data-value": value, "data-rank": rank, "data-level": level });
+  const title = svg("text", { x: L, y: 12 }, `${label}: `);
+  title.append(svg("tspan", { "font-weight": "bold" }, `${fmt(value)} (${level}; ~p${rank} of the held-out rows)`));
+  plot.append(title);
+  let start = 0;
+  for (const [from, to, part, colour] of [...SECTIONS, [100, null, BEYOND, "#e5e7eb"]]) {
+    plot.append(svg("rect", { x: L + width * start, y: Y, width: width * part, height: BAR, fill: colour }));
+    const tick = `${from === 0 ? "min" : from === 100 ? "max" : `p${from}`} ${short(percentiles[from])}`;
+    plot.append(svg("line", { x1: L + width * start, x2: L + width * start, y1: Y, y2: Y + BAR + 4, stroke: "#7d8799" }),
+      svg("text", { x: L + width * start + (from === 0 ? 0 : 2), y: Y + BAR + 13 }, tick));
+    start += part;
+  }
+  const x = L + width * scalePosition(value, percentiles);
+  plot.append(svg("path", { class: "marker", d: `M${x - 6},${Y - 8}L${x + 6},${Y - 8}L${x},${Y}Z`, fill: "#b3261e" }),
+    svg("line", { x1: x, x2: x, y1: Y, y2: Y + BAR, stroke: "#b3261e", "stroke-width": 2 }));
+  return plot;
+}
+
+function band(xs, answer, n, xValue, trainRanges) {
   const W = 720, H = 300, L = 48, R = 20, T = 22, B = 36;
   const plot = svg("svg", { id: "band", width: W, height: H, viewBox: `0 0 ${W} ${H}` });
   const mean = xs.map((_, i) => answer.mean[i][0]);
@@ -455,6 +646,10 @@ function band(xs, answer, n, xValue) {
   const sy = (v) => T + (H - T - B) * (ymax - v) / (ymax - ymin);
   const area = (lo, hi) => "M" + xs.map((v, i) => `${sx(v)},${sy(hi[i])}`).join("L") + "L" +
     xs.map((v, i) => `${sx(v)},${sy(lo[i])}`).reverse().join("L") + "Z";
+  for (const [from, to] of trainRanges) {
+    plot.append(svg("rect", { class: "train-range", x: sx(from), width: sx(to) - sx(from), y: T, height: H - T - B, fill: "#e3e6eb", opacity: 0.6 }),
+      svg("text", { x: (sx(from) + sx(to)) / 2, y: H - B - 6, "text-anchor": "middle", fill: "#6b7485" }, "training data"));
+  }
   plot.append(svg("path", { d: area(lower, upper), fill: "#f2a541", opacity: 0.3 }));
   plot.append(svg("path", { d: area(epiLo, epiHi), fill: "#2f67cf", opacity: 0.45 }));
   plot.append(svg("path", { d: "M" + xs.map((v, i) => `${sx(v)},${sy(mean[i])}`).join("L"), fill: "none", stroke: "#1d2b45", "stroke-width": 2 }));
