@@ -203,8 +203,7 @@ def test_large_bodies_are_decoded_off_the_event_loop(url):
 
 def _connect(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    return sock
+    return socket.create_connection((host, int(port)), timeout=10)
 
 
 def _read_all(sock: socket.socket) -> tuple[bytes, float]:
@@ -224,22 +223,28 @@ def test_a_head_over_the_limit_is_431_and_closed(url):
     assert httpx.get(f"{url}/v2/health/live").status_code == 200
 
 
-@pytest.mark.parametrize("sent, status", [
-    (b"POST /v1/models/diabetes/predict HTTP/1.1\r\nhost: x\r\n", b"408"),  # a head that never ends
-    (b"", b"408"),  # a connection that sends nothing
-    (b"POST /v1/models/diabetes/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-     b"content-length: 1000\r\n\r\n{\"inputs\": ", b"408"),  # a body that stalls
-], ids=["head", "nothing", "body"])
-def test_slow_clients_get_408_and_the_connection_closed(url, sent, status):
-    with _connect(url) as sock:
-        sock.sendall(sent)
-        data, closed_after = _read_all(sock)
-    assert data.split(b" ")[1] == status and b"MCD_REQUEST_READ_TIMEOUT_S" in data
-    assert 0.8 < closed_after < 8  # MCD_REQUEST_READ_TIMEOUT_S=1
+SLOW_CLIENTS = {
+    "a head that never ends": b"POST /v1/models/diabetes/predict HTTP/1.1\r\nhost: x\r\n",
+    "a connection that sends nothing": b"",
+    "a body that stalls": b"POST /v1/models/diabetes/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                          b"content-length: 1000\r\n\r\n{\"inputs\": ",
+    "an idle kept-alive connection": b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n",
+}
 
 
-def test_idle_keep_alive_connections_are_closed(url):
-    with _connect(url) as sock:
-        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n")
-        data, closed_after = _read_all(sock)
-    assert data.startswith(b"HTTP/1.1 200 ") and closed_after < 8  # MCD_KEEP_ALIVE_S=1
+def test_slow_and_idle_clients_are_answered_and_closed(url):
+    """MCD_REQUEST_READ_TIMEOUT_S=1 and MCD_KEEP_ALIVE_S=1: each connection is closed within seconds."""
+    socks = {case: _connect(url) for case in SLOW_CLIENTS}
+    try:
+        for case, sent in SLOW_CLIENTS.items():
+            socks[case].sendall(sent)
+        with ThreadPoolExecutor(len(socks)) as pool:
+            ended = dict(zip(socks, pool.map(_read_all, socks.values())))
+    finally:
+        for sock in socks.values():
+            sock.close()
+    for case, (data, closed_after) in ended.items():
+        status = b"200" if case == "an idle kept-alive connection" else b"408"
+        assert data.split(b" ")[1:2] == [status], (case, data)
+        assert status == b"200" or b"MCD_REQUEST_READ_TIMEOUT_S" in data
+        assert 0.8 < closed_after < 8, (case, closed_after)
