@@ -1,6 +1,7 @@
 """Load benchmark: large bodies and slow clients against one server while its health is polled.
 
     .venv/bin/python bench/load.py [--bodies 8] [--body-mb 9.9] [--rounds 2] [--slow 400] [--read-timeout 5]
+                                   [--tree CHECKOUT]
 
 Starts `mcdropout serve` on 127.0.0.1 (a free port; gRPC off) and, against it, at once:
 ``--rounds`` rounds of ``--bodies`` concurrent v1 bodies of ``--body-mb`` MB each (diabetes rows of the
@@ -10,6 +11,7 @@ every 0.5 s: half of them their request head, half their body. A separate proces
 then through the load. The server's resident memory (its own process, and with its decode worker) is
 sampled every 50 ms. Prints health latency p50/p99/max, idle and loaded; RSS at start, peak and after
 the load; how the large bodies and the slow connections were answered. Bounded: under 60 s.
+``--tree`` serves another checkout's code (e.g. an older commit's worktree), for a before/after table.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class Memory(threading.Thread):
 def wrong_body(megabytes: float) -> bytes:
     """A v1 body of ~``megabytes`` MB: 1000 diabetes rows, each with many more values than its 10 features."""
     rng = np.random.default_rng(0)
-    per_row = int(megabytes * 1e6 / 1000 / 11)  # "0.1234567, " is 11 bytes
+    per_row = int(megabytes * 1e6 / 1000 / 10)  # "0.1234567," is 10 bytes
     rows = ",".join("[" + ",".join(f"{v:.7f}" for v in rng.random(per_row)) + "]" for _ in range(1000))
     return b'{"inputs": [' + rows.encode() + b"]}"
 
@@ -154,13 +156,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--slow", type=int, default=400)
     parser.add_argument("--read-timeout", type=float, default=5.0, help="MCD_REQUEST_READ_TIMEOUT_S of the server")
+    parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose server runs (default: this one)")
     args = parser.parse_args()
+    tree = args.tree.resolve()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: the server is stopped too (finally)
     began = time.perf_counter()
     port = free_port()
-    env = {**os.environ, "MCD_MODELS_DIR": str(ROOT / "models"), "MCD_PORT": str(port), "MCD_GRPC_PORT": "0",
-           "MCD_RELOAD": "false", "MCD_LOG_LEVEL": "warning", "MCD_REQUEST_READ_TIMEOUT_S": str(args.read_timeout)}
-    server = subprocess.Popen([sys.executable, "-m", "mcdropout.cli", "serve"], cwd=ROOT, env=env)
+    env = {**os.environ, "MCD_MODELS_DIR": str(tree / "models"), "MCD_PORT": str(port), "MCD_GRPC_PORT": "0",
+           "MCD_RELOAD": "false", "MCD_LOG_LEVEL": "warning", "MCD_REQUEST_READ_TIMEOUT_S": str(args.read_timeout),
+           "PYTHONPATH": str(tree)}
+    server = subprocess.Popen([sys.executable, "-m", "mcdropout.cli", "serve"], cwd=tree, env=env)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -212,8 +217,8 @@ def main() -> None:
     peak_own = max(own for _, own, _ in memory.samples)
     peak_tree = max(tree for _, _, tree in memory.samples)
     mb = 1 / 2**20
-    print(f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}; server: mcdropout serve,"
-          f" MCD_REQUEST_READ_TIMEOUT_S={args.read_timeout:g}")
+    print(f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}; server: mcdropout serve"
+          f" from {tree}, MCD_REQUEST_READ_TIMEOUT_S={args.read_timeout:g}")
     print(f"load: {args.rounds} x {args.bodies} concurrent bodies of {len(body) / 1e6:.1f} MB (wrong-shaped rows),"
           f" {args.slow} slow connections (a byte every 0.5 s: {args.slow // 2 + args.slow % 2} heads,"
           f" {args.slow // 2} bodies); health polled every 10 ms from another process\n")
