@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     _default_logging()
     state = ServiceState(settings)
-    decoder = Decoder(INLINE_BODY_BYTES)
+    decoder = Decoder(INLINE_BODY_BYTES, settings.decode_worker_idle_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

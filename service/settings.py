@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         1_000_000, ge=1, description="largest return_samples answer, in values: rows x samples (the server's"
         " maximum for 'auto') x outputs; past it: 422 before any work"
     )
+    decode_worker_idle_s: float = Field(
+        60.0, gt=0, description="seconds the body decode worker (large bodies are parsed there) stays up without a"
+        " large body; then it exits and gives its memory back, and the next large body starts another"
+    )
     max_header_bytes: int = Field(
         16_384, ge=1024, description="largest request head (request line and headers; `mcdropout serve`); past it:"
         " 431 and the connection closed"

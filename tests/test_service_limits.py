@@ -5,6 +5,8 @@ left or whose deadline passed dropped before it runs, one compute lane per model
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import runpy
 import socket
@@ -13,12 +15,14 @@ import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
 import mcdropout as mcd
+from service.decoding import Decoder
 
 from .conftest import MODELS, run_server
 
@@ -248,3 +252,31 @@ def test_slow_and_idle_clients_are_answered_and_closed(url):
         assert data.split(b" ")[1:2] == [status], (case, data)
         assert status == b"200" or b"MCD_REQUEST_READ_TIMEOUT_S" in data
         assert 0.8 < closed_after < 8, (case, closed_after)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_the_decode_worker_exits_when_idle():
+    """Its memory goes back after MCD_DECODE_WORKER_IDLE_S without a large body; the next one starts another."""
+
+    async def scenario() -> tuple[int, int]:
+        decoder = Decoder(threshold=0, idle_s=0.3)
+        try:
+            first = await decoder.run(1, os.getpid)
+            assert first != os.getpid() and _alive(first)
+            deadline = time.monotonic() + 20
+            while _alive(first) or decoder.running:
+                assert time.monotonic() < deadline, "the idle worker did not exit"
+                await asyncio.sleep(0.05)
+            return first, await decoder.run(1, os.getpid)
+        finally:
+            decoder.close()
+
+    first, second = asyncio.run(scenario())
+    assert second not in (first, os.getpid())
