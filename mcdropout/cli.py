@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -195,7 +196,7 @@ def _check_samples(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
+    import importlib.util
 
     try:
         import uvicorn
@@ -213,10 +214,27 @@ def _serve(args: argparse.Namespace) -> int:
     level = os.environ.get("MCD_LOG_LEVEL", "info").lower()
     logging = log_config(level, os.environ.get("MCD_LOG_FORMAT", "text").lower())
     pin_mmap_threshold()
-    # The app is named by import string, so the library itself never imports the service.
+    # The app and the protocol are named by import string, so the library itself never imports the service.
+    # Under httptools the service's protocol bounds each request head (size and time); under h11, uvicorn's
+    # h11_max_incomplete_event_size bounds its size.
+    http = "service.protocol:BoundedHttpTools" if importlib.util.find_spec("httptools") else "h11"
     uvicorn.run("service.app:app", host=host, port=port, log_level=level, log_config=logging,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, http=http,
+                h11_max_incomplete_event_size=_number_setting("MCD_MAX_HEADER_BYTES", 16_384, int),
+                timeout_keep_alive=_number_setting("MCD_KEEP_ALIVE_S", 5.0, float))
     return 0
+
+
+def _number_setting(variable: str, default: float, kind: type) -> float:
+    """A numeric MCD_* setting that uvicorn takes, read before the app (whose Settings check the rest)."""
+    text = os.environ.get(variable)
+    try:
+        value = default if text is None else kind(text)
+    except ValueError:
+        raise UsageError(f"{variable}: expected a positive number, got {text!r}") from None
+    if value <= 0:
+        raise UsageError(f"{variable}: expected a positive number, got {text!r}")
+    return value
 
 
 def _recipe_names() -> list[str]:
@@ -288,8 +306,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    import os
-
     from mcdropout.scoring import Job, score
 
     pin_mmap_threshold()

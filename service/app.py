@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import inspect
@@ -17,14 +18,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 import mcdropout
 from mcdropout.bundle import Bundle, Manifest
 from mcdropout.answer import OPTION_NAMES, OptionError, RegressionResult, parse_options, statistics
 from service import docs, ui, v2
 from service.batcher import Answer
-from service.inputs import ApiError, instances_array, rows_array, samples_value
-from service.middleware import BodyLimit, HeadAsGet, RequestCounter
+from service.decoding import Decoder, decode_v1, decode_v2
+from service.inputs import ApiError, InputSpec, validation_problem
+from service.middleware import BodyLimit, HeadAsGet, ReadDeadline, RequestCounter
 from service.repository import parse_version
 from service.schemas import (
     ClassificationResponse,
@@ -56,10 +59,15 @@ class FastJSON(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+# Bodies up to this size are parsed on the event loop (a few ms); larger ones in the decode worker.
+INLINE_BODY_BYTES = 65_536
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     _default_logging()
     state = ServiceState(settings)
+    decoder = Decoder(INLINE_BODY_BYTES, settings.decode_worker_idle_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -80,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if grpc_server is not None:
             await grpc_server.stop(grace=10)  # calls in flight finish
         await state.close()
+        decoder.close()
 
     app = FastAPI(
         **_telemetry_option(settings.otel),
@@ -116,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Each add_middleware wraps what was added before: the counter runs inside the body limit.
     app.add_middleware(RequestCounter, metrics=state.metrics, known=state.models)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout_s)
     app.add_middleware(HeadAsGet)
     if settings.cors_origins:  # outermost, so that a browser's preflight is answered before any limit
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
@@ -173,30 +183,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="MC dropout prediction: mean, variance, interval / probabilities, entropy, mutual information",
     )
     async def predict(request: Request) -> Response:
-        name = request.path_params["name"]
         # The body is validated straight from bytes by pydantic's JSON parser, not through FastAPI's
         # body parameter (json.loads, then validation): less of the event loop's time per request.
-        try:
-            body = PredictRequest.model_validate_json(await request.body())
-        except ValidationError as problem:
-            raise RequestValidationError(problem.errors()) from None
-        bundle = state.bundle(name, request.query_params.get("version"))
+        raw = await request.body()
+        bundle = state.bundle(request.path_params["name"], request.query_params.get("version"))
         manifest = bundle.manifest
-        if (body.inputs is None) == (body.instances is None):
-            raise ApiError(422, "give exactly one of 'inputs' (lists of values) or 'instances' ({feature: value})",
-                           "inputs")
-        if body.inputs is not None:
-            rows = rows_array(body.inputs, manifest, settings.max_rows)
-        else:
-            rows = instances_array(body.instances, manifest, settings.max_rows)
-        samples = samples_value(body.samples, manifest, settings.max_samples)
+        decoded = await decoder.run(len(raw), decode_v1, raw, InputSpec.of(manifest), settings.max_rows,
+                                    settings.max_samples)
+        body, samples = decoded.request, decoded.samples
         seed = settings.default_seed if body.seed is None else body.seed
         asked = {name: getattr(body, name) for name in OPTION_NAMES if getattr(body, name) is not None}
         try:
             options = parse_options(asked, manifest, body.interval)
         except OptionError as error:
             raise ApiError(422, str(error), error.field) from None
-        answer = await state.predict(bundle, rows, samples, seed, body.interval, body.return_samples, options)
+        async with _watching(request) as gone:
+            answer = await state.predict(bundle, decoded.rows, samples, seed, body.interval, body.return_samples,
+                                         options, gone)
         return FastJSON(_v1_body(manifest, answer, samples, seed, state.version_of(bundle)))
 
     # -- Open Inference Protocol --------------------------------------------------------------
@@ -246,7 +249,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="inference; parameters carry samples, seed and interval; binary tensor data supported",
     )
     async def infer(request: Request) -> Response:
-        return await _v2_infer(state, request)
+        return await _v2_infer(state, decoder, request)
 
     app.add_api_route(
         "/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"], dependencies=guarded,
@@ -350,20 +353,38 @@ def _v2_ready(state: ServiceState, name: str, version: str | None) -> Response:
     return FastJSON({"name": name, "ready": True})
 
 
-async def _v2_infer(state: ServiceState, request: Request) -> Response:
+async def _v2_infer(state: ServiceState, decoder: Decoder, request: Request) -> Response:
     settings = state.settings
     body = await request.body()
-    # The model is looked up after the body is read: no wait between the look-up and the queue, so a
-    # version swapped meanwhile is never asked for work after its batcher was told to finish.
+    # The model is looked up after the body is read; a version swapped while a large body is decoded
+    # is answered 503 (retry) by ServiceState.predict.
     bundle = state.bundle(request.path_params["name"], _v2_version(request.path_params.get("version")))
-    infer_request, binary = v2.parse_request(body, request.headers.get(v2.HEADER))
-    rows = v2.input_array(infer_request, binary, bundle.manifest, settings.max_rows)
+    decoded = await decoder.run(len(body), decode_v2, body, request.headers.get(v2.HEADER),
+                                InputSpec.of(bundle.manifest), settings.max_rows)
+    infer_request = decoded.request
     params = v2.parameters(infer_request, bundle.manifest, settings.default_seed, settings.max_samples)
-    answer = await state.predict(bundle, rows, params["samples"], params["seed"], params["interval"], False,
-                                 params["options"])
+    async with _watching(request) as gone:
+        answer = await state.predict(bundle, decoded.rows, params["samples"], params["seed"], params["interval"],
+                                     False, params["options"], gone)
     content, headers = v2.response(infer_request, bundle.manifest, answer.result, params,
                                    str(state.version_of(bundle)))
     return Response(content, headers=headers)
+
+
+@asynccontextmanager
+async def _watching(request: Request):
+    """A task that ends when the client disconnects (ASGI's http.disconnect, once the body is read), so
+    that a request whose client went away is dropped before its work runs."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        yield watcher
+    finally:
+        watcher.cancel()
 
 
 def _v1_body(manifest: Manifest, answer: Answer, samples: int | str, seed: int, model_version: int = 1) -> dict:
@@ -417,15 +438,13 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
-        first = error.errors()[0]
-        location = [str(part) for part in first["loc"] if part != "body"]
-        field = ".".join(location) or "body"
-        message = first["msg"]
-        if first["type"] == "json_invalid":
-            return _error_response(request, 400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}")
-        if first["type"] == "extra_forbidden":
-            message = "unknown field"
-        return _error_response(request, 422, f"{field}: {message}", field)
+        problem = validation_problem(list(error.errors()))
+        return _error_response(request, problem.status, problem.message, problem.field)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect) -> Response:
+        # the client left while its body was being read: nobody reads this; counted as 499, not logged as an error
+        return Response(status_code=499)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:

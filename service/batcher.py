@@ -12,12 +12,15 @@ off the event loop; it also turns each run into plain numpy results once
 (:func:`mcdropout.results.from_prediction`) and gives each request its rows,
 so the event loop converts nothing per request. The queue is bounded: past
 ``max_queue`` waiting requests, ``submit`` raises :class:`Overloaded` (the
-app answers 503 with Retry-After).
+app answers 503 with Retry-After). A request whose deadline passed or whose
+client went away is left out of every run that has not started (and counted
+through ``dropped``): its rows are never computed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +41,10 @@ class DeadlineExceeded(Exception):
     """The request's deadline passed before its answer was ready."""
 
 
+class ClientGone(Exception):
+    """The request's client went away before its answer was ready."""
+
+
 @dataclass(eq=False)
 class Job:
     inputs: np.ndarray
@@ -49,6 +56,7 @@ class Job:
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
     abandoned: bool = False
+    reason: str = ""  # why it was abandoned: "deadline" or "disconnected"
     options: Options | None = None  # calibrated answers asked for (sets, abstention, conformal intervals)
 
 
@@ -84,7 +92,7 @@ class BatchStats:
 class Batcher:
     def __init__(self, bundle: Bundle, executor: Executor, *, enabled: bool, max_batch_rows: int,
                  max_delay_ms: float, max_queue: int, observe: Callable[[BatchStats], None] | None = None,
-                 max_samples: int | None = None) -> None:
+                 max_samples: int | None = None, dropped: Callable[[str], None] | None = None) -> None:
         self.bundle = bundle
         # samples="auto" stops here: the bundle's maximum, or the server's (MCD_MAX_SAMPLES) when lower
         self.max_samples = min(bundle.manifest.max_samples, max_samples or bundle.manifest.max_samples)
@@ -94,6 +102,7 @@ class Batcher:
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue = max_queue
         self.observe = observe
+        self.dropped = dropped  # called with the reason of each abandoned request left out of a run
         self.queue: deque[Job] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -114,7 +123,9 @@ class Batcher:
             await self._task
 
     async def submit(self, inputs: np.ndarray, *, samples: int | str, seed: int, level: float = 0.95,
-                     return_samples: bool = False, timeout: float, options: Options | None = None) -> Answer:
+                     return_samples: bool = False, timeout: float, options: Options | None = None,
+                     gone: asyncio.Future | None = None) -> Answer:
+        """The answer for ``inputs``; ``gone``: a future that completes when the client went away."""
         if self._closing:
             raise Overloaded("the server is shutting down")
         if len(self.queue) >= self.max_queue:
@@ -127,10 +138,19 @@ class Batcher:
         self._wakeup.set()
         # A timer that fails the future, not asyncio.wait_for: that wraps each request in a task of its own.
         deadline = loop.call_later(timeout, _expire, job, timeout)
+        leave = functools.partial(_leave, job)
+        if gone is not None:
+            gone.add_done_callback(leave)
         try:
             return await job.future
+        except asyncio.CancelledError:  # the caller was cancelled (a gRPC call whose client went away)
+            if not job.abandoned:
+                job.abandoned, job.reason = True, "disconnected"
+            raise
         finally:
             deadline.cancel()
+            if gone is not None:
+                gone.remove_done_callback(leave)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -176,7 +196,7 @@ class Batcher:
         while self.queue:
             job = self.queue[0]
             if job.abandoned:
-                self.queue.popleft()
+                self._drop(self.queue.popleft())
                 continue
             if batch and (not self.enabled or cost + job.cost > self.max_batch_rows):
                 break
@@ -194,6 +214,9 @@ class Batcher:
         work = list(groups.items())
         while work:
             (samples, seed), jobs = work.pop(0)
+            for job in jobs:
+                if job.abandoned:
+                    self._drop(job)
             jobs = [job for job in jobs if not job.abandoned]
             if not jobs:
                 continue
@@ -255,11 +278,25 @@ class Batcher:
             ))
         return stats
 
+    def _drop(self, job: Job) -> None:
+        if self.dropped is not None:
+            self.dropped(job.reason)
+
+
+def _abandon(job: Job, reason: str, error: BaseException) -> None:
+    """Answer ``job`` with ``error`` and mark it, so that no run that has not started computes it."""
+    if job.future.done():
+        return
+    job.abandoned, job.reason = True, reason
+    job.future.set_exception(error)
+
 
 def _expire(job: Job, timeout: float) -> None:
-    if not job.future.done():
-        job.abandoned = True  # the batcher skips it if it has not started
-        job.future.set_exception(DeadlineExceeded(f"no answer within {timeout:g} s"))
+    _abandon(job, "deadline", DeadlineExceeded(f"no answer within {timeout:g} s"))
+
+
+def _leave(job: Job, _gone: asyncio.Future) -> None:
+    _abandon(job, "disconnected", ClientGone("the client closed the connection"))
 
 
 def _resolve(futures: list[asyncio.Future], answers: list[Answer]) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from mcdropout.bundle import Manifest
+if TYPE_CHECKING:  # imported for types only: the decode worker (service/decoding.py) runs without torch
+    from mcdropout.bundle import Manifest
 
 
 class ApiError(Exception):
@@ -22,12 +24,48 @@ class ApiError(Exception):
         self.field = field
         self.headers = headers
 
+    def __reduce__(self) -> tuple:  # raised in the decode worker, re-raised here
+        return ApiError, (self.status, self.message, self.field, self.headers)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What decoding a request needs to know of a model: a Manifest's input fields, without torch."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    feature_names: tuple[str, ...] | None
+    samples: int  # the model's default T
+    max_samples: int
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> InputSpec:
+        names = manifest.feature_names
+        return cls(manifest.name, tuple(manifest.input_shape), None if names is None else tuple(names),
+                   manifest.samples, manifest.max_samples)
+
+
+Inputs = Union["Manifest", InputSpec]
+
+
+def validation_problem(errors: list[dict[str, Any]]) -> ApiError:
+    """The answer to a body that failed pydantic's validation: 400 for bad JSON, else 422 naming the field."""
+    first = errors[0]
+    location = [str(part) for part in first["loc"] if part != "body"]
+    field = ".".join(location) or "body"
+    message = first["msg"]
+    if first["type"] == "json_invalid":
+        return ApiError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    return ApiError(422, f"{field}: {message}", field)
+
 
 def invalid(message: str, field: str | None) -> ApiError:
     return ApiError(422, f"{field}: {message}" if field else message, field)
 
 
-def rows_array(rows: Any, manifest: Manifest, max_rows: int, field: str = "inputs") -> np.ndarray:
+def rows_array(rows: Any, manifest: Inputs, max_rows: int, field: str = "inputs") -> np.ndarray:
     """A list of rows -> float32 array (rows, *input_shape)."""
     if not isinstance(rows, list):
         raise invalid(f"expected a list of rows, got {type(rows).__name__}", field)
@@ -47,7 +85,7 @@ def rows_array(rows: Any, manifest: Manifest, max_rows: int, field: str = "input
     return array.astype(np.float32)
 
 
-def instances_array(instances: list[dict[str, Any]], manifest: Manifest, max_rows: int) -> np.ndarray:
+def instances_array(instances: list[dict[str, Any]], manifest: Inputs, max_rows: int) -> np.ndarray:
     """Tabular rows as {feature: value} -> float32 array in the manifest's feature order."""
     field = "instances"
     names = manifest.feature_names
@@ -72,7 +110,7 @@ def instances_array(instances: list[dict[str, Any]], manifest: Manifest, max_row
     return array.astype(np.float32)
 
 
-def samples_value(samples: int | str | None, manifest: Manifest, limit: int) -> int | str:
+def samples_value(samples: int | str | None, manifest: Inputs, limit: int) -> int | str:
     if samples is None:
         return manifest.samples
     if samples == "auto":

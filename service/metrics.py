@@ -41,6 +41,9 @@ class ServiceMetrics:
             " (classification); a shift shows inputs drifting from the training data",
             ["model", "kind"], buckets=_UNCERTAINTY_BUCKETS, registry=r,
         )
+        self.dropped = Counter("mcdropout_dropped_requests", "requests left out of every engine run before it"
+                               " started, by reason: deadline (answered 504) or disconnected (the client went away)",
+                               ["model", "reason"], registry=r)
         self.abstentions = Counter("mcdropout_abstentions", "rows answered with abstain: true (sent to a human)",
                                    ["model"], registry=r)
         self.set_size = Histogram("mcdropout_prediction_set_size", "classes in each conformal prediction set served",

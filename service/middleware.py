@@ -1,7 +1,9 @@
-"""Pure ASGI middleware: HEAD as GET, the request-body limit and the request counter (no per-request task overhead)."""
+"""Pure ASGI middleware: HEAD as GET, the body's read deadline, the request-body limit and the request counter
+(no per-request task overhead)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Container
 from typing import Any
 
@@ -71,10 +73,71 @@ class BodyLimit:
                 await self._reject(scope, send)
 
     async def _reject(self, scope, send) -> None:
-        body = orjson.dumps({"error": f"request body over the limit of {self.limit} bytes (MCD_MAX_BODY_BYTES)"})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 413, f"request body over the limit of {self.limit} bytes (MCD_MAX_BODY_BYTES)")
+
+
+class _TooSlow(Exception):
+    pass
+
+
+class ReadDeadline:
+    """Give a client ``seconds`` from its request's head to the last byte of its body; past it, answer 408
+    and close the connection, so a client that trickles (or stalls) its body does not hold it open."""
+
+    def __init__(self, app, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not _has_body(scope):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        reading = True
+        started = False
+
+        async def timed_receive():
+            nonlocal reading
+            if not reading:  # after the body: waiting for a disconnect is not timed
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise _TooSlow from None
+            reading = message["type"] == "http.request" and message.get("more_body", False)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, tracking_send)
+        except _TooSlow:
+            if not started:
+                await _answer(send, 408, f"the request body did not arrive within {self.seconds:g} s"
+                                         " (MCD_REQUEST_READ_TIMEOUT_S)", close=True)
+
+
+def _has_body(scope) -> bool:
+    """Whether the request announces a body (Content-Length above 0, or chunked)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length":
+            return value not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+async def _answer(send, status: int, message: str, close: bool = False) -> None:
+    body = orjson.dumps({"error": message})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestCounter:

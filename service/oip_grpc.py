@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import math
 from typing import Any
 
 import grpc
@@ -104,7 +105,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
         state, settings = self.state, self.state.settings
         bundle = state.bundle(request.model_name, request.model_version or None)
-        infer_request, binary = _decode(request)
+        infer_request, binary = _decode(request, settings.max_rows * math.prod(bundle.manifest.input_shape))
         rows = v2.input_array(infer_request, binary, bundle.manifest, settings.max_rows)
         params = v2.parameters(infer_request, bundle.manifest, settings.default_seed, settings.max_samples)
         answer = await state.predict(bundle, rows, params["samples"], params["seed"], params["interval"], False)
@@ -141,8 +142,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
-def _decode(request: pb.ModelInferRequest) -> tuple[V2InferRequest, bytes]:
-    """The REST form of a gRPC infer request: its JSON-like body and its raw tensor bytes."""
+def _decode(request: pb.ModelInferRequest, limit: int) -> tuple[V2InferRequest, bytes]:
+    """The REST form of a gRPC infer request: its JSON-like body and its raw tensor bytes. Typed contents of
+    more than ``limit`` values are refused before they become Python numbers (on the event loop)."""
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise v2.error(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} input(s)")
@@ -153,7 +155,11 @@ def _decode(request: pb.ModelInferRequest) -> tuple[V2InferRequest, bytes]:
         if raw:
             entry["parameters"]["binary_data_size"] = len(raw[i])
         elif tensor.datatype in CONTENTS:
-            entry["data"] = list(getattr(tensor.contents, CONTENTS[tensor.datatype]))
+            values = getattr(tensor.contents, CONTENTS[tensor.datatype])
+            if len(values) > limit:
+                raise v2.error(f"input {tensor.name!r}: {len(values)} values in contents is over the limit of {limit}"
+                               " (MCD_MAX_ROWS rows of the model's input shape)")
+            entry["data"] = list(values)
         inputs.append(entry)
     body = {"id": request.id or None, "parameters": _parameters(request.parameters), "inputs": inputs,
             "outputs": [{"name": o.name, "parameters": _parameters(o.parameters)} for o in request.outputs] or None}

@@ -61,6 +61,24 @@ class Settings(BaseSettings):
     max_samples: int = Field(1000, ge=2, description="largest T a request may ask for")
     default_seed: int = Field(0, ge=0, description="seed of requests that give none: same input, same answer")
     max_body_bytes: int = Field(10_000_000, ge=1, description="largest request body; past it: 413")
+    max_returned_values: int = Field(
+        1_000_000, ge=1, description="largest return_samples answer, in values: rows x samples (the server's"
+        " maximum for 'auto') x outputs; past it: 422 before any work"
+    )
+    decode_worker_idle_s: float = Field(
+        60.0, gt=0, description="seconds the body decode worker (large bodies are parsed there) stays up without a"
+        " large body; then it exits and gives its memory back, and the next large body starts another"
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=1024, description="largest request head (request line and headers; `mcdropout serve`); past it:"
+        " 431 and the connection closed"
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open"
+                                " (`mcdropout serve`)")
+    request_read_timeout_s: float = Field(
+        15.0, gt=0, description="seconds a client has to send its request head (`mcdropout serve`), and again"
+        " its body once the head is in; past it: 408 and the connection closed"
+    )
     otel: bool = Field(
         False, description="FastAPI's native OpenTelemetry (traces, metrics and logs through the global"
         " providers); off by default, since it looks the providers up on every request"

@@ -21,7 +21,7 @@ import torch
 
 from mcdropout.answer import Options
 from mcdropout.bundle import Bundle, load_bundle
-from service.batcher import Answer, Batcher, DeadlineExceeded, Overloaded
+from service.batcher import Answer, Batcher, ClientGone, DeadlineExceeded, Overloaded
 from service.inputs import ApiError
 from service.metrics import ServiceMetrics
 from service.repository import Listing, Version, model_names, parse_version, scan
@@ -37,6 +37,7 @@ class Served:
     version: Version
     bundle: Bundle
     batcher: Batcher
+    width: int  # values per row and sample of its return_samples: classes, or outputs
 
 
 class ServiceState:
@@ -165,7 +166,7 @@ class ServiceState:
     async def _load(self, version: Version, replacing: Served | None) -> None:
         lane = self._lane(version.name)
         try:
-            bundle = await asyncio.get_running_loop().run_in_executor(lane, self._read, version)
+            bundle, width = await asyncio.get_running_loop().run_in_executor(lane, self._read, version)
         except Exception as error:  # a broken bundle is reported, the others (and the old version) are served
             reason = str(error)
             self.failed.setdefault(version.name, {})[version.version] = (version.stamp, reason)
@@ -177,20 +178,20 @@ class ServiceState:
             return
         self.failed.get(version.name, {}).pop(version.version, None)
         batcher = self._batcher(bundle, lane)
-        self.served.setdefault(version.name, {})[version.version] = Served(version, bundle, batcher)
+        self.served.setdefault(version.name, {})[version.version] = Served(version, bundle, batcher, width)
         if replacing is not None:
             self._retire(replacing)
         log.info("%s model %s", "reloaded" if replacing else "serving", describe(version, bundle))
 
-    def _read(self, version: Version) -> Bundle:
-        """On the model's lane: the bundle, named by its folder."""
+    def _read(self, version: Version) -> tuple[Bundle, int]:
+        """On the model's lane: the bundle, named by its folder, and its output width."""
         bundle = load_bundle(version.path, device=self.settings.device, memory_budget=self.settings.memory_budget,
                              max_params=self.settings.max_model_params, trust_code=self.settings.trust_bundle_code)
         if bundle.manifest.name != version.name:
             log.warning("model %s: the manifest in %s names it %r; served by its folder's name %r",
                         version.name, version.path, bundle.manifest.name, version.name)
             bundle.manifest = dataclasses.replace(bundle.manifest, name=version.name)
-        return bundle
+        return bundle, _output_width(bundle)
 
     def _lane(self, name: str) -> ThreadPoolExecutor:
         """The model's compute lane: one thread that loads and runs its versions (MCD_COMPUTE_LANES)."""
@@ -210,6 +211,7 @@ class ServiceState:
             max_delay_ms=self.settings.max_delay_ms, max_queue=self.settings.max_queue,
             max_samples=self.settings.max_samples,
             observe=lambda stats, name=name: self.metrics.observe_batch(name, stats),
+            dropped=lambda reason, name=name: self.metrics.dropped.labels(name, reason).inc(),
         )
         batcher.start()
         return batcher
@@ -314,21 +316,53 @@ class ServiceState:
         return model_names(Path(self.settings.models_dir))
 
     async def predict(self, bundle: Bundle, inputs: np.ndarray, samples: int | str, seed: int, level: float,
-                      return_samples: bool, options: Options | None = None) -> Answer:
+                      return_samples: bool, options: Options | None = None, gone: asyncio.Future | None = None
+                      ) -> Answer:
+        """``bundle``'s answer for ``inputs``; ``gone``: completes when the client went away (its work is dropped)."""
         served = self.served.get(bundle.name, {}).get(self.version_of(bundle))
         if served is None or served.bundle is not bundle:
             raise ApiError(503, f"model {bundle.name!r} was replaced or unloaded while this request was read;"
                            " retry", None, {"Retry-After": str(self.settings.retry_after_s)})
+        if return_samples:
+            self._check_returned(served, len(inputs), samples)
         try:
             return await served.batcher.submit(inputs, samples=samples, seed=seed, level=level, options=options,
-                                               return_samples=return_samples, timeout=self.settings.request_timeout_s)
+                                               return_samples=return_samples, timeout=self.settings.request_timeout_s,
+                                               gone=gone)
         except Overloaded as error:
             raise ApiError(503, f"overloaded: {error}; retry later", None,
                            {"Retry-After": str(self.settings.retry_after_s)}) from None
         except DeadlineExceeded as error:
             raise ApiError(504, f"deadline exceeded: {error} (MCD_REQUEST_TIMEOUT_S)") from None
+        except ClientGone as error:  # nobody reads this answer; the status shows in the request metrics
+            raise ApiError(499, str(error)) from None
         except ValueError as error:  # the engine refused these inputs
             raise ApiError(422, str(error), "inputs") from None
+
+
+    def _check_returned(self, served: Served, rows: int, samples: int | str) -> None:
+        """Refuse, before any work, a return_samples answer over MCD_MAX_RETURNED_VALUES."""
+        limit = self.settings.max_returned_values
+        per_row = served.batcher.max_samples if samples == "auto" else samples
+        values = rows * per_row * served.width
+        if values > limit:
+            auto = " (the server's maximum for 'auto')" if samples == "auto" else ""
+            raise ApiError(422, f"return_samples: {rows} row(s) x {per_row} samples{auto} x {served.width} output(s)"
+                           f" = {values:,} values is over the limit of {limit:,} (MCD_MAX_RETURNED_VALUES); ask for"
+                           " fewer rows or samples, or leave return_samples off", "return_samples")
+
+
+def _output_width(bundle: Bundle) -> int:
+    """Values per row and sample: the classes, the output names, or (neither named) the outputs of the
+    load's own probe (standardised rows at -1 and +1, T=4), which the bundle answered to be served."""
+    manifest = bundle.manifest
+    names = manifest.class_names or manifest.output_names
+    if names:
+        return len(names)
+    shape = (1, *manifest.input_shape)
+    rows = torch.cat([torch.full(shape, -1.0), torch.full(shape, 1.0)]).to(bundle.predictor.dtype)
+    probe = bundle.predict_model_inputs(rows, samples=4, seed=0)
+    return int(probe.mean.reshape(len(rows), -1).shape[1])
 
 
 def describe(version: Version, bundle: Bundle) -> str:

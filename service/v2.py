@@ -11,16 +11,18 @@ when the request asks for ``binary_data`` (per output) or
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from mcdropout.bundle import Manifest
 from mcdropout.answer import OPTION_NAMES, OptionError, RegressionResult, Result, parse_options, statistics
-from service.inputs import ApiError, finite_rows, has_non_number, shown
+from service.inputs import ApiError, Inputs, finite_rows, has_non_number, shown
 from service.schemas import V2InferRequest
+
+if TYPE_CHECKING:  # for types only: input_array runs in the decode worker, without torch
+    from mcdropout.bundle import Manifest
 
 HEADER = "inference-header-content-length"
 INPUT_NAME = "input"
@@ -95,7 +97,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferReques
         raise error(f"invalid inference request: {where}: {first['msg']}") from None
 
 
-def input_array(request: V2InferRequest, binary: bytes, manifest: Manifest, max_rows: int) -> np.ndarray:
+def input_array(request: V2InferRequest, binary: bytes, manifest: Inputs, max_rows: int) -> np.ndarray:
     if len(request.inputs) != 1:
         raise error(f"model {manifest.name!r} takes one input tensor named {INPUT_NAME!r}, got {len(request.inputs)}")
     tensor = request.inputs[0]

@@ -38,17 +38,20 @@ class Server:
 
 
 @contextmanager
-def run_server(tmp_path: Path, **settings: str) -> Iterator[Server]:
-    """uvicorn service.app:app on a free port with MCD_* settings; stopped (SIGTERM) afterwards."""
+def run_server(tmp_path: Path, cli: bool = False, **settings: str) -> Iterator[Server]:
+    """uvicorn service.app:app (``cli``: ``mcdropout serve``, gRPC off unless set) on a free port with MCD_*
+    settings; stopped (SIGTERM) afterwards."""
     port = free_port()
     env = {**os.environ, "MCD_MODELS_DIR": str(MODELS), **{f"MCD_{k.upper()}": str(v) for k, v in settings.items()}}
+    if cli:
+        command = [sys.executable, "-m", "mcdropout.cli", "serve"]
+        env = {"MCD_GRPC_PORT": "0", **env, "MCD_HOST": "127.0.0.1", "MCD_PORT": str(port)}
+    else:
+        command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port),
+                   "--timeout-graceful-shutdown", "20"]
     log = tmp_path / f"server-{port}.log"
     with open(log, "w") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port),
-             "--timeout-graceful-shutdown", "20"],
-            cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     server = Server(url, process, log)
     try:

@@ -20,8 +20,10 @@ ROWS = np.random.default_rng(4).normal(scale=0.05, size=(3, 10)).astype(np.float
 
 CLIENT = r"""
 import json, sys
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 address, rows = sys.argv[1], np.asarray(json.loads(sys.argv[2]), dtype=np.float32)
@@ -35,9 +37,14 @@ def infer(x, **parameters):
 def message(call):
     try:
         call()
-    except InferenceServerException as error:
+    except (InferenceServerException, grpc.RpcError) as error:
         return str(error)
     return None
+
+# 2,000,000 typed values (8 MB) for a model that takes at most 1000 rows x 10
+stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+huge = pb.ModelInferRequest(model_name="diabetes", inputs=[pb.ModelInferRequest.InferInputTensor(
+    name="input", datatype="FP32", shape=[200000, 10], contents=pb.InferTensorContents(fp32_contents=[0.5] * 2000000))])
 
 answer = infer(rows, samples=32, seed=5)
 print(json.dumps({
@@ -46,6 +53,7 @@ print(json.dumps({
     "mean": answer.as_numpy("mean").tolist(), "std": answer.as_numpy("std").tolist(),
     "bad_shape": message(lambda: infer(rows[:, :4])),
     "unknown": message(lambda: client.get_model_metadata("missing")),
+    "huge": message(lambda: stub.ModelInfer(huge)),
 }))
 """
 
@@ -74,3 +82,4 @@ def test_errors_are_grpc_statuses_naming_the_problem(answers):
     grpc, _ = answers
     assert "does not match" in grpc["bad_shape"]
     assert "unknown model" in grpc["unknown"]
+    assert "2000000 values in contents is over the limit of 10000" in grpc["huge"]
