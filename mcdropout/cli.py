@@ -252,7 +252,7 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"--hidden takes positive whole layer widths, got {args.hidden!r}")
         path, metrics = train_from_table(
             args.data, target=args.target, features=args.features, task=args.task, dropouts=dropouts, taus=taus,
-            hidden=[int(h) for h in hidden], epochs=400 if args.epochs is None else args.epochs, test_fraction=args.test_fraction,
+            hidden=[int(h) for h in hidden], epochs=args.epochs, test_fraction=args.test_fraction,
             name=args.bundle_name, out=args.out, seed=args.seed, quiet=args.quiet,
         )
     print(f"wrote {path}")

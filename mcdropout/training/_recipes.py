@@ -161,13 +161,13 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
     return path, metrics
 
 
-def calibrated(bundle: Bundle, split: datasets.Split, *, seed: int = 0) -> Manifest:
+def calibrated(bundle: Bundle, split: datasets.Split, *, seed: int = 0, source: str | None = None) -> Manifest:
     """``bundle``'s manifest calibrated on the split's validation rows (which it never trained on), with the
     held-out metrics of the calibrated bundle, and the uncalibrated ones beside them under ``uncalibrated``."""
     raw = dataclasses.replace(bundle.manifest, calibration=None)
     before = evaluation.evaluate(Bundle(raw, bundle.model, device="cpu"), split, seed=seed)
     fitted = fit_bundle(Bundle(raw, bundle.model, device="cpu"), split.x_val, split.y_val, seed=seed,
-                        source=f"the validation rows of the training split ({len(split.y_val)} rows)")
+                        source=source or f"the validation rows of the training split ({len(split.y_val)} rows)")
     manifest = dataclasses.replace(raw, calibration=fitted)
     metrics = evaluation.evaluate(Bundle(manifest, bundle.model, device="cpu"), split, seed=seed)
     metrics["uncalibrated"] = {key: before[key] for key in ("mc", "deterministic") if key in before}
