@@ -104,7 +104,7 @@ def train_from_table(
         raise ValueError(f"--calibration-fraction {calibration_fraction} gives {len(calibration)} calibration rows"
                          f" of {len(x)}; at least {MIN_CALIBRATION_ROWS} are needed (or 0 for no calibration)")
     batch_size = gridsearch.Settings.batch_size
-    fitting_rows = len(train) - int(gridsearch.VALIDATION_FRACTION * len(train))
+    fitting_rows = int((1 - gridsearch.VALIDATION_FRACTION) * len(train))  # as gridsearch.fit cuts
     most, patience = sized_epochs(fitting_rows, batch_size)
     settings = gridsearch.Settings(
         task=task, hidden=tuple(hidden), dropouts=tuple(dropouts), taus=None if taus is None else tuple(taus),

@@ -21,6 +21,7 @@ import torch
 
 from mcdropout.bundle import architectures
 from mcdropout.bundle._calibration import fit_bundle
+from mcdropout.training import _baseline as baseline
 from mcdropout.training import _evaluation as evaluation
 from mcdropout.training import _fit as training
 from mcdropout.training import datasets
@@ -154,10 +155,13 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
     }
     manifest = dataclasses.replace(manifest, tau=tau, training=record)
     manifest = calibrated(Bundle(manifest, model, device="cpu"), split, seed=seed)
+    metrics = dict(manifest.metrics)
+    compared = baseline.compare(manifest.task, split, metrics)
+    if compared is not None:
+        metrics["baseline"] = compared
     record["wall_time_s"] = round(time.perf_counter() - started, 2)
-    final = manifest
-    metrics = final.metrics
-    path = save_bundle(model, Path(out) if out is not None else Path("models") / name, final)
+    path = save_bundle(model, Path(out) if out is not None else Path("models") / name,
+                       dataclasses.replace(manifest, metrics=metrics))
     return path, metrics
 
 
