@@ -170,3 +170,27 @@ def test_early_stopping_keeps_the_best_epoch_and_retraining_reproduces_it():
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="stop_at"):
         stacked.train(x, y, stop_at=[0, 5], **options)
+
+
+def test_evaluate_and_score_run_a_bundles_own_code_only_when_trusted(tmp_path, capsys, monkeypatch):
+    import json
+
+    _table(200).to_csv(tmp_path / "t.csv", index=False)
+    path, _ = train_from_table(tmp_path / "t.csv", target="y", epochs=5, hidden=(8,), out=tmp_path / "own", quiet=True)
+    (path / "model.py").write_text("from mcdropout.bundle import architectures\n\n\n"
+                                   "def Net(**config):\n    return architectures.build('mlp', config)\n")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["architecture"]["name"] = "model.py:Net"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    _table(40, seed=5)[["a", "b", "c"]].to_csv(tmp_path / "rows.csv", index=False)
+    score = ["score", str(path), str(tmp_path / "rows.csv"), str(tmp_path / "out.csv"), "--quiet", "--overwrite"]
+    monkeypatch.delenv("MCD_TRUST_BUNDLE_CODE", raising=False)
+    for command, answer in ((["evaluate", str(path)], "rmse:"), (score, "out.csv: 40 rows")):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "model.py" in err and "--trust-bundle-code" in err, err
+        assert main([*command, "--trust-bundle-code"]) == 0
+        assert answer in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 40
+    monkeypatch.setenv("MCD_TRUST_BUNDLE_CODE", "1")  # the server's setting works too
+    assert main(score) == 0
