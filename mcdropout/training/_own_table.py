@@ -142,8 +142,10 @@ def train_from_table(
             "seed": seed, "epochs": fitted.epochs, "batch_size": settings.batch_size,
             "early_stopping": {"max_epochs": settings.epochs, "patience": settings.patience,
                                "validation_rows": len(train) - fitting_rows,
-                               "rule": "each network keeps its epoch of least validation loss (dropout off); the"
-                                       " final network re-trains on the whole training part for as many epochs"},
+                               "rule": "each network keeps its weights from the last epoch that lowered its"
+                                       " validation loss (dropout off) by 0.5%, and stops after `patience` epochs"
+                                       " without; the final network re-trains on the whole training part for as"
+                                       " many epochs"},
             "optimizer": {"name": "adam", "lr": 1e-3},
             "weight_decay": f"{gridsearch.LENGTHSCALE}^2 (1 - p) / (2 N tau) on weight matrices",
             "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -156,7 +158,8 @@ def train_from_table(
     if len(calibration) and len(test):
         manifest = calibrated(bundle, split, seed=seed, source=source)
     elif len(calibration):
-        manifest = replace(manifest, calibration=fit_bundle(bundle, split.x_val, split.y_val, seed=seed, source=source))
+        fitted_calibration = fit_bundle(bundle, split.x_val, split.y_val, seed=seed, source=source)
+        manifest = replace(manifest, calibration=fitted_calibration)
     elif len(test):
         manifest = replace(manifest, metrics=evaluation.evaluate(bundle, split, seed=seed))
     metrics = dict(manifest.metrics or {})

@@ -53,7 +53,8 @@ class StackedMLP:
     def count(self) -> int:
         return len(self.dropout)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, *, sample: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, *,
+                sample: bool = True) -> torch.Tensor:
         """``x`` ``[M, rows, in]`` -> ``[M, rows, out]`` with fresh dropout masks for every row
         (``sample=False``: dropout off, the expected network of inverted dropout)."""
         level = torch.round(self.dropout.double() * _LEVELS)
