@@ -71,8 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--hidden", default="50", metavar="50,50", help="hidden layer widths (default 50)")
     table.add_argument("--test-fraction", type=float, default=0.1, help="rows held out for the recorded"
                        " metrics (default 0.1)")
+    table.add_argument("--calibration-fraction", type=float, metavar="F", help="rows held out to calibrate the"
+                       " bundle on, never trained on (default 0.15; 0: no calibration)")
     table.add_argument("--name", dest="bundle_name", help="bundle name (default: the file's name)")
-    train.add_argument("--epochs", type=int, help="epochs (default: the recipe's; 400 for a table)")
+    train.add_argument("--epochs", type=int, help="epochs (default: the recipe's; for a table the most, sized to"
+                       " the data, with early stopping on the validation rows)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     train.add_argument("--out", type=Path, help="bundle folder to write (default models/NAME)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
@@ -82,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
                                    description="Print the held-out metrics of a bundle (and optionally plot).")
     evaluate.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder (manifest.json + weights)")
     _sampling_arguments(evaluate, "the bundle's")
+    _trust_argument(evaluate)
     evaluate.add_argument("--plot", metavar="FILE.png", help="draw the predictive band or reliability diagram")
     evaluate.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     evaluate.set_defaults(handler=_evaluate)
@@ -114,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--resume", action="store_true", help="continue an interrupted run from its last chunk")
     score.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (never the input)")
     score.add_argument("--quiet", action="store_true", help="no progress output")
+    _trust_argument(score)
     score.set_defaults(handler=_score)
 
     bundle = commands.add_parser("bundle", help="make bundles from your own network and checkpoint",
@@ -244,10 +249,32 @@ def _recipe_names() -> list[str]:
     return list(RECIPE_NAMES)
 
 
+def _trust_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--trust-bundle-code", action="store_true", help="run a bundle's own model.py"
+                         " (MCD_TRUST_BUNDLE_CODE; off by default)")
+
+
+def _trusts_bundle_code(args: argparse.Namespace) -> bool:
+    """--trust-bundle-code, or MCD_TRUST_BUNDLE_CODE set to a true value, as for the server."""
+    import os
+
+    return args.trust_bundle_code or os.environ.get("MCD_TRUST_BUNDLE_CODE", "").strip().lower() in (
+        "1", "true", "yes", "on")
+
+
+def _warn_baseline(command: str, metrics: dict) -> None:
+    warning = (metrics.get("baseline") or {}).get("warning")
+    if warning:
+        print(f"mcdropout {command}: warning: {warning}", file=sys.stderr)
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.data is None:
         if args.name is None:
             raise UsageError("name a shipped model (" + ", ".join(_recipe_names()) + ") or give --data and --target")
+        if args.calibration_fraction is not None:
+            raise UsageError("--calibration-fraction applies to --data tables; a shipped model is calibrated on its"
+                             " recipe's validation rows")
         from mcdropout.training._recipes import train
 
         path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs, quiet=args.quiet)
@@ -270,11 +297,13 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"--hidden takes positive whole layer widths, got {args.hidden!r}")
         path, metrics = train_from_table(
             args.data, target=args.target, features=args.features, task=args.task, dropouts=dropouts, taus=taus,
-            hidden=[int(h) for h in hidden], epochs=400 if args.epochs is None else args.epochs, test_fraction=args.test_fraction,
+            hidden=[int(h) for h in hidden], epochs=args.epochs, test_fraction=args.test_fraction,
+            calibration_fraction=0.15 if args.calibration_fraction is None else args.calibration_fraction,
             name=args.bundle_name, out=args.out, seed=args.seed, quiet=args.quiet,
         )
     print(f"wrote {path}")
     _print_metrics(metrics)
+    _warn_baseline("train", metrics)
     return 0
 
 
@@ -288,12 +317,18 @@ def _numbers(values: Sequence[str], flag: str) -> list[float]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mcdropout.bundle import load_bundle
-    from mcdropout.training._evaluation import evaluate, plot
+    from mcdropout.training._baseline import compare
+    from mcdropout.training._evaluation import evaluate, plot, split_of
 
     _check_samples(args)
-    bundle = load_bundle(args.bundle, device="cpu")
-    metrics = evaluate(bundle, samples=args.samples, seed=args.seed)
+    bundle = load_bundle(args.bundle, device="cpu", trust_code=_trusts_bundle_code(args))
+    split = split_of(bundle)
+    metrics = evaluate(bundle, split, samples=args.samples, seed=args.seed)
+    compared = compare(bundle.manifest.task, split, metrics)
+    if compared is not None:
+        metrics["baseline"] = compared
     _print_metrics(metrics)
+    _warn_baseline("evaluate", metrics)
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
     if args.plot:
@@ -319,7 +354,7 @@ def _score(args: argparse.Namespace) -> int:
               chunk_rows=args.chunk_rows, url=args.url, interval_method=args.interval_method,
               set_level=args.set_level, set_method=args.set_method, max_risk=args.max_risk)
     summary = score(job, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, api_key=args.api_key or os.environ.get("MCD_API_KEY"),
-                    ray_address=args.ray_address, workers=args.workers)
+                    ray_address=args.ray_address, workers=args.workers, trust_code=_trusts_bundle_code(args))
     resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""
     print(f"wrote {summary.output}: {summary.rows} rows in {summary.seconds:.1f} s"
           f" ({summary.rows_per_second:.0f} rows/s{resumed})")

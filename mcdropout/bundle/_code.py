@@ -26,8 +26,8 @@ from mcdropout.errors import BundleError
 BUNDLE_CODE = "model.py"
 _MODULE_PREFIX = "_mcdropout_bundle_code_"  # sys.modules names of loaded bundle files: prefix + content hash
 _SOURCE = "__mcdropout_source__"
-TRUST_HINT = ("load_bundle(..., trust_code=True); for the service MCD_TRUST_BUNDLE_CODE=1 or"
-              " `mcdropout serve --trust-bundle-code`")
+TRUST_HINT = ("load_bundle(..., trust_code=True); on the command line MCD_TRUST_BUNDLE_CODE=1 or"
+              " --trust-bundle-code (`mcdropout serve`, `score` and `evaluate`)")
 
 
 def is_code_path(name: str) -> bool:

@@ -11,13 +11,13 @@ from mcdropout.errors import ScoringError
 
 
 class LocalEngine:
-    """The bundle loaded in this process (CUDA when present)."""
+    """The bundle loaded in this process (CUDA when present); its own ``model.py`` runs only with ``trust_code``."""
 
     def __init__(self, bundle: str | Path, *, samples: int | None, seed: int, interval: float,
-                 device: str = "auto", options: dict | None = None) -> None:
+                 device: str = "auto", options: dict | None = None, trust_code: bool = False) -> None:
         from mcdropout.bundle import load_bundle
 
-        self.bundle = load_bundle(bundle, device=device)
+        self.bundle = load_bundle(bundle, device=device, trust_code=trust_code)
         self.feature_names = self.bundle.manifest.feature_names
         self.input_shape = self.bundle.manifest.input_shape
         self.samples, self.seed, self.interval = samples, seed, interval

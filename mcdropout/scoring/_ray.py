@@ -35,11 +35,12 @@ class _Predictor:
     """One per actor: the bundle, loaded from the shipped files."""
 
     def __init__(self, files: dict[str, bytes], samples: int | None, seed: int, interval: float,
-                 columns: list[str], id_name: str, options: dict | None = None) -> None:
+                 columns: list[str], id_name: str, options: dict | None = None, trust_code: bool = False) -> None:
         self.folder = tempfile.mkdtemp(prefix="mcdropout-bundle-")
         for name, data in files.items():
             Path(self.folder, name).write_bytes(data)
-        self.engine = LocalEngine(self.folder, samples=samples, seed=seed, interval=interval, options=options)
+        self.engine = LocalEngine(self.folder, samples=samples, seed=seed, interval=interval, options=options,
+                                  trust_code=trust_code)
         self.columns, self.id_name = columns, id_name
 
     def __call__(self, chunks: pa.Table) -> pa.Table:
@@ -50,7 +51,8 @@ class _Predictor:
         return rows_table(self.id_name, batch.column(self.id_name), self.engine.predict(x))
 
 
-def ray_chunks(job: Job, skip: int, *, address: str | None, workers: int, quiet: bool) -> Iterator[pa.Table]:
+def ray_chunks(job: Job, skip: int, *, address: str | None, workers: int, quiet: bool,
+               trust_code: bool = False) -> Iterator[pa.Table]:
     """Output tables of successive chunks, in input order."""
     try:
         import ray
@@ -83,7 +85,7 @@ def ray_chunks(job: Job, skip: int, *, address: str | None, workers: int, quiet:
             num_cpus=0 if gpus else 1,
             fn_constructor_kwargs={"files": files, "samples": job.samples, "seed": job.seed,
                                    "interval": job.interval, "columns": columns, "id_name": id_name,
-                                   "options": job.options()},
+                                   "options": job.options(), "trust_code": trust_code},
         )
         for batch in dataset.iter_batches(batch_size=job.chunk_rows, batch_format="pyarrow"):
             yield batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])

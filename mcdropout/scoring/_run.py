@@ -45,15 +45,17 @@ from mcdropout.scoring._partial import Partial
 
 def score(job: Job, *, engine: Engine | None = None, resume: bool = False, overwrite: bool = False,
           quiet: bool = False, api_key: str | None = None, ray_address: str | None = None,
-          workers: int = 2) -> Summary:
+          workers: int = 2, trust_code: bool = False) -> Summary:
     """Score ``job.input`` into ``job.output``; see the module docstring for the guarantees.
+
+    ``trust_code``: a local bundle's own ``model.py`` may run (``--trust-bundle-code``); refused otherwise.
 
     File-system failures (a read-only folder, a full disk, an unreadable file) are a
     :class:`ScoringError` naming the path, as are inputs that cannot be read as tables.
     """
     try:
         return _score(job, engine=engine, resume=resume, overwrite=overwrite, quiet=quiet, api_key=api_key,
-                      ray_address=ray_address, workers=workers)
+                      ray_address=ray_address, workers=workers, trust_code=trust_code)
     except (OSError, pa.ArrowException) as error:
         if isinstance(error, (ValueError, FileNotFoundError)):
             raise
@@ -61,7 +63,7 @@ def score(job: Job, *, engine: Engine | None = None, resume: bool = False, overw
 
 
 def _score(job: Job, *, engine: Engine | None, resume: bool, overwrite: bool, quiet: bool, api_key: str | None,
-           ray_address: str | None, workers: int) -> Summary:
+           ray_address: str | None, workers: int, trust_code: bool) -> Summary:
     started = time.perf_counter()
     output = Path(job.output)
     out_format = _output_format(output)
@@ -75,13 +77,14 @@ def _score(job: Job, *, engine: Engine | None, resume: bool, overwrite: bool, qu
     tables.check_last_line(source)
     job = Job(**{**asdict(job), "input_size": source.stat().st_size, "input_blake2b": file_blake2b(source)})
     if job.engine != "ray":
-        engine = engine or _engine(job, api_key)
+        engine = engine or _engine(job, api_key, trust_code)
     partial = Partial(output, job, resume)
     try:
         if job.engine == "ray":
             from mcdropout.scoring._ray import ray_chunks
 
-            chunks = ray_chunks(job, partial.rows_done, address=ray_address, workers=workers, quiet=quiet)
+            chunks = ray_chunks(job, partial.rows_done, address=ray_address, workers=workers, quiet=quiet,
+                                trust_code=trust_code)
         else:
             chunks = _local_chunks(job, engine, partial.rows_done)
         total = _row_count(source)
@@ -121,10 +124,10 @@ def _io_message(error: BaseException, output: str) -> str:
     return f"{output}: {' '.join(str(error).split())}"
 
 
-def _engine(job: Job, api_key: str | None) -> Engine:
+def _engine(job: Job, api_key: str | None, trust_code: bool) -> Engine:
     if job.engine == "local":
         return LocalEngine(job.model, samples=job.samples, seed=job.seed, interval=job.interval,
-                           options=job.options())
+                           options=job.options(), trust_code=trust_code)
     if job.engine == "remote":
         if not job.url:
             raise ScoringError("--engine remote needs --url (the server, e.g. http://127.0.0.1:8000)")

@@ -11,6 +11,10 @@ stacked computation (:mod:`mcdropout.training._stacked`).
 Without a tau grid (``taus=None``) the weight decay takes tau = 1 in
 standardised units, and tau is then chosen per grid point on the validation
 part from a log grid spanning 1 to 10^4 over the target's variance.
+
+With ``patience`` (own tables; the UCI protocol trains a fixed number of epochs)
+each network of the first phase also stops early on the validation part, and the
+re-training runs the chosen point's best number of epochs.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Fitted:
     y_mean: np.ndarray | None
     y_std: np.ndarray | None
     validation: list[dict] = field(default_factory=list)  # one entry per grid point
+    epochs: int | None = None  # the epochs the final network trained
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Settings:
     seed: int = 0
     standardised_tau: bool = False  # weight decay from tau in standardised units (own tables); UCI: target units
     processes: int = 2  # see stacked.train; results depend on it, so it is a setting, not the machine's core count
+    patience: int | None = None  # early stopping on the validation part: epochs without improvement; None: off
 
 
 def fit(sets: Sequence[TrainingSet], settings: Settings, *, quiet: bool = False) -> list[Fitted]:
@@ -74,7 +80,7 @@ def fit(sets: Sequence[TrainingSet], settings: Settings, *, quiet: bool = False)
     regression = settings.task == "regression"
     grid = list(itertools.product(settings.dropouts, settings.taus or [None]))
     scores: list[list[dict]] = [[] for _ in sets]
-    if len(grid) > 1 or (regression and settings.taus is None):
+    if len(grid) > 1 or (regression and settings.taus is None) or settings.patience is not None:
         cut = [int((1 - VALIDATION_FRACTION) * len(s.x)) for s in sets]
         parts = [(TrainingSet(s.x[:c], s.y[:c]), TrainingSet(s.x[c:], s.y[c:])) for s, c in zip(sets, cut)]
         jobs = [(index, point) for index in range(len(sets)) for point in grid]
@@ -88,12 +94,14 @@ def fit(sets: Sequence[TrainingSet], settings: Settings, *, quiet: bool = False)
     else:
         chosen = [{"dropout": grid[0][0], "tau": grid[0][1]} for _ in sets]
     points = [(c["dropout"], c["tau"]) for c in chosen]
+    stop_at = [c["epochs"] for c in chosen] if settings.patience is not None else None
     final = _train(list(sets), points, settings, "final training" if len(sets) == 1 else
-                   f"final training ({len(sets)} sets)", quiet)
+                   f"final training ({len(sets)} sets)", quiet, stop_at=stop_at)
     return [
         Fitted(model=final.model.select(i), dropout=float(p), tau=tau, x_mean=final.x_mean[i],
                x_std=final.x_std[i], y_mean=final.y_mean[i] if regression else None,
-               y_std=final.y_std[i] if regression else None, validation=scores[i])
+               y_std=final.y_std[i] if regression else None, validation=scores[i],
+               epochs=int(final.model.epochs[i]))
         for i, (p, tau) in enumerate(points)
     ]
 
@@ -118,11 +126,14 @@ class _Stack:
 
 
 def _train(sets: list[TrainingSet], points: list[tuple[float, float | None]], settings: Settings,
-           description: str, quiet: bool) -> _Stack:
+           description: str, quiet: bool, *, held_out: list[TrainingSet] | None = None,
+           stop_at: list[int] | None = None) -> _Stack:
     """Standardise each set on its own rows and train one network per (set, point), stacked.
 
     Sets of unequal size cannot share a stack; callers pass sets of one size
-    (the splits of a data set are), or one set.
+    (the splits of a data set are), or one set. ``held_out``: each set's
+    validation rows, for early stopping (``settings.patience``); ``stop_at``: the
+    epochs each network trains (at most ``settings.epochs``).
     """
     sizes = {len(s.x) for s in sets}
     if len(sizes) != 1:
@@ -139,11 +150,18 @@ def _train(sets: list[TrainingSet], points: list[tuple[float, float | None]], se
     rows = sizes.pop()
     decay = [LENGTHSCALE**2 * (1 - p) / (2 * rows * _decay_tau(tau, scale, settings.standardised_tau))
              for (p, tau), (_, scale) in zip(points, y_scales)]
+    validation = None
+    if held_out is not None and settings.patience is not None:
+        x_valid = np.stack([(v.x - m) / sd for v, (m, sd) in zip(held_out, x_scales)])
+        y_valid = (np.stack([(v.y - m) / sd for v, (m, sd) in zip(held_out, y_scales)]).astype(np.float32)
+                   if regression else np.stack([v.y for v in held_out]).astype(np.int64))
+        validation = (torch.from_numpy(x_valid.astype(np.float32)), torch.from_numpy(y_valid))
     model = stacked.train(
         torch.from_numpy(x.astype(np.float32)), y, hidden=settings.hidden, dropout=[p for p, _ in points],
-        weight_decay=decay, epochs=settings.epochs, loss="mse" if regression else "cross_entropy",
-        classes=settings.classes, batch_size=settings.batch_size, seed=settings.seed,
-        processes=settings.processes, description=description,
+        weight_decay=decay, epochs=max(stop_at) if stop_at else settings.epochs,
+        loss="mse" if regression else "cross_entropy", classes=settings.classes, batch_size=settings.batch_size,
+        seed=settings.seed, processes=settings.processes, validation=validation,
+        patience=None if validation is None else settings.patience, stop_at=stop_at, description=description,
         quiet=quiet,
     )
     x_mean, x_std = (np.stack(values) for values in zip(*x_scales))
@@ -173,16 +191,17 @@ def _unit_tau(y_std: np.ndarray | None) -> float:
 
 def _train_and_score(parts: list[tuple[TrainingSet, TrainingSet]], points: list[tuple[float, float | None]],
                      settings: Settings, description: str, quiet: bool) -> list[dict]:
-    stack = _train([train for train, _ in parts], points, settings, description, quiet)
     held_out = [valid for _, valid in parts]
+    stack = _train([train for train, _ in parts], points, settings, description, quiet, held_out=held_out)
+    epochs = stack.model.epochs.tolist()
     x = torch.from_numpy(np.stack([(v.x - m) / s for v, m, s in zip(held_out, stack.x_mean, stack.x_std)])
                          .astype(np.float32))
     samples, seed = settings.validation_samples, settings.seed + 1
     if settings.task != "regression":
         labels = torch.from_numpy(np.stack([v.y for v in held_out]).astype(np.int64))
         result = stacked.classification_scores(stack.model, x, labels, samples, seed=seed)
-        return [{"dropout": p, "tau": None, "log_likelihood": float(ll), "accuracy": float(acc)}
-                for (p, _), ll, acc in zip(points, result["log_likelihood"], result["accuracy"])]
+        return [{"dropout": p, "tau": None, "log_likelihood": float(ll), "accuracy": float(acc), "epochs": e}
+                for (p, _), ll, acc, e in zip(points, result["log_likelihood"], result["accuracy"], epochs)]
     y = torch.from_numpy(np.stack([v.y for v in held_out]).astype(np.float64))
     if settings.taus is not None:
         taus = torch.tensor([[tau] for _, tau in points], dtype=torch.float64)
@@ -193,4 +212,4 @@ def _train_and_score(parts: list[tuple[TrainingSet, TrainingSet]], points: list[
                                        y_std=torch.from_numpy(stack.y_std), seed=seed)
     best = result["log_likelihood"].argmax(dim=1)
     return [{"dropout": p, "tau": float(taus[i, best[i]]), "log_likelihood": float(result["log_likelihood"][i, best[i]]),
-             "rmse": float(result["rmse"][i])} for i, (p, _) in enumerate(points)]
+             "rmse": float(result["rmse"][i]), "epochs": epochs[i]} for i, (p, _) in enumerate(points)]

@@ -1,13 +1,16 @@
 """Train a bundle from the user's own table: ``mcdropout train --data FILE --target COLUMN``.
 
 The rows are shuffled with the seed; a test part (10% by default) is held out
-for the metrics the manifest records, and the rest is the training part.
-Features and target are standardised on the training part; p and tau are
-chosen by validation log-likelihood when grids are given (the last 20% of the
-training part, as in Gal & Ghahramani's protocol), and the chosen network is
-re-trained on the whole training part (:mod:`mcdropout.training._gridsearch`). The
-bundle is an ``mlp`` with dropout before every dense layer, ready for the
-service and ``mcdropout score``.
+for the metrics the manifest records, a calibration part (15% by default) for
+the bundle's calibration (conformal intervals or sets), and the rest is the
+training part. Features and target are standardised on the training part, so
+the fit is the same whatever their units. The last 20% of the training part
+(as in Gal & Ghahramani's protocol) validates: each network stops early there,
+and p and tau are chosen there by log-likelihood; the chosen network is then
+re-trained on the whole training part for its best number of epochs
+(:mod:`mcdropout.training._gridsearch`). The calibration rows are used for
+nothing else. The bundle is an ``mlp`` with dropout before every dense layer,
+ready for the service and ``mcdropout score``.
 """
 
 from __future__ import annotations
@@ -23,13 +26,30 @@ import numpy as np
 import torch
 
 from mcdropout import _tables as tables
+from mcdropout.bundle import Bundle, Manifest, Standardisation, save_bundle
+from mcdropout.bundle._calibration import fit_bundle
+from mcdropout.training import _baseline as baseline
 from mcdropout.training import _evaluation as evaluation
 from mcdropout.training import _gridsearch as gridsearch
 from mcdropout.training import datasets
+from mcdropout.training._recipes import calibrated
 from mcdropout.training._table_data import features_and_target, partition
-from mcdropout.bundle import Bundle, Manifest, Standardisation, save_bundle
 
 MIN_TRAINING_ROWS = 20
+MIN_CALIBRATION_ROWS = 20  # a 95% conformal interval needs 19
+STEP_BUDGET = 5_000  # default epochs: about this many gradient steps, within the bounds below
+EPOCH_BOUNDS = (20, 1000)
+
+
+def sized_epochs(rows: int, batch_size: int) -> tuple[int, int]:
+    """The most epochs to train ``rows`` rows in batches of ``batch_size``, and the early-stopping patience.
+
+    About STEP_BUDGET steps (500 epochs for 1,200 rows, 20 for 40,000 or more); the patience is a twentieth of
+    them, 5 to 25 epochs. Early stopping usually ends training well before the most.
+    """
+    steps = -(-rows // batch_size)
+    epochs = int(np.clip(-(-STEP_BUDGET // steps), *EPOCH_BOUNDS))
+    return epochs, int(np.clip(epochs // 20, 5, 25))
 
 
 def train_from_table(
@@ -41,8 +61,9 @@ def train_from_table(
     dropouts: Sequence[float] = (0.05,),
     taus: Sequence[float] | None = None,
     hidden: Sequence[int] = (50,),
-    epochs: int = 400,
+    epochs: int | None = None,
     test_fraction: float = 0.1,
+    calibration_fraction: float = 0.15,
     validation_samples: int = 1000,
     samples: int = 100,
     name: str | None = None,
@@ -50,9 +71,14 @@ def train_from_table(
     seed: int = 0,
     quiet: bool = False,
 ) -> tuple[Path, dict]:
-    """Train, evaluate on the held-out part and write the bundle; returns (bundle path, metrics)."""
+    """Train, calibrate, evaluate on the held-out part and write the bundle; returns (bundle path, metrics).
+
+    ``epochs``: the most epochs (default: sized to the data, :func:`sized_epochs`); training stops early on the
+    validation rows. ``calibration_fraction``: rows held out to calibrate the bundle on (0: uncalibrated).
+    The metrics' ``baseline`` compares the model with a constant predictor and warns when it is no better.
+    """
     started = time.perf_counter()
-    _check_settings(task, dropouts, taus, hidden, epochs, test_fraction)
+    _check_settings(task, dropouts, taus, hidden, epochs, test_fraction, calibration_fraction)
     table = tables.read_table(path)
     columns = table.schema.names
     if target not in columns:
@@ -70,15 +96,20 @@ def train_from_table(
     x, y, classes = features_and_target(table, features, target, task, path)
     _check_data(x, features, path)
 
-    test, train = partition(len(x), seed, test_fraction)
-    held_out = len(test)
+    test, calibration, train = partition(len(x), seed, test_fraction, calibration_fraction)
     if len(train) < MIN_TRAINING_ROWS:
-        raise ValueError(f"{path}: {len(train)} training rows after holding out {held_out} for testing; at least"
-                         f" {MIN_TRAINING_ROWS} are needed")
+        raise ValueError(f"{path}: {len(train)} training rows after holding out {len(test)} for testing and"
+                         f" {len(calibration)} for calibration; at least {MIN_TRAINING_ROWS} are needed")
+    if 0 < len(calibration) < MIN_CALIBRATION_ROWS or (calibration_fraction > 0 and not len(calibration)):
+        raise ValueError(f"--calibration-fraction {calibration_fraction} gives {len(calibration)} calibration rows"
+                         f" of {len(x)}; at least {MIN_CALIBRATION_ROWS} are needed (or 0 for no calibration)")
+    batch_size = gridsearch.Settings.batch_size
+    fitting_rows = int((1 - gridsearch.VALIDATION_FRACTION) * len(train))  # as gridsearch.fit cuts
+    most, patience = sized_epochs(fitting_rows, batch_size)
     settings = gridsearch.Settings(
         task=task, hidden=tuple(hidden), dropouts=tuple(dropouts), taus=None if taus is None else tuple(taus),
-        epochs=epochs, validation_samples=validation_samples, classes=len(classes) if classes else None, seed=seed,
-        standardised_tau=True,
+        epochs=most if epochs is None else epochs, validation_samples=validation_samples,
+        classes=len(classes) if classes else None, seed=seed, standardised_tau=True, patience=patience,
     )
     torch.manual_seed(seed)
     fitted = gridsearch.fit([gridsearch.TrainingSet(x[train], y[train])], settings, quiet=quiet)[0]
@@ -103,29 +134,46 @@ def train_from_table(
         tau=fitted.tau * float(np.mean(fitted.y_std)) ** 2 if regression else None,  # standardised units
         training={
             "data": {"path": str(path), "rows": len(x), "target": target, "test_fraction": test_fraction,
-                     "split_seed": seed, "train_rows": len(train), "test_rows": len(test)},
+                     "calibration_fraction": calibration_fraction, "split_seed": seed, "train_rows": len(train),
+                     "calibration_rows": len(calibration), "test_rows": len(test)},
             "selection": {"chosen": {"dropout": fitted.dropout, "tau": fitted.tau},
                           "grid": fitted.validation,
-                          "rule": "max validation log-likelihood on the last 20% of the training part"
-                          if fitted.validation else "no grid: the given p and tau"},
-            "seed": seed, "epochs": epochs, "batch_size": settings.batch_size,
+                          "rule": "max validation log-likelihood on the last 20% of the training part"},
+            "seed": seed, "epochs": fitted.epochs, "batch_size": settings.batch_size,
+            "early_stopping": {"max_epochs": settings.epochs, "patience": settings.patience,
+                               "validation_rows": len(train) - fitting_rows,
+                               "rule": "each network keeps its weights from the last epoch that lowered its"
+                                       " validation loss (dropout off) by 0.5%, and stops after `patience` epochs"
+                                       " without; the final network re-trains on the whole training part for as"
+                                       " many epochs"},
             "optimizer": {"name": "adam", "lr": 1e-3},
             "weight_decay": f"{gridsearch.LENGTHSCALE}^2 (1 - p) / (2 N tau) on weight matrices",
             "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         },
     )
-    metrics: dict = {}
-    if len(test):
-        split = datasets.Split(x[train], y[train], x[:0], y[:0], x[test], y[test], feature_names=list(features))
-        metrics = evaluation.evaluate(Bundle(manifest, fitted.model, device="cpu"), split, seed=seed)
+    split = datasets.Split(x[train], y[train], x[calibration], y[calibration], x[test], y[test],
+                           feature_names=list(features))
+    bundle = Bundle(manifest, fitted.model, device="cpu")
+    source = f"the calibration part of {Path(path).name} ({len(calibration)} rows, never trained on)"
+    if len(calibration) and len(test):
+        manifest = calibrated(bundle, split, seed=seed, source=source)
+    elif len(calibration):
+        fitted_calibration = fit_bundle(bundle, split.x_val, split.y_val, seed=seed, source=source)
+        manifest = replace(manifest, calibration=fitted_calibration)
+    elif len(test):
+        manifest = replace(manifest, metrics=evaluation.evaluate(bundle, split, seed=seed))
+    metrics = dict(manifest.metrics or {})
+    compared = baseline.compare(task, split, metrics)
+    if compared is not None:
+        metrics["baseline"] = compared
     manifest.training["wall_time_s"] = round(time.perf_counter() - started, 2)
-    bundle = save_bundle(fitted.model, Path(out) if out is not None else Path("models") / name,
-                         replace(manifest, metrics=metrics))
-    return bundle, metrics
+    bundle_path = save_bundle(fitted.model, Path(out) if out is not None else Path("models") / name,
+                              replace(manifest, metrics=metrics))
+    return bundle_path, metrics
 
 
 def _check_settings(task: str, dropouts: Sequence[float], taus: Sequence[float] | None, hidden: Sequence[int],
-                    epochs: int, test_fraction: float) -> None:
+                    epochs: int | None, test_fraction: float, calibration_fraction: float) -> None:
     if task not in ("regression", "classification"):
         raise ValueError(f"--task must be 'regression' or 'classification', got {task!r}")
     if not dropouts or not all(0 < p < 1 for p in dropouts):
@@ -136,10 +184,15 @@ def _check_settings(task: str, dropouts: Sequence[float], taus: Sequence[float] 
         raise ValueError(f"tau values must be positive, got {list(taus)}")
     if not hidden or not all(h > 0 for h in hidden):
         raise ValueError(f"--hidden must list positive layer widths, got {list(hidden)}")
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"--test-fraction must lie in [0, 1), got {test_fraction}")
+    if not 0 <= calibration_fraction < 1:
+        raise ValueError(f"--calibration-fraction must lie in [0, 1) (0: no calibration), got {calibration_fraction}")
+    if test_fraction + calibration_fraction >= 1:
+        raise ValueError(f"--test-fraction {test_fraction} and --calibration-fraction {calibration_fraction} leave no"
+                         " training rows; together they must stay below 1")
 
 
 def _check_data(x: np.ndarray, features: Sequence[str], path: str | Path) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from mcdropout.bundle import architectures
 from mcdropout.bundle._calibration import fit_bundle
+from mcdropout.training import _baseline as baseline
 from mcdropout.training import _evaluation as evaluation
 from mcdropout.training import _fit as training
 from mcdropout.training import datasets
@@ -154,20 +155,23 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
     }
     manifest = dataclasses.replace(manifest, tau=tau, training=record)
     manifest = calibrated(Bundle(manifest, model, device="cpu"), split, seed=seed)
+    metrics = dict(manifest.metrics)
+    compared = baseline.compare(manifest.task, split, metrics)
+    if compared is not None:
+        metrics["baseline"] = compared
     record["wall_time_s"] = round(time.perf_counter() - started, 2)
-    final = manifest
-    metrics = final.metrics
-    path = save_bundle(model, Path(out) if out is not None else Path("models") / name, final)
+    path = save_bundle(model, Path(out) if out is not None else Path("models") / name,
+                       dataclasses.replace(manifest, metrics=metrics))
     return path, metrics
 
 
-def calibrated(bundle: Bundle, split: datasets.Split, *, seed: int = 0) -> Manifest:
+def calibrated(bundle: Bundle, split: datasets.Split, *, seed: int = 0, source: str | None = None) -> Manifest:
     """``bundle``'s manifest calibrated on the split's validation rows (which it never trained on), with the
     held-out metrics of the calibrated bundle, and the uncalibrated ones beside them under ``uncalibrated``."""
     raw = dataclasses.replace(bundle.manifest, calibration=None)
     before = evaluation.evaluate(Bundle(raw, bundle.model, device="cpu"), split, seed=seed)
     fitted = fit_bundle(Bundle(raw, bundle.model, device="cpu"), split.x_val, split.y_val, seed=seed,
-                        source=f"the validation rows of the training split ({len(split.y_val)} rows)")
+                        source=source or f"the validation rows of the training split ({len(split.y_val)} rows)")
     manifest = dataclasses.replace(raw, calibration=fitted)
     metrics = evaluation.evaluate(Bundle(manifest, bundle.model, device="cpu"), split, seed=seed)
     metrics["uncalibrated"] = {key: before[key] for key in ("mc", "deterministic") if key in before}

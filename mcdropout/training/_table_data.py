@@ -1,4 +1,4 @@
-"""A table's features and target as arrays, and the held-out split a bundle trained on it records."""
+"""A table's features and target as arrays, and the held-out parts a bundle trained on it records."""
 
 from __future__ import annotations
 
@@ -15,15 +15,22 @@ from mcdropout.training import datasets
 MAX_CLASSES = 1000
 
 
-def partition(rows: int, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the held-out test part and of the training part."""
+def partition(rows: int, seed: int, test_fraction: float,
+              calibration_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of the held-out test part, the calibration part and the training part.
+
+    The test part comes first in the seeded order, so a bundle trained without a calibration part
+    keeps its test rows.
+    """
     order = np.random.default_rng(seed).permutation(rows)
     held_out = round(rows * test_fraction)
-    return order[:held_out], order[held_out:]
+    calibration = held_out + round(rows * calibration_fraction)
+    return order[:held_out], order[held_out:calibration], order[calibration:]
 
 
 def recorded_split(manifest: Manifest) -> datasets.Split:
-    """The test part of the table a bundle was trained on, re-read from the path its manifest records."""
+    """The parts of the table a bundle was trained on, re-read from the path its manifest records: the
+    calibration rows are the split's validation part (``calibrate --validation-rows`` uses them)."""
     data = manifest.training["data"]
     x, y, classes = features_and_target(tables.read_table(data["path"]), manifest.feature_names, data["target"],
                                          manifest.task, data["path"])
@@ -33,8 +40,10 @@ def recorded_split(manifest: Manifest) -> datasets.Split:
     if len(x) != data["rows"]:
         raise tables.TableError(f"{data['path']}: {len(x)} rows, the bundle was trained on {data['rows']};"
                                 " the file changed since training")
-    test, train = partition(len(x), data["split_seed"], data["test_fraction"])
-    return datasets.Split(x[train], y[train], x[:0], y[:0], x[test], y[test], feature_names=manifest.feature_names)
+    test, calibration, train = partition(len(x), data["split_seed"], data["test_fraction"],
+                                         data.get("calibration_fraction", 0.0))
+    return datasets.Split(x[train], y[train], x[calibration], y[calibration], x[test], y[test],
+                          feature_names=manifest.feature_names)
 
 
 def features_and_target(table: pa.Table, features: Sequence[str], target: str, task: str,
