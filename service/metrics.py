@@ -30,6 +30,12 @@ class ServiceMetrics:
                                          ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_requests = Histogram("mcdropout_batch_requests", "requests merged into one engine run",
                                         ["model"], buckets=_ROW_BUCKETS, registry=r)
+        self.nonfinite_answers = Counter(
+            "mcdropout_nonfinite_answers",
+            "predictions refused (422) because a statistic came out NaN or infinite: the network overflowed on"
+            " the inputs", ["model"], registry=r)
+        self.nonfinite_rows = Counter("mcdropout_nonfinite_rows", "input rows whose statistics came out NaN or"
+                                      " infinite", ["model"], registry=r)
         self.batch_rows = Histogram("mcdropout_batch_rows", "input rows of one engine run", ["model"],
                                     buckets=_ROW_BUCKETS, registry=r)
         self.queue_depth = Gauge("mcdropout_queue_depth", "requests waiting", ["model"], registry=r)
@@ -63,6 +69,11 @@ class ServiceMetrics:
             sizes = self.set_size.labels(model)
             for size in stats.set_sizes:
                 sizes.observe(size)
+
+    def observe_nonfinite(self, model: str, rows: int) -> None:
+        """One refused answer, with ``rows`` rows the network overflowed on."""
+        self.nonfinite_answers.labels(model).inc()
+        self.nonfinite_rows.labels(model).inc(rows)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

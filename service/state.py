@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mcdropout.answer import Options
-from mcdropout.bundle import Bundle, load_bundle
+from mcdropout.bundle import Bundle, NonFiniteError, load_bundle
 from service.batcher import Answer, Batcher, DeadlineExceeded, Overloaded
 from service.inputs import ApiError
 from service.metrics import ServiceMetrics
@@ -327,6 +327,9 @@ class ServiceState:
                            {"Retry-After": str(self.settings.retry_after_s)}) from None
         except DeadlineExceeded as error:
             raise ApiError(504, f"deadline exceeded: {error} (MCD_REQUEST_TIMEOUT_S)") from None
+        except NonFiniteError as error:  # counted: a model that overflows on live traffic is worth an alert
+            self.metrics.observe_nonfinite(bundle.name, len(error.rows))
+            raise ApiError(422, str(error), "inputs") from None
         except ValueError as error:  # the engine refused these inputs
             raise ApiError(422, str(error), "inputs") from None
 

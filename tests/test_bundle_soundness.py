@@ -121,6 +121,14 @@ def test_the_service_lists_unsound_bundles_as_failed_with_their_reason(tmp_path)
         answer = httpx.post(f"{server.url}/v1/models/diabetes/predict", json={"inputs": rows, "samples": 10})
         assert answer.status_code == 422, answer.text
         assert "model 'diabetes': non-finite statistics" in answer.text and "from 0: 1" in answer.text
+        v2 = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 10], "data": [1e37] * 20 + [0.0] * 10}],
+              "parameters": {"samples": 10}}
+        answer = httpx.post(f"{server.url}/v2/models/diabetes/infer", json=v2)
+        assert answer.status_code == 422 and "from 0: 0, 1" in answer.text, answer.text
+        # each refused answer is counted in /metrics, with its rows
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'mcdropout_nonfinite_answers_total{model="diabetes"} 2.0' in metrics, metrics
+        assert 'mcdropout_nonfinite_rows_total{model="diabetes"} 3.0' in metrics
 
 
 def test_a_request_that_overflows_fails_alone_in_a_merged_batch(tmp_path):
