@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema
 import numpy as np
 import pytest
 import schemathesis
@@ -36,8 +37,8 @@ from service.schemas import V2InferResponse
 
 from .conftest import MODELS, Server, run_server
 
-EXAMPLES = 8  # per schema operation
-PROTOCOL_EXAMPLES = 12  # per protocol and fault
+EXAMPLES = 6  # per schema operation
+PROTOCOL_EXAMPLES = 10  # per protocol and fault
 MAX_SAMPLES = 200  # the server's MCD_MAX_SAMPLES: bounds the work of samples="auto"
 FUZZ = settings(max_examples=PROTOCOL_EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -334,6 +335,21 @@ def test_v2_an_optional_output_names_the_parameters_that_ask_for_it(server, mode
     body["parameters"] = {"max_std": 1e-9}
     answer = httpx.post(f"{server.url}/v2/models/diabetes/infer", json=body).json()
     assert answer["outputs"] == [{"name": "abstain", "datatype": "BOOL", "shape": [1], "data": [True]}]
+
+
+@pytest.mark.parametrize("path, good, bad", [
+    ("/v1/models/{name}/predict", {"inputs": [[0.5, -1], [[1.5]]]}, {"inputs": [["1"]]}),
+    ("/v1/models/{name}/predict", {"inputs": [[0.5]]}, {"inputs": [[True]]}),
+    ("/v1/models/{name}/predict", {"instances": [{"age": 0.5}]}, {"instances": [{"age": "0.5"}]}),
+    ("/v2/models/{name}/infer", {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [[1, 2]]}]},
+     {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, False]}]}),
+])
+def test_the_schema_says_rows_hold_numbers(server, path, good, bad):
+    """Strict types in the JSON Schema too: numbers, not booleans or numeric strings."""
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    validator = jsonschema.Draft202012Validator({**body, "components": document["components"]})
+    assert validator.is_valid(good) and not validator.is_valid(bad)
 
 
 def test_no_server_errors_and_answers_match_the_schema(server, schema):
