@@ -337,6 +337,15 @@ def test_v2_an_optional_output_names_the_parameters_that_ask_for_it(server, mode
     assert answer["outputs"] == [{"name": "abstain", "datatype": "BOOL", "shape": [1], "data": [True]}]
 
 
+@pytest.mark.parametrize("field", ["name", "datatype"])
+def test_v2_error_texts_are_capped(server, models, field):
+    """A megabyte echoed back in an error (an input's name or datatype) is cut: v1's cap holds for v2."""
+    tensor = {"name": "input", "shape": [1, 10], "datatype": "FP32", "data": [0.0] * 10, field: "x" * 1_000_000}
+    response = httpx.post(f"{server.url}/v2/models/diabetes/infer", json={"inputs": [tensor]})
+    assert response.status_code == 400 and len(response.content) < 1200, response.text[:200]
+    assert response.json()["error"].endswith("characters)")
+
+
 @pytest.mark.parametrize("path, good, bad", [
     ("/v1/models/{name}/predict", {"inputs": [[0.5, -1], [[1.5]]]}, {"inputs": [["1"]]}),
     ("/v1/models/{name}/predict", {"inputs": [[0.5]]}, {"inputs": [[True]]}),
