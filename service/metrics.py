@@ -30,12 +30,6 @@ class ServiceMetrics:
                                          ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_requests = Histogram("mcdropout_batch_requests", "requests merged into one engine run",
                                         ["model"], buckets=_ROW_BUCKETS, registry=r)
-        self.nonfinite_answers = Counter(
-            "mcdropout_nonfinite_answers",
-            "predictions refused (422) because a statistic came out NaN or infinite: the network overflowed on"
-            " the inputs", ["model"], registry=r)
-        self.nonfinite_rows = Counter("mcdropout_nonfinite_rows", "input rows whose statistics came out NaN or"
-                                      " infinite", ["model"], registry=r)
         self.batch_rows = Histogram("mcdropout_batch_rows", "input rows of one engine run", ["model"],
                                     buckets=_ROW_BUCKETS, registry=r)
         self.queue_depth = Gauge("mcdropout_queue_depth", "requests waiting", ["model"], registry=r)
@@ -51,6 +45,12 @@ class ServiceMetrics:
                                    ["model"], registry=r)
         self.set_size = Histogram("mcdropout_prediction_set_size", "classes in each conformal prediction set served",
                                   ["model"], buckets=_ROW_BUCKETS, registry=r)
+        self.nonfinite_answers = Counter(
+            "mcdropout_nonfinite_answers",
+            "predictions refused (422) because a statistic came out NaN or infinite: the network overflowed on"
+            " the inputs", ["model"], registry=r)
+        self.nonfinite_rows = Counter("mcdropout_nonfinite_rows", "input rows whose statistics came out NaN or"
+                                      " infinite", ["model"], registry=r)
 
     def observe_batch(self, model: str, stats: BatchStats) -> None:
         for seconds in stats.queue_seconds:

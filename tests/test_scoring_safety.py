@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from .conftest import MODELS, ROOT, run_server
+from .conftest import ROOT
 from .test_scoring import BUNDLE, FEATURES, _frame, _write
 
 ROWS, CHUNK = 300, 50
@@ -154,22 +154,6 @@ def test_value_errors_name_the_file_and_the_absolute_row(tmp_path, change, messa
     source = _write(change(_frame(ROWS)), tmp_path / "in.csv")
     _refused(_score(BUNDLE, source, tmp_path / "out.parquet", *FAST), f"{source}: {message}")
     assert _leftovers(tmp_path) == []
-
-
-def test_remote_value_errors_name_the_file_and_the_absolute_rows(tmp_path):
-    """--engine remote: the server numbers rows within its request and the client splits chunks by the
-    server's row limit; the error still names the file and the rows as numbered in it."""
-    frame = _frame(ROWS)
-    frame.loc[[193, 195], FEATURES] = 1e37  # float32 values on which the network overflows
-    source = _write(frame, tmp_path / "in.csv")
-    models = tmp_path / "models"
-    shutil.copytree(MODELS / "diabetes", models / "diabetes")
-    # chunk 150-199 goes as two requests of 40 and 10 rows: the bad rows are 3 and 5 of the second one
-    with run_server(tmp_path, models_dir=str(models), max_rows=40) as server:
-        done = _score("diabetes", source, tmp_path / "out.parquet", *FAST, "--engine", "remote", "--url", server.url)
-    _refused(done, f"{source}: {server.url}: model 'diabetes': non-finite statistics (the network overflowed) for"
-                   " 2 row(s), rows numbered from 0: 193, 195")
-    assert _leftovers(tmp_path) == [] and not (tmp_path / "out.parquet").exists()
 
 
 def test_io_failures_are_one_line_and_leave_nothing(tmp_path, source):
