@@ -153,7 +153,23 @@ def _csv_batches(path, chunk_rows: int, float_columns: Sequence[str]) -> Iterato
         found = re.search(r"column #(\d+)", str(error))
         if found is None or int(found[1]) >= len(names):
             raise
-        raise TableError(f"{path}: column {names[int(found[1])]!r} is not numeric ({error})") from None
+        column = int(found[1])
+        value = re.search(r"invalid value '(.*)'$", str(error))
+        row = None if value is None else _first_row_holding(path, column, value[1])
+        where = "" if row is None else f" at row {row} (numbered from 0)"
+        raise TableError(f"{path}: column {names[column]!r} is not numeric{where} ({error})") from None
+
+
+def _first_row_holding(path, column: int, value: str) -> int | None:
+    """The first data row of a CSV whose field ``column`` is ``value`` (pyarrow's conversion errors name
+    the value, not the row); read again on the error path only."""
+    with open(path, newline="") as handle:
+        rows = csv.reader(handle)
+        next(rows, None)
+        for number, fields in enumerate(rows):
+            if column < len(fields) and fields[column] == value:
+                return number
+    return None
 
 
 def _parquet(path) -> pq.ParquetFile:

@@ -156,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # (left inside the body's schema, ReDoc and other resolvers fail on them).
     infer_schema = V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     infer_components = infer_schema.pop("$defs", {})
-    v2_errors = {status: {"model": V2Error} for status in (400, 401, 404, 413, 503, 504)}
+    v2_errors = {status: {"model": V2Error} for status in (400, 401, 404, 413, 422, 503, 504)}
 
     # -- native API ---------------------------------------------------------------------------
 

@@ -48,6 +48,12 @@ class ServiceMetrics:
                                    ["model"], registry=r)
         self.set_size = Histogram("mcdropout_prediction_set_size", "classes in each conformal prediction set served",
                                   ["model"], buckets=_ROW_BUCKETS, registry=r)
+        self.nonfinite_answers = Counter(
+            "mcdropout_nonfinite_answers",
+            "predictions refused (422) because a statistic came out NaN or infinite: the network overflowed on"
+            " the inputs", ["model"], registry=r)
+        self.nonfinite_rows = Counter("mcdropout_nonfinite_rows", "input rows whose statistics came out NaN or"
+                                      " infinite", ["model"], registry=r)
 
     def observe_batch(self, model: str, stats: BatchStats) -> None:
         for seconds in stats.queue_seconds:
@@ -66,6 +72,11 @@ class ServiceMetrics:
             sizes = self.set_size.labels(model)
             for size in stats.set_sizes:
                 sizes.observe(size)
+
+    def observe_nonfinite(self, model: str, rows: int) -> None:
+        """One refused answer, with ``rows`` rows the network overflowed on."""
+        self.nonfinite_answers.labels(model).inc()
+        self.nonfinite_rows.labels(model).inc(rows)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,11 +10,28 @@ from mcdropout.answer import STATISTICS, Statistic, statistics
 
 
 
+def _numbers(depth: int) -> dict[str, Any]:
+    """JSON Schema of a list of numbers, or of lists nested ``depth`` deep at most (image rows): what a
+    row or a tensor's data may hold. JSON's true/false and numeric strings are not numbers."""
+    values: dict[str, Any] = {"type": "number"}
+    for _ in range(depth - 1):
+        values = {"anyOf": [{"type": "number"}, {"type": "array", "items": values}]}
+    return {"type": "array", "items": values}
+
+
+# The documented body; the app validates rows itself, so that its errors name the row and the value.
+_ROWS = {"anyOf": [{"type": "array", "items": _numbers(3)}, {"type": "null"}]}
+_INSTANCES = {"anyOf": [{"type": "array", "items": {"type": "object", "additionalProperties": {"type": "number"}}},
+                        {"type": "null"}]}
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[Any] | None = Field(None, description="rows, each of the model's input shape")
-    instances: list[dict[str, Any]] | None = Field(None, description="tabular rows as {feature: value}")
+    inputs: list[Any] | None = Field(None, description="rows, each of the model's input shape (flat or nested)",
+                                     json_schema_extra=_ROWS)
+    instances: list[dict[str, Any]] | None = Field(None, description="tabular rows as {feature: value}",
+                                                   json_schema_extra=_INSTANCES)
     samples: Any = Field(  # validated by the app, so the error can name the limits
         None, description="MC samples T (default: the model's), or 'auto': sample until the MC error is small",
         json_schema_extra={"anyOf": [{"type": "integer", "minimum": 2}, {"const": "auto"}, {"type": "null"}]},
@@ -175,7 +192,9 @@ class V2InferInput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any] | None = None
+    data: list[Any] | None = Field(None, description="the values, flat or nested by the shape (or none, with"
+                                   " parameters.binary_data_size)",
+                                   json_schema_extra={"anyOf": [_numbers(4), {"type": "null"}]})
 
 
 class V2RequestedOutput(BaseModel):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mcdropout.answer import Options
-from mcdropout.bundle import Bundle, load_bundle
+from mcdropout.bundle import Bundle, NonFiniteError, load_bundle
 from service.batcher import Answer, Batcher, ClientGone, DeadlineExceeded, Overloaded
 from service.inputs import ApiError
 from service.metrics import ServiceMetrics
@@ -336,9 +336,11 @@ class ServiceState:
             raise ApiError(504, f"deadline exceeded: {error} (MCD_REQUEST_TIMEOUT_S)") from None
         except ClientGone as error:  # nobody reads this answer; the status shows in the request metrics
             raise ApiError(499, str(error)) from None
+        except NonFiniteError as error:  # counted: a model that overflows on live traffic is worth an alert
+            self.metrics.observe_nonfinite(bundle.name, len(error.rows))
+            raise ApiError(422, str(error), "inputs") from None
         except ValueError as error:  # the engine refused these inputs
             raise ApiError(422, str(error), "inputs") from None
-
 
     def _check_returned(self, served: Served, rows: int, samples: int | str) -> None:
         """Refuse, before any work, a return_samples answer over MCD_MAX_RETURNED_VALUES."""

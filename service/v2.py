@@ -35,6 +35,9 @@ DATATYPES: dict[str, np.dtype] = {
 # The answer's statistics as output tensors; a classifier's probabilities first, as v2 clients index them.
 OUTPUTS = {task: tuple(sorted((stat for stat in statistics(task) if stat.tensor), key=lambda stat: stat.shape != "classes"))
            for task in ("regression", "classification")}
+# The optional outputs, and the parameters that make an answer hold them.
+_ASKED_BY = {"abstain": "max_risk (classifiers), max_std or max_interval_width (regression)",
+             "prediction_set": "set_level", "set_size": "set_level"}
 PARAMETERS = ("samples", "seed", "interval", "binary_data_output", *OPTION_NAMES)
 
 
@@ -230,6 +233,11 @@ def selected_outputs(request: V2InferRequest, manifest: Manifest, result: Result
     names = [spec["name"] for spec in output_specs(manifest) if spec["name"] in tensors]
     all_binary = bool((request.parameters or {}).get("binary_data_output", False))
     if request.outputs:
+        offered = {spec["name"] for spec in output_specs(manifest)}
+        not_asked = [o.name for o in request.outputs if o.name in offered and o.name not in tensors]
+        if not_asked:
+            raise error(f"output {not_asked[0]!r} of model {manifest.name!r} comes only with the parameters that"
+                        f" ask for it: {_ASKED_BY[not_asked[0]]}")
         unknown = [o.name for o in request.outputs if o.name not in tensors]
         if unknown:
             raise error(f"unknown output(s) {', '.join(map(repr, unknown))}; model {manifest.name!r} has"

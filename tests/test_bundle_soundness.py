@@ -27,6 +27,7 @@ from mcdropout.errors import InputError
 
 from .conftest import MODELS, run_server
 from .test_bundle import _manifest
+from .test_scoring_safety import _refused, _score
 
 
 def _saved(folder: Path, **changes) -> Path:
@@ -69,6 +70,15 @@ def test_unsound_weights_are_refused_naming_the_file(tmp_path, change, message):
     with pytest.raises(BundleError) as caught:
         load_bundle(path, device="cpu")
     assert str(path / WEIGHTS) in str(caught.value) and message in str(caught.value), caught.value
+
+
+def test_score_refuses_an_unsound_bundle_in_one_line(tmp_path):
+    """`score` with NaN weights wrote NaN statistics and exited 0: now exit 2, the weights file named."""
+    path = _edit_weights(_saved(tmp_path / "toy"), _first_weight(float("nan")))
+    source = tmp_path / "in.csv"
+    source.write_text("a,b,c\n" + "0.1,0.2,0.3\n" * 5)
+    _refused(_score(path, source, tmp_path / "out.parquet", "--samples", 10), f"{path / WEIGHTS}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "toy"]
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -121,6 +131,14 @@ def test_the_service_lists_unsound_bundles_as_failed_with_their_reason(tmp_path)
         answer = httpx.post(f"{server.url}/v1/models/diabetes/predict", json={"inputs": rows, "samples": 10})
         assert answer.status_code == 422, answer.text
         assert "model 'diabetes': non-finite statistics" in answer.text and "from 0: 1" in answer.text
+        v2 = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 10], "data": [1e37] * 20 + [0.0] * 10}],
+              "parameters": {"samples": 10}}
+        answer = httpx.post(f"{server.url}/v2/models/diabetes/infer", json=v2)
+        assert answer.status_code == 422 and "from 0: 0, 1" in answer.text, answer.text
+        # each refused answer is counted in /metrics, with its rows
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'mcdropout_nonfinite_answers_total{model="diabetes"} 2.0' in metrics, metrics
+        assert 'mcdropout_nonfinite_rows_total{model="diabetes"} 3.0' in metrics
 
 
 def test_a_request_that_overflows_fails_alone_in_a_merged_batch(tmp_path):

@@ -125,6 +125,10 @@ def test_typed_errors(server, small_server):
         with pytest.raises(InvalidInput) as error:  # in the third chunk of five rows: numbered over all rows
             client.predict("diabetes", bad)
         assert error.value.field.startswith("inputs[12]"), error.value
+        overflowing = ROWS.copy()
+        overflowing[[16, 18]] = 1e37  # the network overflows: the server lists rows 1 and 3 of its request
+        with pytest.raises(InvalidInput, match=r"non-finite .* rows numbered from 0: 16, 18 \(field 'inputs'\)"):
+            client.predict("diabetes", overflowing)
     with Client(small_server.url, api_key="wrong") as client:
         with pytest.raises(Unauthorized):
             client.models()

@@ -76,6 +76,9 @@ def test_a_200_that_is_not_the_answer_is_a_bad_answer(stand_in, body):
     with Client(stand_in, retries=0) as client, pytest.raises(BadAnswer) as error:
         client.predict("m", [[0.0, 1.0]])
     assert error.value.status == 200 and len(str(error.value)) < 600
+    excerpt = error.value.excerpt  # the answer's start: its text, or the JSON it parsed to
+    shown = body.decode() if isinstance(body, bytes) else repr(body)
+    assert excerpt and shown.startswith(excerpt), excerpt
 
 
 THREE_ROWS = {**ANSWER, **{key: ANSWER[key] * 3 for key in ("samples_used", "mean", "std", "variance",

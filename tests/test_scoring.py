@@ -168,6 +168,19 @@ def test_remote_engine_agrees_with_local(server, engines_input, tmp_path):
         np.testing.assert_allclose(remote[column], local[column], rtol=1e-6)
 
 
+def test_remote_value_errors_name_the_file_and_the_absolute_rows(server, tmp_path):
+    """The server numbers the rows of its request (a chunk); the error names the file and the rows in it."""
+    frame = _frame(300)
+    frame.loc[[193, 195], FEATURES] = 1e37  # float32 values on which the network overflows: rows 43, 45 of chunk 3
+    source = _write(frame, tmp_path / "in.csv")
+    done = _score("diabetes", source, tmp_path / "out.parquet", "--engine", "remote", "--url", server.url,
+                  "--chunk-rows", 50, "--samples", 10, "--quiet")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert (f"{source}: {server.url}: model 'diabetes': non-finite statistics (the network overflowed) for 2 row(s),"
+            " rows numbered from 0: 193, 195") in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
 def test_ray_engine_on_a_local_two_cpu_ray_agrees_with_local(engines_input, tmp_path):
     source, local = engines_input
     output = tmp_path / "ray.parquet"

@@ -133,19 +133,25 @@ def test_a_csv_cut_mid_line_is_refused(tmp_path, source):
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("value, message", [
-    (1e39, "1 row(s) with values beyond float32's range (+-3.4e38), rows numbered from 0: 130"),
-    (1e37, ("model 'diabetes' gives non-finite statistics (values too large for the network) for 1 row(s),"
-            " rows numbered from 0: 170")),
-])
-def test_value_errors_name_the_file_and_the_absolute_row(tmp_path, value, message):
-    row = 130 if value > 1e38 else 170
-    frame = _frame(ROWS)
-    if value > 1e38:
-        frame.loc[row, "bmi"] = value
-    else:  # float32 values, but the network overflows on them
-        frame.loc[row, FEATURES] = value
-    source = _write(frame, tmp_path / "in.csv")
+def _set(row: int, columns, value):
+    def change(frame: pd.DataFrame) -> pd.DataFrame:
+        if isinstance(value, str):
+            frame[columns] = frame[columns].astype(object)
+        frame.loc[row, columns] = value
+        return frame
+    return change
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set(130, "bmi", 1e39), "1 row(s) with values beyond float32's range (+-3.4e38), rows numbered from 0: 130"),
+    (_set(170, FEATURES, 1e37), ("model 'diabetes' gives non-finite statistics (values too large for the network)"
+                                 " for 1 row(s), rows numbered from 0: 170")),  # float32 values; the network overflows
+    (_set(230, "bmi", float("nan")), ("1 row(s) among rows 200-249 with missing, NaN or infinite feature values"
+                                      " (rows numbered from 0: 230)")),
+    (_set(230, "bmi", "x"), "column 'bmi' is not numeric at row 230 (numbered from 0)"),
+], ids=["beyond-float32", "network-overflows", "nan", "text"])
+def test_value_errors_name_the_file_and_the_absolute_row(tmp_path, change, message):
+    source = _write(change(_frame(ROWS)), tmp_path / "in.csv")
     _refused(_score(BUNDLE, source, tmp_path / "out.parquet", *FAST), f"{source}: {message}")
     assert _leftovers(tmp_path) == []
 

@@ -96,6 +96,21 @@ def test_identical_samples_are_refused():
         mcd.predict(Cancels(), torch.randn(3, 2), samples=16)
 
 
+def test_a_certain_classifier_is_answered_not_refused():
+    """Logits at least 2,000 apart whichever units dropout keeps: every sample's softmax is exactly one-hot
+    in float64, so the samples are identical because the model is certain, and dropout did act."""
+    hidden = nn.Linear(2, 8)
+    head = nn.Linear(8, 2)
+    with torch.no_grad():
+        hidden.weight.zero_(), hidden.bias.fill_(1.0)
+        head.weight.copy_(torch.tensor([[1.0] * 8, [-1.0] * 8])), head.bias.copy_(torch.tensor([1000.0, -1000.0]))
+    model = nn.Sequential(hidden, nn.Dropout(0.5), head)
+    prediction = mcd.predict(model, torch.randn(3, 2), samples=16, task="classification", seed=0)
+    assert torch.equal(prediction.probs, torch.tensor([[1.0, 0.0]] * 3, dtype=prediction.probs.dtype))
+    assert torch.equal(prediction.entropy, torch.zeros(3, dtype=prediction.entropy.dtype))
+    assert torch.equal(prediction.mutual_information, torch.zeros(3, dtype=prediction.entropy.dtype))
+
+
 @pytest.mark.parametrize(
     ("module", "name"),
     [

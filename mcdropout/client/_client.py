@@ -46,6 +46,8 @@ __all__ = ["AsyncClient", "BadAnswer", "ClassificationResult", "Client", "Invali
            "Unreachable"]
 
 EXCERPT_CHARS = 200  # of a bad answer's body, in its error
+# The server's lists of rows in its errors: "rows numbered from 0: 3, 7, ..." and "in row(s) 3, 7, ..."
+_ROW_LIST = re.compile(r"(rows numbered from 0: |in row\(s\) )(\d+(?:, \d+)*)")
 
 
 class ServiceError(Exception):
@@ -70,6 +72,17 @@ class InvalidInput(ServiceError):
 
     def __str__(self) -> str:
         return f"{self.message} (field {self.field!r})" if self.field else self.message
+
+    def shifted(self, offset: int) -> InvalidInput:
+        """This error with the row numbers it names counted from ``offset``: for a call on the rows of a
+        larger table that start at ``offset`` (``inputs[N]``, and the server's lists of rows)."""
+        def shift(text: str | None) -> str | None:
+            if text is None:
+                return None
+            text = re.sub(r"inputs\[(\d+)\]", lambda m: f"inputs[{int(m[1]) + offset}]", text)
+            return _ROW_LIST.sub(lambda m: m[1] + re.sub(r"\d+", lambda n: str(int(n[0]) + offset), m[2]), text)
+
+        return InvalidInput(shift(self.message), self.status, shift(self.field))
 
 
 class Unauthorized(ServiceError):
@@ -222,7 +235,7 @@ class _Base:
                 body = yield from self._call(_Request("POST", f"/v1/models/{name}/predict",
                                                       json={"inputs": rows[start:start + step].tolist(), **options}))
             except InvalidInput as error:
-                raise _row_numbers_shifted(error, start) from None
+                raise error.shifted(start) from None
             part = _prediction(body, name, len(rows[start:start + step]))
             parts.append(part)
             options.setdefault("seed", parts[0].seed)  # the server's default seed, kept for later chunks
@@ -421,14 +434,6 @@ def _prediction(body: Any, name: str, rows: int) -> Result:
     if got != rows:
         raise _bad(f"model {name!r}: the answer holds {got} row(s) for {rows} input row(s)", body)
     return result
-
-
-def _row_numbers_shifted(error: InvalidInput, offset: int) -> InvalidInput:
-    """The error of a chunk starting at row ``offset``, with its row numbers counted over all the inputs."""
-    def shift(text: str | None) -> str | None:
-        return None if text is None else re.sub(r"inputs\[(\d+)\]", lambda m: f"inputs[{int(m[1]) + offset}]", text)
-
-    return InvalidInput(shift(error.message), error.status, shift(error.field))
 
 
 def _retryable(failure: ServiceError) -> bool:

@@ -289,7 +289,8 @@ class MCPredictor:
         with self._lock, torch.inference_mode(), mc_modes(self._roles):
             plan = self._plan(inputs.shape[0], total, probe or self._probe(inputs, sampler))
             accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples)
-        if not bool(accumulator.spread().any()):  # spreads are variances: all zero, or some positive
+        # spreads are variances: all zero, or some positive; a certain classifier is not refused
+        if not bool(accumulator.spread().any()) and not accumulator.saturated():
             raise InputError(
                 f"all {int(accumulator.moments.count.max())} MC samples came out identical for every row:"
                 " the stochastic layers have no effect on the output (dropout p=0, or dropout placed where"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mcdropout.answer import Result, from_prediction, parse_options
-from mcdropout.errors import ScoringError
+from mcdropout.errors import InputError, ScoringError
+
+if TYPE_CHECKING:
+    from mcdropout.client import InvalidInput
 
 
 class LocalEngine:
@@ -44,11 +48,27 @@ class RemoteEngine:
         self.options = options or {}
 
     def predict(self, x: np.ndarray) -> Result:
-        from mcdropout.client import ServiceError
+        from mcdropout.client import InvalidInput, ServiceError
 
         try:
             return self.client.predict(self.name, x.reshape(len(x), *self.input_shape), samples=self.samples,
                                        seed=self.seed, interval=self.interval, **self.options)
+        except InvalidInput as error:
+            if (error.field or "").startswith("inputs"):
+                raise RemoteInputError(self.client.base_url, error) from None
+            raise ScoringError(f"{self.client.base_url}: {error}") from None
         except ServiceError as error:
             raise ScoringError(f"{self.client.base_url}: {error}; the chunks done so far are kept: run again with"
                                " --resume") from None
+
+
+class RemoteInputError(InputError):
+    """The server refused a chunk's rows; :meth:`counted_from` names them as rows of the whole table."""
+
+    def __init__(self, url: str, error: InvalidInput) -> None:
+        self.url, self.error = url, error
+        super().__init__(f"{url}: {error}")
+
+    def counted_from(self, first: int) -> str:
+        """The message with the rows numbered from 0 in the table, for a chunk that starts at row ``first``."""
+        return f"{self.url}: {self.error.shifted(first)}"

@@ -28,7 +28,7 @@ from mcdropout import _tables as tables
 from mcdropout._progress import Progress
 from mcdropout.bundle import NonFiniteError
 from mcdropout.errors import InputError, ScoringError
-from mcdropout.scoring._engines import LocalEngine, RemoteEngine
+from mcdropout.scoring._engines import LocalEngine, RemoteEngine, RemoteInputError
 from mcdropout.scoring._job import (
     ENGINES,
     OUTPUT_FORMATS,
@@ -144,6 +144,8 @@ def _local_chunks(job: Job, engine: Engine, skip: int) -> Iterator[pa.Table]:
             raise tables.TableError(f"{job.input}: model {error.model!r} gives non-finite statistics (values"
                                     f" too large for the network) for {len(error.rows)} row(s), rows numbered"
                                     f" from 0: {rows_text(error.rows + first)}") from None
+        except RemoteInputError as error:
+            raise tables.TableError(f"{job.input}: {error.counted_from(first)}") from None
         except InputError as error:
             raise tables.TableError(f"{job.input}: rows {first}-{first + len(x) - 1} (numbered from 0, the row"
                                     f" numbers below count from {first}): {error}") from None

@@ -189,6 +189,9 @@ class RegressionAccumulator:
     def spread(self) -> torch.Tensor:
         return self.moments.variance
 
+    def saturated(self) -> bool:
+        return False
+
     def _aleatoric(self) -> torch.Tensor:
         if self.heteroscedastic:
             return self.noise.mean
@@ -234,6 +237,11 @@ class ClassificationAccumulator:
 
     def spread(self) -> torch.Tensor:
         return self.moments.variance
+
+    def saturated(self) -> bool:
+        """Every row's probability is all on one class, in float64: samples can then come out identical
+        because the model is certain (logits hundreds apart), not because dropout has no effect."""
+        return bool((self.moments.mean.max(dim=1).values == 1.0).all())
 
     def result(self, seed: int, samples: torch.Tensor | None) -> ClassificationPrediction:
         count = self.moments.count.to(torch.float64)
