@@ -11,8 +11,10 @@ from scipy import stats
 
 import mcdropout as mcd
 from mcdropout._calibrate import write_manifest
+from mcdropout.bundle import Bundle
+from mcdropout.bundle._calibration import fit_bundle
 from mcdropout.cli import main
-from mcdropout.training._calibration_report import calibration_report
+from mcdropout.training._calibration_report import calibration_report, format_report
 from mcdropout.training._evaluation import split_of
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -76,3 +78,15 @@ def test_an_uncalibrated_bundle_reports_before_only(tmp_path, capsys):
     assert written["after"] is None and written["calibration"] is None
     before = written["before"]
     assert before["set_coverage_90"] >= before["accuracy"]  # a set always holds the predicted class
+
+
+def test_a_level_beyond_the_calibration_rows_is_reported_as_missing():
+    """10 calibration rows: a conformal interval exists up to 10/11 = 0.909, so 95% has none after."""
+    shipped = mcd.load_bundle(MODELS / "diabetes", device="cpu")
+    split = split_of(shipped)
+    fitted = fit_bundle(shipped, split.x_val[:10], split.y_val[:10], samples=16)
+    bundle = Bundle(dataclasses.replace(shipped.manifest, calibration=fitted), shipped.model, device="cpu")
+    report = calibration_report(bundle, split.x_test, split.y_test, rows_source="test rows", samples=16)
+    assert report.after.metrics["coverage_90"] is not None and report.after.metrics["coverage_95"] is None
+    assert report.before.metrics["coverage_95"] is not None  # the Gaussian interval needs no calibration
+    assert "-: a level above n/(n + 1)" in format_report(report)

@@ -96,20 +96,29 @@ def _regression(bundle: Bundle, x: np.ndarray, y: np.ndarray, samples: int | Non
     variance = prediction.variance.reshape(len(y), -1).numpy().astype(np.float64)
     scores: dict[str, float | None] = {"rmse": metrics.rmse(y, mean), "nll": metrics.gaussian_nll(y, mean, variance)}
     for level in LEVELS:
-        lower, upper = _served_interval(manifest, prediction, level)
         tag = round(level * 100)
+        interval = _served_interval(manifest, prediction, level)
+        if interval is None:  # too few calibration rows for a conformal interval at this level
+            scores.update({f"coverage_{tag}": None, f"width_{tag}": None, f"interval_score_{tag}": None})
+            continue
+        lower, upper = interval
         scores[f"coverage_{tag}"] = metrics.interval_coverage(y, lower, upper)
         scores[f"width_{tag}"] = float(np.mean(upper - lower))
         scores[f"interval_score_{tag}"] = metrics.interval_score(y, lower, upper, level)
     levels = np.round(np.linspace(0.05, 0.95, 19), 2)
-    observed = np.array([metrics.interval_coverage(y, *_served_interval(manifest, prediction, level))
-                         for level in levels])
+    intervals = [_served_interval(manifest, prediction, level) for level in levels]
+    observed = np.array([np.nan if i is None else metrics.interval_coverage(y, *i) for i in intervals])
     return Side(scores, coverage_by_level=(levels, observed))
 
 
-def _served_interval(manifest, prediction, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """The interval the service answers at ``level``: conformal for a calibrated bundle, else Gaussian."""
-    result = answer.from_prediction(manifest, prediction, level, answer.parse_options({}, manifest, level))
+def _served_interval(manifest, prediction, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """The interval the service answers at ``level``: conformal for a calibrated bundle, else Gaussian;
+    None where the bundle's calibration rows are too few for a conformal interval at ``level``."""
+    try:
+        options = answer.parse_options({}, manifest, level)
+    except answer.OptionError:
+        return None
+    result = answer.from_prediction(manifest, prediction, level, options)
     return result.lower, result.upper
 
 
@@ -186,11 +195,15 @@ def format_report(report: Report) -> str:
     if report.calibration is None:
         lines.append("the bundle is not calibrated: 'after' needs `mcdropout calibrate`")
     else:
-        lines.append(f"calibrated on {report.calibration['source']} ({', '.join(report.calibration['methods'])})")
+        source = report.calibration["source"] or f"{report.calibration['rows']} rows"
+        lines.append(f"calibrated on {source} ({', '.join(report.calibration['methods'])})")
     lines.append(f"{'':{width}}{'before':>10}{'after':>10}")
     for key, label in keys:
         after = None if report.after is None else report.after.metrics.get(key)
         lines.append(f"{label:{width}}{_cell(report.before.metrics.get(key))}{_cell(after)}")
+    if report.after is not None and any(report.after.metrics.get(f"coverage_{round(level * 100)}", 0) is None
+                                        for level in LEVELS):
+        lines.append("-: a level above n/(n + 1) of the calibration's n rows has no conformal interval")
     lines.append(f"before: {BEFORE[report.task]}")
     lines.append(f"after: {AFTER[report.task]}")
     return "\n".join(lines)
