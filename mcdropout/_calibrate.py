@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from mcdropout import _tables as tables
-from mcdropout.bundle._bundle import MANIFEST, Manifest, load_bundle
+from mcdropout.bundle._bundle import MANIFEST, Bundle, Manifest, load_bundle
 from mcdropout.bundle._calibration import fit_bundle
 from mcdropout.errors import InputError, TableError
 from mcdropout.scoring._job import feature_columns
@@ -53,8 +53,10 @@ def calibrate_on_validation(bundle_path: str | os.PathLike, *, samples: int | No
     split (re-made from the manifest, as ``evaluate`` re-makes the test rows), and write it into its manifest.
 
     The network never trained on those rows; training used them only to choose epochs or hyperparameters.
+    The manifest's recorded test metrics are measured again as the calibrated bundle now answers, with the
+    uncalibrated ones kept beside them under ``uncalibrated`` (as ``mcdropout train`` records them).
     """
-    from mcdropout.training._evaluation import split_of
+    from mcdropout.training._evaluation import evaluate, split_of
 
     folder = Path(bundle_path)
     loaded = load_bundle(folder, device="cpu")
@@ -67,7 +69,15 @@ def calibrate_on_validation(bundle_path: str | os.PathLike, *, samples: int | No
               flush=True)
     source = f"the validation rows of the training split ({len(y)} rows)"
     fitted = fit_bundle(loaded, x, y, source=source, samples=samples, seed=seed, delta=delta)
-    write_manifest(folder, dataclasses.replace(loaded.manifest, calibration=fitted))
+    manifest = dataclasses.replace(loaded.manifest, calibration=fitted)
+    recorded = loaded.manifest.metrics
+    if "mc" in recorded:
+        metrics = evaluate(Bundle(manifest, loaded.model, device="cpu"), split, samples=recorded.get("samples"),
+                           seed=recorded.get("seed", 0))
+        raw = recorded.get("uncalibrated", recorded)
+        metrics["uncalibrated"] = {key: raw[key] for key in ("mc", "deterministic") if key in raw}
+        manifest = dataclasses.replace(manifest, metrics=metrics)
+    write_manifest(folder, manifest)
     return fitted
 
 

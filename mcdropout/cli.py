@@ -82,11 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a bundle on its held-out data",
-                                   description="Print the held-out metrics of a bundle (and optionally plot).")
+                                   description="Print the held-out metrics of a bundle, and a table of the same"
+                                   " rows scored before and after its calibration (and optionally plot).")
     evaluate.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder (manifest.json + weights)")
     _sampling_arguments(evaluate, "the bundle's")
     _trust_argument(evaluate)
-    evaluate.add_argument("--plot", metavar="FILE.png", help="draw the predictive band or reliability diagram")
+    evaluate.add_argument("--set-level", type=float, default=0.9, metavar="LEVEL", help="classifiers: the level"
+                          " of the prediction sets reported (default 0.9)")
+    evaluate.add_argument("--set-method", choices=("lac", "aps"), default="lac", help="classifiers: the"
+                          " conformal set score (default lac)")
+    evaluate.add_argument("--plot", metavar="DIR", help="write pictures into DIR: the reliability diagram and"
+                          " (classifiers) the risk-coverage curve, before and after calibration, and the"
+                          " predictive band of a 1-D model; a FILE.png gets the one main picture instead")
     evaluate.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -317,26 +324,42 @@ def _numbers(values: Sequence[str], flag: str) -> list[float]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mcdropout.bundle import load_bundle
+    from mcdropout.training import _calibration_report as calibration_report
     from mcdropout.training._baseline import compare
     from mcdropout.training._evaluation import evaluate, plot, split_of
 
     _check_samples(args)
+    if not 0 < args.set_level < 1:
+        raise UsageError(f"--set-level must lie in (0, 1), got {args.set_level}")
     bundle = load_bundle(args.bundle, device="cpu", trust_code=_trusts_bundle_code(args))
     split = split_of(bundle)
     metrics = evaluate(bundle, split, samples=args.samples, seed=args.seed)
     compared = compare(bundle.manifest.task, split, metrics)
     if compared is not None:
         metrics["baseline"] = compared
+    report = calibration_report.calibration_report(
+        bundle, split.x_test, split.y_test, rows_source="test rows of the recorded split", samples=args.samples,
+        seed=args.seed, set_level=args.set_level, set_method=args.set_method)
     _print_metrics(metrics)
     _warn_baseline("evaluate", metrics)
+    print()
+    print(calibration_report.format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**metrics, "calibration_report": report.to_dict()}, indent=2) + "\n")
     if args.plot:
         try:
-            plot(bundle, args.plot, samples=args.samples, seed=args.seed)
+            if args.plot.lower().endswith(".png"):
+                plot(bundle, args.plot, samples=args.samples, seed=args.seed)
+                written = [args.plot]
+            else:
+                written = calibration_report.plot_report(report, Path(args.plot), bundle.name)
+                if bundle.manifest.task == "regression" and split.x_test.ndim == 2 and split.x_test.shape[1] == 1:
+                    band = Path(args.plot) / f"{bundle.name}-band.png"
+                    plot(bundle, str(band), samples=args.samples, seed=args.seed)
+                    written.append(band)
         except ImportError as error:
             raise UsageError(f"--plot needs matplotlib ({error}); pip install 'mcdropout[train]'") from None
-        print(f"plot written to {args.plot}")
+        print("plots written: " + ", ".join(map(str, written)))
     return 0
 
 

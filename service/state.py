@@ -373,12 +373,8 @@ def describe(version: Version, bundle: Bundle) -> str:
     parameters = sum(p.numel() for p in bundle.model.parameters())
     device = next((p.device for p in bundle.model.parameters()), torch.device("cpu"))
     calibration = getattr(manifest, "calibration", None)
-    if not calibration:
-        calibrated = "uncalibrated"
-    elif isinstance(calibration, dict):
-        calibrated = "calibrated: " + ", ".join(sorted(calibration))
-    else:
-        calibrated = f"calibrated: {calibration}"
+    calibrated = "uncalibrated" if not calibration else \
+        f"calibrated ({', '.join(calibration.methods)} on {calibration.rows} rows)"
     return (f"{version.name} version {version.version}: {manifest.task}, device {device}, {parameters:,} parameters,"
             f" {calibrated} (bundle {manifest.version} from {version.path})")
 

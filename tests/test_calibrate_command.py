@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -10,7 +11,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pytest
 
-from mcdropout.bundle import load_bundle, read_manifest
+from mcdropout._calibrate import write_manifest
+from mcdropout.bundle import Bundle, load_bundle, read_manifest
 from mcdropout.cli import main
 from tests.conftest import MODELS
 
@@ -36,7 +38,7 @@ def regression_bundle(tmp_path_factory):
 def test_calibrate_writes_a_regression_calibration(regression_bundle, capsys):
     folder, table = regression_bundle
     before = (folder / "weights.safetensors").read_bytes()
-    assert read_manifest(folder).calibration is None
+    assert read_manifest(folder).calibration.source.startswith("the validation rows")  # as shipped
     assert main(["calibrate", str(folder), "--data", str(table), "--target", "disease_progression",
                  "--samples", "20", "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -50,7 +52,7 @@ def test_calibrate_writes_a_regression_calibration(regression_bundle, capsys):
     data = json.loads((folder / "manifest.json").read_text())
     assert data["calibration"]["methods"] == ["sigma_scaling", "conformal"]
     # Served std is the scaled one; calibrating again fits on the raw numbers, not on the scaled ones.
-    raw = load_bundle(MODELS / "diabetes", device="cpu").predict(np.zeros((2, 10)), samples=20, seed=1)
+    raw = _uncalibrated("diabetes").predict(np.zeros((2, 10)), samples=20, seed=1)
     scaled = load_bundle(folder, device="cpu").predict(np.zeros((2, 10)), samples=20, seed=1)
     np.testing.assert_allclose(scaled.std.numpy(), raw.std.numpy() * manifest.calibration.sigma_scale[0])
     assert main(["calibrate", str(folder), "--data", str(table), "--target", "disease_progression",
@@ -81,8 +83,7 @@ def test_calibrate_an_image_classifier_from_npy_and_a_labels_file(tmp_path, caps
     assert calibration.temperature > 1.0  # random labels: softer probabilities fit better
     bundle = load_bundle(folder, device="cpu")
     assert bundle.predictor.temperature == calibration.temperature
-    entropy_raw = load_bundle(MODELS / "digits", device="cpu").predict(x[:8].reshape(8, 1, 8, 8), samples=8,
-                                                                        seed=0).entropy
+    entropy_raw = _uncalibrated("digits").predict(x[:8].reshape(8, 1, 8, 8), samples=8, seed=0).entropy
     entropy = bundle.predict(x[:8].reshape(8, 1, 8, 8), samples=8, seed=0).entropy
     assert (entropy > entropy_raw).all()
 
@@ -108,16 +109,28 @@ def test_calibrate_on_the_validation_rows_of_the_training_split(tmp_path):
     import subprocess
     import sys
 
-    from mcdropout.training._evaluation import split_of
+    from mcdropout.training._evaluation import evaluate, split_of
 
-    folder = tmp_path / "digits"
-    shutil.copytree(MODELS / "digits", folder)
+    folder = tmp_path / "breast-cancer"
+    shutil.copytree(MODELS / "breast-cancer", folder)
+    shipped = read_manifest(folder)
+    write_manifest(folder, dataclasses.replace(shipped, calibration=None, metrics=shipped.metrics["uncalibrated"]))
     done = subprocess.run([sys.executable, "-m", "mcdropout.cli", "calibrate", str(folder), "--validation-rows",
                            "--samples", "20"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     bundle = load_bundle(folder, device="cpu")
     rows = len(split_of(bundle).y_val)
     assert bundle.manifest.calibration.source == f"the validation rows of the training split ({rows} rows)"
+    # the recorded test metrics are measured again as the bundle now answers, the raw ones kept beside them
+    metrics = bundle.manifest.metrics
+    assert metrics["uncalibrated"] == shipped.metrics["uncalibrated"]
+    assert metrics["mc"] == pytest.approx(evaluate(bundle, seed=metrics["seed"])["mc"], rel=1e-9)
     refused = subprocess.run([sys.executable, "-m", "mcdropout.cli", "calibrate", str(folder), "--validation-rows",
                               "--target", "y"], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "--validation-rows takes the split's own targets" in refused.stderr
+
+
+def _uncalibrated(name: str) -> Bundle:
+    """A shipped bundle with its calibration removed: the raw MC numbers."""
+    shipped = load_bundle(MODELS / name, device="cpu")
+    return Bundle(dataclasses.replace(shipped.manifest, calibration=None), shipped.model, device="cpu")

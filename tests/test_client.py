@@ -61,13 +61,16 @@ def test_predict_in_chunks_equals_the_library(small_server):
     with Client(small_server.url, api_key="key-1") as client:
         result = client.predict("diabetes", ROWS, samples=50, seed=3, interval=0.9)
     assert isinstance(result, RegressionResult) and len(result) == 23
-    local = load_bundle(MODELS / "diabetes", device="cpu").predict(ROWS, samples=50, seed=3)
-    lower, upper = local.interval(0.9)
+    bundle = load_bundle(MODELS / "diabetes", device="cpu")
+    local = bundle.predict(ROWS, samples=50, seed=3)
+    half = bundle.manifest.calibration.conformal.quantiles(0.9) * local.std.numpy()  # calibrated: conformal
+    lower, upper = local.mean - half, local.mean + half
     np.testing.assert_allclose(result.mean, local.mean.numpy(), rtol=1e-5)
     np.testing.assert_allclose(result.std, local.std.numpy(), rtol=1e-5)
     np.testing.assert_allclose(result.lower, lower.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(result.upper, upper.numpy(), rtol=1e-5)
     assert result.seed == 3 and result.level == 0.9 and (result.samples_used == 50).all()
+    assert result.interval_method == "conformal"
 
 
 def test_dataframe_columns_are_matched_by_name(server):

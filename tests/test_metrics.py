@@ -74,3 +74,30 @@ def test_metrics_take_tensors():
     assert metrics.rmse(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0])) == pytest.approx(math.sqrt(2))
     with pytest.raises(ValueError, match="shapes differ"):
         metrics.rmse([1.0, 2.0], [1.0])
+
+
+def test_interval_score_is_the_width_plus_the_scaled_miss():
+    # level 0.8: alpha 0.2, each unit outside costs 2 / 0.2 = 10 on top of the width 2
+    y, lower, upper = [0.0, 3.0, -2.0], [-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]
+    assert metrics.interval_score(y, lower, upper, 0.8) == pytest.approx((2 + (2 + 10 * 2) + (2 + 10 * 1)) / 3)
+    assert metrics.interval_score([0.5], [0.0], [1.0], 0.95) == pytest.approx(1.0)  # inside: the width alone
+    with pytest.raises(ValueError, match="level must be in"):
+        metrics.interval_score(y, lower, upper, 1.0)
+
+
+def test_risk_coverage_accepts_tied_scores_together():
+    # sorted: 0.1 right, 0.2 right, 0.3 wrong, 0.3 right (tied: accepted together), 0.5 wrong
+    scores, errors = [0.1, 0.3, 0.2, 0.3, 0.5], [0, 1, 0, 0, 1]
+    coverage, risk = metrics.risk_coverage(scores, errors)
+    assert coverage.tolist() == pytest.approx([0.2, 0.4, 0.8, 1.0])
+    assert risk.tolist() == pytest.approx([0.0, 0.0, 0.25, 0.4])
+    # AURC: positions 1, 2 at risk 0; positions 3, 4 (the tie) at 1/4; position 5 at 2/5
+    assert metrics.aurc(scores, errors) == pytest.approx((0 + 0 + 2 * 0.25 + 0.4) / 5)
+    # the order of tied rows does not matter
+    assert metrics.aurc([0.1, 0.3, 0.2, 0.3, 0.5], [0, 0, 0, 1, 1]) == metrics.aurc(scores, errors)
+
+
+def test_aurc_rewards_a_ranking_that_puts_the_errors_last():
+    errors = [0, 0, 1, 1]
+    assert metrics.aurc([1, 2, 3, 4], errors) == pytest.approx((0 + 0 + 1 / 3 + 1 / 2) / 4)
+    assert metrics.aurc([4, 3, 2, 1], errors) == pytest.approx((1 + 1 + 2 / 3 + 1 / 2) / 4)

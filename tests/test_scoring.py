@@ -55,13 +55,20 @@ def test_each_input_format_gives_the_librarys_numbers(tmp_path, suffix):
     source = _write(frame, tmp_path / f"in{suffix}")
     output = tmp_path / ("out.csv" if suffix == ".npy" else "out.parquet")
     id_args = [] if suffix == ".npy" else ["--id-column", "pid"]
+    gaussian = suffix == ".csv"  # one format asks for the raw Gaussian interval; the others get the conformal one
+    method_args = ["--interval-method", "gaussian"] if gaussian else []
     done = _score(BUNDLE, source, output, "--samples", 40, "--seed", 2, "--interval", 0.9, "--chunk-rows", 100,
-                  *id_args)
+                  *id_args, *method_args)
     assert done.returncode == 0, done.stderr
     assert "257 rows" in done.stdout
     result = pd.read_csv(output) if output.suffix == ".csv" else pd.read_parquet(output)
-    expected = load_bundle(BUNDLE, device="cpu").predict(frame[FEATURES].to_numpy(), samples=40, seed=2)
-    lower, upper = expected.interval(0.9)
+    bundle = load_bundle(BUNDLE, device="cpu")
+    expected = bundle.predict(frame[FEATURES].to_numpy(), samples=40, seed=2)
+    if gaussian:
+        lower, upper = expected.interval(0.9)
+    else:
+        half = bundle.manifest.calibration.conformal.quantiles(0.9) * expected.std.numpy()  # calibrated
+        lower, upper = expected.mean - half, expected.mean + half
     assert list(result.columns[:5]) == [("row" if suffix == ".npy" else "pid"), "mean", "std", "lower", "upper"]
     ids = result.iloc[:, 0].tolist()
     assert ids == (list(range(257)) if suffix == ".npy" else frame.pid.tolist())

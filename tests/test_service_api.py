@@ -30,12 +30,15 @@ def test_regression_answer_equals_the_library(http):
                        json={"inputs": DIABETES_ROWS, "samples": 64, "seed": 7, "interval": 0.9}).json()
     assert (answer["model"], answer["version"], answer["samples"], answer["seed"]) == ("diabetes", "1.0.0", 64, 7)
     assert answer["samples_used"] == [64] * 5
-    local = mcd.load_bundle(MODELS / "diabetes", device="cpu").predict(np.array(DIABETES_ROWS), samples=64, seed=7)
+    bundle = mcd.load_bundle(MODELS / "diabetes", device="cpu")
+    local = bundle.predict(np.array(DIABETES_ROWS), samples=64, seed=7)
     assert np.allclose(answer["mean"], local.mean.numpy(), rtol=1e-6)
     assert np.allclose(answer["epistemic_variance"], local.epistemic.numpy(), rtol=1e-5)
     assert np.allclose(answer["variance"], np.add(answer["epistemic_variance"], answer["aleatoric_variance"]))
-    lower, upper = local.interval(0.9)
-    assert answer["interval"]["level"] == 0.9
+    # the shipped bundle is calibrated: its interval is conformal, mean +- q std
+    half = bundle.manifest.calibration.conformal.quantiles(0.9) * local.std.numpy()
+    lower, upper = local.mean - half, local.mean + half
+    assert answer["interval"] == {**answer["interval"], "level": 0.9, "method": "conformal"}
     assert np.allclose(answer["interval"]["lower"], lower.numpy(), rtol=1e-5)
     assert np.allclose(answer["interval"]["upper"], upper.numpy(), rtol=1e-5)
 

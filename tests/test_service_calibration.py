@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 
@@ -12,7 +13,7 @@ import pyarrow.csv as pa_csv
 import pytest
 from scipy import stats
 
-from mcdropout._calibrate import calibrate
+from mcdropout._calibrate import calibrate, write_manifest
 from mcdropout.bundle import read_manifest
 from mcdropout.training import datasets
 from tests.conftest import MODELS, run_server
@@ -23,10 +24,13 @@ DIGITS = datasets.digits(0)
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """diabetes and digits calibrated on their validation rows (never trained on); breast-cancer as shipped."""
+    """diabetes and digits calibrated again here, from files of their validation rows (never trained on);
+    breast-cancer with its calibration removed: an uncalibrated bundle."""
     root = tmp_path_factory.mktemp("calibrated")
     for name in ("diabetes", "digits", "breast-cancer"):
         shutil.copytree(MODELS / name, root / "models" / name)
+    uncalibrated = read_manifest(root / "models" / "breast-cancer")
+    write_manifest(root / "models" / "breast-cancer", dataclasses.replace(uncalibrated, calibration=None))
     names = read_manifest(root / "models" / "diabetes").feature_names
     table = pa.table({**{n: DIABETES.x_val[:, i] for i, n in enumerate(names)},
                       "disease_progression": DIABETES.y_val[:, 0]})

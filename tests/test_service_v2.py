@@ -27,8 +27,9 @@ def test_health_and_metadata_with_tritonclient(triton_client):
     metadata = triton_client.get_model_metadata("digits")
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
     names = [o["name"] for o in metadata["outputs"]]
+    # the shipped digits bundle is calibrated: the outputs it gives when asked (sets, abstention) are listed too
     assert names == ["probs", "label", "entropy", "expected_entropy", "mutual_information", "variation_ratio",
-                     "samples_used"]
+                     "samples_used", "prediction_set", "set_size", "abstain"]
     assert triton_client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
 
 

@@ -66,6 +66,21 @@ def interval_coverage(y: ArrayLike, lower: ArrayLike, upper: ArrayLike) -> float
     return float(np.mean((y >= lower) & (y <= upper)))
 
 
+def interval_score(y: ArrayLike, lower: ArrayLike, upper: ArrayLike, level: float) -> float:
+    """Winkler's interval score of central ``level`` intervals (Gneiting & Raftery, 2007, eq. 43).
+
+    The width, plus 2 / alpha times how far y falls outside, with alpha = 1 - level: a proper score, so
+    an interval cannot gain by being too narrow or too wide. Lower is better; in y's units.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    y, lower, upper = _array(y, "y"), _array(lower, "lower"), _array(upper, "upper")
+    _same_shape(y=y, lower=lower, upper=upper)
+    penalty = 2.0 / (1.0 - level)
+    below, above = np.maximum(lower - y, 0.0), np.maximum(y - upper, 0.0)
+    return float(np.mean(upper - lower + penalty * (below + above)))
+
+
 def crps_gaussian(y: ArrayLike, mean: ArrayLike, std: ArrayLike) -> float:
     """Continuous ranked probability score of N(mean, std^2), closed form (Gneiting et al., 2005)."""
     y, mean, std = _array(y, "y"), _array(mean, "mean"), _array(std, "std")
@@ -125,3 +140,34 @@ def auroc(scores_in: ArrayLike, scores_out: ArrayLike) -> float:
     scores_in, scores_out = _array(scores_in, "scores_in").ravel(), _array(scores_out, "scores_out").ravel()
     u = stats.mannwhitneyu(scores_out, scores_in, alternative="two-sided").statistic
     return float(u / (len(scores_in) * len(scores_out)))
+
+
+def risk_coverage(scores: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The risk-coverage curve of a selective predictor that accepts rows in order of increasing ``scores``
+    (uncertainty) and suffers ``losses`` on them (1 for an error, 0 for a right answer; or any loss).
+
+    Returns (coverage, risk): at each distinct score, the share of rows accepted with scores up to it and
+    their mean loss. Rows with tied scores cannot be told apart, so they are accepted together.
+    """
+    accepted, risk = _accepted_risk(scores, losses)
+    return accepted / accepted[-1], risk
+
+
+def aurc(scores: ArrayLike, losses: ArrayLike) -> float:
+    """Area under the risk-coverage curve (Geifman, Uziel & El-Yaniv, 2019): the mean over k = 1..n of the
+    mean loss of the k least uncertain rows. Lower is better. Tied scores are accepted together: each of
+    their positions takes the risk with all of them accepted (so the area does not depend on row order).
+    """
+    accepted, risk = _accepted_risk(scores, losses)
+    return float(np.sum(np.diff(accepted, prepend=0) * risk) / accepted[-1])
+
+
+def _accepted_risk(scores: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Rows accepted and their mean loss at each distinct score, in increasing order."""
+    scores, losses = _array(scores, "scores").ravel(), _array(losses, "losses").ravel()
+    _same_shape(scores=scores, losses=losses)
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    cumulative = np.cumsum(losses[order])
+    ends = np.flatnonzero(np.append(sorted_scores[1:] != sorted_scores[:-1], True))  # the last row of each tie
+    return ends + 1, cumulative[ends] / (ends + 1)
