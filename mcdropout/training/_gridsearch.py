@@ -93,14 +93,23 @@ def fit(sets: Sequence[TrainingSet], settings: Settings, *, quiet: bool = False)
             _report(grid, scores, chosen)
     else:
         chosen = [{"dropout": grid[0][0], "tau": grid[0][1]} for _ in sets]
-    points = [(c["dropout"], c["tau"]) for c in chosen]
     stop_at = [c["epochs"] for c in chosen] if settings.patience is not None else None
-    final = _train(list(sets), points, settings, "final training" if len(sets) == 1 else
+    return refit(sets, [(c["dropout"], c["tau"]) for c in chosen], settings, scores=scores, quiet=quiet,
+                 stop_at=stop_at)
+
+
+def refit(sets: Sequence[TrainingSet], points: Sequence[tuple[float, float | None]], settings: Settings, *,
+          scores: Sequence[list[dict]] | None = None, quiet: bool = False,
+          stop_at: Sequence[int] | None = None) -> list[Fitted]:
+    """Train one network per set at its own (dropout, tau), all stacked: the protocol's final training
+    (``stop_at``: each network's epochs, chosen by early stopping on the validation part)."""
+    regression = settings.task == "regression"
+    final = _train(list(sets), list(points), settings, "final training" if len(sets) == 1 else
                    f"final training ({len(sets)} sets)", quiet, stop_at=stop_at)
     return [
         Fitted(model=final.model.select(i), dropout=float(p), tau=tau, x_mean=final.x_mean[i],
                x_std=final.x_std[i], y_mean=final.y_mean[i] if regression else None,
-               y_std=final.y_std[i] if regression else None, validation=scores[i],
+               y_std=final.y_std[i] if regression else None, validation=list(scores[i]) if scores else [],
                epochs=int(final.model.epochs[i]))
         for i, (p, tau) in enumerate(points)
     ]
