@@ -50,7 +50,6 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._reject(scope, send)
         received = 0
-        started = False
 
         async def counting_receive():
             nonlocal received
@@ -61,16 +60,8 @@ class BodyLimit:
                     raise _TooLarge
             return message
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(scope, send)
+        if await _refused(self.app, scope, counting_receive, send, _TooLarge):
+            await self._reject(scope, send)
 
     async def _reject(self, scope, send) -> None:
         await _answer(send, 413, f"request body over the limit of {self.limit} bytes (MCD_MAX_BODY_BYTES)")
@@ -94,7 +85,6 @@ class ReadDeadline:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.seconds
         reading = True
-        started = False
 
         async def timed_receive():
             nonlocal reading
@@ -108,17 +98,26 @@ class ReadDeadline:
             reading = message["type"] == "http.request" and message.get("more_body", False)
             return message
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        if await _refused(self.app, scope, timed_receive, send, _TooSlow):
+            await _answer(send, 408, f"the request body did not arrive within {self.seconds:g} s"
+                                     " (MCD_REQUEST_READ_TIMEOUT_S)", close=True)
 
-        try:
-            await self.app(scope, timed_receive, tracking_send)
-        except _TooSlow:
-            if not started:
-                await _answer(send, 408, f"the request body did not arrive within {self.seconds:g} s"
-                                         " (MCD_REQUEST_READ_TIMEOUT_S)", close=True)
+
+async def _refused(app, scope, receive, send, refusal: type[Exception]) -> bool:
+    """Run ``app``; True when ``receive`` raised ``refusal`` before the app started its answer (the caller
+    answers instead), False when the app answered, or had started to when the refusal came."""
+    started = False
+
+    async def tracking_send(message):
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, receive, tracking_send)
+    except refusal:
+        return not started
+    return False
 
 
 def _has_body(scope) -> bool:
