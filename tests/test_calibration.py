@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import special, stats
+from scipy import optimize, special, stats
 
 from mcdropout.errors import InputError
 from mcdropout.stats import calibration as cal
@@ -251,3 +251,28 @@ def test_separated_calibration_rows_leave_the_temperature_at_one():
     logits = rng.normal(size=(200, 5, 3))
     logits[np.arange(200), :, y] += 6.0
     assert cal.fit_temperature(logits, y) == 1.0
+
+
+
+def test_the_temperature_is_the_one_closest_to_one_within_a_standard_error_of_the_best():
+    """Where the rows cannot tell temperatures apart (within one paired standard error of the lowest NLL),
+    the fit keeps the one nearest 1, not wherever in a flat stretch the bare minimum lands."""
+    rng = np.random.default_rng(7)
+    rows, classes = 300, 10
+    logits = rng.normal(scale=4.0, size=(rows, classes))
+    y = _sample_labels(rng, special.softmax(logits / 2.0, axis=1))
+
+    def row_nll(t):
+        return -special.log_softmax(logits / t, axis=1)[np.arange(rows), y]
+
+    bare = math.exp(optimize.minimize_scalar(lambda u: row_nll(math.exp(u)).mean(), bounds=(math.log(0.05),
+                    math.log(20.0)), method="bounded", options={"xatol": 1e-9}).x)
+    fitted = cal.fit_temperature(logits, y)
+
+    def excess(t):
+        difference = row_nll(t) - row_nll(bare)
+        return difference.mean() - difference.std(ddof=1) / math.sqrt(rows)
+
+    assert 1.0 < fitted < bare
+    assert abs(excess(fitted)) < 1e-6  # on the band's edge
+    assert excess(fitted / 1.01) > 0.0  # a step towards 1 leaves the band
