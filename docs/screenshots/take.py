@@ -1,11 +1,8 @@
 """Retake the README's screenshots (1280x800) against a running server; needs chromium, chromium-driver and
-selenium, as the browser tests do. The pictures show digits and diabetes calibrated (copies; models/ is
-left as it is)::
+selenium, as the browser tests do. The shipped bundles are calibrated, so the pictures show their sets,
+abstention and conformal intervals::
 
-    mkdir /tmp/shots && cp -r models/* /tmp/shots/
-    mcdropout calibrate /tmp/shots/digits --validation-rows
-    mcdropout calibrate /tmp/shots/diabetes --validation-rows
-    MCD_MODELS_DIR=/tmp/shots mcdropout serve --port 8000 &
+    mcdropout serve --port 8000 &
     python docs/screenshots/take.py http://127.0.0.1:8000
 """
 
