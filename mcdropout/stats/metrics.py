@@ -121,18 +121,21 @@ def brier(probs: ArrayLike, labels: ArrayLike) -> float:
     return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
 
 
-def ece(probs: ArrayLike, labels: ArrayLike, bins: int = 15) -> float:
-    """Expected calibration error: |accuracy - confidence| over equal-width confidence bins (lo, hi]."""
+def reliability_bins(probs: ArrayLike, labels: ArrayLike, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per non-empty equal-width confidence bin (lo, hi]: the mean confidence, the accuracy and the rows."""
     probs, labels = _classes(probs, labels)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        members = index == b
-        if members.any():
-            total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
-    return float(total / len(labels))
+    used, counts = np.unique(index, return_counts=True)
+    return (np.array([confidence[index == b].mean() for b in used]),
+            np.array([correct[index == b].mean() for b in used]), counts)
+
+
+def ece(probs: ArrayLike, labels: ArrayLike, bins: int = 15) -> float:
+    """Expected calibration error: |accuracy - confidence| over equal-width confidence bins (lo, hi]."""
+    confidence, accuracy, counts = reliability_bins(probs, labels, bins)
+    return float(np.sum(counts * np.abs(accuracy - confidence)) / np.sum(counts))
 
 
 def auroc(scores_in: ArrayLike, scores_out: ArrayLike) -> float:

@@ -230,7 +230,7 @@ def plot_report(report: Report, folder: Path, name: str) -> list[Path]:
     figure, axes = plt.subplots(figsize=(7, 5))
     if report.task == "classification":
         for (label, side), colour, offset in zip(sides, ("tab:orange", "tab:blue"), (-10, 4)):
-            centres, accuracy, counts = _reliability_bins(side.probs, report.labels)
+            centres, accuracy, counts = metrics.reliability_bins(side.probs, report.labels, BINS)
             axes.plot(centres, accuracy, marker="o", color=colour,
                       label=f"{label} (ECE {side.metrics['ece']:.4f})")
             for centre, value, count in zip(centres, accuracy, counts):
@@ -268,16 +268,6 @@ def plot_report(report: Report, folder: Path, name: str) -> list[Path]:
         axes.legend(loc="upper left")
         written.append(_save(figure, folder / f"{name}-risk-coverage.png", plt))
     return written
-
-
-def _reliability_bins(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per non-empty equal-width bin (as metrics.ece): the mean confidence, the accuracy and the rows."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    index = np.clip(np.ceil(confidence * BINS).astype(np.int64) - 1, 0, BINS - 1)
-    used, counts = np.unique(index, return_counts=True)
-    return (np.array([confidence[index == b].mean() for b in used]),
-            np.array([correct[index == b].mean() for b in used]), counts)
 
 
 def _save(figure, path: Path, plt) -> Path:
