@@ -17,7 +17,6 @@ import json
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,17 +32,12 @@ import pyarrow.csv as pa_csv
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _serving import free_port, wait_ready  # noqa: E402
 from mcdropout._calibrate import calibrate  # noqa: E402
 from mcdropout.bundle import read_manifest  # noqa: E402
 from mcdropout.training import datasets  # noqa: E402
 
 SAMPLES = 100
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _models(folder: Path) -> None:
@@ -86,22 +80,13 @@ def main() -> None:
     models = folder / "models"
     models.mkdir()
     _models(models)
-    port = _free_port()
+    port = free_port()
     env = {"MCD_MODELS_DIR": str(models), "PATH": "/usr/bin:/bin"}
     process = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port",
                                 str(port), "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.1)
+        wait_ready(url, process)
         cases = {
             "digits": ({"inputs": datasets.digits(0).x_test[:1].tolist(), "samples": SAMPLES, "seed": 1},
                        {"set_level": 0.9, "max_risk": 0.02}),

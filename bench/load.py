@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,15 +34,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from _serving import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = 10  # diabetes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def poll_health(port: int, ready: multiprocessing.Event, stop: multiprocessing.Event,
@@ -170,16 +164,7 @@ def main() -> None:
            "MCD_DECODE_WORKER_IDLE_S": str(args.worker_idle), "PYTHONPATH": str(tree)}
     server = subprocess.Popen([sys.executable, "-m", "mcdropout.cli", "serve"], cwd=tree, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not start")
-            time.sleep(0.1)
+        wait_ready(f"http://127.0.0.1:{port}", server)
         for _ in range(20):  # warm: the routes, the batcher, one engine run per model asked
             httpx.post(f"http://127.0.0.1:{port}/v1/models/diabetes/predict", json={"inputs": [[0.01] * FEATURES]})
         body = wrong_body(args.body_mb)

@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,10 +31,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 import uvloop
+
+from _serving import free_port, wait_ready
 
 import mcdropout as mcd
 from mcdropout.training import datasets
@@ -49,12 +49,6 @@ def rows(model: str) -> list:
     return split.x_test[:64].tolist()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     def __init__(self, batching: bool) -> None:
         self.port = free_port()
@@ -66,14 +60,7 @@ class Server:
             cwd=ROOT, env=env,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("the server did not become ready")
+        wait_ready(self.url, self.process)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

@@ -19,7 +19,6 @@ import numpy as np
 from mcdropout import answer
 from mcdropout.bundle import Bundle
 from mcdropout.stats import metrics
-from mcdropout.stats._summary import normal_interval
 
 LEVELS = (0.8, 0.9, 0.95)
 RISKS = (0.01, 0.02, 0.05)
