@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from _serving import free_port, wait_ready  # noqa: E402
 from mcdropout._calibrate import calibrate  # noqa: E402
-from mcdropout.bundle import read_manifest  # noqa: E402
-from mcdropout.training import datasets  # noqa: E402
+from mcdropout.bundle import load_bundle, read_manifest  # noqa: E402
+from mcdropout.training import datasets, split_of  # noqa: E402
 
 SAMPLES = 100
 
@@ -48,14 +48,15 @@ def _models(folder: Path) -> None:
         manifest = json.loads((raw / "manifest.json").read_text())
         manifest["name"] = f"{name}-raw"
         (raw / "manifest.json").write_text(json.dumps(manifest))
-    split = datasets.diabetes(0)
+    split = split_of(load_bundle(folder / "diabetes", device="cpu"))  # its calibration rows, never trained on
     names = read_manifest(folder / "diabetes").feature_names
-    table = pa.table({**{n: split.x_val[:, i] for i, n in enumerate(names)}, "disease_progression": split.y_val[:, 0]})
+    table = pa.table({**{n: split.x_calibration[:, i] for i, n in enumerate(names)},
+                      "disease_progression": split.y_calibration[:, 0]})
     pa_csv.write_csv(table, folder / "diabetes.csv")
     calibrate(folder / "diabetes", folder / "diabetes.csv", "disease_progression", quiet=True)
-    digits = datasets.digits(0)
-    np.save(folder / "x.npy", digits.x_val.reshape(len(digits.x_val), -1))
-    np.save(folder / "y.npy", digits.y_val)
+    digits = split_of(load_bundle(folder / "digits", device="cpu"))
+    np.save(folder / "x.npy", digits.x_calibration.reshape(len(digits.x_calibration), -1))
+    np.save(folder / "y.npy", digits.y_calibration)
     calibrate(folder / "digits", folder / "x.npy", labels=folder / "y.npy", quiet=True)
     for extra in ("diabetes.csv", "x.npy", "y.npy"):
         (folder / extra).unlink()

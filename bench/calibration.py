@@ -1,6 +1,6 @@
 """Calibration targets on the shipped digits model's held-out rows (issue 18), beside MAPIE.
 
-The digits bundle never trained on its validation (144) and test (359) rows of sklearn's 1,797. Each of
+The digits bundle never trained on its calibration (270) and test (359) rows of sklearn's 1,797. Each of
 ``--splits`` random halvings of the test rows calibrates on one half and is scored on the other:
 
 - temperature scaling: ECE (15 bins) before and after, and NLL;
@@ -10,8 +10,8 @@ The digits bundle never trained on its validation (144) and test (359) rows of s
   error is within 0.02, and the accepted fraction.
 
 ECE on 180 rows is mostly noise (one error moves it by 0.0056), so the temperature is also cross-fitted on
-all 503 rows the network never trained on: each re-split halves them, the temperature fitted on each half
-scales the other, and the ECE is taken over all 503 out-of-sample rows. Beside each ECE: the ECE that
+all 629 rows the network never trained on: each re-split halves them, the temperature fitted on each half
+scales the other, and the ECE is taken over all 629 out-of-sample rows. Beside each ECE: the ECE that
 perfectly calibrated probabilities with the same confidences would show on as many rows (labels drawn
 right with probability equal to the confidence), the floor the metric's binning noise sets. Two
 temperatures: the served one (dividing every MC sample's logits, fitted by the NLL of their average) and,
@@ -34,7 +34,7 @@ import numpy as np
 from mcdropout.bundle import Bundle, load_bundle
 from mcdropout.stats import calibration as cal
 from mcdropout.stats import metrics
-from mcdropout.training import datasets
+from mcdropout.training import datasets, split_of
 
 LEVEL = 0.9
 MAX_RISK = 0.02
@@ -84,8 +84,7 @@ def main() -> None:
 
     shipped = load_bundle("models/digits", device="cpu")  # its own calibration removed: the raw MC numbers
     bundle = Bundle(dataclasses.replace(shipped.manifest, calibration=None), shipped.model, device="cpu")
-    record = bundle.manifest.training["data"]
-    split = datasets.load("digits", seed=record.get("split_seed", 0))
+    split = split_of(bundle)
     x, y = split.x_test, split.y_test.astype(np.int64)
     started = time.perf_counter()
     prediction = bundle.predict(x, samples=args.samples, seed=0, return_samples=True)
@@ -162,8 +161,8 @@ def main() -> None:
 
 def _cross_fitted(bundle, split: datasets.Split, samples: int, splits: int) -> dict[str, list[float]]:
     """ECE, its floor and NLL of out-of-sample temperature-scaled probabilities on every never-trained row."""
-    x = np.concatenate([split.x_val, split.x_test])
-    y = np.concatenate([split.y_val, split.y_test]).astype(np.int64)
+    x = np.concatenate([split.x_val, split.x_calibration, split.x_test])
+    y = np.concatenate([split.y_val, split.y_calibration, split.y_test]).astype(np.int64)
     prediction = bundle.predict(x, samples=samples, seed=0, return_samples=True)
     logits = np.log(np.maximum(prediction.samples.numpy().astype(np.float64), np.finfo(np.float64).tiny))
     averaged = np.log(cal.summarise_logits(logits)["probs"])[:, None]  # one "sample": the MC average

@@ -47,12 +47,13 @@ def calibrate(bundle_path: str | os.PathLike, data: str | os.PathLike, target: s
     return fitted
 
 
-def calibrate_on_validation(bundle_path: str | os.PathLike, *, samples: int | None = None, seed: int = 0,
-                            delta: float = 0.1, quiet: bool = False) -> cal.Calibration:
-    """Fit the calibration of a bundle that ``mcdropout train`` wrote on the validation rows of its recorded
+def calibrate_on_split(bundle_path: str | os.PathLike, *, samples: int | None = None, seed: int = 0,
+                       delta: float = 0.1, quiet: bool = False) -> cal.Calibration:
+    """Fit the calibration of a bundle that ``mcdropout train`` wrote on the calibration rows of its recorded
     split (re-made from the manifest, as ``evaluate`` re-makes the test rows), and write it into its manifest.
 
-    The network never trained on those rows; training used them only to choose epochs or hyperparameters.
+    The network never trained on those rows. A bundle trained before recipes held out a calibration part is
+    calibrated on its split's validation rows, which training used only to choose epochs or tau.
     The manifest's recorded test metrics are measured again as the calibrated bundle now answers, with the
     uncalibrated ones kept beside them under ``uncalibrated`` (as ``mcdropout train`` records them).
     """
@@ -61,13 +62,12 @@ def calibrate_on_validation(bundle_path: str | os.PathLike, *, samples: int | No
     folder = Path(bundle_path)
     loaded = load_bundle(folder, device="cpu")
     split = split_of(loaded)
-    x, y = split.x_val, split.y_val
+    x, y, source = split.calibration_rows()
     if len(y) == 0:
-        raise InputError(f"bundle {loaded.name!r}: its recorded split has no validation rows; give --data")
+        raise InputError(f"bundle {loaded.name!r}: its recorded split has no calibration rows (it was trained with"
+                         " --calibration-fraction 0); give --data")
     if not quiet:
-        print(f"calibrating {loaded.name} on the {len(y)} validation rows of its training split", file=sys.stderr,
-              flush=True)
-    source = f"the validation rows of the training split ({len(y)} rows)"
+        print(f"calibrating {loaded.name} on {source}", file=sys.stderr, flush=True)
     fitted = fit_bundle(loaded, x, y, source=source, samples=samples, seed=seed, delta=delta)
     manifest = dataclasses.replace(loaded.manifest, calibration=fitted)
     recorded = loaded.manifest.metrics

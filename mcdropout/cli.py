@@ -71,9 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--hidden", default="50", metavar="50,50", help="hidden layer widths (default 50)")
     table.add_argument("--test-fraction", type=float, default=0.1, help="rows held out for the recorded"
                        " metrics (default 0.1)")
-    table.add_argument("--calibration-fraction", type=float, metavar="F", help="rows held out to calibrate the"
-                       " bundle on, never trained on (default 0.15; 0: no calibration)")
     table.add_argument("--name", dest="bundle_name", help="bundle name (default: the file's name)")
+    train.add_argument("--calibration-fraction", type=float, metavar="F", help="fraction of the rows held out to"
+                       " calibrate the bundle on, never trained on (default 0.15; 0: no calibration)")
     train.add_argument("--epochs", type=int, help="epochs (default: the recipe's; for a table the most, sized to"
                        " the data, with early stopping on the validation rows)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -190,8 +190,9 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder (manifest.json + weights)")
     calibrate.add_argument("--data", type=Path, metavar="FILE", help="CSV, Parquet, JSON Lines, NPY"
                            " or whitespace-separated text (no header: columns are named 0, 1, ...)")
-    calibrate.add_argument("--validation-rows", action="store_true", help="instead of --data: the validation rows"
-                           " of the split a bundle of `mcdropout train` was trained on")
+    calibrate.add_argument("--split-rows", "--validation-rows", dest="split_rows", action="store_true",
+                           help="instead of --data: the calibration rows of the split a bundle of `mcdropout train`"
+                           " was trained on (its validation rows if it has none; --validation-rows is the old name)")
     calibrate.add_argument("--target", metavar="COLUMN", help="the column of true values (class index or name)")
     calibrate.add_argument("--labels", type=Path, metavar="FILE", help="true values in their own file instead"
                            " (NPY vector or one-column table), e.g. for image rows in NPY")
@@ -287,12 +288,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.data is None:
         if args.name is None:
             raise UsageError("name a shipped model (" + ", ".join(_recipe_names()) + ") or give --data and --target")
-        if args.calibration_fraction is not None:
-            raise UsageError("--calibration-fraction applies to --data tables; a shipped model is calibrated on its"
-                             " recipe's validation rows")
-        from mcdropout.training._recipes import train
+        from mcdropout.training._recipes import CALIBRATION_FRACTION, train
 
-        path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs, quiet=args.quiet)
+        fraction = CALIBRATION_FRACTION if args.calibration_fraction is None else args.calibration_fraction
+        path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs,
+                              calibration_fraction=fraction, quiet=args.quiet)
     else:
         from mcdropout.training._own_table import train_from_table
 
@@ -313,7 +313,7 @@ def _train(args: argparse.Namespace) -> int:
         path, metrics = train_from_table(
             args.data, target=args.target, features=args.features, task=args.task, dropouts=dropouts, taus=taus,
             hidden=[int(h) for h in hidden], epochs=args.epochs, test_fraction=args.test_fraction,
-            calibration_fraction=0.15 if args.calibration_fraction is None else args.calibration_fraction,
+            **({} if args.calibration_fraction is None else {"calibration_fraction": args.calibration_fraction}),
             name=args.bundle_name, out=args.out, seed=args.seed, quiet=args.quiet,
         )
     print(f"wrote {path}")
@@ -441,13 +441,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     _check_samples(args)
     if not 0 < args.delta < 1:
         raise UsageError(f"--delta must lie in (0, 1), got {args.delta}")
-    if (args.data is None) == (not args.validation_rows):
-        raise UsageError("give --data FILE (with --target or --labels), or --validation-rows")
-    if args.validation_rows:
+    if (args.data is None) == (not args.split_rows):
+        raise UsageError("give --data FILE (with --target or --labels), or --split-rows")
+    if args.split_rows:
         if args.target or args.labels or args.features:
-            raise UsageError("--validation-rows takes the split's own targets: no --target, --labels or --features")
-        fitted = calibration.calibrate_on_validation(args.bundle, samples=args.samples, seed=args.seed,
-                                                     delta=args.delta, quiet=args.quiet)
+            raise UsageError("--split-rows takes the split's own targets: no --target, --labels or --features")
+        fitted = calibration.calibrate_on_split(args.bundle, samples=args.samples, seed=args.seed,
+                                                delta=args.delta, quiet=args.quiet)
     else:
         fitted = calibration.calibrate(args.bundle, args.data, args.target, features=args.features,
                                        labels=args.labels, samples=args.samples, seed=args.seed, delta=args.delta,

@@ -93,14 +93,14 @@ def http(server: Server) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def calibrated_models(tmp_path_factory) -> Path:
     """A models folder of every shipped bundle, with digits and diabetes as copies calibrated on their split's
-    validation rows: calibrated whether or not the shipped ones are (the others are linked as shipped)."""
-    from mcdropout._calibrate import calibrate_on_validation
+    calibration rows: calibrated whether or not the shipped ones are (the others are linked as shipped)."""
+    from mcdropout._calibrate import calibrate_on_split
 
     folder = tmp_path_factory.mktemp("calibrated-models")
     for bundle in sorted(MODELS.iterdir()):
         if bundle.name in ("digits", "diabetes"):
             shutil.copytree(bundle, folder / bundle.name)
-            calibrate_on_validation(folder / bundle.name, samples=20, quiet=True)
+            calibrate_on_split(folder / bundle.name, samples=20, quiet=True)
         elif bundle.is_dir() and not bundle.name.startswith("."):
             (folder / bundle.name).symlink_to(bundle)
     return folder

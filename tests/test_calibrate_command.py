@@ -38,7 +38,7 @@ def regression_bundle(tmp_path_factory):
 def test_calibrate_writes_a_regression_calibration(regression_bundle, capsys):
     folder, table = regression_bundle
     before = (folder / "weights.safetensors").read_bytes()
-    assert read_manifest(folder).calibration.source.startswith("the validation rows")  # as shipped
+    assert read_manifest(folder).calibration.source.startswith("the calibration part")  # as shipped
     assert main(["calibrate", str(folder), "--data", str(table), "--target", "disease_progression",
                  "--samples", "20", "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -104,8 +104,8 @@ def test_a_damaged_calibration_is_a_bundle_error_naming_the_field(regression_bun
         Manifest.from_dict(data)
 
 
-def test_calibrate_on_the_validation_rows_of_the_training_split(tmp_path):
-    """A bundle of `mcdropout train` is calibrated on its own split's validation rows, re-made from the manifest."""
+def test_calibrate_on_the_calibration_rows_of_the_training_split(tmp_path):
+    """A bundle of `mcdropout train` is calibrated on its own split's calibration rows, re-made from the manifest."""
     import subprocess
     import sys
 
@@ -115,19 +115,21 @@ def test_calibrate_on_the_validation_rows_of_the_training_split(tmp_path):
     shutil.copytree(MODELS / "breast-cancer", folder)
     shipped = read_manifest(folder)
     write_manifest(folder, dataclasses.replace(shipped, calibration=None, metrics=shipped.metrics["uncalibrated"]))
-    done = subprocess.run([sys.executable, "-m", "mcdropout.cli", "calibrate", str(folder), "--validation-rows",
+    done = subprocess.run([sys.executable, "-m", "mcdropout.cli", "calibrate", str(folder), "--split-rows",
                            "--samples", "20"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     bundle = load_bundle(folder, device="cpu")
-    rows = len(split_of(bundle).y_val)
-    assert bundle.manifest.calibration.source == f"the validation rows of the training split ({rows} rows)"
+    rows = len(split_of(bundle).y_calibration)
+    assert rows == round(0.15 * 569)
+    assert bundle.manifest.calibration.source == f"the calibration part of the training split ({rows} rows, never" \
+                                                 " trained on)"
     # the recorded test metrics are measured again as the bundle now answers, the raw ones kept beside them
     metrics = bundle.manifest.metrics
     assert metrics["uncalibrated"] == shipped.metrics["uncalibrated"]
     assert metrics["mc"] == pytest.approx(evaluate(bundle, seed=metrics["seed"])["mc"], rel=1e-9)
     refused = subprocess.run([sys.executable, "-m", "mcdropout.cli", "calibrate", str(folder), "--validation-rows",
-                              "--target", "y"], capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "--validation-rows takes the split's own targets" in refused.stderr
+                              "--target", "y"], capture_output=True, text=True, timeout=300)  # the old name
+    assert refused.returncode == 2 and "--split-rows takes the split's own targets" in refused.stderr
 
 
 def _uncalibrated(name: str) -> Bundle:

@@ -38,7 +38,7 @@ def http(tmp_path_factory, calibrated_models) -> Iterator[httpx.Client]:
 
 
 def _live_metrics(http: httpx.Client) -> tuple[set[str], set[str]]:
-    # A risk no threshold can certify on 144 calibration rows: the row abstains, and its set is counted.
+    # A risk no threshold can certify on 270 calibration rows: the row abstains, and its set is counted.
     answer = http.post("/v1/models/digits/predict", json={"inputs": [[[[0.0] * 8] * 8]], "samples": 4,
                                                           "set_level": 0.9, "max_risk": 0.0001})
     assert answer.status_code == 200 and answer.json()["abstain"] == [True], answer.text

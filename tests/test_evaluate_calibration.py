@@ -55,7 +55,7 @@ def test_evaluate_prints_the_table_writes_json_and_draws_before_and_after(tmp_pa
     assert "before and after calibration, on 114 test rows of the recorded split" in printed
     assert "90% set coverage" in printed and "risk 0.02: accepted fraction" in printed
     written = json.loads(report.read_text())["calibration_report"]
-    assert written["rows"] == 114 and written["calibration"]["rows"] == 91
+    assert written["rows"] == 114 and written["calibration"]["rows"] == 85
     for side in ("before", "after"):
         values = written[side]
         assert 0 <= values["ece"] <= 1 and values["aurc"] >= 0 and 0 <= values["set_size_90"] <= 2

@@ -121,8 +121,6 @@ def test_bad_calibration_fractions_name_the_option(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and "--calibration-fraction" in err and message in err, (value, err)
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
-    assert main(["train", "digits", "--calibration-fraction", "0.2"]) == 2
-    assert "applies to --data tables" in capsys.readouterr().err
 
 
 def test_a_model_no_better_than_the_mean_is_named_by_train_and_evaluate(tmp_path, capsys):

@@ -15,16 +15,17 @@ from scipy import stats
 
 from mcdropout._calibrate import calibrate, write_manifest
 from mcdropout.bundle import read_manifest
-from mcdropout.training import datasets
+from mcdropout.bundle import load_bundle
+from mcdropout.training import split_of
 from tests.conftest import MODELS, run_server
 
-DIABETES = datasets.diabetes(0)
-DIGITS = datasets.digits(0)
+DIABETES = split_of(load_bundle(MODELS / "diabetes", device="cpu"))  # the shipped bundles' own splits
+DIGITS = split_of(load_bundle(MODELS / "digits", device="cpu"))
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """diabetes and digits calibrated again here, from files of their validation rows (never trained on);
+    """diabetes and digits calibrated again here, from files of their calibration rows (never trained on);
     breast-cancer with its calibration removed: an uncalibrated bundle."""
     root = tmp_path_factory.mktemp("calibrated")
     for name in ("diabetes", "digits", "breast-cancer"):
@@ -32,12 +33,12 @@ def folder(tmp_path_factory):
     uncalibrated = read_manifest(root / "models" / "breast-cancer")
     write_manifest(root / "models" / "breast-cancer", dataclasses.replace(uncalibrated, calibration=None))
     names = read_manifest(root / "models" / "diabetes").feature_names
-    table = pa.table({**{n: DIABETES.x_val[:, i] for i, n in enumerate(names)},
-                      "disease_progression": DIABETES.y_val[:, 0]})
+    table = pa.table({**{n: DIABETES.x_calibration[:, i] for i, n in enumerate(names)},
+                      "disease_progression": DIABETES.y_calibration[:, 0]})
     pa_csv.write_csv(table, root / "diabetes.csv")
     calibrate(root / "models" / "diabetes", root / "diabetes.csv", "disease_progression", samples=20, quiet=True)
-    np.save(root / "x.npy", DIGITS.x_val.reshape(len(DIGITS.x_val), -1))
-    np.save(root / "y.npy", DIGITS.y_val)
+    np.save(root / "x.npy", DIGITS.x_calibration.reshape(len(DIGITS.x_calibration), -1))
+    np.save(root / "y.npy", DIGITS.y_calibration)
     calibrate(root / "models" / "digits", root / "x.npy", labels=root / "y.npy", samples=20, quiet=True)
     return root
 
@@ -55,7 +56,7 @@ def _predict(http, name, **body):
 
 def test_model_info_shows_the_calibration(http):
     info = http.get("/v1/models/diabetes").json()["calibration"]
-    assert info["methods"] == ["sigma_scaling", "conformal"] and info["rows"] == len(DIABETES.x_val)
+    assert info["methods"] == ["sigma_scaling", "conformal"] and info["rows"] == len(DIABETES.x_calibration)
     assert info["source"].startswith("diabetes.csv") and "scores" not in info
     assert http.get("/v1/models/breast-cancer").json()["calibration"] is None
 
@@ -114,8 +115,8 @@ def test_prediction_sets_and_abstention_for_a_classifier(http, folder):
     ("digits", {"max_std": 1.0}, "max_std", "applies to regression models"),
     ("breast-cancer", {"set_level": 0.9}, "set_level", "not calibrated"),
     ("breast-cancer", {"max_risk": 0.1}, "max_risk", "not calibrated"),
-    ("digits", {"set_level": 0.999}, "set_level", "too high for the 144 calibration rows"),
-    ("diabetes", {"interval": 0.99}, "interval", "too high for the 71 calibration rows"),
+    ("digits", {"set_level": 0.999}, "set_level", "too high for the 270 calibration rows"),
+    ("diabetes", {"interval": 0.99}, "interval", "too high for the 66 calibration rows"),
 ])
 def test_bad_calibration_options_are_422_naming_the_field(http, name, body, field, words):
     response = _predict(http, name, inputs=[[0.0] * 10] if name == "diabetes" else

@@ -101,7 +101,7 @@ def test_start_up_says_one_line_per_model_and_the_folder_name_wins(repo):
     for name, version in (("diabetes", 1), ("dia", 1), ("dia", 2)):
         line = next(line for line in lines if f"model {name} version {version}:" in line)
         assert "regression" in line and "device cpu" in line and "parameters" in line
-        assert "calibrated (sigma_scaling, conformal on 71 rows)" in line  # the shipped diabetes bundle
+        assert "calibrated (sigma_scaling, conformal on 66 rows)" in line  # the shipped diabetes bundle
     assert "names it 'diabetes_v2'; served by its folder's name 'dia'" in log
     listed = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
     assert listed["empty"]["status"] == "failed" and "neither a bundle" in listed["empty"]["error"]

@@ -8,6 +8,7 @@ import torch
 
 import mcdropout as mcd
 from mcdropout.training import _fit as training
+from mcdropout.training import datasets
 from mcdropout.cli import main
 from mcdropout.training._recipes import RECIPES, train
 
@@ -63,3 +64,40 @@ def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such bundle folder" in err
+
+
+def test_a_recipe_holds_out_calibration_rows_it_never_trains_on(tmp_path, capsys):
+    out = tmp_path / "bc"
+    assert main(["train", "breast-cancer", "--epochs", "2", "--calibration-fraction", "0.25", "--out", str(out),
+                 "--quiet"]) == 0
+    bundle = mcd.load_bundle(out, device="cpu")
+    data = bundle.manifest.training["data"]
+    assert data["calibration_fraction"] == 0.25 and data["calibration_rows"] == round(0.25 * 569) == 142
+    assert bundle.manifest.calibration.rows == 142
+    assert bundle.manifest.calibration.source == "the calibration part of the training split (142 rows, never" \
+                                                 " trained on)"
+    assert "uncalibrated" in bundle.manifest.metrics
+    split = datasets.load("breast-cancer", calibration=0.25, val=0.0)
+    trained = {row.tobytes() for row in split.x_train}
+    assert not any(row.tobytes() in trained for row in split.x_calibration)
+    # the test rows do not move with the calibration part: they are the ones a split without one has
+    np.testing.assert_array_equal(split.x_test, datasets.load("breast-cancer").x_test)
+    capsys.readouterr()
+
+    assert main(["train", "breast-cancer", "--epochs", "2", "--calibration-fraction", "0", "--out",
+                 str(tmp_path / "raw"), "--quiet"]) == 0
+    raw = mcd.load_bundle(tmp_path / "raw", device="cpu").manifest
+    assert raw.calibration is None and "calibration_rows" not in raw.training["data"]
+    assert raw.training["data"]["train_rows"] == 569 - 114
+    capsys.readouterr()
+    assert main(["train", "breast-cancer", "--calibration-fraction", "0.9", "--out", str(tmp_path / "x")]) == 2
+    assert "--calibration-fraction must lie in [0, 0.8)" in capsys.readouterr().err
+    assert main(["train", "breast-cancer", "--calibration-fraction", "0.01", "--out", str(tmp_path / "x")]) == 2
+    assert "gives 6 calibration rows" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_split_recorded_without_a_calibration_part_calibrates_on_its_validation_rows():
+    split = datasets.load("diabetes")  # how bundles trained before recipes held out calibration rows recorded it
+    assert split.x_calibration is None
+    x, y, source = split.calibration_rows()
+    assert x is split.x_val and source == f"the validation rows of the training split ({len(y)} rows)"

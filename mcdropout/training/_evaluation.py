@@ -40,7 +40,10 @@ def split_of(bundle: Bundle) -> datasets.Split:
             f"bundle {bundle.name!r} was trained on {name or 'unrecorded data'}, which mcdropout cannot re-make;"
             f" known data sets: {', '.join(datasets.LOADERS)}"
         )
-    return datasets.load(name, seed=data.get("split_seed", 0))
+    fractions = {"val": data["validation_fraction_of_train"]} if "validation_fraction_of_train" in data else {}
+    if data.get("calibration_fraction"):
+        fractions["calibration"] = data["calibration_fraction"]
+    return datasets.load(name, seed=data.get("split_seed", 0), **fractions)
 
 
 def _regression(bundle: Bundle, split: datasets.Split, samples: int | None, seed: int) -> dict:

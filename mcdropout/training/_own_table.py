@@ -32,11 +32,10 @@ from mcdropout.training import _baseline as baseline
 from mcdropout.training import _evaluation as evaluation
 from mcdropout.training import _gridsearch as gridsearch
 from mcdropout.training import datasets
-from mcdropout.training._recipes import calibrated
+from mcdropout.training._recipes import CALIBRATION_FRACTION, MIN_CALIBRATION_ROWS, calibrated
 from mcdropout.training._table_data import features_and_target, partition
 
 MIN_TRAINING_ROWS = 20
-MIN_CALIBRATION_ROWS = 20  # a 95% conformal interval needs 19
 STEP_BUDGET = 5_000  # default epochs: about this many gradient steps, within the bounds below
 EPOCH_BOUNDS = (20, 1000)
 
@@ -63,7 +62,7 @@ def train_from_table(
     hidden: Sequence[int] = (50,),
     epochs: int | None = None,
     test_fraction: float = 0.1,
-    calibration_fraction: float = 0.15,
+    calibration_fraction: float = CALIBRATION_FRACTION,
     validation_samples: int = 1000,
     samples: int = 100,
     name: str | None = None,
@@ -151,14 +150,14 @@ def train_from_table(
             "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         },
     )
-    split = datasets.Split(x[train], y[train], x[calibration], y[calibration], x[test], y[test],
-                           feature_names=list(features))
+    split = datasets.Split(x[train], y[train], x[:0], y[:0], x[test], y[test], feature_names=list(features),
+                           x_calibration=x[calibration], y_calibration=y[calibration])
     bundle = Bundle(manifest, fitted.model, device="cpu")
     source = f"the calibration part of {Path(path).name} ({len(calibration)} rows, never trained on)"
     if len(calibration) and len(test):
         manifest = calibrated(bundle, split, seed=seed, source=source)
     elif len(calibration):
-        fitted_calibration = fit_bundle(bundle, split.x_val, split.y_val, seed=seed, source=source)
+        fitted_calibration = fit_bundle(bundle, split.x_calibration, split.y_calibration, seed=seed, source=source)
         manifest = replace(manifest, calibration=fitted_calibration)
     elif len(test):
         manifest = replace(manifest, metrics=evaluation.evaluate(bundle, split, seed=seed))

@@ -4,8 +4,9 @@ A recipe fixes the data set and its split, the architecture, the loss and the
 optimiser settings. Training standardises inputs (per feature for tables, one
 scale for images and sequences) and regression targets on the training part,
 fits the network with dropout on, picks tau by MC log-likelihood on the
-validation part where the model has a homoscedastic head, evaluates on the test
-part and writes a bundle whose manifest records all of it.
+validation part where the model has a homoscedastic head, calibrates on a
+calibration part it never trained on nor chose anything with, evaluates on the
+test part and writes a bundle whose manifest records all of it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from mcdropout.training import datasets
 from mcdropout.bundle import Bundle, Manifest, Standardisation, save_bundle
 
 
+CALIBRATION_FRACTION = 0.15  # of all rows, held out to calibrate on (recipes and own tables)
+MIN_CALIBRATION_ROWS = 20  # a 95% conformal interval needs 19
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -43,6 +48,7 @@ class Recipe:
     samples: int = 100
     per_feature: bool = True  # standardise each feature (tables) or all values at once (images, sequences)
     fit_tau: bool = False
+    validation: float = 0.0  # fraction of the training rows that choose tau (fit_tau)
     split_seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -55,7 +61,7 @@ RECIPES: dict[str, Recipe] = {
             description="Disease progression one year after baseline, from 10 clinical features"
             " (scikit-learn's diabetes data); MLP with homoscedastic noise tau.",
             dataset="diabetes", architecture="mlp", config={"hidden": [50], "dropout": 0.1},
-            loss="mse", epochs=150, weight_decay=1e-3, fit_tau=True,
+            loss="mse", epochs=150, weight_decay=1e-3, fit_tau=True, validation=0.2,
         ),
         Recipe(
             name="heteroscedastic-1d",
@@ -84,21 +90,30 @@ RECIPES: dict[str, Recipe] = {
             description="Continue a noisy sine wave: the next value after 20 observed steps; LSTM with"
             " LockedDropout (one mask per sequence) and noise tau.",
             dataset="sequence", architecture="lstm", config={"hidden": 64, "dropout": 0.1},
-            loss="mse", epochs=150, lr=3e-3, per_feature=False, fit_tau=True, batch_size=64,
+            loss="mse", epochs=150, lr=3e-3, per_feature=False, fit_tau=True, validation=0.2, batch_size=64,
         ),
     ]
 }
 
 
 def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: int | None = None,
-          quiet: bool = False) -> tuple[Path, dict]:
-    """Train shipped model ``name`` and write its bundle (default ``models/NAME``); returns (path, metrics)."""
+          calibration_fraction: float = CALIBRATION_FRACTION, quiet: bool = False) -> tuple[Path, dict]:
+    """Train shipped model ``name`` and write its bundle (default ``models/NAME``); returns (path, metrics).
+
+    ``calibration_fraction`` of the data set's rows are held out and the bundle is calibrated on them; 0 writes
+    an uncalibrated bundle.
+    """
     if name not in RECIPES:
         raise ValueError(f"unknown model {name!r}; shipped models: {', '.join(RECIPES)}")
     recipe = RECIPES[name]
     started = time.perf_counter()
     torch.manual_seed(seed)
-    split = datasets.load(recipe.dataset, seed=recipe.split_seed)
+    split = datasets.load(recipe.dataset, seed=recipe.split_seed, val=recipe.validation,
+                          calibration=calibration_fraction)
+    if split.y_calibration is not None and len(split.y_calibration) < MIN_CALIBRATION_ROWS:
+        raise ValueError(f"--calibration-fraction {calibration_fraction} gives {len(split.y_calibration)}"
+                         f" calibration rows of {name}'s {split.record['rows']}; at least {MIN_CALIBRATION_ROWS}"
+                         " are needed (or 0 for no calibration)")
     classifier = recipe.loss == "cross_entropy"
     axis = 0 if recipe.per_feature else tuple(range(split.x_train.ndim))
     x_mean, x_std = training.standardisation(split.x_train, axis)
@@ -154,7 +169,11 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
     }
     manifest = dataclasses.replace(manifest, tau=tau, training=record)
-    manifest = calibrated(Bundle(manifest, model, device="cpu"), split, seed=seed)
+    bundle = Bundle(manifest, model, device="cpu")
+    if split.x_calibration is not None:
+        manifest = calibrated(bundle, split, seed=seed)
+    else:
+        manifest = dataclasses.replace(manifest, metrics=evaluation.evaluate(bundle, split, seed=seed))
     metrics = dict(manifest.metrics)
     compared = baseline.compare(manifest.task, split, metrics)
     if compared is not None:
@@ -166,12 +185,12 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
 
 
 def calibrated(bundle: Bundle, split: datasets.Split, *, seed: int = 0, source: str | None = None) -> Manifest:
-    """``bundle``'s manifest calibrated on the split's validation rows (which it never trained on), with the
+    """``bundle``'s manifest calibrated on the split's calibration rows (which it never trained on), with the
     held-out metrics of the calibrated bundle, and the uncalibrated ones beside them under ``uncalibrated``."""
     raw = dataclasses.replace(bundle.manifest, calibration=None)
     before = evaluation.evaluate(Bundle(raw, bundle.model, device="cpu"), split, seed=seed)
-    fitted = fit_bundle(Bundle(raw, bundle.model, device="cpu"), split.x_val, split.y_val, seed=seed,
-                        source=source or f"the validation rows of the training split ({len(split.y_val)} rows)")
+    x, y, described = split.calibration_rows()
+    fitted = fit_bundle(Bundle(raw, bundle.model, device="cpu"), x, y, seed=seed, source=source or described)
     manifest = dataclasses.replace(raw, calibration=fitted)
     metrics = evaluation.evaluate(Bundle(manifest, bundle.model, device="cpu"), split, seed=seed)
     metrics["uncalibrated"] = {key: before[key] for key in ("mc", "deterministic") if key in before}

@@ -29,8 +29,8 @@ def partition(rows: int, seed: int, test_fraction: float,
 
 
 def recorded_split(manifest: Manifest) -> datasets.Split:
-    """The parts of the table a bundle was trained on, re-read from the path its manifest records: the
-    calibration rows are the split's validation part (``calibrate --validation-rows`` uses them)."""
+    """The parts of the table a bundle was trained on, re-read from the path its manifest records (its
+    validation rows are inside the training part, so the split's validation part is empty)."""
     data = manifest.training["data"]
     x, y, classes = features_and_target(tables.read_table(data["path"]), manifest.feature_names, data["target"],
                                          manifest.task, data["path"])
@@ -42,8 +42,8 @@ def recorded_split(manifest: Manifest) -> datasets.Split:
                                 " the file changed since training")
     test, calibration, train = partition(len(x), data["split_seed"], data["test_fraction"],
                                          data.get("calibration_fraction", 0.0))
-    return datasets.Split(x[train], y[train], x[calibration], y[calibration], x[test], y[test],
-                          feature_names=manifest.feature_names)
+    return datasets.Split(x[train], y[train], x[:0], y[:0], x[test], y[test], feature_names=manifest.feature_names,
+                          x_calibration=x[calibration], y_calibration=y[calibration])
 
 
 def features_and_target(table: pa.Table, features: Sequence[str], target: str, task: str,

@@ -1,7 +1,9 @@
 """The data sets the shipped models are trained on: scikit-learn's bundled sets and generated ones.
 
 Nothing is downloaded. Each loader returns a :class:`Split` made reproducibly
-from a seed: train, validation (for choosing tau) and test parts.
+from a seed: train, validation (for choosing tau), calibration (for the
+bundle's conformal and temperature calibration; never trained on) and test
+parts.
 """
 
 from __future__ import annotations
@@ -28,48 +30,71 @@ class Split:
     output_names: list[str] | None = None
     class_names: list[str] | None = None
     record: dict = field(default_factory=dict)  # how the split was made, for the manifest
+    x_calibration: np.ndarray | None = None  # held out to calibrate the bundle on; None: no calibration part
+    y_calibration: np.ndarray | None = None
+
+    def calibration_rows(self) -> tuple[np.ndarray, np.ndarray, str]:
+        """The rows to calibrate on and where they come from: the calibration part, or, for a split made
+        without one (bundles trained before recipes held one out), the validation part."""
+        if self.x_calibration is not None:
+            return (self.x_calibration, self.y_calibration,
+                    f"the calibration part of the training split ({len(self.y_calibration)} rows, never trained on)")
+        return self.x_val, self.y_val, f"the validation rows of the training split ({len(self.y_val)} rows)"
 
 
-def _partition(n: int, seed: int, test: float, val: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _partition(n: int, seed: int, test: float, val: float,
+               calibration: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of the train, validation, calibration and test parts. The test part comes first in the
+    seeded order and the calibration part next, so a split without a calibration part is the one bundles
+    recorded before there was one."""
     order = np.random.default_rng(seed).permutation(n)
     n_test = round(n * test)
-    n_val = round((n - n_test) * val)
-    return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+    n_calibration = round(n * calibration)
+    start = n_test + n_calibration
+    n_val = round((n - start) * val)
+    return order[start + n_val :], order[start : start + n_val], order[n_test:start], order[:n_test]
 
 
-def _split(x, y, seed, source, test=0.2, val=0.2, **names) -> Split:
-    train, valid, held_out = _partition(len(x), seed, test, val)
+def _split(x, y, seed, source, test=0.2, val=0.2, calibration=0.0, **names) -> Split:
+    if not 0 <= calibration < 1 - test:
+        raise ValueError(f"--calibration-fraction must lie in [0, {1 - test:g}) (0: no calibration; a fraction"
+                         f" {test:g} of the rows is the test part), got {calibration}")
+    train, valid, calibrate, held_out = _partition(len(x), seed, test, val, calibration)
     record = {"source": source, "rows": len(x), "split_seed": seed, "test_fraction": test,
               "validation_fraction_of_train": val, "train_rows": len(train), "validation_rows": len(valid),
               "test_rows": len(held_out)}
-    return Split(x[train], y[train], x[valid], y[valid], x[held_out], y[held_out], record=record, **names)
+    parts = {}
+    if calibration:
+        record.update({"calibration_fraction": calibration, "calibration_rows": len(calibrate)})
+        parts = {"x_calibration": x[calibrate], "y_calibration": y[calibrate]}
+    return Split(x[train], y[train], x[valid], y[valid], x[held_out], y[held_out], record=record, **parts, **names)
 
 
-def diabetes(seed: int = 0) -> Split:
+def diabetes(seed: int = 0, **fractions: float) -> Split:
     from sklearn.datasets import load_diabetes
 
     data = load_diabetes()
     return _split(data.data.astype(np.float32), data.target.astype(np.float32)[:, None], seed,
-                  "sklearn.datasets.load_diabetes", feature_names=list(data.feature_names),
+                  "sklearn.datasets.load_diabetes", feature_names=list(data.feature_names), **fractions,
                   output_names=["disease_progression"])
 
 
-def breast_cancer(seed: int = 0) -> Split:
+def breast_cancer(seed: int = 0, **fractions: float) -> Split:
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer()
     return _split(data.data.astype(np.float32), data.target.astype(np.int64), seed,
-                  "sklearn.datasets.load_breast_cancer", feature_names=[str(n) for n in data.feature_names],
+                  "sklearn.datasets.load_breast_cancer", feature_names=[str(n) for n in data.feature_names], **fractions,
                   class_names=[str(n) for n in data.target_names])
 
 
-def digits(seed: int = 0) -> Split:
+def digits(seed: int = 0, **fractions: float) -> Split:
     from sklearn.datasets import load_digits
 
     data = load_digits()
     images = data.images.astype(np.float32)[:, None]  # (n, 1, 8, 8), pixel values 0..16
-    return _split(images, data.target.astype(np.int64), seed, "sklearn.datasets.load_digits", val=0.1,
-                  class_names=[str(c) for c in data.target_names])
+    return _split(images, data.target.astype(np.int64), seed, "sklearn.datasets.load_digits",
+                  **{"val": 0.1, **fractions}, class_names=[str(c) for c in data.target_names])
 
 
 def noise_std(x: np.ndarray) -> np.ndarray:
@@ -82,7 +107,7 @@ def truth(x: np.ndarray) -> np.ndarray:
     return np.sin(1.5 * x) + 0.3 * x
 
 
-def heteroscedastic_1d(seed: int = 0, rows: int = 1000) -> Split:
+def heteroscedastic_1d(seed: int = 0, rows: int = 1000, **fractions: float) -> Split:
     """y = sin(1.5x) + 0.3x + noise whose std grows with x; inputs in [-4, -1] and [1, 4] only."""
     rng = np.random.default_rng(seed)
     side = rng.integers(0, 2, rows)
@@ -90,7 +115,7 @@ def heteroscedastic_1d(seed: int = 0, rows: int = 1000) -> Split:
     high = np.array([r[1] for r in TRAIN_RANGES])[side]
     x = rng.uniform(low, high)
     y = truth(x) + noise_std(x) * rng.standard_normal(rows)
-    split = _split(x[:, None].astype(np.float32), y[:, None].astype(np.float32), seed, "generated", val=0.2,
+    split = _split(x[:, None].astype(np.float32), y[:, None].astype(np.float32), seed, "generated", **fractions,
                    feature_names=["x"], output_names=["y"])
     split.record.update({"function": "sin(1.5x) + 0.3x", "noise_std": "0.05 + 0.1 (x + 4)",
                          "train_ranges": [list(r) for r in TRAIN_RANGES]})
@@ -104,7 +129,7 @@ def outside_inputs(points: int = 400) -> np.ndarray:
     return np.concatenate([gap, beyond]).astype(np.float32)[:, None]
 
 
-def sequence(seed: int = 0, rows: int = 3000) -> Split:
+def sequence(seed: int = 0, rows: int = 3000, **fractions: float) -> Split:
     """Continue a noisy sine: 20 observed steps of A sin(w t + phase) + noise; predict step 21."""
     rng = np.random.default_rng(seed)
     amplitude = rng.uniform(0.5, 1.5, rows)
@@ -115,7 +140,7 @@ def sequence(seed: int = 0, rows: int = 3000) -> Split:
     noisy = clean + 0.1 * rng.standard_normal(clean.shape)
     x = noisy[:, :SEQUENCE_LENGTH, None].astype(np.float32)
     y = noisy[:, SEQUENCE_LENGTH:].astype(np.float32)
-    split = _split(x, y, seed, "generated", output_names=["next_value"])
+    split = _split(x, y, seed, "generated", **fractions, output_names=["next_value"])
     split.record.update({"process": "A sin(w t + phase) + N(0, 0.1^2), A~U(0.5,1.5), w~U(0.2,0.6)",
                          "length": SEQUENCE_LENGTH})
     return split
@@ -130,7 +155,9 @@ LOADERS: dict[str, Callable[..., Split]] = {
 }
 
 
-def load(name: str, seed: int = 0) -> Split:
+def load(name: str, seed: int = 0, **fractions: float) -> Split:
+    """Data set ``name`` split by ``seed``; ``fractions``: ``calibration`` (of all rows, as for own tables)
+    and ``val`` (of the rows left after the test and calibration parts), each in [0, 1)."""
     if name not in LOADERS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(LOADERS)}")
-    return LOADERS[name](seed)
+    return LOADERS[name](seed, **fractions)
