@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
                        " metrics (default 0.1)")
     table.add_argument("--name", dest="bundle_name", help="bundle name (default: the file's name)")
     train.add_argument("--calibration-fraction", type=float, metavar="F", help="fraction of the rows held out to"
-                       " calibrate the bundle on, never trained on (default 0.15; 0: no calibration)")
+                       " calibrate the bundle on, never trained on (default 0.15; 0: no calibration; with the test"
+                       " fraction, below 1)")
     train.add_argument("--epochs", type=int, help="epochs (default: the recipe's; for a table the most, sized to"
                        " the data, with early stopping on the validation rows)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -288,11 +289,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.data is None:
         if args.name is None:
             raise UsageError("name a shipped model (" + ", ".join(_recipe_names()) + ") or give --data and --target")
-        from mcdropout.training._recipes import CALIBRATION_FRACTION, train
+        from mcdropout.training._recipes import train
 
-        fraction = CALIBRATION_FRACTION if args.calibration_fraction is None else args.calibration_fraction
-        path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs,
-                              calibration_fraction=fraction, quiet=args.quiet)
+        path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs, quiet=args.quiet,
+                              **({} if args.calibration_fraction is None else
+                                 {"calibration_fraction": args.calibration_fraction}))
     else:
         from mcdropout.training._own_table import train_from_table
 

@@ -84,7 +84,7 @@ def test_a_level_beyond_the_calibration_rows_is_reported_as_missing():
     """10 calibration rows: a conformal interval exists up to 10/11 = 0.909, so 95% has none after."""
     shipped = mcd.load_bundle(MODELS / "diabetes", device="cpu")
     split = split_of(shipped)
-    fitted = fit_bundle(shipped, split.x_val[:10], split.y_val[:10], samples=16)
+    fitted = fit_bundle(shipped, split.x_calibration[:10], split.y_calibration[:10], samples=16)
     bundle = Bundle(dataclasses.replace(shipped.manifest, calibration=fitted), shipped.model, device="cpu")
     report = calibration_report(bundle, split.x_test, split.y_test, rows_source="test rows", samples=16)
     assert report.after.metrics["coverage_90"] is not None and report.after.metrics["coverage_95"] is None

@@ -13,7 +13,7 @@ from mcdropout.training import _stacked as stacked
 from mcdropout.training import datasets
 from mcdropout.training._baseline import compare
 from mcdropout.training._own_table import train_from_table
-from mcdropout.training._table_data import partition
+from mcdropout.training.datasets import partition
 
 EPS32 = float(np.finfo(np.float32).eps)
 SCALES = {"dollars": (1e5, [1e5, 1e-3, 1.0]), "micro": (1e-5, [1e-5, 1e4, 7.0])}  # target, features
@@ -83,7 +83,7 @@ def test_any_units_give_the_same_standardised_fit(fits, name):
 
 def test_calibration_rows_are_held_out_and_never_trained_on(tmp_path):
     frame = _table(300, seed=1)
-    test, calibration, train = partition(len(frame), 0, 0.1, 0.15)
+    train, _, calibration, test = partition(len(frame), 0, 0.1, 0.0, 0.15)
     assert (len(test), len(calibration), len(train)) == (30, 45, 225)
     assert len(set(test) | set(calibration) | set(train)) == 300
     frame.to_csv(tmp_path / "clean.csv", index=False)

@@ -87,13 +87,19 @@ def test_a_recipe_holds_out_calibration_rows_it_never_trains_on(tmp_path, capsys
     assert main(["train", "breast-cancer", "--epochs", "2", "--calibration-fraction", "0", "--out",
                  str(tmp_path / "raw"), "--quiet"]) == 0
     raw = mcd.load_bundle(tmp_path / "raw", device="cpu").manifest
-    assert raw.calibration is None and "calibration_rows" not in raw.training["data"]
+    assert raw.calibration is None and raw.training["data"]["calibration_rows"] == 0
     assert raw.training["data"]["train_rows"] == 569 - 114
     capsys.readouterr()
-    assert main(["train", "breast-cancer", "--calibration-fraction", "0.9", "--out", str(tmp_path / "x")]) == 2
-    assert "--calibration-fraction must lie in [0, 0.8)" in capsys.readouterr().err
-    assert main(["train", "breast-cancer", "--calibration-fraction", "0.01", "--out", str(tmp_path / "x")]) == 2
-    assert "gives 6 calibration rows" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    # the recorded split has no calibration rows; the validation rows (none here) are not taken instead
+    assert main(["calibrate", str(tmp_path / "raw"), "--split-rows"]) == 2
+    assert "trained with --calibration-fraction 0" in capsys.readouterr().err
+    for value, message in (("0.9", "(--calibration-fraction) must lie in [0, 0.8)"), ("nan", "must lie in [0, 0.8)"),
+                           ("0.01", "gives 6 calibration rows of 569; at least 20"),
+                           ("0.79", "5 training rows after holding out 114 for testing and 450 for calibration")):
+        assert main(["train", "breast-cancer", "--calibration-fraction", value, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (value, err)
+        assert not (tmp_path / "x").exists()
 
 
 def test_a_split_recorded_without_a_calibration_part_calibrates_on_its_validation_rows():

@@ -41,7 +41,7 @@ def split_of(bundle: Bundle) -> datasets.Split:
             f" known data sets: {', '.join(datasets.LOADERS)}"
         )
     fractions = {"val": data["validation_fraction_of_train"]} if "validation_fraction_of_train" in data else {}
-    if data.get("calibration_fraction"):
+    if "calibration_fraction" in data:
         fractions["calibration"] = data["calibration_fraction"]
     return datasets.load(name, seed=data.get("split_seed", 0), **fractions)
 
@@ -213,17 +213,12 @@ def _band(axes, bundle: Bundle, split: datasets.Split, samples, seed) -> None:
 
 def _reliability(axes, bundle: Bundle, split: datasets.Split, samples, seed, bins: int = 15) -> None:
     probs = bundle.predict(split.x_test, samples=samples, seed=seed).probs.numpy()
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == split.y_test
-    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    centres = (np.arange(bins) + 0.5) / bins
-    accuracy = np.array([correct[index == b].mean() if np.any(index == b) else np.nan for b in range(bins)])
-    counts = np.bincount(index, minlength=bins)
-    axes.bar(centres, np.nan_to_num(accuracy), width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
+    confidence, accuracy, counts = metrics.reliability_bins(probs, split.y_test, bins)
+    centres = (np.clip(np.ceil(confidence * bins), 1, bins) - 0.5) / bins  # a bin's mean lies in the bin
+    axes.bar(centres, accuracy, width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
     axes.plot([0, 1], [0, 1], color="black", linestyle="--", label="perfect calibration")
     for centre, acc, count in zip(centres, accuracy, counts):
-        if count:
-            axes.annotate(str(count), (centre, acc), ha="center", va="bottom", fontsize=7)
+        axes.annotate(str(count), (centre, acc), ha="center", va="bottom", fontsize=7)
     axes.set_xlabel("confidence (max mean probability)")
     axes.set_ylabel("accuracy")
     axes.set_title(f"reliability diagram, ECE {metrics.ece(probs, split.y_test):.3f} (bar labels: rows per bin)")

@@ -32,10 +32,9 @@ from mcdropout.training import _baseline as baseline
 from mcdropout.training import _evaluation as evaluation
 from mcdropout.training import _gridsearch as gridsearch
 from mcdropout.training import datasets
-from mcdropout.training._recipes import CALIBRATION_FRACTION, MIN_CALIBRATION_ROWS, calibrated
-from mcdropout.training._table_data import features_and_target, partition
+from mcdropout.training._recipes import calibrated
+from mcdropout.training._table_data import features_and_target
 
-MIN_TRAINING_ROWS = 20
 STEP_BUDGET = 5_000  # default epochs: about this many gradient steps, within the bounds below
 EPOCH_BOUNDS = (20, 1000)
 
@@ -62,7 +61,7 @@ def train_from_table(
     hidden: Sequence[int] = (50,),
     epochs: int | None = None,
     test_fraction: float = 0.1,
-    calibration_fraction: float = CALIBRATION_FRACTION,
+    calibration_fraction: float = datasets.CALIBRATION_FRACTION,
     validation_samples: int = 1000,
     samples: int = 100,
     name: str | None = None,
@@ -95,13 +94,8 @@ def train_from_table(
     x, y, classes = features_and_target(table, features, target, task, path)
     _check_data(x, features, path)
 
-    test, calibration, train = partition(len(x), seed, test_fraction, calibration_fraction)
-    if len(train) < MIN_TRAINING_ROWS:
-        raise ValueError(f"{path}: {len(train)} training rows after holding out {len(test)} for testing and"
-                         f" {len(calibration)} for calibration; at least {MIN_TRAINING_ROWS} are needed")
-    if 0 < len(calibration) < MIN_CALIBRATION_ROWS or (calibration_fraction > 0 and not len(calibration)):
-        raise ValueError(f"--calibration-fraction {calibration_fraction} gives {len(calibration)} calibration rows"
-                         f" of {len(x)}; at least {MIN_CALIBRATION_ROWS} are needed (or 0 for no calibration)")
+    train, _, calibration, test = datasets.partition(len(x), seed, test_fraction, 0.0, calibration_fraction)
+    datasets.check_parts(str(path), len(x), len(train), len(test), len(calibration), calibration_fraction)
     batch_size = gridsearch.Settings.batch_size
     fitting_rows = int((1 - gridsearch.VALIDATION_FRACTION) * len(train))  # as gridsearch.fit cuts
     most, patience = sized_epochs(fitting_rows, batch_size)

@@ -29,10 +29,6 @@ from mcdropout.training import datasets
 from mcdropout.bundle import Bundle, Manifest, Standardisation, save_bundle
 
 
-CALIBRATION_FRACTION = 0.15  # of all rows, held out to calibrate on (recipes and own tables)
-MIN_CALIBRATION_ROWS = 20  # a 95% conformal interval needs 19
-
-
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -48,7 +44,7 @@ class Recipe:
     samples: int = 100
     per_feature: bool = True  # standardise each feature (tables) or all values at once (images, sequences)
     fit_tau: bool = False
-    validation: float = 0.0  # fraction of the training rows that choose tau (fit_tau)
+    validation: float = 0.0  # of the rows outside the test and calibration parts: they choose tau (fit_tau)
     split_seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -97,7 +93,7 @@ RECIPES: dict[str, Recipe] = {
 
 
 def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: int | None = None,
-          calibration_fraction: float = CALIBRATION_FRACTION, quiet: bool = False) -> tuple[Path, dict]:
+          calibration_fraction: float = datasets.CALIBRATION_FRACTION, quiet: bool = False) -> tuple[Path, dict]:
     """Train shipped model ``name`` and write its bundle (default ``models/NAME``); returns (path, metrics).
 
     ``calibration_fraction`` of the data set's rows are held out and the bundle is calibrated on them; 0 writes
@@ -110,10 +106,8 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
     torch.manual_seed(seed)
     split = datasets.load(recipe.dataset, seed=recipe.split_seed, val=recipe.validation,
                           calibration=calibration_fraction)
-    if split.y_calibration is not None and len(split.y_calibration) < MIN_CALIBRATION_ROWS:
-        raise ValueError(f"--calibration-fraction {calibration_fraction} gives {len(split.y_calibration)}"
-                         f" calibration rows of {name}'s {split.record['rows']}; at least {MIN_CALIBRATION_ROWS}"
-                         " are needed (or 0 for no calibration)")
+    datasets.check_parts(name, split.record["rows"], len(split.y_train), len(split.y_test), len(split.y_calibration),
+                         calibration_fraction)
     classifier = recipe.loss == "cross_entropy"
     axis = 0 if recipe.per_feature else tuple(range(split.x_train.ndim))
     x_mean, x_std = training.standardisation(split.x_train, axis)
@@ -170,7 +164,7 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
     }
     manifest = dataclasses.replace(manifest, tau=tau, training=record)
     bundle = Bundle(manifest, model, device="cpu")
-    if split.x_calibration is not None:
+    if len(split.y_calibration):
         manifest = calibrated(bundle, split, seed=seed)
     else:
         manifest = dataclasses.replace(manifest, metrics=evaluation.evaluate(bundle, split, seed=seed))

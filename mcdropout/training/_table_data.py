@@ -15,19 +15,6 @@ from mcdropout.training import datasets
 MAX_CLASSES = 1000
 
 
-def partition(rows: int, seed: int, test_fraction: float,
-              calibration_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row indices of the held-out test part, the calibration part and the training part.
-
-    The test part comes first in the seeded order, so a bundle trained without a calibration part
-    keeps its test rows.
-    """
-    order = np.random.default_rng(seed).permutation(rows)
-    held_out = round(rows * test_fraction)
-    calibration = held_out + round(rows * calibration_fraction)
-    return order[:held_out], order[held_out:calibration], order[calibration:]
-
-
 def recorded_split(manifest: Manifest) -> datasets.Split:
     """The parts of the table a bundle was trained on, re-read from the path its manifest records (its
     validation rows are inside the training part, so the split's validation part is empty)."""
@@ -40,8 +27,8 @@ def recorded_split(manifest: Manifest) -> datasets.Split:
     if len(x) != data["rows"]:
         raise tables.TableError(f"{data['path']}: {len(x)} rows, the bundle was trained on {data['rows']};"
                                 " the file changed since training")
-    test, calibration, train = partition(len(x), data["split_seed"], data["test_fraction"],
-                                         data.get("calibration_fraction", 0.0))
+    train, _, calibration, test = datasets.partition(len(x), data["split_seed"], data["test_fraction"], 0.0,
+                                                     data.get("calibration_fraction", 0.0))
     return datasets.Split(x[train], y[train], x[:0], y[:0], x[test], y[test], feature_names=manifest.feature_names,
                           x_calibration=x[calibration], y_calibration=y[calibration])
 

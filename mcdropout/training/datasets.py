@@ -16,6 +16,9 @@ import numpy as np
 NOISE_SCALE = (0.05, 0.1)  # heteroscedastic-1d: noise std = 0.05 + 0.1 * (x + 4)
 TRAIN_RANGES = ((-4.0, -1.0), (1.0, 4.0))  # heteroscedastic-1d: the gap is (-1, 1)
 SEQUENCE_LENGTH = 20
+CALIBRATION_FRACTION = 0.15  # default share of the rows held out to calibrate on (recipes and own tables)
+MIN_TRAINING_ROWS = 20
+MIN_CALIBRATION_ROWS = 20  # a 95% conformal interval needs 19
 
 
 @dataclass
@@ -42,8 +45,8 @@ class Split:
         return self.x_val, self.y_val, f"the validation rows of the training split ({len(self.y_val)} rows)"
 
 
-def _partition(n: int, seed: int, test: float, val: float,
-               calibration: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def partition(n: int, seed: int, test: float, val: float,
+              calibration: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Row indices of the train, validation, calibration and test parts. The test part comes first in the
     seeded order and the calibration part next, so a split without a calibration part is the one bundles
     recorded before there was one."""
@@ -55,16 +58,29 @@ def _partition(n: int, seed: int, test: float, val: float,
     return order[start + n_val :], order[start : start + n_val], order[n_test:start], order[:n_test]
 
 
-def _split(x, y, seed, source, test=0.2, val=0.2, calibration=0.0, **names) -> Split:
-    if not 0 <= calibration < 1 - test:
-        raise ValueError(f"--calibration-fraction must lie in [0, {1 - test:g}) (0: no calibration; a fraction"
-                         f" {test:g} of the rows is the test part), got {calibration}")
-    train, valid, calibrate, held_out = _partition(len(x), seed, test, val, calibration)
+def check_parts(what: str, rows: int, train: int, test: int, calibration: int, fraction: float) -> None:
+    """Refuse a split that leaves too few training rows, or a calibration part too small to calibrate on."""
+    if train < MIN_TRAINING_ROWS:
+        raise ValueError(f"{what}: {train} training rows after holding out {test} for testing and {calibration} for"
+                         f" calibration; at least {MIN_TRAINING_ROWS} are needed")
+    if 0 < calibration < MIN_CALIBRATION_ROWS or (fraction > 0 and not calibration):
+        raise ValueError(f"--calibration-fraction {fraction} gives {calibration} calibration rows of {rows}; at least"
+                         f" {MIN_CALIBRATION_ROWS} are needed (or 0 for no calibration)")
+
+
+def _split(x, y, seed, source, test=0.2, val=0.2, calibration=None, **names) -> Split:
+    """``calibration``: None makes no calibration part (a split recorded before there was one); 0 an empty one."""
+    if not 0 <= val < 1:
+        raise ValueError(f"the validation fraction must lie in [0, 1), got {val}")
+    if calibration is not None and not 0 <= calibration < 1 - test:
+        raise ValueError(f"the calibration fraction (--calibration-fraction) must lie in [0, {1 - test:g}) (0: no"
+                         f" calibration; a fraction {test:g} of the rows is the test part), got {calibration}")
+    train, valid, calibrate, held_out = partition(len(x), seed, test, val, calibration or 0.0)
     record = {"source": source, "rows": len(x), "split_seed": seed, "test_fraction": test,
               "validation_fraction_of_train": val, "train_rows": len(train), "validation_rows": len(valid),
               "test_rows": len(held_out)}
     parts = {}
-    if calibration:
+    if calibration is not None:
         record.update({"calibration_fraction": calibration, "calibration_rows": len(calibrate)})
         parts = {"x_calibration": x[calibrate], "y_calibration": y[calibrate]}
     return Split(x[train], y[train], x[valid], y[valid], x[held_out], y[held_out], record=record, **parts, **names)
@@ -84,8 +100,8 @@ def breast_cancer(seed: int = 0, **fractions: float) -> Split:
 
     data = load_breast_cancer()
     return _split(data.data.astype(np.float32), data.target.astype(np.int64), seed,
-                  "sklearn.datasets.load_breast_cancer", feature_names=[str(n) for n in data.feature_names], **fractions,
-                  class_names=[str(n) for n in data.target_names])
+                  "sklearn.datasets.load_breast_cancer", **fractions,
+                  feature_names=[str(n) for n in data.feature_names], class_names=[str(n) for n in data.target_names])
 
 
 def digits(seed: int = 0, **fractions: float) -> Split:
@@ -93,8 +109,9 @@ def digits(seed: int = 0, **fractions: float) -> Split:
 
     data = load_digits()
     images = data.images.astype(np.float32)[:, None]  # (n, 1, 8, 8), pixel values 0..16
-    return _split(images, data.target.astype(np.int64), seed, "sklearn.datasets.load_digits",
-                  **{"val": 0.1, **fractions}, class_names=[str(c) for c in data.target_names])
+    fractions.setdefault("val", 0.1)
+    return _split(images, data.target.astype(np.int64), seed, "sklearn.datasets.load_digits", **fractions,
+                  class_names=[str(c) for c in data.target_names])
 
 
 def noise_std(x: np.ndarray) -> np.ndarray:
@@ -155,9 +172,10 @@ LOADERS: dict[str, Callable[..., Split]] = {
 }
 
 
-def load(name: str, seed: int = 0, **fractions: float) -> Split:
-    """Data set ``name`` split by ``seed``; ``fractions``: ``calibration`` (of all rows, as for own tables)
-    and ``val`` (of the rows left after the test and calibration parts), each in [0, 1)."""
+def load(name: str, seed: int = 0, **fractions: float | None) -> Split:
+    """Data set ``name`` split by ``seed``; ``fractions``: ``calibration`` (of all rows, as for own tables;
+    None, the default: no calibration part) and ``val`` (of the rows left after the test and calibration
+    parts)."""
     if name not in LOADERS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(LOADERS)}")
     return LOADERS[name](seed, **fractions)
