@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/calibrated_serving.py [--requests 1000]
 
-Copies `digits` and `diabetes` to a temporary models folder twice: as shipped (`<name>-raw`) and
-calibrated on their validation rows (`<name>`), serves all four from one uvicorn on 127.0.0.1, and
+Copies `digits` and `diabetes` to a temporary models folder twice: with their calibration removed
+(`<name>-raw`) and calibrated again on their split's calibration rows (`<name>`), serves all four from one uvicorn on 127.0.0.1, and
 sends one-row requests at T=100 from one keep-alive client, alternating request by request between
 the raw model and the calibrated one (asking prediction sets and abstention of digits, the default
 conformal interval and an abstention limit of diabetes), so that drift hits both alike. Prints p50
@@ -47,6 +47,7 @@ def _models(folder: Path) -> None:
         shutil.copytree(ROOT / "models" / name, raw)
         manifest = json.loads((raw / "manifest.json").read_text())
         manifest["name"] = f"{name}-raw"
+        manifest["calibration"] = None  # the raw MC numbers: no temperature, Gaussian intervals
         (raw / "manifest.json").write_text(json.dumps(manifest))
     split = split_of(load_bundle(folder / "diabetes", device="cpu"))  # its calibration rows, never trained on
     names = read_manifest(folder / "diabetes").feature_names
