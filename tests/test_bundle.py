@@ -156,6 +156,8 @@ def test_entry_point_architectures_are_found(monkeypatch):
     monkeypatch.delitem(architectures._REGISTRY, "from-a-plugin", raising=False)
     assert "from-a-plugin" in architectures.available()
     assert isinstance(architectures.build("from-a-plugin", {"width": 4}), torch.nn.Sequential)
+    monkeypatch.delitem(architectures._REGISTRY, "from-a-plugin")  # a name not registered yet: build scans for it
+    assert isinstance(architectures.build("from-a-plugin", {"width": 4}), torch.nn.Sequential)
 
 
 def test_subnormal_weights_are_stored_and_loaded_as_zero(saved, tmp_path):
