@@ -57,7 +57,7 @@ def calibrate_on_split(bundle_path: str | os.PathLike, *, samples: int | None = 
     The manifest's recorded test metrics are measured again as the calibrated bundle now answers, with the
     uncalibrated ones kept beside them under ``uncalibrated`` (as ``mcdropout train`` records them).
     """
-    from mcdropout.training._evaluation import evaluate, split_of
+    from mcdropout.training._evaluation import calibrated_metrics, split_of
 
     folder = Path(bundle_path)
     loaded = load_bundle(folder, device="cpu")
@@ -72,10 +72,9 @@ def calibrate_on_split(bundle_path: str | os.PathLike, *, samples: int | None = 
     manifest = dataclasses.replace(loaded.manifest, calibration=fitted)
     recorded = loaded.manifest.metrics
     if "mc" in recorded:
-        metrics = evaluate(Bundle(manifest, loaded.model, device="cpu"), split, samples=recorded.get("samples"),
-                           seed=recorded.get("seed", 0))
-        raw = recorded.get("uncalibrated", recorded)
-        metrics["uncalibrated"] = {key: raw[key] for key in ("mc", "deterministic") if key in raw}
+        metrics = calibrated_metrics(Bundle(manifest, loaded.model, device="cpu"), split,
+                                     recorded.get("uncalibrated", recorded), samples=recorded.get("samples"),
+                                     seed=recorded.get("seed", 0))
         manifest = dataclasses.replace(manifest, metrics=metrics)
     write_manifest(folder, manifest)
     return fitted

@@ -27,6 +27,15 @@ def evaluate(bundle: Bundle, split: datasets.Split | None = None, *, samples: in
     return result
 
 
+def calibrated_metrics(bundle: Bundle, split: datasets.Split, before: dict, *, samples: int | None = None,
+                       seed: int = 0) -> dict:
+    """The held-out metrics of a calibrated ``bundle``, with the uncalibrated ones (``before``, as
+    :func:`evaluate` gave them) kept beside them under ``uncalibrated``."""
+    metrics = evaluate(bundle, split, samples=samples, seed=seed)
+    metrics["uncalibrated"] = {key: before[key] for key in ("mc", "deterministic") if key in before}
+    return metrics
+
+
 def split_of(bundle: Bundle) -> datasets.Split:
     """The data split a bundle of ``mcdropout train`` was trained on, re-made from its manifest."""
     data = bundle.manifest.training.get("data", {})

@@ -186,8 +186,7 @@ def calibrated(bundle: Bundle, split: datasets.Split, *, seed: int = 0, source: 
     x, y, described = split.calibration_rows()
     fitted = fit_bundle(Bundle(raw, bundle.model, device="cpu"), x, y, seed=seed, source=source or described)
     manifest = dataclasses.replace(raw, calibration=fitted)
-    metrics = evaluation.evaluate(Bundle(manifest, bundle.model, device="cpu"), split, seed=seed)
-    metrics["uncalibrated"] = {key: before[key] for key in ("mc", "deterministic") if key in before}
+    metrics = evaluation.calibrated_metrics(Bundle(manifest, bundle.model, device="cpu"), split, before, seed=seed)
     return dataclasses.replace(manifest, metrics=metrics)
 
 
