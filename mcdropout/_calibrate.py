@@ -57,6 +57,7 @@ def calibrate_on_split(bundle_path: str | os.PathLike, *, samples: int | None = 
     The manifest's recorded test metrics are measured again as the calibrated bundle now answers, with the
     uncalibrated ones kept beside them under ``uncalibrated`` (as ``mcdropout train`` records them).
     """
+    from mcdropout.training._baseline import compare
     from mcdropout.training._evaluation import calibrated_metrics, split_of
 
     folder = Path(bundle_path)
@@ -75,6 +76,9 @@ def calibrate_on_split(bundle_path: str | os.PathLike, *, samples: int | None = 
         metrics = calibrated_metrics(Bundle(manifest, loaded.model, device="cpu"), split,
                                      recorded.get("uncalibrated", recorded), samples=recorded.get("samples"),
                                      seed=recorded.get("seed", 0))
+        compared = compare(manifest.task, split, metrics)  # as train records it
+        if compared is not None:
+            metrics["baseline"] = compared
         manifest = dataclasses.replace(manifest, metrics=metrics)
     write_manifest(folder, manifest)
     return fitted

@@ -126,6 +126,7 @@ def test_calibrate_on_the_calibration_rows_of_the_training_split(tmp_path):
     # the recorded test metrics are measured again as the bundle now answers, the raw ones kept beside them
     metrics = bundle.manifest.metrics
     assert metrics["uncalibrated"] == shipped.metrics["uncalibrated"]
+    assert metrics["baseline"] == shipped.metrics["baseline"]  # re-measured, not dropped
     assert metrics["mc"] == pytest.approx(evaluate(bundle, seed=metrics["seed"])["mc"], rel=1e-9)
     refused = subprocess.run([sys.executable, "-m", "mcdropout.cli", "calibrate", str(folder), "--validation-rows",
                               "--target", "y"], capture_output=True, text=True, timeout=300)  # the old name

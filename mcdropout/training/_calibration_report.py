@@ -96,7 +96,7 @@ def _regression(bundle: Bundle, x: np.ndarray, y: np.ndarray, samples: int | Non
     scores: dict[str, float | None] = {"rmse": metrics.rmse(y, mean), "nll": metrics.gaussian_nll(y, mean, variance)}
     for level in LEVELS:
         tag = round(level * 100)
-        interval = _served_interval(manifest, prediction, level)
+        interval = served_interval(manifest, prediction, level)
         if interval is None:  # too few calibration rows for a conformal interval at this level
             scores.update({f"coverage_{tag}": None, f"width_{tag}": None, f"interval_score_{tag}": None})
             continue
@@ -105,12 +105,12 @@ def _regression(bundle: Bundle, x: np.ndarray, y: np.ndarray, samples: int | Non
         scores[f"width_{tag}"] = float(np.mean(upper - lower))
         scores[f"interval_score_{tag}"] = metrics.interval_score(y, lower, upper, level)
     levels = np.round(np.linspace(0.05, 0.95, 19), 2)
-    intervals = [_served_interval(manifest, prediction, level) for level in levels]
+    intervals = [served_interval(manifest, prediction, level) for level in levels]
     observed = np.array([np.nan if i is None else metrics.interval_coverage(y, *i) for i in intervals])
     return Side(scores, coverage_by_level=(levels, observed))
 
 
-def _served_interval(manifest, prediction, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+def served_interval(manifest, prediction, level: float) -> tuple[np.ndarray, np.ndarray] | None:
     """The interval the service answers at ``level``: conformal for a calibrated bundle, else Gaussian;
     None where the bundle's calibration rows are too few for a conformal interval at ``level``."""
     try:

@@ -62,6 +62,15 @@ def _regression(bundle: Bundle, split: datasets.Split, samples: int | None, seed
     if bundle.manifest.tau is not None:
         tau_user = bundle.manifest.tau / np.asarray(bundle.manifest.target_standardisation.std) ** 2
         mc["mc_log_likelihood"] = metrics.mc_log_likelihood(y, pred.samples.numpy(), float(np.mean(tau_user)))
+    calibration = bundle.manifest.calibration
+    if calibration is not None and calibration.conformal is not None:  # the coverage of the intervals served
+        from mcdropout.training._calibration_report import served_interval
+
+        for level in LEVELS:
+            interval = served_interval(bundle.manifest, pred, level)  # None: too high for the calibration rows
+            mc[f"coverage_{round(level * 100)}"] = None if interval is None else \
+                metrics.interval_coverage(y, *(np.asarray(bound).reshape(y.shape) for bound in interval))
+        mc["interval_method"] = "conformal"
     mc["mean_epistemic_std"] = float(np.sqrt(pred.epistemic.numpy()).mean())
     mc["mean_aleatoric_std"] = float(np.sqrt(pred.aleatoric.numpy()).mean())
     result = {"mc": mc}
