@@ -111,27 +111,33 @@ def _rows(manifest: Manifest, data: Path, target: str | None, features: Sequence
     if labels is not None:
         y = _label_file(Path(labels))
     else:
-        column = table.column(target)
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            y = np.asarray(column.to_pylist(), dtype=object)
-        else:
-            y = tables.numeric(table, [target], path=data, what="target")
-            y = y[:, 0] if y.shape[1] == 1 else y
+        y = _true_values(table, target, data, "target")
     if len(y) != len(x):
         raise InputError(f"{len(x)} rows of features but {len(y)} true values")
-    if len(y) < 2:
-        raise InputError(f"{data}: calibration needs at least 2 rows, got {len(y)}")
+    if len(y) < cal.MIN_ROWS:
+        raise InputError(f"{data}: {len(y)} rows; calibration needs at least {cal.MIN_ROWS} (a 95% conformal"
+                         " interval, the served default, needs 19)")
     return x, y
 
 
+def _true_values(table: pa.Table, name: str, path: Path, what: str) -> np.ndarray:
+    """Column ``name``: class names (text) as objects, or numbers as floats, one value per row."""
+    column = table.column(name)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return np.asarray(column.to_pylist(), dtype=object)
+    return tables.numeric(table, [name], path=path, what=what)[:, 0]
+
+
 def _label_file(path: Path) -> np.ndarray:
+    """True values from their own file: class indices or values (numbers), or class names (text)."""
     if path.suffix.lower() == ".npy":
         values = np.load(path, allow_pickle=False)
-        return values.reshape(len(values), -1)[:, 0] if values.ndim > 1 else values
+        values = values.reshape(len(values), -1)[:, 0] if values.ndim > 1 else values
+        return values.astype(object) if values.dtype.kind in "US" else values
     table = tables.read_table(path)
     if table.num_columns != 1:
         raise TableError(f"{path}: a labels file holds one column, got {table.num_columns}")
-    return tables.numeric(table, table.schema.names, path=path, what="label")[:, 0]
+    return _true_values(table, table.schema.names[0], path, "label")
 
 
 def describe(fitted: cal.Calibration) -> str:

@@ -61,15 +61,16 @@ def _parser() -> argparse.ArgumentParser:
                        " whitespace-separated text (no header: columns are named 0, 1, ...)")
     table.add_argument("--target", metavar="COLUMN", help="the column to predict")
     table.add_argument("--features", nargs="+", metavar="COLUMN", help="feature columns (default: all others)")
-    table.add_argument("--task", choices=("regression", "classification"), default="regression")
+    table.add_argument("--task", choices=("regression", "classification"), help="default: regression (a text"
+                       " target needs classification)")
     table.add_argument("--dropout", type=float, metavar="P", help="dropout rate (default 0.05)")
     table.add_argument("--dropout-grid", nargs="+", metavar="P", help="dropout rates to choose from by validation"
                        " log-likelihood (space- or comma-separated)")
     table.add_argument("--tau", type=float, help="model precision in the target's units (regression)")
     table.add_argument("--tau-grid", nargs="+", metavar="TAU", help="precisions to choose from (default: tau"
                        " is fitted on the validation part)")
-    table.add_argument("--hidden", default="50", metavar="50,50", help="hidden layer widths (default 50)")
-    table.add_argument("--test-fraction", type=float, default=0.1, help="rows held out for the recorded"
+    table.add_argument("--hidden", metavar="50,50", help="hidden layer widths (default 50)")
+    table.add_argument("--test-fraction", type=float, help="rows held out for the recorded"
                        " metrics (default 0.1)")
     table.add_argument("--name", dest="bundle_name", help="bundle name (default: the file's name)")
     train.add_argument("--calibration-fraction", type=float, metavar="F", help="fraction of the rows held out to"
@@ -285,10 +286,19 @@ def _warn_baseline(command: str, metrics: dict) -> None:
         print(f"mcdropout {command}: warning: {warning}", file=sys.stderr)
 
 
+_TABLE_OPTIONS = {"--target": "target", "--features": "features", "--task": "task", "--dropout": "dropout",
+                  "--dropout-grid": "dropout_grid", "--tau": "tau", "--tau-grid": "tau_grid", "--hidden": "hidden",
+                  "--test-fraction": "test_fraction", "--name": "bundle_name"}
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.data is None:
         if args.name is None:
             raise UsageError("name a shipped model (" + ", ".join(_recipe_names()) + ") or give --data and --target")
+        given = [flag for flag, dest in _TABLE_OPTIONS.items() if getattr(args, dest) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: for training on your own table (--data); the recipe of"
+                             f" {args.name!r} fixes its data, split and network")
         from mcdropout.training._recipes import train
 
         path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs, quiet=args.quiet,
@@ -308,12 +318,13 @@ def _train(args: argparse.Namespace) -> int:
         dropouts = _numbers(args.dropout_grid, "--dropout-grid") if args.dropout_grid else [args.dropout or 0.05]
         taus = _numbers(args.tau_grid, "--tau-grid") if args.tau_grid else (
             None if args.tau is None else [args.tau])
-        hidden = _numbers([args.hidden], "--hidden")
+        hidden = _numbers([args.hidden or "50"], "--hidden")
         if not all(h.is_integer() and h > 0 for h in hidden):
             raise UsageError(f"--hidden takes positive whole layer widths, got {args.hidden!r}")
         path, metrics = train_from_table(
-            args.data, target=args.target, features=args.features, task=args.task, dropouts=dropouts, taus=taus,
-            hidden=[int(h) for h in hidden], epochs=args.epochs, test_fraction=args.test_fraction,
+            args.data, target=args.target, features=args.features, task=args.task or "regression", dropouts=dropouts,
+            taus=taus, hidden=[int(h) for h in hidden], epochs=args.epochs,
+            test_fraction=0.1 if args.test_fraction is None else args.test_fraction,
             **({} if args.calibration_fraction is None else {"calibration_fraction": args.calibration_fraction}),
             name=args.bundle_name, out=args.out, seed=args.seed, quiet=args.quiet,
         )

@@ -137,3 +137,33 @@ def _uncalibrated(name: str) -> Bundle:
     """A shipped bundle with its calibration removed: the raw MC numbers."""
     shipped = load_bundle(MODELS / name, device="cpu")
     return Bundle(dataclasses.replace(shipped.manifest, calibration=None), shipped.model, device="cpu")
+
+
+def test_labels_files_may_hold_class_names_and_too_few_rows_are_refused(tmp_path, capsys):
+    from mcdropout.training import split_of
+
+    folder = tmp_path / "breast-cancer"
+    shutil.copytree(MODELS / "breast-cancer", folder)
+    split = split_of(load_bundle(folder, device="cpu"))
+    names = read_manifest(folder).class_names
+    x, labels = split.x_calibration, [names[i] for i in split.y_calibration]
+    features = read_manifest(folder).feature_names
+    pa_csv.write_csv(pa.table({n: x[:, i] for i, n in enumerate(features)}), tmp_path / "x.csv")
+    pa_csv.write_csv(pa.table({"diagnosis": labels}), tmp_path / "names.csv")
+    np.save(tmp_path / "names.npy", np.array(labels))
+    first = None
+    for file in ("names.csv", "names.npy"):
+        assert main(["calibrate", str(folder), "--data", str(tmp_path / "x.csv"), "--labels", str(tmp_path / file),
+                     "--samples", "8", "--quiet"]) == 0, capsys.readouterr().err
+        fitted = read_manifest(folder).calibration
+        assert fitted.rows == len(labels)
+        first = first or fitted.sets
+        assert fitted.sets == first  # the same labels, read from names in either file
+
+    before = (folder / "manifest.json").read_bytes()
+    pa_csv.write_csv(pa.table({n: x[:19, i] for i, n in enumerate(features)}), tmp_path / "few.csv")
+    np.save(tmp_path / "few.npy", np.array(labels[:19]))
+    assert main(["calibrate", str(folder), "--data", str(tmp_path / "few.csv"), "--labels", str(tmp_path / "few.npy"),
+                 "--quiet"]) == 2
+    assert "19 rows; calibration needs at least 20" in capsys.readouterr().err
+    assert (folder / "manifest.json").read_bytes() == before

@@ -193,3 +193,14 @@ def test_evaluate_and_score_run_a_bundles_own_code_only_when_trusted(tmp_path, c
     assert len(pd.read_csv(tmp_path / "out.csv")) == 40
     monkeypatch.setenv("MCD_TRUST_BUNDLE_CODE", "1")  # the server's setting works too
     assert main(score) == 0
+
+
+def test_recipe_and_table_options_do_not_mix_and_a_text_target_names_the_task_option(tmp_path, capsys):
+    assert main(["train", "diabetes", "--test-fraction", "0.3", "--dropout", "0.2", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "--dropout, --test-fraction: for training on your own table (--data)" in err
+    assert not (tmp_path / "d").exists()
+    pd.DataFrame({"a": np.arange(60.0), "kind": ["cat", "dog"] * 30}).to_csv(tmp_path / "t.csv", index=False)
+    assert main(["train", "--data", str(tmp_path / "t.csv"), "--target", "kind", "--out", str(tmp_path / "b")]) == 2
+    assert "holds text, not numbers; to train a classifier on it give --task classification" in \
+        capsys.readouterr().err

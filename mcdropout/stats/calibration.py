@@ -40,6 +40,7 @@ __all__ = [
     "summarise_logits", "uncertainty_score",
 ]
 
+MIN_ROWS = 20  # the fewest calibration rows the commands accept: a 95% conformal interval (the default) needs 19
 MAX_SCORES = 4096  # order statistics kept per score: enough for any level to 1/4096 of its rank
 MAX_SELECTIVE_ROWS = 5000  # calibration rows kept for serve-time selective thresholds
 SELECTIVE_GRID = 30  # candidate thresholds tested at once

@@ -38,6 +38,10 @@ def features_and_target(table: pa.Table, features: Sequence[str], target: str, t
     """Checked features (rows, features); the target, (rows, 1) values or (rows,) class indices; class names."""
     x = tables.numeric(table, features, path=path)
     if task == "regression":
+        kind = table.schema.field(target).type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            raise tables.TableError(f"{path}: target column {target!r} holds text, not numbers; to train a"
+                                    " classifier on it give --task classification")
         return x, tables.numeric(table, [target], path=path, what="target"), None
     y, classes = _labels(table.column(target), path, target)
     return x, y, classes

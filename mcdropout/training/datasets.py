@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mcdropout.stats.calibration import MIN_ROWS
+
 NOISE_SCALE = (0.05, 0.1)  # heteroscedastic-1d: noise std = 0.05 + 0.1 * (x + 4)
 TRAIN_RANGES = ((-4.0, -1.0), (1.0, 4.0))  # heteroscedastic-1d: the gap is (-1, 1)
 SEQUENCE_LENGTH = 20
 CALIBRATION_FRACTION = 0.15  # default share of the rows held out to calibrate on (recipes and own tables)
 MIN_TRAINING_ROWS = 20
-MIN_CALIBRATION_ROWS = 20  # a 95% conformal interval needs 19
+MIN_CALIBRATION_ROWS = MIN_ROWS
 
 
 @dataclass
