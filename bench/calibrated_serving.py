@@ -3,10 +3,11 @@
     .venv/bin/python bench/calibrated_serving.py [--requests 1000]
 
 Copies `digits` and `diabetes` to a temporary models folder twice: with their calibration removed
-(`<name>-raw`) and calibrated again on their split's calibration rows (`<name>`), serves all four from one uvicorn on 127.0.0.1, and
-sends one-row requests at T=100 from one keep-alive client, alternating request by request between
-the raw model and the calibrated one (asking prediction sets and abstention of digits, the default
-conformal interval and an abstention limit of diabetes), so that drift hits both alike. Prints p50
+(`<name>-raw`) and calibrated again on their split's calibration rows (`<name>`), serves all four from
+one uvicorn on 127.0.0.1, and sends one-row requests at T=100 from one keep-alive client, alternating
+request by request between the raw model and the calibrated one (asking prediction sets and abstention
+of digits, the default conformal interval and an abstention limit of diabetes), so that drift hits
+both alike. Prints p50
 per mode and the overhead of the calibrated request over the raw one.
 """
 

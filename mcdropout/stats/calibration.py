@@ -220,10 +220,10 @@ def fit_temperature(logits, y, bounds: tuple[float, float] = (0.05, 20.0)) -> fl
     one that changes the model least. Why: below T of about 0.3 each MC sample of a sharp classifier votes
     one class, the averaged probabilities become vote fractions and the NLL barely moves, so the bare
     minimum lands anywhere in that flat part (an earlier digits network on 144 held-out rows: T = 0.056,
-    serving entropies of 1e-49 and a worse ECE on its test rows). Where the NLL falls all the way to the lower bound (rows so
-    well separated that sharpening never stops paying) it has no minimum, and the fit is 1 (no scaling):
-    taken at the bound, an earlier breast-cancer network's 91 held-out rows gave T = 0.05, which tripled its
-    test rows' NLL.
+    serving entropies of 1e-49 and a worse ECE on its test rows). Where the NLL falls all the way to the
+    lower bound (rows so well separated that sharpening never stops paying) it has no minimum, and the fit
+    is 1 (no scaling): taken at the bound, an earlier breast-cancer network's 91 held-out rows gave T = 0.05,
+    which tripled its test rows' NLL.
     """
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim == 2:
