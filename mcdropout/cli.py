@@ -292,6 +292,9 @@ _TABLE_OPTIONS = {"--target": "target", "--features": "features", "--task": "tas
 
 
 def _train(args: argparse.Namespace) -> int:
+    from mcdropout.training.datasets import CALIBRATION_FRACTION
+
+    fraction = CALIBRATION_FRACTION if args.calibration_fraction is None else args.calibration_fraction
     if args.data is None:
         if args.name is None:
             raise UsageError("name a shipped model (" + ", ".join(_recipe_names()) + ") or give --data and --target")
@@ -301,9 +304,8 @@ def _train(args: argparse.Namespace) -> int:
                              f" {args.name!r} fixes its data, split and network")
         from mcdropout.training._recipes import train
 
-        path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs, quiet=args.quiet,
-                              **({} if args.calibration_fraction is None else
-                                 {"calibration_fraction": args.calibration_fraction}))
+        path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs,
+                              calibration_fraction=fraction, quiet=args.quiet)
     else:
         from mcdropout.training._own_table import train_from_table
 
@@ -325,7 +327,7 @@ def _train(args: argparse.Namespace) -> int:
             args.data, target=args.target, features=args.features, task=args.task or "regression", dropouts=dropouts,
             taus=taus, hidden=[int(h) for h in hidden], epochs=args.epochs,
             test_fraction=0.1 if args.test_fraction is None else args.test_fraction,
-            **({} if args.calibration_fraction is None else {"calibration_fraction": args.calibration_fraction}),
+            calibration_fraction=fraction,
             name=args.bundle_name, out=args.out, seed=args.seed, quiet=args.quiet,
         )
     print(f"wrote {path}")

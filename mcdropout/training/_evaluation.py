@@ -7,6 +7,7 @@ import torch
 
 from mcdropout.stats import metrics
 from mcdropout.training import datasets
+from mcdropout.training._calibration_report import served_interval
 from mcdropout.bundle import Bundle
 from mcdropout.stats._summary import normal_interval, to_probabilities
 
@@ -64,8 +65,6 @@ def _regression(bundle: Bundle, split: datasets.Split, samples: int | None, seed
         mc["mc_log_likelihood"] = metrics.mc_log_likelihood(y, pred.samples.numpy(), float(np.mean(tau_user)))
     calibration = bundle.manifest.calibration
     if calibration is not None and calibration.conformal is not None:  # the coverage of the intervals served
-        from mcdropout.training._calibration_report import served_interval
-
         for level in LEVELS:
             interval = served_interval(bundle.manifest, pred, level)  # None: too high for the calibration rows
             mc[f"coverage_{round(level * 100)}"] = None if interval is None else \
