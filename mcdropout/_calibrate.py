@@ -1,7 +1,7 @@
 """``mcdropout calibrate``: fit a bundle's calibration on a table of held-out rows and rewrite its manifest.
 
 The rows must be ones the network never trained on (a calibration split): conformal guarantees hold
-for rows exchangeable with them. Every format ``score`` reads works (via :mod:`mcdropout._tables`);
+for rows exchangeable with them. Every format ``score`` reads works (via :mod:`mcdropout.tables`);
 image models read flattened rows from NPY with the labels in a column or in their own file.
 """
 
@@ -19,11 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mcdropout import _tables as tables
-from mcdropout.bundle._bundle import MANIFEST, Bundle, Manifest, load_bundle
-from mcdropout.bundle._calibration import fit_bundle
+from mcdropout import tables
+from mcdropout.bundle import MANIFEST, Bundle, Manifest, fit_bundle, load_bundle
 from mcdropout.errors import InputError, TableError
-from mcdropout.scoring._job import feature_columns
 from mcdropout.stats import calibration as cal
 
 
@@ -57,8 +55,7 @@ def calibrate_on_split(bundle_path: str | os.PathLike, *, samples: int | None = 
     The manifest's recorded test metrics are measured again as the calibrated bundle now answers, with the
     uncalibrated ones kept beside them under ``uncalibrated`` (as ``mcdropout train`` records them).
     """
-    from mcdropout.training._baseline import compare
-    from mcdropout.training._evaluation import calibrated_metrics, split_of
+    from mcdropout.training import calibrated_metrics, compare, split_of
 
     folder = Path(bundle_path)
     loaded = load_bundle(folder, device="cpu")
@@ -105,8 +102,8 @@ def _rows(manifest: Manifest, data: Path, target: str | None, features: Sequence
     table = tables.read_table(data)
     if target is not None and target not in table.schema.names:
         raise TableError(f"{data}: no target column {target!r}; the file has {', '.join(map(repr, table.schema.names))}")
-    columns = list(features) if features else feature_columns(manifest.feature_names, manifest.input_shape,
-                                                              table.schema, target, data)
+    columns = list(features) if features else tables.feature_columns(manifest.feature_names, manifest.input_shape,
+                                                                     table.schema, target, data)
     x = tables.numeric(table, columns, path=data).reshape(-1, *manifest.input_shape)
     if labels is not None:
         y = _label_file(Path(labels))

@@ -262,7 +262,7 @@ def _number_setting(variable: str, default: float, kind: type) -> float:
 
 def _recipe_names() -> list[str]:
     # torch-free, so that `train --help` stays fast
-    from mcdropout.training._recipe_names import RECIPE_NAMES
+    from mcdropout.training import RECIPE_NAMES
 
     return list(RECIPE_NAMES)
 
@@ -302,12 +302,12 @@ def _train(args: argparse.Namespace) -> int:
         if given:
             raise UsageError(f"{', '.join(given)}: for training on your own table (--data); the recipe of"
                              f" {args.name!r} fixes its data, split and network")
-        from mcdropout.training._recipes import train
+        from mcdropout.training import train
 
         path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs,
                               calibration_fraction=fraction, quiet=args.quiet)
     else:
-        from mcdropout.training._own_table import train_from_table
+        from mcdropout.training import train_from_table
 
         if args.name is not None:
             raise UsageError(f"give either a shipped model name ({args.name!r}) or --data, not both")
@@ -346,9 +346,7 @@ def _numbers(values: Sequence[str], flag: str) -> list[float]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mcdropout.bundle import load_bundle
-    from mcdropout.training import _calibration_report as calibration_report
-    from mcdropout.training._baseline import compare
-    from mcdropout.training._evaluation import evaluate, plot, split_of
+    from mcdropout.training import calibration_report, compare, evaluate, format_report, plot, plot_report, split_of
 
     _check_samples(args)
     if not 0 < args.set_level < 1:
@@ -359,13 +357,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     compared = compare(bundle.manifest.task, split, metrics)
     if compared is not None:
         metrics["baseline"] = compared
-    report = calibration_report.calibration_report(
+    report = calibration_report(
         bundle, split.x_test, split.y_test, rows_source="test rows of the recorded split", samples=args.samples,
         seed=args.seed, set_level=args.set_level, set_method=args.set_method)
     _print_metrics(metrics)
     _warn_baseline("evaluate", metrics)
     print()
-    print(calibration_report.format_report(report))
+    print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps({**metrics, "calibration_report": report.to_dict()}, indent=2) + "\n")
     if args.plot:
@@ -374,7 +372,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 plot(bundle, args.plot, samples=args.samples, seed=args.seed)
                 written = [args.plot]
             else:
-                written = calibration_report.plot_report(report, Path(args.plot), bundle.name)
+                written = plot_report(report, Path(args.plot), bundle.name)
                 if bundle.manifest.task == "regression" and split.x_test.ndim == 2 and split.x_test.shape[1] == 1:
                     band = Path(args.plot) / f"{bundle.name}-band.png"
                     plot(bundle, str(band), samples=args.samples, seed=args.seed)
@@ -426,24 +424,24 @@ def _bundle_create(args: argparse.Namespace) -> int:
 
 
 def _uci(args: argparse.Namespace) -> int:
-    from mcdropout.training import _uci as uci
+    from mcdropout.training import format_uci_calibrated_table, format_uci_table, run_uci
 
     results = []
     for folder in args.datasets:
-        result = uci.run(folder, splits=args.splits, epochs=args.epochs, samples=args.samples,
+        result = run_uci(folder, splits=args.splits, epochs=args.epochs, samples=args.samples,
                          validation_samples=args.validation_samples, seed=args.seed,
                          calibration_fraction=args.calibration_fraction, hyperparameters=args.hyperparameters,
                          quiet=args.quiet)
         results.append(result)
-        print(uci.format_table([result]).splitlines()[-1] if len(results) > 1 else uci.format_table([result]),
+        print(format_uci_table([result]).splitlines()[-1] if len(results) > 1 else format_uci_table([result]),
               flush=True)
     if len(results) > 1:
         print()
-        print(uci.format_table(results))
+        print(format_uci_table(results))
     if args.calibration_fraction is not None:
         print(f"\ncalibrated: trained on the first {1 - args.calibration_fraction:g} of each training split"
               f" (p and tau: {args.hyperparameters}), calibrated on the rest; test rows, mean over splits")
-        print(uci.format_calibrated_table(results))
+        print(format_uci_calibrated_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     return 0

@@ -34,7 +34,7 @@ from mcdropout.bundle._bundle import (
     save_bundle,
 )
 from mcdropout.errors import BundleError
-from mcdropout.stats._summary import RegressionPrediction
+from mcdropout.stats import RegressionPrediction
 
 SAFETENSORS = (".safetensors",)
 TORCH_FILES = (".pt", ".pth", ".bin", ".ckpt")

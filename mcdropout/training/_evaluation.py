@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mcdropout.stats import metrics
+from mcdropout.bundle import Bundle
+from mcdropout.stats import metrics, normal_interval, to_probabilities
 from mcdropout.training import datasets
 from mcdropout.training._calibration_report import served_interval
-from mcdropout.bundle import Bundle
-from mcdropout.stats._summary import normal_interval, to_probabilities
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 

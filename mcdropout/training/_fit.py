@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scipy import optimize, special
 from torch import nn
 
-from mcdropout._progress import Progress
+from mcdropout.progress import Progress
 
 LOSSES = ("mse", "gaussian_nll", "cross_entropy")
 

@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcdropout import _tables as tables
-from mcdropout.bundle import Bundle, Manifest, Standardisation, save_bundle
-from mcdropout.bundle._calibration import fit_bundle
+from mcdropout import tables
+from mcdropout.bundle import Bundle, Manifest, Standardisation, fit_bundle, save_bundle
 from mcdropout.training import _baseline as baseline
 from mcdropout.training import _evaluation as evaluation
 from mcdropout.training import _gridsearch as gridsearch

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcdropout.bundle import architectures
-from mcdropout.bundle._calibration import fit_bundle
+from mcdropout.bundle import architectures, fit_bundle
 from mcdropout.training import _baseline as baseline
 from mcdropout.training import _evaluation as evaluation
 from mcdropout.training import _fit as training

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcdropout._progress import Progress
+from mcdropout.progress import Progress
 
 LOSSES = ("mse", "cross_entropy")
 _LEVELS = 1 << 16  # masks compare 16 random bits with round(p * 2**16): p resolved to 2**-16

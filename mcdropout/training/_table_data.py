@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mcdropout import _tables as tables
+from mcdropout import tables
 from mcdropout.bundle import Manifest
 from mcdropout.training import datasets
 
