@@ -1,14 +1,16 @@
 """Predictions as plain numpy data: what the client returns and what batch scoring writes.
 
-Built from a library prediction (:func:`from_prediction`: the service's answers
-and local scoring), from the service's JSON answer (:func:`from_json`: the
-client), joined from several (:func:`concatenate`), or cut to a range of rows
+Made by :meth:`mcdropout.bundle.Bundle.answer` (the calibrated answer that the
+service, scoring and the playground give), from the service's JSON answer
+(:func:`from_json`: the client), joined from several (:func:`concatenate`), or cut to a range of rows
 (:func:`take_rows`: one request's share of a merged run). Importing this module
 imports numpy only, so the client stays light. :meth:`columns` gives the flat
 per-row table (``mean``, ``std``, ``lower``, ``upper`` / ``label``,
 ``prob_<class>``, ``entropy``, ...) used by ``to_pandas`` and by
 ``mcdropout score``.
 
+The option vocabularies (:class:`Task`, :class:`IntervalMethod`, :class:`SetMethod`,
+:class:`AbstainScore`) are declared here once, for the library, the CLI and the schemas.
 A calibrated bundle's answers add, when a request asks (:class:`Options`, checked by
 :func:`parse_options`): conformal intervals (``interval.method``), ``prediction_set`` and
 ``set_size`` at a ``set_level``, and ``abstain`` at a ``max_risk`` (classifiers) or from a
@@ -17,8 +19,9 @@ A calibrated bundle's answers add, when a request asks (:class:`Options`, checke
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from dataclasses import dataclass, fields
+from enum import Enum
 from typing import Any, Union
 
 import numpy as np
@@ -83,9 +86,50 @@ STATISTICS: tuple[Statistic, ...] = (
               " than `max_interval_width` (no guarantee)", kind="bool", optional=True),
 )
 
-INTERVAL_METHODS = ("conformal", "gaussian")
-SET_METHODS = ("lac", "aps")
-ABSTAIN_SCORES = ("one_minus_max_prob", "entropy", "mutual_information")
+class Task(str, Enum):
+    """What a model predicts."""
+
+    REGRESSION = "regression"
+    CLASSIFICATION = "classification"
+
+
+class IntervalMethod(str, Enum):
+    """How a regression interval is made: the bundle's conformal quantile, or the MC normal interval."""
+
+    CONFORMAL = "conformal"
+    GAUSSIAN = "gaussian"
+
+
+class SetMethod(str, Enum):
+    """The conformal score of a prediction set: least ambiguous (LAC) or adaptive (APS)."""
+
+    LAC = "lac"
+    APS = "aps"
+
+
+class AbstainScore(str, Enum):
+    """The uncertainty that abstention at a ``max_risk`` thresholds."""
+
+    ONE_MINUS_MAX_PROB = "one_minus_max_prob"
+    ENTROPY = "entropy"
+    MUTUAL_INFORMATION = "mutual_information"
+
+
+def _values(vocabulary: type[Enum]) -> tuple[str, ...]:
+    return tuple(item.value for item in vocabulary)
+
+
+TASKS = _values(Task)
+INTERVAL_METHODS = _values(IntervalMethod)
+SET_METHODS = _values(SetMethod)
+ABSTAIN_SCORES = _values(AbstainScore)
+
+
+def check_level(level: Any, name: str = "interval") -> float:
+    """``level`` as a float in (0, 1), else :class:`OptionError` naming ``name``."""
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not 0.0 < float(level) < 1.0:
+        raise OptionError(name, f"must be a number in (0, 1), got {level!r}")
+    return float(level)
 
 
 @dataclass(frozen=True)
@@ -130,7 +174,8 @@ def _choice(given: dict[str, Any], name: str, allowed: tuple[str, ...], default:
     value = given.get(name)
     if value is None:
         return default
-    if value not in allowed:
+    value = value.value if isinstance(value, Enum) else value
+    if not isinstance(value, str) or value not in allowed:
         raise OptionError(name, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     return value
 
@@ -183,9 +228,27 @@ def parse_options(given: dict[str, Any], manifest: Any, level: float = 0.95) -> 
                                            f" it must be <= n/(n+1) = {top.max_level():.6f}")
     if options.max_risk is not None and (calibration is None or calibration.selective is None):
         raise OptionError("max_risk", f"abstention at a risk needs a calibrated bundle; {uncalibrated}")
+    if options.max_risk is not None:
+        selective = calibration.selective
+        delta = selective.delta if options.delta is None else options.delta
+        smallest = min_max_risk(selective.n, delta)
+        if options.max_risk < smallest:
+            raise OptionError("max_risk", f"{options.max_risk} is below the smallest risk the {selective.n}"
+                                          f" calibration rows of {manifest.name!r} can certify at delta {delta}:"
+                                          f" max_risk must be >= {smallest} (1 - delta^(1/n)); more calibration"
+                                          " rows certify lower risks")
     if options.delta is not None and options.max_risk is None:
         raise OptionError("delta", "applies with max_risk")
     return None if options == Options() else options
+
+
+def min_max_risk(rows: int, delta: float) -> float:
+    """The smallest ``max_risk`` that ``rows`` calibration rows can certify with probability 1 - ``delta``:
+    1 - delta^(1/n), the risk at which n accepted rows without one error pass a Clopper-Pearson bound
+    (below it even a perfect calibration set abstains on every row). Rounded up at the fourth decimal."""
+    if rows < 1:
+        return 1.0
+    return math.ceil((1.0 - delta ** (1.0 / rows)) * 1e4 + 1e-9) / 1e4
 
 
 def _positive(given: dict[str, Any], name: str) -> float | None:
@@ -239,12 +302,14 @@ class RegressionResult:
     upper: np.ndarray
     abstain: np.ndarray | None = None
     interval_method: str = "gaussian"  # "conformal": mean +- q std with q from the bundle's calibration
+    draws: np.ndarray | list[np.ndarray] | None = None  # return_samples: (rows, T, outputs); 'auto': per row
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> RegressionResult:
         rows = len(body["samples_used"])
         return cls(model=body["model"], version=body["version"], seed=body["seed"], outputs=list(body["outputs"]),
                    level=body["interval"]["level"], interval_method=body["interval"].get("method", "gaussian"),
+                   draws=_draws(body.get("draws")),
                    **{stat.name: _read(body, stat, rows) for stat in statistics("regression")})
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -289,13 +354,14 @@ class ClassificationResult:
     set_size: np.ndarray | None = None
     abstain: np.ndarray | None = None
     set_level: float | None = None
+    draws: np.ndarray | list[np.ndarray] | None = None  # return_samples: (rows, T, classes) probabilities
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ClassificationResult:
         rows = len(body["samples_used"])
         classes = list(body["classes"])
         return cls(model=body["model"], version=body["version"], seed=body["seed"], classes=classes,
-                   set_level=body.get("set_level"),
+                   set_level=body.get("set_level"), draws=_draws(body.get("draws")),
                    **{stat.name: _read(body, stat, rows, len(classes)) for stat in statistics("classification")})
 
     def set_members(self) -> list[list[int]] | None:
@@ -339,86 +405,28 @@ def from_json(body: dict[str, Any]) -> Result:
 
 
 def from_prediction(manifest: Any, prediction: Any, level: float, options: Options | None = None) -> Result:
-    """A library prediction (``Bundle.predict``, user units) as the plain result, with ``level``'s interval.
+    """A library prediction in user units as the plain result at ``level``, with ``options`` (checked by
+    :func:`parse_options`; None: the raw MC numbers). Kept for callers of earlier releases:
+    :meth:`mcdropout.bundle.Bundle.answer` gives the calibrated answer in one call."""
+    from mcdropout.bundle import summarise  # here: the client imports this module without torch
 
-    Duck-typed on the manifest and the prediction, so that this module imports no torch. Outputs without
-    names are called ``y0, y1, ...``; classes without names by their index. ``options`` (checked by
-    :func:`parse_options`) add the calibrated answers; None gives the raw MC numbers.
-    """
-    result = _raw_result(manifest, prediction, level)
-    return result if options is None else _calibrated(manifest, result, options)
+    return summarise(manifest, prediction, level, options)
 
 
-def _calibrated(manifest: Any, result: Result, options: Options) -> Result:
-    """The result with the bundle's calibration applied as ``options`` ask (the checks were made before)."""
-    calibration = getattr(manifest, "calibration", None)
-    if isinstance(result, RegressionResult):
-        changes: dict[str, Any] = {}
-        conformal = None if calibration is None else calibration.conformal
-        if conformal is not None and options.interval_method != "gaussian":
-            lower, upper = conformal.interval(result.mean, result.std, result.level)
-            changes.update(lower=lower, upper=upper, interval_method="conformal")
-        if options.abstains:
-            lower, upper = changes.get("lower", result.lower), changes.get("upper", result.upper)
-            abstain = np.zeros(len(result), dtype=bool)
-            if options.max_std is not None:
-                abstain |= (result.std > options.max_std).any(axis=1)
-            if options.max_interval_width is not None:
-                abstain |= (upper - lower > options.max_interval_width).any(axis=1)
-            changes["abstain"] = abstain
-        return dataclasses.replace(result, **changes)
-    changes = {}
-    if options.set_level is not None:
-        members = calibration.sets.predict_sets(result.probs, options.set_level, options.set_method)
-        changes.update(prediction_set=members, set_size=members.sum(axis=1).astype(np.int64),
-                       set_level=options.set_level)
-    if options.max_risk is not None:
-        statistics_ = {"probs": result.probs, "entropy": result.entropy,
-                       "mutual_information": result.mutual_information}
-        changes["abstain"] = calibration.selective.abstain(statistics_, options.max_risk, options.abstain_score,
-                                                           options.delta)
-    return dataclasses.replace(result, **changes)
-
-
-def _raw_result(manifest: Any, prediction: Any, level: float) -> Result:
-    rows = len(prediction.num_samples)
-
-    def table(values) -> np.ndarray:
-        return values.reshape(rows, -1).numpy().astype(np.float64, copy=False)
-
-    def vector(values) -> np.ndarray:
-        return values.numpy().astype(np.float64, copy=False)
-
-    common = {"model": manifest.name, "version": manifest.version, "seed": prediction.seed,
-              "samples_used": prediction.num_samples.numpy().astype(np.int64, copy=False)}
-    if manifest.task == "regression":  # in numpy: cheaper than torch for the few rows of a request
-        from mcdropout.stats._summary import normal_interval  # here: the client imports this module without torch
-
-        means, epistemic, aleatoric = table(prediction.mean), table(prediction.epistemic), table(prediction.aleatoric)
-        variance = epistemic + aleatoric
-        std = np.sqrt(variance)
-        lower, upper = normal_interval(means, std, level)
-        return RegressionResult(
-            **common, outputs=manifest.output_names or [f"y{i}" for i in range(means.shape[1])], level=level,
-            mean=means, std=std, variance=variance, epistemic_variance=epistemic, aleatoric_variance=aleatoric,
-            lower=lower, upper=upper,
-        )
-    probs = prediction.probs.numpy()
-    classes = manifest.class_names or [str(i) for i in range(probs.shape[1])]
-    labels = prediction.label.numpy().astype(np.int64, copy=False)
-    return ClassificationResult(
-        **common, classes=classes, probs=probs, label=labels,
-        class_name=np.asarray([classes[i] for i in labels], dtype=object), entropy=vector(prediction.entropy),
-        expected_entropy=vector(prediction.expected_entropy),
-        mutual_information=vector(prediction.mutual_information), variation_ratio=vector(prediction.variation_ratio),
-    )
+def _draws(value: Any) -> np.ndarray | list[np.ndarray] | None:
+    """A v1 body's ``draws``: one array, or one per row where rows got different T (samples='auto')."""
+    if value is None:
+        return None
+    if len({len(row) for row in value}) <= 1:
+        return np.asarray(value, dtype=np.float64)
+    return [np.asarray(row, dtype=np.float64) for row in value]
 
 
 def take_rows(result: Result, start: int, stop: int) -> Result:
     """Rows [start, stop) of a result (views, no copies): every array field has the rows first."""
     parts = {item.name: getattr(result, item.name) for item in fields(result)}
-    return type(result)(**{name: value[start:stop] if isinstance(value, np.ndarray) else value
-                           for name, value in parts.items()})
+    return type(result)(**{name: value[start:stop] if isinstance(value, np.ndarray) or (name == "draws" and value)
+                           else value for name, value in parts.items()})
 
 
 def concatenate(parts: list[Result]) -> Result:
@@ -429,10 +437,20 @@ def concatenate(parts: list[Result]) -> Result:
     joined = {}
     for item in fields(first):
         values = [getattr(part, item.name) for part in parts]
-        if any(isinstance(value, np.ndarray) for value in values) and any(value is None for value in values):
-            raise ValueError(f"cannot join results where only some parts have {item.name!r}")
-        joined[item.name] = np.concatenate(values) if isinstance(values[0], np.ndarray) else values[0]
+        if any(value is not None for value in values) and any(value is None for value in values):
+            if item.name in ("abstain", "prediction_set", "set_size", "draws"):
+                raise ValueError(f"cannot join results where only some parts have {item.name!r}")
+        if item.name == "draws" and values[0] is not None:
+            joined[item.name] = _join_draws(values)
+        else:
+            joined[item.name] = np.concatenate(values) if isinstance(values[0], np.ndarray) else values[0]
     return type(first)(**joined)
+
+
+def _join_draws(values: list) -> np.ndarray | list[np.ndarray]:
+    if all(isinstance(value, np.ndarray) for value in values) and len({v.shape[1:] for v in values}) == 1:
+        return np.concatenate(values)
+    return [row for value in values for row in value]
 
 
 def _frame(columns: dict[str, np.ndarray]):

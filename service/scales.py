@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdropout.answer import RegressionResult, from_prediction
+from mcdropout.answer import RegressionResult
 from mcdropout.bundle import Bundle
 
 PERCENTILES = tuple(range(101))  # every whole percentile: the page reads p50/p90/p99 and a row's rank
@@ -42,7 +42,7 @@ def held_out_percentiles(bundle: Bundle, seed: int, max_rows: int = MAX_ROWS) ->
     rows = test[:max_rows]
     source = f"the {len(rows)} test rows of its training split" if len(rows) == len(test) else \
         f"the first {len(rows)} of the {len(test)} test rows of its training split"
-    result = from_prediction(manifest, bundle.predict(rows, samples=manifest.samples, seed=seed), 0.95)
+    result = bundle.answer(rows, samples=manifest.samples, seed=seed)
     if isinstance(result, RegressionResult):
         columns = {"std": result.std, "epistemic_std": np.sqrt(result.epistemic_variance)}
     else:

@@ -5,6 +5,7 @@ third-party packages extend through the ``mcdropout.architectures`` entry points
 """
 
 from mcdropout.bundle import architectures
+from mcdropout.bundle._answering import summarise
 from mcdropout.bundle._bundle import (
     MANIFEST,
     MAX_PARAMS,
@@ -22,6 +23,7 @@ from mcdropout.bundle._bundle import (
     read_manifest,
     save_bundle,
 )
+from mcdropout.bundle._calibration import fit_bundle
 
 __all__ = [
     "MANIFEST",
@@ -35,9 +37,11 @@ __all__ = [
     "NonFiniteError",
     "Standardisation",
     "architectures",
+    "fit_bundle",
     "flush_subnormals",
     "load_bundle",
     "nonfinite_rows",
     "read_manifest",
     "save_bundle",
+    "summarise",
 ]

@@ -10,13 +10,12 @@ returns values in the user's units.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mcdropout.bundle import _code, architectures
+from mcdropout.answer import Options, Result
+from mcdropout.bundle import _answering, _code, architectures
 from mcdropout.engine import ArrayLike, MCPredictor, Prediction, resolve_device
 from mcdropout.errors import BundleError, InputError
-from mcdropout.stats._summary import ClassificationPrediction, RegressionPrediction
+from mcdropout.stats import ClassificationPrediction, RegressionPrediction
 from mcdropout.stats.calibration import Calibration
 
 SCHEMA_VERSION = 1
@@ -255,7 +255,6 @@ class Bundle:
             memory_budget=memory_budget,
             max_samples=manifest.max_samples,
             input_shape=manifest.input_shape,
-            temperature=None if manifest.calibration is None else manifest.calibration.temperature,
         )
 
     @property
@@ -270,43 +269,58 @@ class Bundle:
         return inputs
 
     def predict(self, x: ArrayLike, *, samples: int | str | None = None, seed: int | None = None,
-                return_samples: bool = False, max_samples: int | None = None) -> Prediction:
-        """MC prediction for rows of ``x`` in the user's units (standardisation applied and undone).
+                return_samples: bool = False, max_samples: int | None = None,
+                tolerance: float | None = None, calibrated: bool = True) -> Prediction:
+        """The MC prediction for rows of ``x`` in the user's units (standardisation applied and undone): the
+        T passes with the bundle's temperature (classifiers) and its sigma-scaling (regression), or with
+        ``calibrated=False`` the raw numbers that calibration is fitted on. :meth:`answer` gives the whole
+        calibrated answer the service serves (conformal intervals, prediction sets, abstention).
 
         A statistic that comes out NaN or infinite (inputs so far out that the network overflows) is
         never returned: :class:`~mcdropout.errors.InputError` names the model and the rows.
         """
         prediction = self.predict_model_inputs(self.model_inputs(x), samples=samples, seed=seed,
-                                               return_samples=return_samples, max_samples=max_samples)
+                                               return_samples=return_samples, max_samples=max_samples,
+                                               tolerance=tolerance, calibrated=calibrated)
         bad = nonfinite_rows(prediction)
         if len(bad):
             raise NonFiniteError(self.name, bad)
         return prediction
 
+    def summarise(self, prediction: Prediction, level: float = 0.95,
+                  options: Options | Mapping[str, Any] | None = None) -> Result:
+        """The answer at interval ``level`` with ``options`` (a dict or :class:`~mcdropout.answer.Options`,
+        checked against the bundle) from a calibrated :meth:`predict`: one run can answer several requests."""
+        return _answering.summarise(self.manifest, prediction, level,
+                                    _answering.options_for(self.manifest, options, level))
+
+    def answer(self, x: ArrayLike, *, samples: int | str | None = None, seed: int | None = None,
+               level: float = 0.95, options: Options | Mapping[str, Any] | None = None,
+               tolerance: float | None = None, return_samples: bool = False,
+               max_samples: int | None = None) -> Result:
+        """The calibrated answer for rows of ``x``, as the service gives it for the same (rows, T, seed,
+        options): temperature, sigma-scaling, conformal intervals (where calibrated), prediction sets
+        (``set_level``) and abstention (``max_risk``, ``max_std``, ``max_interval_width``).
+
+        ``options``: :class:`~mcdropout.answer.Options` or a dict of its fields; a value the bundle cannot
+        honour raises :class:`~mcdropout.answer.OptionError` naming the option, before any pass runs.
+        ``return_samples`` puts each row's draws in ``result.draws``.
+        """
+        checked = _answering.options_for(self.manifest, options, level)
+        prediction = self.predict(x, samples=samples, seed=seed, return_samples=return_samples,
+                                  max_samples=max_samples, tolerance=tolerance)
+        return _answering.summarise(self.manifest, prediction, level, checked)
+
     def predict_model_inputs(self, inputs: torch.Tensor, *, samples: int | str | None = None,
                              seed: int | None = None, return_samples: bool = False,
-                             max_samples: int | None = None) -> Prediction:
-        """MC prediction for standardised rows, returned in the user's units; no finiteness check."""
+                             max_samples: int | None = None, tolerance: float | None = None,
+                             calibrated: bool = True) -> Prediction:
+        """:meth:`predict` for standardised rows, returned in the user's units; no finiteness check."""
+        calibration = self.manifest.calibration if calibrated else None
         prediction = self.predictor.predict(inputs, samples=samples, seed=seed, return_samples=return_samples,
-                                            max_samples=max_samples)
-        target = self.manifest.target_standardisation
-        calibration = self.manifest.calibration
-        scale = None if calibration is None else calibration.sigma_scale
-        if (target is None and scale is None) or not isinstance(prediction, RegressionPrediction):
-            return prediction
-        mean = torch.tensor([0.0] if target is None else target.mean, dtype=torch.float64)
-        std = torch.tensor([1.0] if target is None else target.std, dtype=torch.float64)
-        variance_std = std if scale is None else std * torch.tensor(scale, dtype=torch.float64)  # sigma-scaling
-        if target is None:
-            return dataclasses.replace(prediction, epistemic=prediction.epistemic * variance_std**2,
-                                       aleatoric=prediction.aleatoric * variance_std**2)
-        return dataclasses.replace(
-            prediction,
-            mean=prediction.mean * std + mean,
-            epistemic=prediction.epistemic * variance_std**2,
-            aleatoric=prediction.aleatoric * variance_std**2,
-            samples=None if prediction.samples is None else (prediction.samples * std + mean).float(),
-        )
+                                            max_samples=max_samples, tolerance=tolerance,
+                                            temperature=None if calibration is None else calibration.temperature)
+        return _answering.user_units(self.manifest, prediction, calibrated=calibrated)
 
 
 def nonfinite_rows(prediction: Prediction) -> np.ndarray:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 
 import numpy as np
 
-from mcdropout.bundle._bundle import Bundle, Manifest
+from mcdropout.bundle._bundle import Bundle, Manifest  # noqa: F401 (Bundle: the type of fit_bundle's argument)
 from mcdropout.errors import InputError
 from mcdropout.stats import calibration as cal
 
@@ -22,18 +22,17 @@ def fit_bundle(bundle: Bundle, x: np.ndarray, y: np.ndarray, *, source: str = ""
     ``dataclasses.replace(bundle.manifest, calibration=...)`` and :func:`write_manifest` or ``save_bundle``.
     """
     manifest = bundle.manifest
-    raw = Bundle(dataclasses.replace(manifest, calibration=None), bundle.model, bundle.path,
-                 device=str(next(bundle.model.parameters()).device))
+    raw = functools.partial(bundle.predict, calibrated=False)  # no temperature, no sigma-scaling
     if manifest.task == "regression":
         means, stds = [], []
         for start in range(0, len(x), CHUNK_ROWS):
-            prediction = raw.predict(x[start:start + CHUNK_ROWS], samples=samples, seed=seed)
+            prediction = raw(x[start:start + CHUNK_ROWS], samples=samples, seed=seed)
             means.append(prediction.mean.reshape(prediction.mean.shape[0], -1).numpy())
             stds.append(prediction.std.reshape(prediction.mean.shape[0], -1).numpy())
         return cal.fit_regression(np.concatenate(means), np.concatenate(stds), y, source=source)
     log_probs = []  # the samples' log-probabilities serve as their logits (a softmax ignores a per-row shift)
     for start in range(0, len(x), CHUNK_ROWS):
-        prediction = raw.predict(x[start:start + CHUNK_ROWS], samples=samples, seed=seed, return_samples=True)
+        prediction = raw(x[start:start + CHUNK_ROWS], samples=samples, seed=seed, return_samples=True)
         probs = prediction.samples.numpy().astype(np.float64)  # (rows, T, classes)
         log_probs.append(np.log(np.maximum(probs, np.finfo(np.float64).tiny)))
     return cal.fit_classification(np.concatenate(log_probs), _class_indices(manifest, np.asarray(y)),

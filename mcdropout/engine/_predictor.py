@@ -25,7 +25,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 import torch
@@ -219,12 +219,8 @@ class MCPredictor:
             raise InputError(f"tau must be a positive number, got {tau!r}")
         if tau is not None and task != "regression":
             raise InputError("tau applies to regression only")
-        if temperature is not None and not (isinstance(temperature, (int, float)) and np.isfinite(temperature)
-                                            and temperature > 0 and task == "classification"):
-            raise InputError(f"temperature must be a positive number, for classification only; got {temperature!r}")
-        self.temperature = None if temperature is None else float(temperature)
-        if not (isinstance(tolerance, (int, float)) and tolerance > 0):
-            raise InputError(f"tolerance must be a positive number, got {tolerance!r}")
+        self.temperature = None if temperature is None else _check_temperature(temperature, task)
+        _check_tolerance(tolerance)
         _check_samples(max_samples, "max_samples")
         if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
             raise InputError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
@@ -269,10 +265,14 @@ class MCPredictor:
         seed: int | None = None,
         return_samples: bool = False,
         max_samples: int | None = None,
+        tolerance: float | None = None,
+        temperature: float | None = None,
     ) -> Prediction:
         """Predictive distribution for each row of ``x`` (batch dimension first).
 
-        ``max_samples`` caps ``samples="auto"`` for this call (at most the predictor's own).
+        ``max_samples`` caps ``samples="auto"`` for this call (at most the predictor's own), and
+        ``tolerance`` replaces the predictor's own for this call. ``temperature`` (classifiers) divides
+        each sample's logits for this call instead of the predictor's own temperature.
 
         ``seed`` picks the T sub-networks; None draws one, reported as ``.seed``.
         ``return_samples=True`` adds ``.samples`` of shape (rows, T, ...): the
@@ -284,11 +284,14 @@ class MCPredictor:
         auto = samples == "auto"
         cap = self.max_samples if max_samples is None else min(self.max_samples, _check_samples(max_samples, "max_samples"))
         total = cap if auto else samples
+        tolerance = self.tolerance if tolerance is None else _check_tolerance(tolerance)
+        temperature = self.temperature if temperature is None else _check_temperature(temperature, self.task)
         sampler = MaskSampler(self.device)  # active only inside forward passes, not around the statistics
         probe = self._probed.get(tuple(inputs.shape[1:]))
         with self._lock, torch.inference_mode(), mc_modes(self._roles):
             plan = self._plan(inputs.shape[0], total, probe or self._probe(inputs, sampler))
-            accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples)
+            accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples, tolerance,
+                                          temperature)
         # spreads are variances: all zero, or some positive; a certain classifier is not refused
         if not bool(accumulator.spread().any()) and not accumulator.saturated():
             raise InputError(
@@ -442,7 +445,7 @@ class MCPredictor:
 
     # -- running -------------------------------------------------------------------
 
-    def _run(self, inputs, sampler, plan, seed, total, auto, return_samples):
+    def _run(self, inputs, sampler, plan, seed, total, auto, return_samples, tolerance, temperature):
         rows = inputs.shape[0]
         structure = plan.structure
         accumulator = None
@@ -469,7 +472,7 @@ class MCPredictor:
                     layout = ChunkLayout(seed, first, count, stop - start if active is None else len(active), row_ids)
                     outputs = self._run_suffix(structure, block, layout, sampler, plan.functional, memo)
                     if accumulator is None:
-                        accumulator = self._accumulator(rows, outputs)
+                        accumulator = self._accumulator(rows, outputs, temperature)
                     values = accumulator.update(index, outputs, fresh=first == 0)
                     if return_samples:
                         rows_kept = torch.arange(start, stop) if active is None else active
@@ -478,7 +481,7 @@ class MCPredictor:
                 drawn = max(drawn, done)
                 if auto:
                     active = torch.arange(start, stop) if active is None else active
-                    active = active[~accumulator.converged(self.tolerance)[active.to(self.device)].cpu()]
+                    active = active[~accumulator.converged(tolerance)[active.to(self.device)].cpu()]
                     if not len(active):
                         break
         if kept is not None and drawn < kept.shape[1]:
@@ -563,10 +566,10 @@ class MCPredictor:
         elif self.task == "classification" and outputs.dim() != 3:  # (samples, rows, classes)
             raise InputError(f"a classifier must return logits of shape (rows, classes); got {_describe(outputs)}")
 
-    def _accumulator(self, rows: int, outputs):
+    def _accumulator(self, rows: int, outputs, temperature: float | None):
         if self.task == "classification":
             classes = outputs.shape[-1]
-            return ClassificationAccumulator(rows, 2 if classes == 1 else classes, self.device, self.temperature)
+            return ClassificationAccumulator(rows, 2 if classes == 1 else classes, self.device, temperature)
         shape = tuple((outputs[0] if isinstance(outputs, tuple) else outputs).shape[2:])
         return RegressionAccumulator(rows, shape, self.device, self.tau)
 
@@ -576,6 +579,19 @@ class MCPredictor:
             kept = torch.full((rows, total, *values.shape[2:]), float("nan"), dtype=torch.float32)
         kept[active, first : first + values.shape[0]] = values.transpose(0, 1).to(torch.float32).cpu()
         return kept
+
+
+def _check_tolerance(tolerance: Any) -> float:
+    if isinstance(tolerance, bool) or not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
+        raise InputError(f"tolerance must be a number in (0, 1), got {tolerance!r}")
+    return float(tolerance)
+
+
+def _check_temperature(temperature: Any, task: str) -> float:
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and np.isfinite(temperature)
+                                             and temperature > 0 and task == "classification"):
+        raise InputError(f"temperature must be a positive number, for classification only; got {temperature!r}")
+    return float(temperature)
 
 
 def predict(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mcdropout.answer import Result, from_prediction, parse_options
+from mcdropout.answer import Result, parse_options
 from mcdropout.errors import InputError, ScoringError
 
 if TYPE_CHECKING:
@@ -28,8 +28,9 @@ class LocalEngine:
         self.options = parse_options(options or {}, self.bundle.manifest, interval)  # refused before any row
 
     def predict(self, x: np.ndarray) -> Result:
-        prediction = self.bundle.predict(x.reshape(len(x), *self.input_shape), samples=self.samples, seed=self.seed)
-        return from_prediction(self.bundle.manifest, prediction, self.interval, self.options)
+        """The bundle's calibrated answer (:meth:`Bundle.answer`): the numbers the service gives."""
+        return self.bundle.answer(x.reshape(len(x), *self.input_shape), samples=self.samples, seed=self.seed,
+                                  level=self.interval, options=self.options)
 
 class RemoteEngine:
     """A model served by ``mcdropout serve`` at ``url``."""
