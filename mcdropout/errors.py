@@ -17,6 +17,11 @@ class InputError(MCDropoutError, ValueError):
     """Inputs, settings or a model that a prediction cannot be made from; the message says which and why."""
 
 
+class InputTypeError(InputError, TypeError):
+    """An argument of the wrong kind (a layer :class:`mcdropout.DropConnect` cannot wrap): a ``TypeError``, as
+    Python raises for one, and an :class:`InputError` like every other input the library refuses."""
+
+
 class BundleError(MCDropoutError, ValueError):
     """A bundle that cannot be loaded or saved; the message names the file and the problem."""
 

@@ -12,13 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcdropout.errors import InputError, InputTypeError
+
 
 _CONV_FUNCTIONS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 
 
 def _check_p(p: float) -> float:
     if not 0.0 <= p < 1.0:
-        raise ValueError(f"p must be in [0, 1), got {p}")
+        raise InputError(f"p must be in [0, 1), got {p}")
     return float(p)
 
 
@@ -34,7 +36,7 @@ class DropConnect(nn.Module):
     def __init__(self, layer: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d, p: float = 0.5) -> None:
         super().__init__()
         if not isinstance(layer, (nn.Linear, *_CONV_FUNCTIONS)):
-            raise TypeError(f"DropConnect wraps nn.Linear or nn.Conv1d/2d/3d, got {type(layer).__name__}")
+            raise InputTypeError(f"DropConnect wraps nn.Linear or nn.Conv1d/2d/3d, got {type(layer).__name__}")
         self.layer = layer
         self.p = _check_p(p)
 
@@ -79,7 +81,7 @@ class LockedDropout(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 3:
-            raise ValueError(f"LockedDropout expects a 3-D (batch, time, features) tensor, got shape {tuple(x.shape)}")
+            raise InputError(f"LockedDropout expects a 3-D (batch, time, features) tensor, got shape {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from scipy import stats
 
+from mcdropout.errors import InputError
+
 
 Index = slice | torch.Tensor
 
@@ -136,7 +138,7 @@ class ClassificationPrediction:
 def normal_interval(mean, std, level: float):
     """Central ``level`` interval of N(mean, std^2) for arrays or tensors: (lower, upper)."""
     if not 0.0 < level < 1.0:
-        raise ValueError(f"interval level must be in (0, 1), got {level}")
+        raise InputError(f"interval level must be in (0, 1), got {level}")
     half_width = _normal_quantile(0.5 + level / 2.0) * std
     return mean - half_width, mean + half_width
 

@@ -1,7 +1,9 @@
 """Scores for predictive distributions: lower is better except coverage, accuracy and AUROC.
 
 Every function takes numpy arrays or tensors with the batch dimension first and
-returns a float averaged over rows (and outputs).
+returns a float averaged over rows (and outputs). Values they cannot score (empty,
+shapes that differ, a non-positive variance) raise :class:`mcdropout.errors.InputError`,
+a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -12,20 +14,22 @@ import numpy as np
 from numpy.typing import ArrayLike  # tensors qualify too: they convert through __array__
 from scipy import special, stats
 
+from mcdropout.errors import InputError
+
 
 def _array(values: ArrayLike, name: str) -> np.ndarray:
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
     array = np.asarray(values, dtype=np.float64)
     if array.size == 0:
-        raise ValueError(f"{name} is empty")
+        raise InputError(f"{name} is empty")
     return array
 
 
 def _same_shape(**arrays: np.ndarray) -> None:
     shapes = {name: a.shape for name, a in arrays.items()}
     if len(set(shapes.values())) > 1:
-        raise ValueError("shapes differ: " + ", ".join(f"{n} {s}" for n, s in shapes.items()))
+        raise InputError("shapes differ: " + ", ".join(f"{n} {s}" for n, s in shapes.items()))
 
 
 def rmse(y: ArrayLike, mean: ArrayLike) -> float:
@@ -39,7 +43,7 @@ def gaussian_nll(y: ArrayLike, mean: ArrayLike, variance: ArrayLike) -> float:
     y, mean, variance = _array(y, "y"), _array(mean, "mean"), _array(variance, "variance")
     _same_shape(y=y, mean=mean, variance=variance)
     if np.any(variance <= 0):
-        raise ValueError("variance must be positive")
+        raise InputError("variance must be positive")
     return float(-np.mean(stats.norm.logpdf(y, loc=mean, scale=np.sqrt(variance))))
 
 
@@ -51,9 +55,9 @@ def mc_log_likelihood(y: ArrayLike, samples: ArrayLike, tau: float) -> float:
     """
     y, samples = _array(y, "y"), _array(samples, "samples")
     if samples.shape[:1] + samples.shape[2:] != y.shape:
-        raise ValueError(f"samples of shape {samples.shape} do not match y of shape {y.shape} as (rows, T, ...)")
+        raise InputError(f"samples of shape {samples.shape} do not match y of shape {y.shape} as (rows, T, ...)")
     if tau <= 0:
-        raise ValueError(f"tau must be positive, got {tau}")
+        raise InputError(f"tau must be positive, got {tau}")
     log_density = -0.5 * tau * (np.expand_dims(y, 1) - samples) ** 2
     per_row = special.logsumexp(log_density, axis=1) - math.log(samples.shape[1])
     return float(np.mean(per_row - 0.5 * math.log(2 * math.pi) + 0.5 * math.log(tau)))
@@ -73,7 +77,7 @@ def interval_score(y: ArrayLike, lower: ArrayLike, upper: ArrayLike, level: floa
     an interval cannot gain by being too narrow or too wide. Lower is better; in y's units.
     """
     if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise InputError(f"level must be in (0, 1), got {level}")
     y, lower, upper = _array(y, "y"), _array(lower, "lower"), _array(upper, "upper")
     _same_shape(y=y, lower=lower, upper=upper)
     penalty = 2.0 / (1.0 - level)
@@ -86,7 +90,7 @@ def crps_gaussian(y: ArrayLike, mean: ArrayLike, std: ArrayLike) -> float:
     y, mean, std = _array(y, "y"), _array(mean, "mean"), _array(std, "std")
     _same_shape(y=y, mean=mean, std=std)
     if np.any(std <= 0):
-        raise ValueError("std must be positive")
+        raise InputError("std must be positive")
     z = (y - mean) / std
     score = std * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / math.sqrt(math.pi))
     return float(np.mean(score))
@@ -96,9 +100,9 @@ def _classes(probs: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarra
     probs = _array(probs, "probs")
     labels = _array(labels, "labels")
     if probs.ndim != 2 or labels.shape != probs.shape[:1]:
-        raise ValueError(f"expected probs (rows, classes) and labels (rows,), got {probs.shape} and {labels.shape}")
+        raise InputError(f"expected probs (rows, classes) and labels (rows,), got {probs.shape} and {labels.shape}")
     if np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= probs.shape[1]:
-        raise ValueError(f"labels must be class indices in [0, {probs.shape[1]})")
+        raise InputError(f"labels must be class indices in [0, {probs.shape[1]})")
     return probs, labels.astype(np.int64)
 
 

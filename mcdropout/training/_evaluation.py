@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from mcdropout.bundle import Bundle
+from mcdropout.errors import BundleError
 from mcdropout.stats import metrics, normal_interval, to_probabilities
 from mcdropout.training import datasets
 from mcdropout.training._calibration_report import served_interval
@@ -45,7 +46,7 @@ def split_of(bundle: Bundle) -> datasets.Split:
         return recorded_split(bundle.manifest)
     name = data.get("name")
     if name not in datasets.LOADERS:
-        raise ValueError(
+        raise BundleError(
             f"bundle {bundle.name!r} was trained on {name or 'unrecorded data'}, which mcdropout cannot re-make;"
             f" known data sets: {', '.join(datasets.LOADERS)}"
         )

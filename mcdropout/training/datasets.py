@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mcdropout.errors import InputError
 from mcdropout.stats.calibration import MIN_ROWS
 
 NOISE_SCALE = (0.05, 0.1)  # heteroscedastic-1d: noise std = 0.05 + 0.1 * (x + 4)
@@ -63,19 +64,19 @@ def partition(n: int, seed: int, test: float, val: float,
 def check_parts(what: str, rows: int, train: int, test: int, calibration: int, fraction: float) -> None:
     """Refuse a split that leaves too few training rows, or a calibration part too small to calibrate on."""
     if train < MIN_TRAINING_ROWS:
-        raise ValueError(f"{what}: {train} training rows after holding out {test} for testing and {calibration} for"
+        raise InputError(f"{what}: {train} training rows after holding out {test} for testing and {calibration} for"
                          f" calibration; at least {MIN_TRAINING_ROWS} are needed")
     if 0 < calibration < MIN_CALIBRATION_ROWS or (fraction > 0 and not calibration):
-        raise ValueError(f"--calibration-fraction {fraction} gives {calibration} calibration rows of {rows}; at least"
+        raise InputError(f"--calibration-fraction {fraction} gives {calibration} calibration rows of {rows}; at least"
                          f" {MIN_CALIBRATION_ROWS} are needed (or 0 for no calibration)")
 
 
 def _split(x, y, seed, source, test=0.2, val=0.2, calibration=None, **names) -> Split:
     """``calibration``: None makes no calibration part (a split recorded before there was one); 0 an empty one."""
     if not 0 <= val < 1:
-        raise ValueError(f"the validation fraction must lie in [0, 1), got {val}")
+        raise InputError(f"the validation fraction must lie in [0, 1), got {val}")
     if calibration is not None and not 0 <= calibration < 1 - test:
-        raise ValueError(f"the calibration fraction (--calibration-fraction) must lie in [0, {1 - test:g}) (0: no"
+        raise InputError(f"the calibration fraction (--calibration-fraction) must lie in [0, {1 - test:g}) (0: no"
                          f" calibration; a fraction {test:g} of the rows is the test part), got {calibration}")
     train, valid, calibrate, held_out = partition(len(x), seed, test, val, calibration or 0.0)
     record = {"source": source, "rows": len(x), "split_seed": seed, "test_fraction": test,
@@ -179,5 +180,5 @@ def load(name: str, seed: int = 0, **fractions: float | None) -> Split:
     None, the default: no calibration part) and ``val`` (of the rows left after the test and calibration
     parts)."""
     if name not in LOADERS:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(LOADERS)}")
+        raise InputError(f"unknown data set {name!r}; known: {', '.join(LOADERS)}")
     return LOADERS[name](seed, **fractions)
