@@ -474,9 +474,15 @@ def _print_metrics(metrics: dict, indent: str = "") -> None:
             print(f"{indent}{key}:")
             _print_metrics(value, indent + "  ")
         elif isinstance(value, float):
-            print(f"{indent}{key}: {value:.4g}")
+            print(f"{indent}{key}: {_number(value)}")
         else:
             print(f"{indent}{key}: {value}")
+
+
+def _number(value: float) -> str:
+    """Four significant digits, but a large value (in the target's units) with one decimal and no exponent: an
+    RMSE in dollars prints 68930.3, not 6.893e+04."""
+    return f"{value:.1f}" if 1e4 <= abs(value) < 1e15 else f"{value:.4g}"
 
 
 if __name__ == "__main__":

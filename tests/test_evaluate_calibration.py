@@ -90,3 +90,18 @@ def test_a_level_beyond_the_calibration_rows_is_reported_as_missing():
     assert report.after.metrics["coverage_90"] is not None and report.after.metrics["coverage_95"] is None
     assert report.before.metrics["coverage_95"] is not None  # the Gaussian interval needs no calibration
     assert "-: a level above n/(n + 1)" in format_report(report)
+
+
+def test_report_columns_are_sized_to_values_in_large_units():
+    """A target in dollars: every cell is apart from the next and right-aligned under its heading."""
+    from mcdropout.training._calibration_report import Report, Side
+
+    big = {"rmse": 68930.2558, "nll": 12.5, "coverage_95": 0.95, "width_95": 1234567.891, "interval_score_95": None}
+    report = Report("regression", 20, "test rows", None, Side(big), Side({**big, "width_95": 7.0}))
+    lines = format_report(report).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split() == ["before", "after"])
+    table = lines[header:header + 12]
+    assert table[1].split() == ["RMSE", "68930.2558", "68930.2558"]
+    assert next(line for line in table if line.startswith("95% mean width")).split()[-2:] == ["1234567.8910", "7.0000"]
+    assert next(line for line in table if line.startswith("95% interval score")).split()[-2:] == ["-", "-"]
+    assert {len(line) for line in table} == {len(table[0])}

@@ -189,17 +189,15 @@ def format_report(report: Report) -> str:
         for risk in RISKS:
             keys += [(f"accepted_fraction_at_{risk:g}", f"risk {risk:g}: accepted fraction"),
                      (f"accepted_error_at_{risk:g}", f"risk {risk:g}: accepted rows' error")]
-    width = max(len(label) for _, label in keys) + 2
     lines = [f"before and after calibration, on {report.rows} {report.rows_source}"]
     if report.calibration is None:
         lines.append("the bundle is not calibrated: 'after' needs `mcdropout calibrate`")
     else:
         source = report.calibration["source"] or f"{report.calibration['rows']} rows"
         lines.append(f"calibrated on {source} ({', '.join(report.calibration['methods'])})")
-    lines.append(f"{'':{width}}{'before':>10}{'after':>10}")
-    for key, label in keys:
-        after = None if report.after is None else report.after.metrics.get(key)
-        lines.append(f"{label:{width}}{_cell(report.before.metrics.get(key))}{_cell(after)}")
+    rows = [[label, _cell(report.before.metrics.get(key)),
+             _cell(None if report.after is None else report.after.metrics.get(key))] for key, label in keys]
+    lines += format_columns(["", "before", "after"], rows)
     if report.after is not None and any(report.after.metrics.get(f"coverage_{round(level * 100)}", 0) is None
                                         for level in LEVELS):
         lines.append("-: a level above n/(n + 1) of the calibration's n rows has no conformal interval")
@@ -209,7 +207,16 @@ def format_report(report: Report) -> str:
 
 
 def _cell(value: float | None) -> str:
-    return f"{'-':>10}" if value is None else f"{value:>10.4f}"
+    return "-" if value is None else f"{value:.4f}"
+
+
+def format_columns(header: list[str], rows: list[list[str]], gap: int = 2) -> list[str]:
+    """A plain-text table: the first column left-aligned, the others right-aligned, each as wide as its widest
+    cell and ``gap`` spaces apart, so numbers in any units (a price in dollars) never run together."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return [(" " * gap).join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                             for i, (cell, width) in enumerate(zip(row, widths))).rstrip()
+            for row in [header, *rows]]
 
 
 # -- the pictures --------------------------------------------------------------------
