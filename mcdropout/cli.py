@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
                        " the data, with early stopping on the validation rows)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     train.add_argument("--out", type=Path, help="bundle folder to write (default models/NAME)")
+    train.add_argument("--overwrite", action="store_true", help="replace the bundle folder if it exists")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(handler=_train)
 
@@ -305,7 +306,7 @@ def _train(args: argparse.Namespace) -> int:
         from mcdropout.training import train
 
         path, metrics = train(args.name, seed=args.seed, out=args.out, epochs=args.epochs,
-                              calibration_fraction=fraction, quiet=args.quiet)
+                              calibration_fraction=fraction, quiet=args.quiet, overwrite=args.overwrite)
     else:
         from mcdropout.training import train_from_table
 
@@ -328,7 +329,7 @@ def _train(args: argparse.Namespace) -> int:
             taus=taus, hidden=[int(h) for h in hidden], epochs=args.epochs,
             test_fraction=0.1 if args.test_fraction is None else args.test_fraction,
             calibration_fraction=fraction,
-            name=args.bundle_name, out=args.out, seed=args.seed, quiet=args.quiet,
+            name=args.bundle_name, out=args.out, seed=args.seed, quiet=args.quiet, overwrite=args.overwrite,
         )
     print(f"wrote {path}")
     _print_metrics(metrics)

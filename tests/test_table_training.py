@@ -102,3 +102,78 @@ def test_bad_tables_get_clear_errors(tmp_path):
         assert done.returncode == 2, (name, done.stderr)
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, (name, done.stderr)
         assert not (tmp_path / name).exists()
+
+
+def test_a_table_in_dollars_evaluates_from_another_folder_and_a_gone_or_changed_table_is_named(
+        tmp_path, monkeypatch, capsys):
+    """The user's path: `train --data ../data/houses.csv` in one folder, `evaluate` in another. The manifest records
+    the table's absolute path and BLAKE2b; the report's columns stay apart for a target in dollars; a second
+    `train --out` onto the bundle needs --overwrite; a table edited or removed since is named, not mis-read."""
+    from mcdropout.cli import main
+    from mcdropout.tables import file_blake2b
+
+    data, work, elsewhere = (tmp_path / name for name in ("data", "work", "elsewhere"))
+    for folder in (data, work, elsewhere):
+        folder.mkdir()
+    houses = data / "houses.csv"
+    frame = _linear_table(200)
+    frame["y"] = (frame.y * 25_000).round(2)  # prices: about 250,000, noise 12,500
+    frame.to_csv(houses, index=False)
+    monkeypatch.chdir(work)
+    train = ["train", "--data", "../data/houses.csv", "--target", "y", "--epochs", "20", "--hidden", "8", "--quiet",
+             "--out", "bundle"]
+    assert main(train) == 0
+    recorded = load_bundle(work / "bundle", device="cpu").manifest.training["data"]
+    assert recorded["path"] == str(houses.resolve()) and recorded["blake2b"] == file_blake2b(houses)
+
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["evaluate", str(work / "bundle"), "--samples", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split() == ["before", "after"])
+    rmse = lines[header + 1]
+    label, before, after = rmse.split()  # three columns: the numbers do not run together
+    assert label == "RMSE" and float(before) == float(after) > 1e4 and "  " in rmse.split("RMSE", 1)[1].strip()
+    for line in lines[header:header + 10]:  # every value column ends where its heading does
+        assert len(line) == len(lines[header]), (lines[header], line)
+    assert float(next(line for line in lines if line.strip().startswith("rmse:")).split()[-1]) > 1e4  # no exponent
+
+    # a second train onto the bundle: refused before training, one line naming --overwrite; the bundle kept
+    manifest = (work / "bundle" / "manifest.json").read_bytes()
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    for command in (train, ["train", "heteroscedastic-1d", "--out", "bundle"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "bundle exists; give --overwrite to replace it" in err, err
+        assert (work / "bundle" / "manifest.json").read_bytes() == manifest
+
+    houses.write_text(houses.read_text().replace(f"{frame.y[5]}", f"{frame.y[5] + 1}", 1))  # same rows, one price
+    assert main(["evaluate", str(work / "bundle"), "--samples", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"the training table {houses.resolve()} has changed since training (BLAKE2b" in err, err
+    houses.unlink()
+    assert main(["evaluate", str(work / "bundle"), "--samples", "8"]) == 2
+    assert f"the training table {houses.resolve()} is missing" in capsys.readouterr().err
+
+    frame.to_csv(houses, index=False)  # back as trained: --overwrite replaces the bundle
+    assert main([*train, "--overwrite", "--seed", "1"]) == 0
+    assert load_bundle(work / "bundle", device="cpu").manifest.training["seed"] == 1
+
+
+def test_a_bundle_recorded_before_paths_were_absolute_still_evaluates(tmp_path, monkeypatch):
+    """Older manifests: the path as typed (read from the current folder) and no hash."""
+    import json
+
+    source = tmp_path / "t.csv"
+    _linear_table(200).to_csv(source, index=False)
+    path, metrics = train_from_table(source, target="y", epochs=20, hidden=(8,), out=tmp_path / "b", quiet=True)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["training"]["data"]["path"] = "t.csv"
+    del manifest["training"]["data"]["blake2b"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.chdir(tmp_path)
+    assert evaluate(load_bundle(path, device="cpu"))["mc"]["rmse"] == pytest.approx(metrics["mc"]["rmse"], rel=1e-6)
+    monkeypatch.chdir(path)
+    with pytest.raises(ValueError, match=r"the training table .*t.csv is missing \(recorded as 't.csv', relative"):
+        evaluate(load_bundle(path, device="cpu"))

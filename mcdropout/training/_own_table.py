@@ -27,11 +27,12 @@ import torch
 
 from mcdropout import tables
 from mcdropout.bundle import Bundle, Manifest, Standardisation, fit_bundle, save_bundle
+from mcdropout.errors import InputError
 from mcdropout.training import _baseline as baseline
 from mcdropout.training import _evaluation as evaluation
 from mcdropout.training import _gridsearch as gridsearch
 from mcdropout.training import datasets
-from mcdropout.training._recipes import calibrated
+from mcdropout.training._recipes import calibrated, destination
 from mcdropout.training._table_data import features_and_target
 
 STEP_BUDGET = 5_000  # default epochs: about this many gradient steps, within the bounds below
@@ -67,16 +68,23 @@ def train_from_table(
     out: str | Path | None = None,
     seed: int = 0,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> tuple[Path, dict]:
     """Train, calibrate, evaluate on the held-out part and write the bundle; returns (bundle path, metrics).
 
     ``epochs``: the most epochs (default: sized to the data, :func:`sized_epochs`); training stops early on the
     validation rows. ``calibration_fraction``: rows held out to calibrate the bundle on (0: uncalibrated).
     The metrics' ``baseline`` compares the model with a constant predictor and warns when it is no better.
+    The bundle (``out``, default ``models/NAME``) replaces an existing folder only with ``overwrite``. The
+    manifest records the table's absolute path and BLAKE2b, so that ``evaluate`` re-makes the split from
+    any folder and names a table that has since gone or changed.
     """
     started = time.perf_counter()
     _check_settings(task, dropouts, taus, hidden, epochs, test_fraction, calibration_fraction)
+    name = name or (Path(out).name if out is not None else _bundle_name(Path(path)))  # the server wants folder = name
+    folder = destination(out, name, overwrite)
     table = tables.read_table(path)
+    digest = tables.file_blake2b(path)
     columns = table.schema.names
     if target not in columns:
         raise tables.TableError(f"{path}: no target column {target!r}; the file has {', '.join(map(repr, columns))}")
@@ -87,9 +95,9 @@ def train_from_table(
             raise tables.TableError(f"{path}: column(s) {', '.join(map(repr, text))} are not numeric; name the"
                                     " feature columns with --features")
     elif target in features:
-        raise ValueError(f"--features must not include the target column {target!r}")
+        raise InputError(f"--features must not include the target column {target!r}")
     if not features:
-        raise ValueError(f"{path}: no feature columns besides the target {target!r}")
+        raise tables.TableError(f"{path}: no feature columns besides the target {target!r}")
     x, y, classes = features_and_target(table, features, target, task, path)
     _check_data(x, features, path)
 
@@ -106,7 +114,6 @@ def train_from_table(
     torch.manual_seed(seed)
     fitted = gridsearch.fit([gridsearch.TrainingSet(x[train], y[train])], settings, quiet=quiet)[0]
 
-    name = name or (Path(out).name if out is not None else _bundle_name(Path(path)))  # the server wants folder = name
     regression = task == "regression"
     manifest = Manifest(
         name=name,
@@ -125,9 +132,9 @@ def train_from_table(
         dropout=fitted.dropout,
         tau=fitted.tau * float(np.mean(fitted.y_std)) ** 2 if regression else None,  # standardised units
         training={
-            "data": {"path": str(path), "rows": len(x), "target": target, "test_fraction": test_fraction,
-                     "calibration_fraction": calibration_fraction, "split_seed": seed, "train_rows": len(train),
-                     "calibration_rows": len(calibration), "test_rows": len(test)},
+            "data": {"path": str(Path(path).resolve()), "blake2b": digest, "rows": len(x), "target": target,
+                     "test_fraction": test_fraction, "calibration_fraction": calibration_fraction, "split_seed": seed,
+                     "train_rows": len(train), "calibration_rows": len(calibration), "test_rows": len(test)},
             "selection": {"chosen": {"dropout": fitted.dropout, "tau": fitted.tau},
                           "grid": fitted.validation,
                           "rule": "max validation log-likelihood on the last 20% of the training part"},
@@ -159,31 +166,30 @@ def train_from_table(
     if compared is not None:
         metrics["baseline"] = compared
     manifest.training["wall_time_s"] = round(time.perf_counter() - started, 2)
-    bundle_path = save_bundle(fitted.model, Path(out) if out is not None else Path("models") / name,
-                              replace(manifest, metrics=metrics))
+    bundle_path = save_bundle(fitted.model, folder, replace(manifest, metrics=metrics))
     return bundle_path, metrics
 
 
 def _check_settings(task: str, dropouts: Sequence[float], taus: Sequence[float] | None, hidden: Sequence[int],
                     epochs: int | None, test_fraction: float, calibration_fraction: float) -> None:
     if task not in ("regression", "classification"):
-        raise ValueError(f"--task must be 'regression' or 'classification', got {task!r}")
+        raise InputError(f"--task must be 'regression' or 'classification', got {task!r}")
     if not dropouts or not all(0 < p < 1 for p in dropouts):
-        raise ValueError(f"dropout rates must lie in (0, 1), got {list(dropouts)}")
+        raise InputError(f"dropout rates must lie in (0, 1), got {list(dropouts)}")
     if taus is not None and task != "regression":
-        raise ValueError("--tau / --tau-grid apply to regression only")
+        raise InputError("--tau / --tau-grid apply to regression only")
     if taus is not None and (not taus or not all(t > 0 for t in taus)):
-        raise ValueError(f"tau values must be positive, got {list(taus)}")
+        raise InputError(f"tau values must be positive, got {list(taus)}")
     if not hidden or not all(h > 0 for h in hidden):
-        raise ValueError(f"--hidden must list positive layer widths, got {list(hidden)}")
+        raise InputError(f"--hidden must list positive layer widths, got {list(hidden)}")
     if epochs is not None and epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+        raise InputError(f"--epochs must be >= 1, got {epochs}")
     if not 0 <= test_fraction < 1:
-        raise ValueError(f"--test-fraction must lie in [0, 1), got {test_fraction}")
+        raise InputError(f"--test-fraction must lie in [0, 1), got {test_fraction}")
     if not 0 <= calibration_fraction < 1:
-        raise ValueError(f"--calibration-fraction must lie in [0, 1) (0: no calibration), got {calibration_fraction}")
+        raise InputError(f"--calibration-fraction must lie in [0, 1) (0: no calibration), got {calibration_fraction}")
     if test_fraction + calibration_fraction >= 1:
-        raise ValueError(f"--test-fraction {test_fraction} and --calibration-fraction {calibration_fraction} leave no"
+        raise InputError(f"--test-fraction {test_fraction} and --calibration-fraction {calibration_fraction} leave no"
                          " training rows; together they must stay below 1")
 
 

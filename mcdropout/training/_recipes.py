@@ -26,6 +26,7 @@ from mcdropout.training import _evaluation as evaluation
 from mcdropout.training import _fit as training
 from mcdropout.training import datasets
 from mcdropout.bundle import Bundle, Manifest, Standardisation, save_bundle
+from mcdropout.errors import BundleError, InputError
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,16 @@ RECIPES: dict[str, Recipe] = {
 
 
 def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: int | None = None,
-          calibration_fraction: float = datasets.CALIBRATION_FRACTION, quiet: bool = False) -> tuple[Path, dict]:
+          calibration_fraction: float = datasets.CALIBRATION_FRACTION, quiet: bool = False,
+          overwrite: bool = False) -> tuple[Path, dict]:
     """Train shipped model ``name`` and write its bundle (default ``models/NAME``); returns (path, metrics).
 
     ``calibration_fraction`` of the data set's rows are held out and the bundle is calibrated on them; 0 writes
-    an uncalibrated bundle.
+    an uncalibrated bundle. An existing folder is replaced only with ``overwrite``.
     """
     if name not in RECIPES:
-        raise ValueError(f"unknown model {name!r}; shipped models: {', '.join(RECIPES)}")
+        raise InputError(f"unknown model {name!r}; shipped models: {', '.join(RECIPES)}")
+    folder = destination(out, name, overwrite)
     recipe = RECIPES[name]
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -172,9 +175,17 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
     if compared is not None:
         metrics["baseline"] = compared
     record["wall_time_s"] = round(time.perf_counter() - started, 2)
-    path = save_bundle(model, Path(out) if out is not None else Path("models") / name,
-                       dataclasses.replace(manifest, metrics=metrics))
+    path = save_bundle(model, folder, dataclasses.replace(manifest, metrics=metrics))
     return path, metrics
+
+
+def destination(out: str | Path | None, name: str, overwrite: bool) -> Path:
+    """The bundle folder training writes (``out``, default ``models/NAME``), checked before training starts: one
+    that exists is replaced only with ``overwrite`` (``--overwrite``), as ``bundle create`` and ``score`` do."""
+    folder = Path(out) if out is not None else Path("models") / name
+    if (folder.exists() or folder.is_symlink()) and not overwrite:
+        raise BundleError(f"{folder} exists; give --overwrite to replace it")
+    return folder
 
 
 def calibrated(bundle: Bundle, split: datasets.Split, *, seed: int = 0, source: str | None = None) -> Manifest:

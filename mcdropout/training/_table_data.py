@@ -19,18 +19,39 @@ def recorded_split(manifest: Manifest) -> datasets.Split:
     """The parts of the table a bundle was trained on, re-read from the path its manifest records (its
     validation rows are inside the training part, so the split's validation part is empty)."""
     data = manifest.training["data"]
-    x, y, classes = features_and_target(tables.read_table(data["path"]), manifest.feature_names, data["target"],
-                                         manifest.task, data["path"])
+    path = training_table(data)
+    x, y, classes = features_and_target(tables.read_table(path), manifest.feature_names, data["target"],
+                                         manifest.task, path)
     if classes != manifest.class_names:
-        raise tables.TableError(f"{data['path']}: its classes {classes} are not the bundle's"
+        raise tables.TableError(f"{path}: its classes {classes} are not the bundle's"
                                 f" {manifest.class_names}; the file changed since training")
     if len(x) != data["rows"]:
-        raise tables.TableError(f"{data['path']}: {len(x)} rows, the bundle was trained on {data['rows']};"
+        raise tables.TableError(f"{path}: {len(x)} rows, the bundle was trained on {data['rows']};"
                                 " the file changed since training")
     train, _, calibration, test = datasets.partition(len(x), data["split_seed"], data["test_fraction"], 0.0,
                                                      data.get("calibration_fraction", 0.0))
     return datasets.Split(x[train], y[train], x[:0], y[:0], x[test], y[test], feature_names=manifest.feature_names,
                           x_calibration=x[calibration], y_calibration=y[calibration])
+
+
+def training_table(data: dict) -> Path:
+    """The table a bundle was trained on (``data``: its manifest's ``training.data``), checked to be there and,
+    where the manifest records its BLAKE2b, to hold the same bytes as when training read it.
+
+    Bundles record an absolute path; older ones the path as typed, which is read from the current folder."""
+    recorded = Path(data["path"])
+    path = recorded.resolve()
+    typed = "" if recorded.is_absolute() else f" (recorded as {str(recorded)!r}, relative to where training ran)"
+    if not path.is_file():
+        raise tables.TableError(f"the training table {path} is missing{typed}; the bundle's held-out rows are"
+                                " re-made from it")
+    expected = data.get("blake2b")
+    if expected is not None:
+        found = tables.file_blake2b(path)
+        if found != expected:
+            raise tables.TableError(f"the training table {path} has changed since training (BLAKE2b {found}, the"
+                                    f" bundle's {expected}); the bundle's held-out rows cannot be re-made from it")
+    return path
 
 
 def features_and_target(table: pa.Table, features: Sequence[str], target: str, task: str,
