@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: serve test bench clean browser
+.PHONY: serve test bench clean browser docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ browser:
 
 test: $(VENV)/.installed-dev browser
 	$(BIN)/python -m pytest
+
+# The documentation site (mkdocs.yml, docs/) on http://127.0.0.1:8008, rebuilt as pages change.
+docs: $(VENV)/.installed-docs
+	$(BIN)/mkdocs serve
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/engine.py
