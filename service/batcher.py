@@ -5,11 +5,11 @@ queued requests in arrival order until their forward rows (inputs x samples)
 reach ``max_batch_rows``, waiting up to ``max_delay_ms`` for more when the
 batch is not full. Requests that share (samples, seed) run as one engine call
 on their concatenated rows; since a row's answer depends only on (model, row,
-T, seed), each request gets exactly what it would get alone. Interval levels
-and sample returns are per request and applied afterwards, so no parameter
-leaks between requests. Compute runs on one thread per process (one device),
-off the event loop; it also turns each run into plain numpy results once
-(:func:`mcdropout.results.from_prediction`) and gives each request its rows,
+T, seed), each request gets exactly what it would get alone. Interval levels,
+calibration options and sample returns are per request and applied afterwards
+(:meth:`mcdropout.bundle.Bundle.summarise`, once per level and options in a run),
+so no parameter leaks between requests. Compute runs on one thread per process
+(one device), off the event loop; it also gives each request its rows,
 so the event loop converts nothing per request. The queue is bounded: past
 ``max_queue`` waiting requests, ``submit`` raises :class:`Overloaded` (the
 app answers 503 with Retry-After). A request whose deadline passed or whose
@@ -26,11 +26,15 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mcdropout.bundle import Bundle, NonFiniteError
-from mcdropout.answer import Options, RegressionResult, Result, from_prediction, take_rows
+from mcdropout.answer import RegressionResult, Result, take_rows
+from mcdropout.bundle import Bundle, NonFiniteError, summarise
+
+if TYPE_CHECKING:
+    from service.dataplane import InferRequest
 
 
 class Overloaded(Exception):
@@ -47,25 +51,21 @@ class ClientGone(Exception):
 
 @dataclass(eq=False)
 class Job:
-    inputs: np.ndarray
-    samples: int | str
-    seed: int
-    level: float  # of the central interval (regression)
-    return_samples: bool
+    request: InferRequest
     cost: int  # forward rows: inputs x samples (x the maximum for "auto")
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
     abandoned: bool = False
     reason: str = ""  # why it was abandoned: "deadline" or "disconnected"
-    options: Options | None = None  # calibrated answers asked for (sets, abstention, conformal intervals)
 
+    @property
+    def inputs(self) -> np.ndarray:
+        return self.request.rows
 
-@dataclass(frozen=True)
-class Answer:
-    """One request's rows of a merged run, and with ``return_samples`` its draws (rows, T, outputs)."""
-
-    result: Result
-    draws: np.ndarray | list[np.ndarray] | None = None
+    @property
+    def run(self) -> tuple:
+        """What one engine run shares: requests with the same (samples, seed, tolerance) are merged."""
+        return self.request.samples, self.request.seed, self.request.tolerance
 
 
 @dataclass(frozen=True)
@@ -122,18 +122,15 @@ class Batcher:
         if self._task is not None:
             await self._task
 
-    async def submit(self, inputs: np.ndarray, *, samples: int | str, seed: int, level: float = 0.95,
-                     return_samples: bool = False, timeout: float, options: Options | None = None,
-                     gone: asyncio.Future | None = None) -> Answer:
-        """The answer for ``inputs``; ``gone``: a future that completes when the client went away."""
+    async def submit(self, request: InferRequest, *, timeout: float, gone: asyncio.Future | None = None) -> Result:
+        """The answer for ``request``'s rows; ``gone``: a future that completes when the client went away."""
         if self._closing:
             raise Overloaded("the server is shutting down")
         if len(self.queue) >= self.max_queue:
             raise Overloaded(f"model {self.bundle.name!r} has {len(self.queue)} requests waiting (the limit)")
-        per_row = self.max_samples if samples == "auto" else samples
+        per_row = self.max_samples if request.samples == "auto" else request.samples
         loop = asyncio.get_running_loop()
-        job = Job(inputs, samples, seed, level, return_samples, cost=len(inputs) * per_row,
-                  future=loop.create_future(), options=options)
+        job = Job(request, cost=len(request.rows) * per_row, future=loop.create_future())
         self.queue.append(job)
         self._wakeup.set()
         # A timer that fails the future, not asyncio.wait_for: that wraps each request in a task of its own.
@@ -209,11 +206,12 @@ class Batcher:
         loop = batch[0].future.get_loop()
         groups: dict[tuple, list[Job]] = {}
         for job in batch:
-            groups.setdefault((job.samples, job.seed), []).append(job)
+            groups.setdefault(job.run, []).append(job)
         stats = []
         work = list(groups.items())
         while work:
-            (samples, seed), jobs = work.pop(0)
+            run, jobs = work.pop(0)
+            samples, seed, tolerance = run
             for job in jobs:
                 if job.abandoned:
                     self._drop(job)
@@ -223,8 +221,8 @@ class Batcher:
             started = time.perf_counter()
             inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([job.inputs for job in jobs])
             try:
-                prediction = self.bundle.predict(inputs, samples=samples, seed=seed,
-                                                 return_samples=any(job.return_samples for job in jobs),
+                prediction = self.bundle.predict(inputs, samples=samples, seed=seed, tolerance=tolerance,
+                                                 return_samples=any(job.request.return_samples for job in jobs),
                                                  max_samples=self.max_samples if samples == "auto" else None)
             except NonFiniteError as error:
                 if len(jobs) == 1:
@@ -242,39 +240,37 @@ class Batcher:
                         good.append(job)
                     start = stop
                 if good:
-                    work.append(((samples, seed), good))
+                    work.append((run, good))
                 continue
             except Exception as error:
                 loop.call_soon_threadsafe(_fail, [job.future for job in jobs], error)
                 continue
             finished = time.perf_counter()
             results: dict[tuple, Result] = {}  # one table per interval level and calibration options asked for
-            answers = []
+            answers: list[Result] = []
             abstained, set_sizes = 0, []
             start = 0
             for job in jobs:
                 stop = start + len(job.inputs)
-                key = (job.level, job.options)
+                key = (job.request.level, job.request.options)
                 if key not in results:
-                    results[key] = from_prediction(self.bundle.manifest, prediction, job.level, job.options)
-                draws = None
-                if job.return_samples:  # (rows, T, outputs); with samples="auto" each row's own draws only
-                    draws = prediction.samples[start:stop].reshape(stop - start, prediction.samples.shape[1], -1).numpy()
-                    if samples == "auto":
-                        draws = [row[:count] for row, count in zip(draws, prediction.num_samples[start:stop].tolist())]
+                    results[key] = summarise(self.bundle.manifest, prediction, *key)
                 own = take_rows(results[key], start, stop)
+                if own.draws is not None and not job.request.return_samples:
+                    own.draws = None
                 if own.abstain is not None:
                     abstained += int(own.abstain.sum())
                 if getattr(own, "set_size", None) is not None:
                     set_sizes.extend(own.set_size.tolist())
-                answers.append(Answer(own, draws))
+                answers.append(own)
                 start = stop
             # One hand-over to the event loop for the whole group, not one wake-up per request.
             loop.call_soon_threadsafe(_resolve, [job.future for job in jobs], answers)
             stats.append(BatchStats(
                 requests=len(jobs), rows=len(inputs), forward_rows=int(prediction.num_samples.sum()),
                 queue_seconds=[started - job.enqueued for job in jobs], compute_seconds=finished - started,
-                result=results[(jobs[0].level, jobs[0].options)], abstained=abstained, set_sizes=set_sizes,
+                result=results[(jobs[0].request.level, jobs[0].request.options)], abstained=abstained,
+                set_sizes=set_sizes,
             ))
         return stats
 
@@ -299,7 +295,7 @@ def _leave(job: Job, _gone: asyncio.Future) -> None:
     _abandon(job, "disconnected", ClientGone("the client closed the connection"))
 
 
-def _resolve(futures: list[asyncio.Future], answers: list[Answer]) -> None:
+def _resolve(futures: list[asyncio.Future], answers: list[Result]) -> None:
     for future, answer in zip(futures, answers):
         if not future.done():  # a request past its deadline has its 504 already
             future.set_result(answer)

@@ -1,4 +1,4 @@
-"""Request bodies parsed and validated: small ones on the event loop, large ones in a worker process.
+"""Request bodies decoded by their codec (service/codecs/): small ones on the event loop, large ones in a worker process.
 
 Parsing a JSON body is one C call that holds the GIL from start to end (pydantic's parser: about
 0.5 s for 10 MB of rows on this project's 2-core machine), so a worker thread would still hold the
@@ -14,60 +14,11 @@ import asyncio
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-import numpy as np
-from pydantic import ValidationError
-
-from service import v2
-from service.inputs import ApiError, InputSpec, instances_array, rows_array, samples_value, validation_problem
-from service.schemas import PredictRequest, V2InferRequest
+from service.inputs import ApiError
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class V1Body:
-    """A v1 predict body: its rows as an array and its other fields (``request`` holds no rows)."""
-
-    request: PredictRequest
-    rows: np.ndarray
-    samples: int | str
-
-
-@dataclass(frozen=True)
-class V2Body:
-    """A v2 infer body: the input tensor as an array, the request without the tensor's JSON data."""
-
-    request: V2InferRequest
-    rows: np.ndarray
-
-
-def decode_v1(raw: bytes, spec: InputSpec, max_rows: int, max_samples: int) -> V1Body:
-    """Parse and validate a v1 predict body (ApiError names the field at fault)."""
-    try:
-        body = PredictRequest.model_validate_json(raw)
-    except ValidationError as problem:
-        raise validation_problem(problem.errors(include_url=False, include_context=True)) from None
-    if (body.inputs is None) == (body.instances is None):
-        raise ApiError(422, "give exactly one of 'inputs' (lists of values) or 'instances' ({feature: value})",
-                       "inputs")
-    if body.inputs is not None:
-        rows = rows_array(body.inputs, spec, max_rows)
-    else:
-        rows = instances_array(body.instances, spec, max_rows)
-    samples = samples_value(body.samples, spec, max_samples)
-    return V1Body(body.model_copy(update={"inputs": None, "instances": None, "samples": None}), rows, samples)
-
-
-def decode_v2(raw: bytes, header_length: str | None, spec: InputSpec, max_rows: int) -> V2Body:
-    """Parse and validate a v2 infer body, binary tensor data included."""
-    request, binary = v2.parse_request(raw, header_length)
-    rows = v2.input_array(request, binary, spec, max_rows)
-    for tensor in request.inputs:
-        tensor.data = None  # in ``rows`` now; not sent back value by value
-    return V2Body(request, rows)
 
 
 class Decoder:

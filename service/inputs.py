@@ -110,17 +110,6 @@ def instances_array(instances: list[dict[str, Any]], manifest: Inputs, max_rows:
     return array.astype(np.float32)
 
 
-def samples_value(samples: int | str | None, manifest: Inputs, limit: int) -> int | str:
-    if samples is None:
-        return manifest.samples
-    if samples == "auto":
-        return samples
-    top = min(limit, manifest.max_samples)
-    if isinstance(samples, bool) or not isinstance(samples, int) or not 2 <= samples <= top:
-        raise invalid(f"must be an integer from 2 to {top}, or 'auto'; got {shown(samples)}", "samples")
-    return samples
-
-
 def has_non_number(values: list) -> bool:
     """JSON true/false and numeric strings would pass as numbers through numpy; find them by type (cheap)."""
     for value in values:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from mcdropout.answer import STATISTICS, Statistic, statistics
+from mcdropout.answer import STATISTICS, AbstainScore, IntervalMethod, SetMethod, Statistic, statistics
 
 
 
@@ -25,37 +26,53 @@ _INSTANCES = {"anyOf": [{"type": "array", "items": {"type": "object", "additiona
                         {"type": "null"}]}
 
 
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _param(description: str, schema: dict[str, Any]) -> Any:
+    """A parameter the data plane checks (service/dataplane.py), the same way for every protocol; the schema
+    documents it (a null is the default)."""
+    return Field(None, description=description, json_schema_extra={"anyOf": [schema, {"type": "null"}]})
 
-    inputs: list[Any] | None = Field(None, description="rows, each of the model's input shape (flat or nested)",
-                                     json_schema_extra=_ROWS)
-    instances: list[dict[str, Any]] | None = Field(None, description="tabular rows as {feature: value}",
-                                                   json_schema_extra=_INSTANCES)
-    samples: Any = Field(  # validated by the app, so the error can name the limits
-        None, description="MC samples T (default: the model's), or 'auto': sample until the MC error is small",
-        json_schema_extra={"anyOf": [{"type": "integer", "minimum": 2}, {"const": "auto"}, {"type": "null"}]},
-    )
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, strict=True,
-                             description="picks the T sub-networks; default: the server's MCD_DEFAULT_SEED")
-    interval: float = Field(0.95, gt=0, lt=1, strict=True, description="level of the central predictive interval")
-    return_samples: bool = Field(False, strict=True, description="also return every sampled output per row")
-    # Calibration (mcdropout.answer.Options; checked against the bundle by mcdropout.answer.parse_options)
-    interval_method: Literal["conformal", "gaussian"] | None = Field(
-        None, description="regression: 'conformal' (the bundle's calibrated quantile, coverage >= interval for"
-        " exchangeable rows) or 'gaussian' (the raw MC normal interval); default: conformal when calibrated")
-    set_level: float | None = Field(None, gt=0, lt=1, strict=True, description="classifiers: conformal prediction_set at this"
-                                    " level (a calibrated bundle)")
-    set_method: Literal["lac", "aps"] | None = Field(None, description="prediction set score (default 'lac')")
-    max_risk: float | None = Field(None, gt=0, lt=1, strict=True, description="classifiers: abstain where the accepted rows'"
-                                   " error could exceed this (a calibrated bundle)")
-    delta: float | None = Field(None, gt=0, lt=1, strict=True, description="with max_risk: 1 - confidence of the guarantee"
-                                " (default: the bundle's, 0.1)")
-    abstain_score: Literal["one_minus_max_prob", "entropy", "mutual_information"] | None = Field(
-        None, description="with max_risk: the uncertainty thresholded (default 'one_minus_max_prob')")
-    max_std: float | None = Field(None, gt=0, strict=True, description="regression: abstain where any output's std exceeds this")
-    max_interval_width: float | None = Field(None, gt=0, strict=True, description="regression: abstain where an interval is"
-                                             " wider than this")
+
+def _choice(vocabulary: type[Enum]) -> dict[str, Any]:
+    return {"type": "string", "enum": [item.value for item in vocabulary]}
+
+
+_FRACTION = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+
+# The request parameters and the calibration options (mcdropout.answer.Options), by name: the v1 body's
+# fields, and the v2 / gRPC ``parameters`` of the same names.
+PARAMETERS: dict[str, Any] = {
+    "samples": _param("MC samples T (default: the model's), or 'auto': sample until the MC error is small",
+                      {"anyOf": [{"type": "integer", "minimum": 2}, {"const": "auto"}]}),
+    "seed": _param("picks the T sub-networks; default: the server's MCD_DEFAULT_SEED",
+                   {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}),
+    "interval": _param("level of the central predictive interval (default 0.95)", _FRACTION),
+    "tolerance": _param("with samples 'auto': stop a row once its MC standard error is below this (relative to"
+                        " the predictive std for regression, absolute on class probabilities); default 0.01",
+                        _FRACTION),
+    "return_samples": _param("also return every sampled output per row (v1 only)", {"type": "boolean"}),
+    "interval_method": _param("regression: 'conformal' (the bundle's calibrated quantile, coverage >= interval"
+                              " for exchangeable rows) or 'gaussian' (the raw MC normal interval); default:"
+                              " conformal when calibrated", _choice(IntervalMethod)),
+    "set_level": _param("classifiers: conformal prediction_set at this level (a calibrated bundle)", _FRACTION),
+    "set_method": _param("prediction set score (default 'lac')", _choice(SetMethod)),
+    "max_risk": _param("classifiers: abstain where the accepted rows' error could exceed this (a calibrated"
+                       " bundle; at least the model's calibration.min_max_risk)", _FRACTION),
+    "delta": _param("with max_risk: 1 - confidence of the guarantee (default: the bundle's, 0.1)", _FRACTION),
+    "abstain_score": _param("with max_risk: the uncertainty thresholded (default 'one_minus_max_prob')",
+                            _choice(AbstainScore)),
+    "max_std": _param("regression: abstain where any output's std exceeds this", _POSITIVE),
+    "max_interval_width": _param("regression: abstain where an interval is wider than this", _POSITIVE),
+}
+
+PredictRequest = create_model(
+    "PredictRequest", __config__=ConfigDict(extra="forbid"),
+    inputs=(Optional[list[Any]], Field(None, description="rows, each of the model's input shape (flat or nested)",
+                                       json_schema_extra=_ROWS)),
+    instances=(Optional[list[dict[str, Any]]], Field(None, description="tabular rows as {feature: value}",
+                                                     json_schema_extra=_INSTANCES)),
+    **{name: (Any, field) for name, field in PARAMETERS.items()},
+)
 
 
 def _annotation(stat: Statistic) -> Any:
@@ -204,7 +221,8 @@ class V2RequestedOutput(BaseModel):
 
 class V2InferRequest(BaseModel):
     id: str | None = None
-    parameters: dict[str, Any] | None = Field(None, description="samples, seed, interval, binary_data_output")
+    parameters: dict[str, Any] | None = Field(None, description="samples, seed, interval, tolerance, the"
+                                              " calibration options (as in v1's body), binary_data_output")
     inputs: list[V2InferInput]
     outputs: list[V2RequestedOutput] | None = None
 

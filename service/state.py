@@ -15,17 +15,20 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from mcdropout.answer import Options
+from mcdropout.answer import Result
 from mcdropout.bundle import Bundle, NonFiniteError, load_bundle
-from service.batcher import Answer, Batcher, ClientGone, DeadlineExceeded, Overloaded
+from service.batcher import Batcher, ClientGone, DeadlineExceeded, Overloaded
 from service.inputs import ApiError
 from service.metrics import ServiceMetrics
 from service.repository import Listing, Version, model_names, parse_version, scan
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.dataplane import InferRequest
 
 log = logging.getLogger("mcdropout.service")
 
@@ -315,20 +318,17 @@ class ServiceState:
     def model_names(self) -> list[str]:
         return model_names(Path(self.settings.models_dir))
 
-    async def predict(self, bundle: Bundle, inputs: np.ndarray, samples: int | str, seed: int, level: float,
-                      return_samples: bool, options: Options | None = None, gone: asyncio.Future | None = None
-                      ) -> Answer:
-        """``bundle``'s answer for ``inputs``; ``gone``: completes when the client went away (its work is dropped)."""
+    async def predict(self, request: InferRequest, gone: asyncio.Future | None = None) -> Result:
+        """``request``'s answer from its model's batcher; ``gone``: completes when the client went away."""
+        bundle, inputs, samples = request.bundle, request.rows, request.samples
         served = self.served.get(bundle.name, {}).get(self.version_of(bundle))
         if served is None or served.bundle is not bundle:
             raise ApiError(503, f"model {bundle.name!r} was replaced or unloaded while this request was read;"
                            " retry", None, {"Retry-After": str(self.settings.retry_after_s)})
-        if return_samples:
+        if request.return_samples:
             self._check_returned(served, len(inputs), samples)
         try:
-            return await served.batcher.submit(inputs, samples=samples, seed=seed, level=level, options=options,
-                                               return_samples=return_samples, timeout=self.settings.request_timeout_s,
-                                               gone=gone)
+            return await served.batcher.submit(request, timeout=self.settings.request_timeout_s, gone=gone)
         except Overloaded as error:
             raise ApiError(503, f"overloaded: {error}; retry later", None,
                            {"Retry-After": str(self.settings.retry_after_s)}) from None

@@ -3,7 +3,8 @@
 import numpy as np
 
 from mcdropout.answer import STATISTICS, ClassificationResult, RegressionResult, statistics
-from service import schemas, v2
+from service import schemas
+from service.codecs import v2
 
 
 def test_every_statistic_is_in_the_v1_schema_and_the_v2_outputs():

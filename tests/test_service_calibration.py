@@ -108,8 +108,8 @@ def test_prediction_sets_and_abstention_for_a_classifier(http, folder):
 
 
 @pytest.mark.parametrize(("name", "body", "field", "words"), [
-    ("digits", {"set_level": 1.0}, "set_level", "less than 1"),
-    ("digits", {"max_risk": 0}, "max_risk", "greater than 0"),
+    ("digits", {"set_level": 1.0}, "set_level", "must be a number in (0, 1), got 1.0"),
+    ("digits", {"max_risk": 0}, "max_risk", "must be a number in (0, 1), got 0"),
     ("diabetes", {"set_level": 0.9}, "set_level", "applies to classifiers"),
     ("diabetes", {"max_risk": 0.1}, "max_risk", "applies to classifiers"),
     ("digits", {"max_std": 1.0}, "max_std", "applies to regression models"),
@@ -143,7 +143,7 @@ def test_v2_parameters_outputs_and_metadata(http):
     assert outputs["abstain"]["data"] == native["abstain"] and outputs["set_size"]["data"] == native["set_size"]
     request["parameters"] = {"max_risk": 1.5}
     bad = http.post("/v2/models/digits/infer", json=request)
-    assert bad.status_code == 400 and "parameters.max_risk: must be a number in (0, 1)" in bad.json()["error"]
+    assert bad.status_code == 422 and "parameters.max_risk: must be a number in (0, 1)" in bad.json()["error"]
     plain = http.post("/v2/models/digits/infer", json={**request, "parameters": {"seed": 2}}).json()
     assert "prediction_set" not in {o["name"] for o in plain["outputs"]}
 

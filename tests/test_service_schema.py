@@ -32,7 +32,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from mcdropout.answer import STATISTICS
-from service import v2
+from service.codecs import v2
 from service.schemas import V2InferResponse
 
 from .conftest import MODELS, Server, run_server

@@ -42,7 +42,8 @@ def test_tritonclient_defaults_binary_data_both_ways(triton_client, http):
     assert np.allclose(result.as_numpy("mean"), native["mean"], rtol=1e-6)
     assert np.allclose(result.as_numpy("upper"), native["interval"]["upper"], rtol=1e-6)
     assert result.as_numpy("samples_used").tolist() == [50] * 4
-    assert result.get_response()["parameters"] == {"samples": 50, "seed": 3, "interval": 0.95}
+    assert result.get_response()["parameters"] == {"samples": 50, "seed": 3, "interval": 0.95,
+                                                  "interval_method": "conformal"}
 
 
 def test_tritonclient_json_data_and_chosen_outputs(triton_client):
@@ -103,7 +104,7 @@ def test_kserve_rest_client(server, http):
         ("/v2/models/diabetes/infer", {"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP32", "data": [0] * 9}]},
          400, "9 values for shape [1, 10]"),
         ("/v2/models/diabetes/infer", {"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP32", "data": [0] * 10}],
-                                       "parameters": {"interval": 2}}, 400, "parameters.interval"),
+                                       "parameters": {"interval": 2}}, 422, "parameters.interval"),
         ("/v2/models/diabetes/infer", {"inputs": [{"name": "input", "shape": [1, 10], "datatype": "FP32", "data": [0] * 10}],
                                        "outputs": [{"name": "median"}]}, 400, "unknown output(s) 'median'"),
         ("/v2/models/diabetes/infer", {"inputs": "x"}, 400, "invalid inference request: inputs"),

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize, special, stats
 
+from mcdropout.answer import min_max_risk
 from mcdropout.errors import InputError
 
 __all__ = [
@@ -459,6 +460,7 @@ class Calibration:
             out["temperature"] = self.temperature
         if self.selective is not None:
             out["delta"] = self.selective.delta
+            out["min_max_risk"] = min_max_risk(self.selective.n, self.selective.delta)
         if self.conformal is not None or self.sets is not None:
             out["max_level"] = (self.conformal or self.sets).n / ((self.conformal or self.sets).n + 1)
         return out

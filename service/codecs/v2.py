@@ -11,18 +11,20 @@ when the request asks for ``binary_data`` (per output) or
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from mcdropout.answer import OPTION_NAMES, OptionError, RegressionResult, Result, parse_options, statistics
-from service.inputs import ApiError, Inputs, finite_rows, has_non_number, shown
+from mcdropout.answer import RegressionResult, Result, statistics
+from service.inputs import ApiError, InputSpec, Inputs, finite_rows, has_non_number, shown
 from service.schemas import V2InferRequest
 
-if TYPE_CHECKING:  # for types only: input_array runs in the decode worker, without torch
+if TYPE_CHECKING:  # for types only: decode runs in the decode worker, without torch
     from mcdropout.bundle import Manifest
+    from service.dataplane import InferAnswer
 
 HEADER = "inference-header-content-length"
 INPUT_NAME = "input"
@@ -38,7 +40,6 @@ OUTPUTS = {task: tuple(sorted((stat for stat in statistics(task) if stat.tensor)
 # The optional outputs, and the parameters that make an answer hold them.
 _ASKED_BY = {"abstain": "max_risk (classifiers), max_std or max_interval_width (regression)",
              "prediction_set": "set_level", "set_size": "set_level"}
-PARAMETERS = ("samples", "seed", "interval", "binary_data_output", *OPTION_NAMES)
 
 
 def error(message: str, status: int = 400) -> ApiError:
@@ -178,34 +179,16 @@ def index_request(body: bytes) -> bool:
     return given.get("ready", False)
 
 
-def parameters(request: V2InferRequest, manifest: Manifest, default_seed: int, limit: int) -> dict[str, Any]:
-    given = request.parameters or {}
-    samples = given.get("samples", manifest.samples)
-    top = min(limit, manifest.max_samples)
-    if samples != "auto" and (isinstance(samples, bool) or not isinstance(samples, int) or not 2 <= samples <= top):
-        raise error(f"parameters.samples: must be an integer from 2 to {top}, or 'auto'; got {shown(samples)}")
-    seed = given.get("seed", default_seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise error(f"parameters.seed: must be an integer from 0 to 2^63-1; got {shown(seed)}")
-    level = given.get("interval", 0.95)
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-        raise error(f"parameters.interval: must be a number in (0, 1); got {shown(level)}")
-    asked = {name: given[name] for name in OPTION_NAMES if given.get(name) is not None}
-    try:
-        options = parse_options(asked, manifest, float(level))
-    except OptionError as problem:
-        raise error(f"parameters.{problem}") from None
-    return {"samples": samples, "seed": seed, "interval": float(level), "options": options}
+def parameters_of(request: V2InferRequest) -> dict[str, Any]:
+    """The request's parameters for the data plane: all but the encoding's own (``binary_data_output``)."""
+    return {name: value for name, value in (request.parameters or {}).items() if name != "binary_data_output"}
 
 
-def response(request: V2InferRequest, manifest: Manifest, result: Result, params: dict[str, Any],
-             version: str | None = None) -> tuple[bytes, dict[str, str]]:
-    """The infer answer's body and headers; ``version``: the repository version that answered."""
+def response(request: V2InferRequest, answer: InferAnswer) -> tuple[bytes, dict[str, str]]:
+    """The infer answer's body and headers."""
     outputs, chunks = [], []
-    for name, array, binary in selected_outputs(request, manifest, result):
-        entry: dict[str, Any] = {"name": name, "shape": list(array.shape),
-                                 "datatype": {np.dtype(np.int64): "INT64", np.dtype(np.bool_): "BOOL"}.get(array.dtype,
-                                                                                                          "FP64")}
+    for name, array, binary in selected_outputs(request, answer.manifest, answer.result):
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array)}
         if binary:
             raw = np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
@@ -214,16 +197,51 @@ def response(request: V2InferRequest, manifest: Manifest, result: Result, params
             entry["data"] = array.reshape(-1)
         outputs.append(entry)
     header = orjson.dumps({
-        "model_name": manifest.name,
-        "model_version": version or manifest.version,
+        "model_name": answer.manifest.name,
+        "model_version": str(answer.model_version),
         "id": request.id,
-        "parameters": {"samples": params["samples"], "seed": params["seed"], "interval": params["interval"]},
+        "parameters": echoed(answer),
         "outputs": outputs,
     }, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, {"content-type": "application/json"}
     return header + b"".join(chunks), {"content-type": "application/octet-stream",
                                        "Inference-Header-Content-Length": str(len(header))}
+
+
+def echoed(answer: InferAnswer) -> dict[str, Any]:
+    """The response's parameters: what answered the request (T, seed, level) and how its interval was made."""
+    request, result = answer.request, answer.result
+    params: dict[str, Any] = {"samples": request.samples, "seed": request.seed, "interval": request.level}
+    if request.tolerance is not None:
+        params["tolerance"] = request.tolerance
+    if isinstance(result, RegressionResult):
+        params["interval_method"] = result.interval_method
+    elif result.set_level is not None:
+        params["set_level"] = result.set_level
+    return params
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The OIP datatype of an output array (the answers hold int64, bool and float64 arrays)."""
+    return {np.dtype(np.int64): "INT64", np.dtype(np.bool_): "BOOL"}.get(array.dtype, "FP64")
+
+
+@dataclass(frozen=True)
+class V2Body:
+    """A v2 infer body: the input tensor as an array, the request without the tensor's JSON data."""
+
+    request: V2InferRequest
+    rows: np.ndarray
+
+
+def decode(raw: bytes, header_length: str | None, spec: InputSpec, max_rows: int) -> V2Body:
+    """Parse and validate a v2 infer body, binary tensor data included (runs in the decode worker too)."""
+    request, binary = parse_request(raw, header_length)
+    rows = input_array(request, binary, spec, max_rows)
+    for tensor in request.inputs:
+        tensor.data = None  # in ``rows`` now; not sent back value by value
+    return V2Body(request, rows)
 
 
 def selected_outputs(request: V2InferRequest, manifest: Manifest, result: Result

@@ -1,0 +1,72 @@
+"""The native JSON API (v1): a predict body to rows and parameters, an answer to the JSON body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from mcdropout.answer import RegressionResult, statistics
+from service.inputs import ApiError, InputSpec, instances_array, rows_array, validation_problem
+from service.schemas import PARAMETERS, PredictRequest
+
+if TYPE_CHECKING:  # for types only: decode runs in the decode worker, without torch
+    import numpy as np
+
+    from service.dataplane import InferAnswer
+
+
+@dataclass(frozen=True)
+class V1Body:
+    """A v1 predict body: its rows as an array, and its parameters by name (absent ones left out)."""
+
+    rows: np.ndarray
+    parameters: dict[str, Any]
+
+
+def decode(raw: bytes, spec: InputSpec, max_rows: int) -> V1Body:
+    """Parse a v1 predict body and validate its rows (ApiError names the field at fault); the parameters
+    are checked by the data plane."""
+    try:
+        body = PredictRequest.model_validate_json(raw)
+    except ValidationError as problem:
+        raise validation_problem(problem.errors(include_url=False, include_context=True)) from None
+    if (body.inputs is None) == (body.instances is None):
+        raise ApiError(422, "give exactly one of 'inputs' (lists of values) or 'instances' ({feature: value})",
+                       "inputs")
+    if body.inputs is not None:
+        rows = rows_array(body.inputs, spec, max_rows)
+    else:
+        rows = instances_array(body.instances, spec, max_rows)
+    given = {name: getattr(body, name) for name in PARAMETERS if getattr(body, name) is not None}
+    return V1Body(rows, given)
+
+
+def encode(answer: InferAnswer) -> dict[str, Any]:
+    """The v1 JSON body of ``answer``: the echo of the request, then the statistics mcdropout.answer declares."""
+    request, result, manifest = answer.request, answer.result, answer.manifest
+    body: dict[str, Any] = {"model": manifest.name, "version": manifest.version, "model_version": answer.model_version,
+                            "task": manifest.task, "samples": request.samples, "samples_used": result.samples_used,
+                            "seed": request.seed}
+    if request.tolerance is not None:
+        body["tolerance"] = request.tolerance
+    if isinstance(result, RegressionResult):
+        body.update(outputs=result.outputs, interval={"level": result.level, "method": result.interval_method})
+    else:
+        body.update(classes=manifest.class_names or [])
+        if result.set_level is not None:
+            body["set_level"] = result.set_level
+    for stat in statistics(manifest.task):
+        value = getattr(result, stat.name)
+        if value is None:
+            continue
+        if stat.shape == "set":
+            members = result.set_members()
+            body[stat.name] = members
+            body[f"{stat.name}_names"] = [[body["classes"][i] for i in row] for row in members]
+            continue
+        (body[stat.within] if stat.within else body)[stat.name] = value.tolist() if stat.kind == "str" else value
+    if result.draws is not None:
+        body["draws"] = result.draws
+    return body

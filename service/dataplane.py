@@ -1,0 +1,120 @@
+"""One request path for every protocol: a protocol-neutral request, its checks, and ``infer``.
+
+A codec (service/codecs/) decodes a protocol's body into rows and a mapping of named parameters;
+:meth:`DataPlane.request` checks those parameters once, against the model, with the same errors
+whatever the protocol (422 naming the field; v2 and gRPC name it with their ``parameters.`` prefix);
+:meth:`DataPlane.infer` runs the request through the model's batcher and returns the bundle's
+calibrated answer (:meth:`mcdropout.bundle.Bundle.summarise`), which the codec encodes. No protocol
+module calls the batcher or the bundle itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mcdropout.answer import OPTION_NAMES, OptionError, Options, Result, check_level, parse_options
+from mcdropout.bundle import Bundle, Manifest
+from service.inputs import ApiError, shown
+from service.state import ServiceState
+
+# The parameters every protocol carries, beside the calibration options (mcdropout.answer.Options).
+REQUEST_PARAMETERS = ("samples", "seed", "interval", "tolerance", "return_samples")
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """What any protocol asks of a model: rows in the model's input shape, and checked parameters."""
+
+    bundle: Bundle  # the version that answers, looked up before the rows were decoded
+    rows: np.ndarray
+    samples: int | str  # T, or "auto"
+    seed: int
+    level: float  # of the central interval (regression)
+    options: Options | None
+    tolerance: float | None = None  # for samples="auto"; None: the engine's default (0.01)
+    return_samples: bool = False
+
+
+@dataclass(frozen=True)
+class InferAnswer:
+    """The calibrated answer to an :class:`InferRequest`, with what the codecs echo back."""
+
+    request: InferRequest
+    result: Result  # the request's rows; with return_samples, ``result.draws``
+    model_version: int  # the repository version that answered
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.request.bundle.manifest
+
+
+def valid_key(header: str, keys: list[str]) -> bool:
+    """Whether an ``Authorization`` value is ``Bearer <one of keys>`` (compared in constant time)."""
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and any(hmac.compare_digest(token.encode(), key.encode()) for key in keys)
+
+
+class DataPlane:
+    """The protocol-neutral operations on one app's :class:`~service.state.ServiceState`."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+        self.settings = state.settings
+
+    def bundle(self, name: str, version: str | int | None = None) -> Bundle:
+        return self.state.bundle(name, version)
+
+    def request(self, bundle: Bundle, rows: np.ndarray, given: Mapping[str, Any], prefix: str = "") -> InferRequest:
+        """``given`` (the protocol's named parameters, absent or None: the defaults) checked against
+        ``bundle``; an ApiError 422 names the field (with ``prefix``, e.g. ``parameters.``) at fault."""
+        manifest = bundle.manifest
+        unknown = [name for name in given if name not in REQUEST_PARAMETERS and name not in OPTION_NAMES]
+        if unknown:
+            raise _bad(prefix + unknown[0], f"unknown parameter; expected one of"
+                                            f" {', '.join(REQUEST_PARAMETERS + OPTION_NAMES)}")
+        samples = self._samples(given.get("samples"), manifest, prefix)
+        seed = given.get("seed")
+        if seed is None:
+            seed = self.settings.default_seed
+        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise _bad(prefix + "seed", f"must be an integer from 0 to 2^63-1; got {shown(seed)}")
+        level = given.get("interval")
+        try:
+            level = 0.95 if level is None else check_level(level)
+            tolerance = given.get("tolerance")
+            tolerance = None if tolerance is None else check_level(tolerance, "tolerance")
+            asked = {name: given[name] for name in OPTION_NAMES if given.get(name) is not None}
+            options = parse_options(asked, manifest, level)
+        except OptionError as error:
+            raise _bad(prefix + error.field, str(error).removeprefix(f"{error.field}: ")) from None
+        if tolerance is not None and samples != "auto":
+            raise _bad(prefix + "tolerance", "applies with samples 'auto'")
+        return_samples = given.get("return_samples") or False
+        if not isinstance(return_samples, bool):
+            raise _bad(prefix + "return_samples", f"must be true or false; got {shown(return_samples)}")
+        return InferRequest(bundle, rows, samples, seed, level, options, tolerance, return_samples)
+
+    def _samples(self, samples: Any, manifest: Manifest, prefix: str) -> int | str:
+        if samples is None:
+            return manifest.samples
+        if samples == "auto":
+            return samples
+        top = min(self.settings.max_samples, manifest.max_samples)
+        if isinstance(samples, bool) or not isinstance(samples, int) or not 2 <= samples <= top:
+            raise _bad(prefix + "samples", f"must be an integer from 2 to {top}, or 'auto'; got {shown(samples)}")
+        return samples
+
+    async def infer(self, request: InferRequest, gone: asyncio.Future | None = None) -> InferAnswer:
+        """The answer to ``request``; ``gone`` completes when the client went away (its work is dropped)."""
+        result = await self.state.predict(request, gone)
+        return InferAnswer(request, result, self.state.version_of(request.bundle))
+
+
+def _bad(field: str, message: str) -> ApiError:
+    return ApiError(422, f"{field}: {message}", field)
