@@ -406,7 +406,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _bundle_create(args: argparse.Namespace) -> int:
-    from mcdropout.bundle._create import create, read_config
+    from mcdropout.bundle import create, read_config
 
     shape = _numbers(args.input_shape, "--input-shape")
     if not all(s.is_integer() and s > 0 for s in shape):

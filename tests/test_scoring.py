@@ -223,7 +223,7 @@ def test_bad_files_give_one_line_exit_2_and_no_output(tmp_path):
 
 def test_inputs_are_read_in_chunks_and_resumes_skip_rows(tmp_path):
     """Parquet input read 1,000 rows at a time: no batch holds more than a chunk (memory: bench/scoring.py)."""
-    from mcdropout import _tables as tables
+    from mcdropout import tables
 
     path = _write(_frame(20_000), tmp_path / "big.parquet")
     sizes = [batch.num_rows for batch in tables.iter_chunks(path, 1000)]

@@ -24,6 +24,7 @@ from mcdropout.bundle._bundle import (
     save_bundle,
 )
 from mcdropout.bundle._calibration import fit_bundle
+from mcdropout.bundle._create import create, read_config
 
 __all__ = [
     "MANIFEST",
@@ -37,10 +38,12 @@ __all__ = [
     "NonFiniteError",
     "Standardisation",
     "architectures",
+    "create",
     "fit_bundle",
     "flush_subnormals",
     "load_bundle",
     "nonfinite_rows",
+    "read_config",
     "read_manifest",
     "save_bundle",
     "summarise",

@@ -10,7 +10,7 @@ rest and feeds a Linear through a Flatten is folded into per-channel shares
 computed with the prefix (:mod:`mcdropout.engine._folding`).
 Masks come from :class:`~mcdropout.engine._sampler.MaskSampler`, so a row's answer
 depends only on (model, row, T, seed). Statistics stream into float64
-accumulators (:mod:`mcdropout.stats._summary`).
+accumulators (:mod:`mcdropout.stats`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from mcdropout.engine._modes import (
     stochastic_modules,
     unsampled_dropout,
 )
-from mcdropout.stats._summary import (
+from mcdropout.stats import (
     ClassificationAccumulator,
     ClassificationPrediction,
     RegressionAccumulator,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from mcdropout import _tables as tables
+from mcdropout import tables
 from mcdropout.answer import Result
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -22,13 +21,7 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _SHOWN_ROWS = 10
 
 
-def file_blake2b(path: str | Path) -> str:
-    """Hex BLAKE2b (128-bit) of a file's bytes, read 16 MB at a time."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
+file_blake2b = tables.file_blake2b  # the one hash of files: scoring parts, inputs and training tables
 
 
 @dataclass(frozen=True)
@@ -76,19 +69,6 @@ class Engine(Protocol):
 
     def predict(self, x: np.ndarray) -> Result: ...
 
-def feature_columns(engine_features: list[str] | None, input_shape: list[int], schema: pa.Schema,
-                    id_column: str | None, path: str | Path) -> list[str]:
-    """The input's columns to feed the model: matched by feature name, or by position where the file has no
-    header (NPY, whitespace text) or the model no feature names."""
-    if engine_features and tables.table_format(path) not in tables.HEADERLESS:
-        return list(engine_features)
-    columns = [name for name in schema.names if name != id_column]
-    width = math.prod(input_shape)
-    if len(columns) != width:
-        raise tables.TableError(f"{path}: the model takes {width} input values per row (shape {input_shape}),"
-                                f" matched by position; the file has {len(columns)} columns besides the id")
-    return columns
-
 def checked_chunks(job: Job, feature_names: list[str] | None, input_shape: list[int],
                    skip: int) -> Iterator[tuple[list[str], np.ndarray, str, pa.Array]]:
     """The input from row ``skip`` on, a chunk at a time: the feature columns, their checked values
@@ -97,7 +77,7 @@ def checked_chunks(job: Job, feature_names: list[str] | None, input_shape: list[
     first = skip
     for batch in tables.iter_chunks(job.input, job.chunk_rows, skip_rows=skip, float_columns=feature_names or ()):
         if columns is None:
-            columns = feature_columns(feature_names, input_shape, batch.schema, job.id_column, job.input)
+            columns = tables.feature_columns(feature_names, input_shape, batch.schema, job.id_column, job.input)
         x = tables.numeric(batch, columns, path=job.input, first_row=first)
         _check_float32(x, job.input, first)
         if job.id_column is None:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from mcdropout import _tables as tables
+from mcdropout import tables
 from mcdropout.errors import ScoringError
 from mcdropout.scoring._job import Job, file_blake2b, partial_folder
 

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mcdropout import _tables as tables
+from mcdropout import tables
 from mcdropout.bundle import read_manifest
 from mcdropout.scoring._engines import LocalEngine
 from mcdropout.errors import ScoringError

@@ -1,6 +1,6 @@
 """Batch scoring of a table of rows: ``mcdropout score MODEL INPUT OUTPUT``.
 
-The input is read in chunks (:mod:`mcdropout._tables`), so memory stays flat
+The input is read in chunks (:mod:`mcdropout.tables`), so memory stays flat
 however many rows it has. Each chunk is predicted by an engine, the bundle in
 this process (``local``), a server (``remote``, through :mod:`mcdropout.client`)
 or an actor pool on Ray Data (``ray``, :mod:`mcdropout.scoring._ray`), and its
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from mcdropout import _tables as tables
-from mcdropout._progress import Progress
+from mcdropout import tables
+from mcdropout.progress import Progress
 from mcdropout.bundle import NonFiniteError
 from mcdropout.errors import InputError, ScoringError
 from mcdropout.scoring._engines import LocalEngine, RemoteEngine, RemoteInputError
