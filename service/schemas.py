@@ -106,6 +106,7 @@ class PredictionBase(BaseModel):
     samples: Union[int, Literal["auto"]] = Field(description="the T asked for")
     samples_used: list[int] = Field(description=next(s for s in STATISTICS if s.name == "samples_used").description)
     seed: int
+    tolerance: Optional[float] = Field(None, description="with samples 'auto': the tolerance asked for")
 
 
 # Derived from mcdropout.answer's declarations: a new statistic there is a new field here.

@@ -108,3 +108,13 @@ def test_the_check_sees_each_form_of_reach_in():
         (2, "mcdropout.training._uci")]
     assert list(_reach_ins_of("service/app.py", "from mcdropout import _tables\nfrom mcdropout.bundle import"
                                                 " load_bundle\n")) == [(1, "mcdropout._tables")]
+
+
+def test_no_function_in_the_service_runs_over_80_lines() -> None:
+    """The service's modules stay thin: handlers decode, call the data plane and encode."""
+    long = []
+    for path in sorted((ROOT / "service").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, "functions over 80 lines: " + ", ".join(long)

@@ -223,11 +223,15 @@ def test_a_calibrated_classifier_shows_its_prediction_set_and_abstention(browser
     assert shown == ("abstain" if answer["abstain"][0] else "accept")
     assert "set_level=0.9" in browser.find_element(By.ID, "python").text
 
-    # A risk no threshold can certify on the calibration rows: every row abstains, and the page says so.
+    # A risk below what the calibration rows can certify is refused, naming the smallest allowed.
+    smallest = httpx.get(f"{server.url}/v1/models/digits").json()["calibration"]["min_max_risk"]
+    assert 0 < smallest <= 0.05
     _set(browser, "#max_risk", "0.0001")
     seen = _predict(browser)
-    assert seen["answer"]["body"]["abstain"] == [True]
-    assert browser.find_element(By.CSS_SELECTOR, "#abstain b").text == "abstain"
+    direct = httpx.post(f"{server.url}/v1/models/digits/predict", json=seen["request"])
+    assert direct.status_code == 422 and direct.json()["field"] == "max_risk" and f">= {smallest}" in direct.json()["error"]
+    assert browser.find_element(By.CSS_SELECTOR, '[data-error-for="max_risk"]').text == direct.json()["error"]
+    _set(browser, "#max_risk", "0.05")
 
     _set(browser, "#set_level", "1.5")
     seen = _predict(browser)

@@ -195,6 +195,9 @@ def format_report(report: Report) -> str:
     else:
         source = report.calibration["source"] or f"{report.calibration['rows']} rows"
         lines.append(f"calibrated on {source} ({', '.join(report.calibration['methods'])})")
+        if "min_max_risk" in report.calibration:
+            lines.append(f"the smallest max_risk its {report.calibration['rows']} calibration rows can certify at"
+                         f" delta {report.calibration['delta']:g}: {report.calibration['min_max_risk']:g}")
     rows = [[label, _cell(report.before.metrics.get(key)),
              _cell(None if report.after is None else report.after.metrics.get(key))] for key, label in keys]
     lines += format_columns(["", "before", "after"], rows)

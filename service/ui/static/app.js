@@ -195,7 +195,10 @@ class ModelPage {
       add("set level (empty: none)", "set_level", 0.9);
       choose("set method", "set_method", ["lac", "aps"]);
     }
-    if (calibrated(info, "selective")) add("max risk (empty: none)", "max_risk", 0.05);
+    if (calibrated(info, "selective")) {  // never below what the calibration rows can certify
+      const smallest = (info.calibration && info.calibration.min_max_risk) || 0;
+      add(`max risk (empty: none; at least ${fmt(smallest)})`, "max_risk", Math.max(0.05, smallest));
+    }
     const go = el("button", { id: "predict", text: "Predict" });
     go.addEventListener("click", () => this.predict());
     box.append(el("label", {}, " ", go));
@@ -387,8 +390,9 @@ class ModelPage {
       stat("mutual information", fmt(answer.mutual_information[0])),
       stat("variation ratio", fmt(answer.variation_ratio[0])));
     if (answer.prediction_set) {
+      const members = answer.prediction_set_names[0];
       stats.append(stat(`prediction set at ${fmt(100 * answer.set_level, 0)}% (${this.asked.set_method})`,
-        `{${answer.prediction_set_names[0].join(", ")}}`, "prediction-set"));
+        members.length ? `{${members.join(", ")}}` : "{ } no class is plausible at this level", "prediction-set"));
     }
     if (answer.abstain) {
       const risk = `max risk ${fmt(this.asked.max_risk)}`;
