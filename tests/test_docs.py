@@ -276,6 +276,14 @@ def test_every_setting_is_documented():
     assert table == {f"MCD_{name.upper()}" for name in Settings.model_fields}
 
 
+def test_named_files_exist():
+    """A repository path the pages name in backticks (`service/dataplane.py`, `mcdropout/answer.py`) exists."""
+    named = re.compile(r"`((?:mcdropout|service|bench|tests|monitoring|docs|clients|deploy)/[\w./-]*)`")
+    missing = [f"{page.relative_to(ROOT)}: {path}" for page in [README, *PAGES] for path in named.findall(page.read_text())
+               if not (ROOT / path).exists()]
+    assert not missing, "the docs name files that do not exist:\n" + "\n".join(missing)
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory) -> Iterator[tuple[Server, str]]:
     if os.environ.get("MCD_DOCS_SERVER"):  # a server already running: MCD_DOCS_SERVER=http://host:port[,grpc-host:port]
