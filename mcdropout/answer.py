@@ -404,15 +404,6 @@ def from_json(body: dict[str, Any]) -> Result:
         else RegressionResult.from_json(body)
 
 
-def from_prediction(manifest: Any, prediction: Any, level: float, options: Options | None = None) -> Result:
-    """A library prediction in user units as the plain result at ``level``, with ``options`` (checked by
-    :func:`parse_options`; None: the raw MC numbers). Kept for callers of earlier releases:
-    :meth:`mcdropout.bundle.Bundle.answer` gives the calibrated answer in one call."""
-    from mcdropout.bundle import summarise  # here: the client imports this module without torch
-
-    return summarise(manifest, prediction, level, options)
-
-
 def _draws(value: Any) -> np.ndarray | list[np.ndarray] | None:
     """A v1 body's ``draws``: one array, or one per row where rows got different T (samples='auto')."""
     if value is None:

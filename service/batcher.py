@@ -34,7 +34,7 @@ from mcdropout.answer import RegressionResult, Result, take_rows
 from mcdropout.bundle import Bundle, NonFiniteError, summarise
 
 if TYPE_CHECKING:
-    from service.dataplane import InferRequest
+    from service.request import InferRequest
 
 
 class Overloaded(Exception):

@@ -13,45 +13,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mcdropout.answer import OPTION_NAMES, OptionError, Options, Result, check_level, parse_options
+from mcdropout.answer import OPTION_NAMES, OptionError, check_level, parse_options
 from mcdropout.bundle import Bundle, Manifest
 from service.inputs import ApiError, shown
+from service.request import InferAnswer, InferRequest
 from service.state import ServiceState
 
 # The parameters every protocol carries, beside the calibration options (mcdropout.answer.Options).
 REQUEST_PARAMETERS = ("samples", "seed", "interval", "tolerance", "return_samples")
-
-
-@dataclass(frozen=True)
-class InferRequest:
-    """What any protocol asks of a model: rows in the model's input shape, and checked parameters."""
-
-    bundle: Bundle  # the version that answers, looked up before the rows were decoded
-    rows: np.ndarray
-    samples: int | str  # T, or "auto"
-    seed: int
-    level: float  # of the central interval (regression)
-    options: Options | None
-    tolerance: float | None = None  # for samples="auto"; None: the engine's default (0.01)
-    return_samples: bool = False
-
-
-@dataclass(frozen=True)
-class InferAnswer:
-    """The calibrated answer to an :class:`InferRequest`, with what the codecs echo back."""
-
-    request: InferRequest
-    result: Result  # the request's rows; with return_samples, ``result.draws``
-    model_version: int  # the repository version that answered
-
-    @property
-    def manifest(self) -> Manifest:
-        return self.request.bundle.manifest
 
 
 def valid_key(header: str, keys: list[str]) -> bool:

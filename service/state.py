@@ -28,7 +28,7 @@ from service.repository import Listing, Version, model_names, parse_version, sca
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.dataplane import InferRequest
+    from service.request import InferRequest
 
 log = logging.getLogger("mcdropout.service")
 

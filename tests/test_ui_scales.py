@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 
-from mcdropout.answer import from_prediction
 from mcdropout.bundle import load_bundle
 from mcdropout.training import datasets
 from service.scales import held_out_percentiles
@@ -29,6 +28,6 @@ def test_a_large_test_part_is_cut_to_its_first_rows():
     bundle = load_bundle(MODELS / "heteroscedastic-1d", device="cpu")
     scales = held_out_percentiles(bundle, seed=0, max_rows=50)
     first = datasets.load("heteroscedastic-1d", seed=0).x_test[:50]
-    served = from_prediction(bundle.manifest, bundle.predict(first, samples=bundle.manifest.samples, seed=0), 0.95)
+    served = bundle.answer(first, samples=bundle.manifest.samples, seed=0)
     assert scales["rows"] == 50 and scales["source"] == "the first 50 of the 200 test rows of its training split"
     np.testing.assert_allclose(scales["statistics"]["std"][0], np.percentile(served.std[:, 0], range(101)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +27,7 @@ from mcdropout.answer import (
 )
 from mcdropout.stats import ClassificationPrediction, RegressionPrediction, normal_interval
 
-if TYPE_CHECKING:
-    from mcdropout.bundle._bundle import Manifest
+Manifest = Any  # a mcdropout.bundle.Manifest (not imported: the bundle module imports this one)
 
 
 def options_for(manifest: Manifest, options: Options | Mapping[str, Any] | None, level: float) -> Options | None:

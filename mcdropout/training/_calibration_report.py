@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mcdropout import answer
-from mcdropout.bundle import Bundle
+from mcdropout.bundle import Bundle, summarise
 from mcdropout.stats import metrics
 
 LEVELS = (0.8, 0.9, 0.95)
@@ -117,7 +117,7 @@ def served_interval(manifest, prediction, level: float) -> tuple[np.ndarray, np.
         options = answer.parse_options({}, manifest, level)
     except answer.OptionError:
         return None
-    result = answer.from_prediction(manifest, prediction, level, options)
+    result = summarise(manifest, prediction, level, options)
     return result.lower, result.upper
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from service.codecs import v2
-from service.dataplane import InferAnswer
+from service.request import InferAnswer
 from service.schemas import V2InferRequest
 
 # Where a tensor's values sit in InferTensorContents, by datatype (FP16 only travels as raw bytes).

@@ -14,7 +14,7 @@ from service.schemas import PARAMETERS, PredictRequest
 if TYPE_CHECKING:  # for types only: decode runs in the decode worker, without torch
     import numpy as np
 
-    from service.dataplane import InferAnswer
+    from service.request import InferAnswer
 
 
 @dataclass(frozen=True)

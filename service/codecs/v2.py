@@ -24,7 +24,7 @@ from service.schemas import V2InferRequest
 
 if TYPE_CHECKING:  # for types only: decode runs in the decode worker, without torch
     from mcdropout.bundle import Manifest
-    from service.dataplane import InferAnswer
+    from service.request import InferAnswer
 
 HEADER = "inference-header-content-length"
 INPUT_NAME = "input"
