@@ -10,7 +10,7 @@ per-row table (``mean``, ``std``, ``lower``, ``upper`` / ``label``,
 ``mcdropout score``.
 
 The option vocabularies (:class:`Task`, :class:`IntervalMethod`, :class:`SetMethod`,
-:class:`AbstainScore`) are declared here once, for the library, the CLI and the schemas.
+:class:`AbstainScore`) are declared once, in :mod:`mcdropout.vocabulary`, for the library, the CLI and the schemas.
 A calibrated bundle's answers add, when a request asks (:class:`Options`, checked by
 :func:`parse_options`): conformal intervals (``interval.method``), ``prediction_set`` and
 ``set_size`` at a ``set_level``, and ``abstain`` at a ``max_risk`` (classifiers) or from a
@@ -27,6 +27,16 @@ from typing import Any, Union
 import numpy as np
 
 from mcdropout.errors import InputError
+from mcdropout.vocabulary import (  # noqa: F401 (re-exported: the answer's option vocabularies)
+    ABSTAIN_SCORES,
+    INTERVAL_METHODS,
+    SET_METHODS,
+    TASKS,
+    AbstainScore,
+    IntervalMethod,
+    SetMethod,
+    Task,
+)
 
 
 @dataclass(frozen=True)
@@ -85,45 +95,6 @@ STATISTICS: tuple[Statistic, ...] = (
               " at most `max_risk` (with probability 1 - delta); regression: std above `max_std` or interval wider"
               " than `max_interval_width` (no guarantee)", kind="bool", optional=True),
 )
-
-class Task(str, Enum):
-    """What a model predicts."""
-
-    REGRESSION = "regression"
-    CLASSIFICATION = "classification"
-
-
-class IntervalMethod(str, Enum):
-    """How a regression interval is made: the bundle's conformal quantile, or the MC normal interval."""
-
-    CONFORMAL = "conformal"
-    GAUSSIAN = "gaussian"
-
-
-class SetMethod(str, Enum):
-    """The conformal score of a prediction set: least ambiguous (LAC) or adaptive (APS)."""
-
-    LAC = "lac"
-    APS = "aps"
-
-
-class AbstainScore(str, Enum):
-    """The uncertainty that abstention at a ``max_risk`` thresholds."""
-
-    ONE_MINUS_MAX_PROB = "one_minus_max_prob"
-    ENTROPY = "entropy"
-    MUTUAL_INFORMATION = "mutual_information"
-
-
-def _values(vocabulary: type[Enum]) -> tuple[str, ...]:
-    return tuple(item.value for item in vocabulary)
-
-
-TASKS = _values(Task)
-INTERVAL_METHODS = _values(IntervalMethod)
-SET_METHODS = _values(SetMethod)
-ABSTAIN_SCORES = _values(AbstainScore)
-
 
 def check_level(level: Any, name: str = "interval") -> float:
     """``level`` as a float in (0, 1), else :class:`OptionError` naming ``name``."""

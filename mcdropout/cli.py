@@ -13,6 +13,7 @@ from mcdropout import __version__
 from mcdropout._extras import missing_extra
 from mcdropout._log_config import FORMATS, LEVELS, log_config
 from mcdropout._malloc import pin_mmap_threshold
+from mcdropout.vocabulary import INTERVAL_METHODS, SET_METHODS, TASKS
 
 
 class UsageError(Exception):
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                        " whitespace-separated text (no header: columns are named 0, 1, ...)")
     table.add_argument("--target", metavar="COLUMN", help="the column to predict")
     table.add_argument("--features", nargs="+", metavar="COLUMN", help="feature columns (default: all others)")
-    table.add_argument("--task", choices=("regression", "classification"), help="default: regression (a text"
+    table.add_argument("--task", choices=TASKS, help="default: regression (a text"
                        " target needs classification)")
     table.add_argument("--dropout", type=float, metavar="P", help="dropout rate (default 0.05)")
     table.add_argument("--dropout-grid", nargs="+", metavar="P", help="dropout rates to choose from by validation"
@@ -92,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     _trust_argument(evaluate)
     evaluate.add_argument("--set-level", type=float, default=0.9, metavar="LEVEL", help="classifiers: the level"
                           " of the prediction sets reported (default 0.9)")
-    evaluate.add_argument("--set-method", choices=("lac", "aps"), default="lac", help="classifiers: the"
+    evaluate.add_argument("--set-method", choices=SET_METHODS, default="lac", help="classifiers: the"
                           " conformal set score (default lac)")
     evaluate.add_argument("--plot", metavar="DIR", help="write pictures into DIR: the reliability diagram and"
                           " (classifiers) the risk-coverage curve, before and after calibration, and the"
@@ -110,11 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("output", type=Path, metavar="OUTPUT")
     _sampling_arguments(score, "the model's")
     score.add_argument("--interval", type=float, default=0.95, help="central interval level (default 0.95)")
-    score.add_argument("--interval-method", choices=("conformal", "gaussian"), help="regression: the calibrated"
+    score.add_argument("--interval-method", choices=INTERVAL_METHODS, help="regression: the calibrated"
                        " conformal interval or the raw Gaussian one (default: conformal when the bundle is calibrated)")
     score.add_argument("--set-level", type=float, metavar="LEVEL", help="classifiers: add conformal prediction set"
                        " columns (in_set_<class>, set_size) at this level (a calibrated bundle)")
-    score.add_argument("--set-method", choices=("lac", "aps"), help="prediction set score (default lac)")
+    score.add_argument("--set-method", choices=SET_METHODS, help="prediction set score (default lac)")
     score.add_argument("--max-risk", type=float, metavar="RISK", help="classifiers: add an 'abstain' column, true"
                        " where the accepted rows' error could exceed RISK (a calibrated bundle)")
     score.add_argument("--id-column", metavar="COL", help="column copied to the output as the row id (default:"
@@ -147,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--code", type=Path, metavar="FILE.py", help="ship this file as the bundle's model.py"
                         " (served only with --trust-bundle-code)")
     create.add_argument("--weights", required=True, type=Path, metavar="CKPT", help=".safetensors or .pt/.pth")
-    create.add_argument("--task", required=True, choices=("regression", "classification"))
+    create.add_argument("--task", required=True, choices=TASKS)
     create.add_argument("--input-shape", required=True, nargs="+", metavar="N", help="one input's shape:"
                         " 8, or 1 28 28, or 1,28,28")
     names = create.add_mutually_exclusive_group()

@@ -7,7 +7,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from mcdropout.answer import STATISTICS, AbstainScore, IntervalMethod, SetMethod, Statistic, statistics
+from mcdropout.answer import STATISTICS, Statistic, statistics
+from mcdropout.vocabulary import AbstainScore, IntervalMethod, SetMethod
 
 
 

@@ -45,6 +45,7 @@ from mcdropout.engine._modes import (
     stochastic_modules,
     unsampled_dropout,
 )
+from mcdropout.vocabulary import TASKS as _TASKS
 from mcdropout.stats import (
     ClassificationAccumulator,
     ClassificationPrediction,
@@ -60,7 +61,7 @@ Prediction = Union[RegressionPrediction, ClassificationPrediction]
 Task = Literal["regression", "classification"]
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence]
 
-TASKS = ("regression", "classification")
+TASKS = _TASKS  # mcdropout.vocabulary.Task
 MASK_MODES = ("shared", "per_row")
 AUTO_STEP = 32  # samples="auto" checks convergence every AUTO_STEP samples
 PLANS_KEPT = 1024  # plans (per rows, T and input shape) kept before the cache starts over

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize, special, stats
 
+from mcdropout import vocabulary as _vocabulary
 from mcdropout.answer import min_max_risk
 from mcdropout.errors import InputError
 
@@ -45,8 +46,8 @@ MIN_ROWS = 20  # the fewest calibration rows the commands accept: a 95% conforma
 MAX_SCORES = 4096  # order statistics kept per score: enough for any level to 1/4096 of its rank
 MAX_SELECTIVE_ROWS = 5000  # calibration rows kept for serve-time selective thresholds
 SELECTIVE_GRID = 30  # candidate thresholds tested at once
-SET_METHODS = ("lac", "aps")
-SCORES = ("one_minus_max_prob", "entropy", "mutual_information")
+SET_METHODS = _vocabulary.SET_METHODS
+SCORES = _vocabulary.ABSTAIN_SCORES
 _TINY_LOG = math.log(np.finfo(np.float64).tiny)
 
 
