@@ -1,6 +1,6 @@
 """Service benchmark: throughput and latency on loopback, dynamic batching on and off.
 
-    .venv/bin/python bench/service.py [--seconds 15] [--requests 1000] [--rounds 3]
+    .venv/bin/python bench/service.py [--seconds 15] [--requests 1000] [--rounds 3] [--baseline DIR]
 
 Starts the real app with uvicorn on 127.0.0.1 (free ports) twice, with
 MCD_BATCHING=true and false, and sends single-row requests for `diabetes` and
@@ -11,7 +11,9 @@ throughput and p50/p99 latency, the batching speed-up at each concurrency, and
 at concurrency 1 the p50 overhead of the HTTP round trip over a direct library
 call on the same input, measured in this process in blocks alternating with
 the HTTP calls. Server settings come from the environment (e.g.
-MCD_TORCH_THREADS=1).
+MCD_TORCH_THREADS=1). With ``--baseline DIR`` (a checkout of another commit, e.g.
+``git worktree add /tmp/base <commit>``) the two servers are this checkout and
+that one, both batching, and the ratio column compares them.
 """
 
 from __future__ import annotations
@@ -50,14 +52,14 @@ def rows(model: str) -> list:
 
 
 class Server:
-    def __init__(self, batching: bool) -> None:
+    def __init__(self, batching: bool, root: Path = ROOT) -> None:
         self.port = free_port()
-        env = {**os.environ, "MCD_MODELS_DIR": str(ROOT / "models"), "MCD_BATCHING": str(batching).lower(),
-               "MCD_MAX_QUEUE": "1024"}
+        env = {**os.environ, "MCD_MODELS_DIR": str(root / "models"), "MCD_BATCHING": str(batching).lower(),
+               "MCD_MAX_QUEUE": "1024", "PYTHONPATH": str(root)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "warning", "--no-access-log"],
-            cwd=ROOT, env=env,
+            cwd=root, env=env,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         wait_ready(self.url, self.process)
@@ -193,38 +195,52 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000,
                         help="request limit per point and mode (x concurrency/16 above 16)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per point, each a share of the limits")
+    parser.add_argument("--baseline", type=Path, help="a checkout of another commit: compare its server with this"
+                        " one's (both batching) instead of batching on and off")
     args = parser.parse_args()
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, python"
           f" {platform.python_version()}; client and server share the machine")
     print(f"# single-row requests, T={SAMPLES}; closed-loop clients; per point and mode <= {args.seconds:g} s"
           f" in {args.rounds} rounds alternating between the two servers; req/s is the rounds' median")
-    servers = {batching: Server(batching) for batching in (True, False)}  # both up: rounds alternate
+    if args.baseline is None:
+        servers = {"on": Server(True), "off": Server(False)}  # both up: rounds alternate
+    else:
+        print(f"# this checkout ({_commit(ROOT)}) against the baseline {args.baseline} ({_commit(args.baseline)})")
+        servers = {"this": Server(True), "baseline": Server(True, args.baseline.resolve())}
+    first, second = servers
     try:
-        single = {model: single_p50_ms(servers[True].port, model) for model in ("diabetes", "digits")}
+        single = {(model, mode): single_p50_ms(server.port, model) for model in ("diabetes", "digits")
+                  for mode, server in servers.items()}
         results = {}
         for model in ("diabetes", "digits"):
             for concurrency in (1, 16, 64):
                 count = max(1, args.requests * max(1, concurrency // 16) // args.rounds)
-                rounds: dict[bool, list[dict]] = {True: [], False: []}
+                rounds: dict[str, list[dict]] = {mode: [] for mode in servers}
                 for _ in range(args.rounds):
-                    for batching, server in servers.items():
-                        rounds[batching].append(uvloop.run(
+                    for mode, server in servers.items():
+                        rounds[mode].append(uvloop.run(
                             load(server.port, model, concurrency, count, args.seconds / args.rounds)))
-                for batching in (True, False):
-                    results[(model, concurrency, batching)] = summarise(rounds[batching])
+                for mode in servers:
+                    results[(model, concurrency, mode)] = summarise(rounds[mode])
     finally:
         for server in servers.values():
             server.stop()
-    print("\n| model | clients | batching | requests | errors | req/s | p50 ms | p99 ms | speed-up |")
+    column = "batching" if args.baseline is None else "server"
+    print(f"\n| model | clients | {column} | requests | errors | req/s | p50 ms | p99 ms | req/s vs {second} |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for (model, concurrency, batching), r in sorted(results.items(), key=lambda item: not item[0][2]):
-        speedup = r["rps"] / results[(model, concurrency, False)]["rps"]
-        print(f"| {model} | {concurrency} | {'on' if batching else 'off'} | {r['requests']} | {r['errors']}"
-              f" | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {speedup:.1f}x |")
-    print("\n| model | library p50 ms | HTTP p50 ms (keep-alive, one at a time, batching on) | overhead ms |")
-    print("|---|---|---|---|")
-    for model, (over_http, direct) in single.items():
-        print(f"| {model} | {direct:.2f} | {over_http:.2f} | {over_http - direct:.2f} |")
+    for (model, concurrency, mode), r in sorted(results.items(), key=lambda item: item[0][2] != first):
+        ratio = r["rps"] / results[(model, concurrency, second)]["rps"]
+        print(f"| {model} | {concurrency} | {mode} | {r['requests']} | {r['errors']}"
+              f" | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {ratio:.2f}x |")
+    print(f"\n| model | {column} | library p50 ms | HTTP p50 ms (keep-alive, one at a time) | overhead ms |")
+    print("|---|---|---|---|---|")
+    for (model, mode), (over_http, direct) in single.items():
+        print(f"| {model} | {mode} | {direct:.2f} | {over_http:.2f} | {over_http - direct:.2f} |")
+
+
+def _commit(root: Path) -> str:
+    done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":
