@@ -13,7 +13,7 @@ from mcdropout import __version__
 from mcdropout._extras import missing_extra
 from mcdropout._log_config import FORMATS, LEVELS, log_config
 from mcdropout._malloc import pin_mmap_threshold
-from mcdropout.vocabulary import INTERVAL_METHODS, SET_METHODS, TASKS
+from mcdropout.vocabulary import ABSTAIN_SCORES, INTERVAL_METHODS, SET_METHODS, TASKS
 
 
 class UsageError(Exception):
@@ -118,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--set-method", choices=SET_METHODS, help="prediction set score (default lac)")
     score.add_argument("--max-risk", type=float, metavar="RISK", help="classifiers: add an 'abstain' column, true"
                        " where the accepted rows' error could exceed RISK (a calibrated bundle)")
+    score.add_argument("--delta", type=float, help="with --max-risk: 1 - confidence of the guarantee (default: the"
+                       " bundle's, 0.1)")
+    score.add_argument("--abstain-score", choices=ABSTAIN_SCORES, help="with --max-risk: the uncertainty"
+                       " thresholded (default one_minus_max_prob)")
+    score.add_argument("--max-std", type=float, metavar="STD", help="regression: add an 'abstain' column, true"
+                       " where any output's std exceeds STD")
+    score.add_argument("--max-interval-width", type=float, metavar="WIDTH", help="regression: add an 'abstain'"
+                       " column, true where an interval is wider than WIDTH")
     score.add_argument("--id-column", metavar="COL", help="column copied to the output as the row id (default:"
                        " the row number, as column 'row')")
     score.add_argument("--chunk-rows", type=int, default=10_000, help="rows per chunk (default 10000)")
@@ -397,7 +405,8 @@ def _score(args: argparse.Namespace) -> int:
     job = Job(model=args.model, input=str(args.input), output=str(args.output), engine=args.engine,
               samples=args.samples, seed=args.seed, interval=args.interval, id_column=args.id_column,
               chunk_rows=args.chunk_rows, url=args.url, interval_method=args.interval_method,
-              set_level=args.set_level, set_method=args.set_method, max_risk=args.max_risk)
+              set_level=args.set_level, set_method=args.set_method, max_risk=args.max_risk, delta=args.delta,
+              abstain_score=args.abstain_score, max_std=args.max_std, max_interval_width=args.max_interval_width)
     summary = score(job, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, api_key=args.api_key or os.environ.get("MCD_API_KEY"),
                     ray_address=args.ray_address, workers=args.workers, trust_code=_trusts_bundle_code(args))
     resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""

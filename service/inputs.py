@@ -48,7 +48,7 @@ class InputSpec:
 Inputs = Union["Manifest", InputSpec]
 
 
-def validation_problem(errors: list[dict[str, Any]]) -> ApiError:
+def validation_problem(errors: list[dict[str, Any]], allowed: Sequence[str] = ()) -> ApiError:
     """The answer to a body that failed pydantic's validation: 400 for bad JSON, else 422 naming the field."""
     first = errors[0]
     location = [str(part) for part in first["loc"] if part != "body"]
@@ -57,7 +57,7 @@ def validation_problem(errors: list[dict[str, Any]]) -> ApiError:
     if first["type"] == "json_invalid":
         return ApiError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}")
     if first["type"] == "extra_forbidden":
-        message = "unknown field"
+        message = f"unknown field; expected one of {', '.join(allowed)}" if allowed else "unknown field"
     return ApiError(422, f"{field}: {message}", field)
 
 

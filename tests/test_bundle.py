@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 import mcdropout as mcd
 from mcdropout.bundle import architectures
 from mcdropout.bundle import MANIFEST, WEIGHTS, BundleError, Manifest, Standardisation, load_bundle, save_bundle
+from mcdropout.errors import InputError
 
 
 def _manifest(**changes) -> Manifest:
@@ -174,3 +175,21 @@ def test_subnormal_weights_are_stored_and_loaded_as_zero(saved, tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / WEIGHTS)
     loaded = load_bundle(path, device="cpu").model[0].weight
     assert loaded[0, 0] == 0 and loaded[0, 1] == 0 and torch.equal(loaded[0, 2:], model[0].weight[0, 2:])
+
+
+def test_answer_refuses_what_every_protocol_refuses():
+    """Bundle.answer checks its options as the service does: tolerance only with 'auto', max_risk at least
+    what the calibration rows certify; each refusal names the option."""
+    from mcdropout.answer import OptionError, min_max_risk
+
+    bundle = load_bundle(Path(__file__).resolve().parent.parent / "models" / "digits", device="cpu")
+    x = np.zeros((2, 1, 8, 8))
+    with pytest.raises(InputError, match="tolerance applies with samples='auto'"):
+        bundle.answer(x, samples=10, tolerance=0.1)
+    selective = bundle.manifest.calibration.selective
+    smallest = min_max_risk(selective.n, selective.delta)
+    with pytest.raises(OptionError, match=f"max_risk must be >= {smallest}") as refused:
+        bundle.answer(x, samples=10, options={"max_risk": smallest / 2})
+    assert refused.value.field == "max_risk"
+    answered = bundle.answer(x, samples=10, seed=1, options={"max_risk": smallest, "set_level": 0.9})
+    assert answered.abstain.shape == (2,) and answered.set_size.shape == (2,)

@@ -108,15 +108,17 @@ BAD: dict[str, dict[str, tuple[dict[str, Any], str]]] = {
         "delta-without-max_risk": ({"samples": 10, "delta": 0.2}, "delta"),
     },
 }
-CLIENT_ARGUMENTS = {"samples", "seed", "interval", *OPTION_NAMES}  # Client.predict's keywords
+CLIENT_ARGUMENTS = {"samples", "seed", "interval", "tolerance", "return_samples", *OPTION_NAMES}  # Client.predict's
 
 # One `mcdropout score` option set per model (integer samples: the CLI has no 'auto' nor tolerance).
 SCORE = {
-    "diabetes": ["--samples", "20", "--seed", "31", "--interval", "0.9", "--interval-method", "gaussian"],
+    "diabetes": ["--samples", "20", "--seed", "31", "--interval", "0.9", "--interval-method", "gaussian",
+                 "--max-std", "55"],
     "heteroscedastic-1d": ["--samples", "30", "--seed", "32", "--interval", "0.8"],
     "sequence": ["--samples", "16", "--seed", "33", "--interval-method", "conformal"],
     "digits": ["--samples", "20", "--seed", "34", "--set-level", "0.9", "--set-method", "aps", "--max-risk", "0.05"],
-    "breast-cancer": ["--samples", "24", "--seed", "35", "--set-level", "0.85", "--max-risk", "MIN_RISK"],
+    "breast-cancer": ["--samples", "24", "--seed", "35", "--set-level", "0.85", "--max-risk", "MIN_RISK",
+                      "--delta", "0.2", "--abstain-score", "entropy"],
 }
 SCORE_DEFAULT = {"regression": ["--samples", "20", "--seed", "36", "--interval", "0.9"],
                  "classification": ["--samples", "20", "--seed", "37", "--set-level", "0.9", "--max-risk", "0.2"]}
@@ -477,10 +479,14 @@ def test_every_surface_gives_the_librarys_numbers(name, case, grid, rows, http, 
     assert [o["name"] for o in v2_json["outputs"]] == list(over_grpc["outputs"]) == list(outputs), \
         "the outputs come in the same order on every v2 transport"
 
-    # the Python client (it carries neither tolerance nor return_samples)
+    # the Python client
     if set(parameters) <= CLIENT_ARGUMENTS:
         through_client = client.predict(name, x, **parameters)
         assert_same(everything, from_library(through_client, task), f"client {name} {case}")
+        if parameters.get("return_samples"):
+            assert_same_draws(result.draws, through_client.draws, f"client {name} {case}")
+        else:
+            assert through_client.draws is None
         assert through_client.seed == result.seed
         if task == "regression":
             assert (through_client.level, through_client.interval_method) == (result.level, result.interval_method)
@@ -590,7 +596,7 @@ def parameters_of_score(options: list[str]) -> dict[str, Any]:
         key = flag.removeprefix("--").replace("-", "_")
         if key in ("samples", "seed"):
             continue
-        parameters[key] = value if key in ("interval_method", "set_method") else float(value)
+        parameters[key] = value if key in ("interval_method", "set_method", "abstain_score") else float(value)
     return parameters
 
 

@@ -276,16 +276,19 @@ class Client(_Base):
                 interval: float | None = None, interval_method: str | None = None, set_level: float | None = None,
                 set_method: str | None = None, max_risk: float | None = None, delta: float | None = None,
                 abstain_score: str | None = None, max_std: float | None = None,
-                max_interval_width: float | None = None) -> Result:
+                max_interval_width: float | None = None, tolerance: float | None = None,
+                return_samples: bool = False) -> Result:
         """MC dropout prediction for every row of ``inputs``; fields are numpy arrays.
 
         A calibrated bundle also takes ``interval_method``, ``set_level`` / ``set_method`` (adds
         ``prediction_set``, ``set_size``), ``max_risk`` / ``delta`` / ``abstain_score`` (adds ``abstain``);
         regression takes ``max_std`` / ``max_interval_width`` (adds ``abstain``) calibrated or not.
+        ``tolerance`` goes with ``samples="auto"``; ``return_samples`` puts each row's draws in ``result.draws``.
         """
         calibration = {"interval_method": interval_method, "set_level": set_level, "set_method": set_method,
                        "max_risk": max_risk, "delta": delta, "abstain_score": abstain_score, "max_std": max_std,
-                       "max_interval_width": max_interval_width}
+                       "max_interval_width": max_interval_width, "tolerance": tolerance,
+                       "return_samples": return_samples or None}
         return self._run(self._predict_flow(name, inputs, samples, seed, interval, calibration))
 
     def health(self) -> dict[str, bool]:
@@ -355,10 +358,12 @@ class AsyncClient(_Base):
                       interval: float | None = None, interval_method: str | None = None,
                       set_level: float | None = None, set_method: str | None = None, max_risk: float | None = None,
                       delta: float | None = None, abstain_score: str | None = None, max_std: float | None = None,
-                      max_interval_width: float | None = None) -> Result:
+                      max_interval_width: float | None = None, tolerance: float | None = None,
+                      return_samples: bool = False) -> Result:
         calibration = {"interval_method": interval_method, "set_level": set_level, "set_method": set_method,
                        "max_risk": max_risk, "delta": delta, "abstain_score": abstain_score, "max_std": max_std,
-                       "max_interval_width": max_interval_width}
+                       "max_interval_width": max_interval_width, "tolerance": tolerance,
+                       "return_samples": return_samples or None}
         return await self._run(self._predict_flow(name, inputs, samples, seed, interval, calibration))
 
     async def health(self) -> dict[str, bool]:

@@ -285,6 +285,8 @@ class MCPredictor:
         auto = samples == "auto"
         cap = self.max_samples if max_samples is None else min(self.max_samples, _check_samples(max_samples, "max_samples"))
         total = cap if auto else samples
+        if tolerance is not None and not auto:
+            raise InputError(f"tolerance applies with samples='auto'; got samples={samples!r}")
         tolerance = self.tolerance if tolerance is None else _check_tolerance(tolerance)
         temperature = self.temperature if temperature is None else _check_temperature(temperature, self.task)
         sampler = MaskSampler(self.device)  # active only inside forward passes, not around the statistics

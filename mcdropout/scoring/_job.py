@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from mcdropout import tables
-from mcdropout.answer import Result
+from mcdropout.answer import OPTION_NAMES, Result
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 ENGINES = ("local", "remote", "ray")
@@ -44,11 +44,14 @@ class Job:
     set_level: float | None = None
     set_method: str | None = None
     max_risk: float | None = None
+    delta: float | None = None
+    abstain_score: str | None = None
+    max_std: float | None = None
+    max_interval_width: float | None = None
 
     def options(self) -> dict[str, object]:
-        """The calibration options asked, by their answer names."""
-        asked = {"interval_method": self.interval_method, "set_level": self.set_level,
-                 "set_method": self.set_method, "max_risk": self.max_risk}
+        """The calibration options asked, by their answer names (mcdropout.answer.Options)."""
+        asked = {name: getattr(self, name) for name in OPTION_NAMES}
         return {name: value for name, value in asked.items() if value is not None}
 
 @dataclass

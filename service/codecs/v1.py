@@ -31,7 +31,8 @@ def decode(raw: bytes, spec: InputSpec, max_rows: int) -> V1Body:
     try:
         body = PredictRequest.model_validate_json(raw)
     except ValidationError as problem:
-        raise validation_problem(problem.errors(include_url=False, include_context=True)) from None
+        raise validation_problem(problem.errors(include_url=False, include_context=True),
+                                 allowed=tuple(PredictRequest.model_fields)) from None
     if (body.inputs is None) == (body.instances is None):
         raise ApiError(422, "give exactly one of 'inputs' (lists of values) or 'instances' ({feature: value})",
                        "inputs")
