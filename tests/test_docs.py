@@ -207,6 +207,25 @@ def run_pycon(source: str, namespace: dict) -> str:
     return out.getvalue()
 
 
+SESSION = """
+import json, sys
+from tests.test_docs import run_pycon
+namespace = {"__name__": "__docs__"}
+print(json.dumps([run_pycon(source, namespace) for source in json.load(sys.stdin)]))
+"""
+
+
+def run_session(sources: list[str]) -> list[str]:
+    """A page's examples run in order in one namespace, in a process of its own: tritonclient's gRPC
+    protobuf modules and kserve's (imported by other tests) cannot share one process."""
+    if not sources:
+        return []
+    done = subprocess.run([sys.executable, "-c", SESSION], input=json.dumps(sources), cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def pycon_source(examples: list[Example], outputs: list[str]) -> str:
     lines = []
     for example, output in zip(examples, outputs):
@@ -330,17 +349,16 @@ def test_shown_answers_are_live(page: Path, live, monkeypatch):
             if found:
                 problems.append(f"line {line}: {curl.method} {curl.path} ({response.status_code}) answers otherwise than"
                                 f" shown:\n  " + "\n  ".join(found[:20]))
-    namespace: dict = {"__name__": "__docs__"}
     parser = DocTestParser()
-    for block in blocks(text):
-        if block.info != "pycon":
-            continue
+    sessions = [(block, parser.get_examples(block.body)) for block in blocks(text) if block.info == "pycon"]
+    sources = [example.source.replace(HTTP_SHOWN, server.url.split("//", 1)[1]).replace(GRPC_SHOWN, grpc)
+               for _, examples in sessions for example in examples]
+    lived = iter(run_session(sources))
+    for block, examples in sessions:
         line = text.count("\n", 0, block.start) + 1
-        examples = parser.get_examples(block.body)
         outputs = []
         for example in examples:
-            source = example.source.replace(HTTP_SHOWN, server.url.split("//", 1)[1]).replace(GRPC_SHOWN, grpc)
-            got = run_pycon(source, namespace)
+            got = next(lived)
             outputs.append(got)
             raised = got.startswith("Traceback (most recent call last):") and not example.want.startswith("Traceback")
             if (raised or not UPDATE) and not text_matches(example.want, got):
