@@ -171,8 +171,8 @@ def parse_options(given: dict[str, Any], manifest: Any, level: float = 0.95) -> 
                       max_std=_positive(given, "max_std"), max_interval_width=_positive(given, "max_interval_width"))
     uncalibrated = f"model {manifest.name!r} is not calibrated (run `mcdropout calibrate`)"
     if task == "regression":
-        for name in ("set_level", "max_risk", "delta"):
-            if getattr(options, name) is not None:
+        for name in ("set_level", "set_method", "max_risk", "delta", "abstain_score"):
+            if given.get(name) is not None:
                 raise OptionError(name, f"applies to classifiers; model {manifest.name!r} is a regression model")
         conformal = None if calibration is None else calibration.conformal
         if method == "conformal" and conformal is None:
@@ -184,11 +184,14 @@ def parse_options(given: dict[str, Any], manifest: Any, level: float = 0.95) -> 
         if options == Options() and conformal is None:
             return None
         return options
-    for name in ("max_std", "max_interval_width"):
-        if getattr(options, name) is not None:
-            raise OptionError(name, f"applies to regression models; model {manifest.name!r} is a classifier")
-    if method == "conformal":
-        raise OptionError("interval_method", f"model {manifest.name!r} is a classifier: it has no intervals")
+    for name in ("max_std", "max_interval_width", "interval_method"):
+        if given.get(name) is not None:
+            raise OptionError(name, f"applies to regression models; model {manifest.name!r} is a classifier:"
+                                    " it has no intervals")
+    if given.get("set_method") is not None and options.set_level is None:
+        raise OptionError("set_method", "applies with set_level")
+    if given.get("abstain_score") is not None and options.max_risk is None:
+        raise OptionError("abstain_score", "applies with max_risk")
     if options.set_level is not None:
         sets = None if calibration is None else calibration.sets
         if sets is None:
@@ -206,7 +209,7 @@ def parse_options(given: dict[str, Any], manifest: Any, level: float = 0.95) -> 
         if options.max_risk < smallest:
             raise OptionError("max_risk", f"{options.max_risk} is below the smallest risk the {selective.n}"
                                           f" calibration rows of {manifest.name!r} can certify at delta {delta}:"
-                                          f" max_risk must be >= {smallest} (1 - delta^(1/n)); more calibration"
+                                          f" max_risk must be >= {smallest} (1 - delta^(1/n), rounded up); more calibration"
                                           " rows certify lower risks")
     if options.delta is not None and options.max_risk is None:
         raise OptionError("delta", "applies with max_risk")
@@ -216,10 +219,13 @@ def parse_options(given: dict[str, Any], manifest: Any, level: float = 0.95) -> 
 def min_max_risk(rows: int, delta: float) -> float:
     """The smallest ``max_risk`` that ``rows`` calibration rows can certify with probability 1 - ``delta``:
     1 - delta^(1/n), the risk at which n accepted rows without one error pass a Clopper-Pearson bound
-    (below it even a perfect calibration set abstains on every row). Rounded up at the fourth decimal."""
+    (below it even a perfect calibration set abstains on every row). Rounded up at six significant digits,
+    so that the value shown is one that certifies."""
     if rows < 1:
         return 1.0
-    return math.ceil((1.0 - delta ** (1.0 / rows)) * 1e4 + 1e-9) / 1e4
+    exact = -math.expm1(math.log(delta) / rows)
+    scale = 10.0 ** (5 - math.floor(math.log10(exact)))
+    return math.ceil(exact * scale * (1 + 1e-12)) / scale
 
 
 def _positive(given: dict[str, Any], name: str) -> float | None:

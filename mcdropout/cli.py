@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("model", metavar="MODEL", help="bundle folder, or with --engine remote a model name")
     score.add_argument("input", type=Path, metavar="INPUT")
     score.add_argument("output", type=Path, metavar="OUTPUT")
-    _sampling_arguments(score, "the model's")
+    _sampling_arguments(score, "the model's", auto=True)
     score.add_argument("--interval", type=float, default=0.95, help="central interval level (default 0.95)")
     score.add_argument("--interval-method", choices=INTERVAL_METHODS, help="regression: the calibrated"
                        " conformal interval or the raw Gaussian one (default: conformal when the bundle is calibrated)")
@@ -218,14 +218,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sampling_arguments(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--samples", type=int, help=f"MC samples T, at least 2 (default: {default})")
+def _sampling_arguments(parser: argparse.ArgumentParser, default: str, auto: bool = False) -> None:
+    if auto:
+        parser.add_argument("--samples", type=_samples_or_auto, help="MC samples T, at least 2, or 'auto': sample"
+                            f" each row until its MC error is below --tolerance (default: {default})")
+        parser.add_argument("--tolerance", type=float, help="with --samples auto: the MC standard error to reach,"
+                            " relative to the predictive std (regression) or on class probabilities (default 0.01)")
+    else:
+        parser.add_argument("--samples", type=int, help=f"MC samples T, at least 2 (default: {default})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the T sub-networks (default 0)")
 
 
+def _samples_or_auto(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {value!r}") from None
+
+
 def _check_samples(args: argparse.Namespace) -> None:
-    if args.samples is not None and args.samples < 2:
-        raise UsageError(f"--samples must be >= 2, got {args.samples}")
+    if args.samples is not None and args.samples != "auto" and args.samples < 2:
+        raise UsageError(f"--samples must be >= 2 or 'auto', got {args.samples}")
+    seed = getattr(args, "seed", 0)
+    if seed is not None and not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be an integer from 0 to 2^63-1, got {seed}")
+    tolerance = getattr(args, "tolerance", None)
+    if tolerance is not None and (args.samples != "auto" or not 0 < tolerance < 1):
+        raise UsageError(f"--tolerance takes a number in (0, 1) and goes with --samples auto, got {tolerance}")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -406,7 +427,8 @@ def _score(args: argparse.Namespace) -> int:
               samples=args.samples, seed=args.seed, interval=args.interval, id_column=args.id_column,
               chunk_rows=args.chunk_rows, url=args.url, interval_method=args.interval_method,
               set_level=args.set_level, set_method=args.set_method, max_risk=args.max_risk, delta=args.delta,
-              abstain_score=args.abstain_score, max_std=args.max_std, max_interval_width=args.max_interval_width)
+              abstain_score=args.abstain_score, max_std=args.max_std, max_interval_width=args.max_interval_width,
+              tolerance=args.tolerance)
     summary = score(job, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, api_key=args.api_key or os.environ.get("MCD_API_KEY"),
                     ray_address=args.ray_address, workers=args.workers, trust_code=_trusts_bundle_code(args))
     resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""

@@ -43,9 +43,11 @@ class DataPlane:
     def bundle(self, name: str, version: str | int | None = None) -> Bundle:
         return self.state.bundle(name, version)
 
-    def request(self, bundle: Bundle, rows: np.ndarray, given: Mapping[str, Any], prefix: str = "") -> InferRequest:
+    def request(self, bundle: Bundle, rows: np.ndarray, given: Mapping[str, Any], prefix: str = "",
+                draws: bool = True) -> InferRequest:
         """``given`` (the protocol's named parameters, absent or None: the defaults) checked against
-        ``bundle``; an ApiError 422 names the field (with ``prefix``, e.g. ``parameters.``) at fault."""
+        ``bundle``; an ApiError 422 names the field (with ``prefix``, e.g. ``parameters.``) at fault.
+        ``draws``: whether the protocol carries return_samples' draws (v1 does, the OIP does not)."""
         manifest = bundle.manifest
         unknown = [name for name in given if name not in REQUEST_PARAMETERS and name not in OPTION_NAMES]
         if unknown:
@@ -68,9 +70,13 @@ class DataPlane:
             raise _bad(prefix + error.field, str(error).removeprefix(f"{error.field}: ")) from None
         if tolerance is not None and samples != "auto":
             raise _bad(prefix + "tolerance", "applies with samples 'auto'")
-        return_samples = given.get("return_samples") or False
-        if not isinstance(return_samples, bool):
+        return_samples = given.get("return_samples")
+        if return_samples is not None and not draws:
+            raise _bad(prefix + "return_samples", "applies to the v1 API: the Open Inference Protocol answers carry"
+                                                  " no draws")
+        if not isinstance(return_samples or False, bool):
             raise _bad(prefix + "return_samples", f"must be true or false; got {shown(return_samples)}")
+        return_samples = bool(return_samples)
         return InferRequest(bundle, rows, samples, seed, level, options, tolerance, return_samples)
 
     def _samples(self, samples: Any, manifest: Manifest, prefix: str) -> int | str:

@@ -123,7 +123,7 @@ def has_non_number(values: list) -> bool:
 
 def shown(value: Any, limit: int = 60) -> str:
     """``repr(value)``, cut to ``limit`` characters: error texts never echo a large input back."""
-    text = repr(value)
+    text = repr(value.item() if isinstance(value, np.generic) else value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 

@@ -8,9 +8,9 @@ gives the library's columns for one option set per model. The same bad value is 
 v1 names the field, v2 and gRPC name ``parameters.<field>`` (gRPC: INVALID_ARGUMENT). Model metadata lists
 the same outputs on v2 HTTP and gRPC, and every output an answer carries is listed there.
 
-What each surface carries: v2 and gRPC have no draws (return_samples is accepted and gives none); the
-client takes neither tolerance nor return_samples, so it is compared on the cases without them; the score
-CLI takes integer samples and interval / set / max_risk options only.
+What each surface carries: v2 and gRPC have no draws (return_samples is refused there: 422 naming it); the
+client carries tolerance and return_samples; the score runs use integer samples with the interval, set,
+risk and std options.
 
 One server (gRPC on) over the shipped models folder. The gRPC client and the score runs each run in one
 process of their own: tritonclient's gRPC protobuf modules and kserve's (test_service_v2) declare the same
@@ -289,7 +289,7 @@ def grpc_answers(served, grid, bad, rows) -> dict:
     """Every grid and bad case, and every model's metadata, asked through tritonclient.grpc (one process)."""
     asked = {"address": served.grpc_address, "metadata": list(TASKS), "infer": {}}
     for (name, case), (parameters, _) in grid.items():
-        asked["infer"][f"{name}/{case}"] = [name, rows[name].tolist(), parameters]
+        asked["infer"][f"{name}/{case}"] = [name, rows[name].tolist(), oip(parameters)]
     for (name, case), (parameters, _) in bad.items():
         asked["infer"][f"{name}/bad/{case}"] = [name, rows[name].tolist(), parameters]
     for name in TASKS:
@@ -394,6 +394,12 @@ def assert_same_draws(expected, got, where: str) -> None:
         np.testing.assert_allclose(value, reference, rtol=RTOL, atol=0, err_msg=f"{where}: draws row {row}")
 
 
+def oip(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A grid case's parameters as the Open Inference Protocol takes them: without return_samples (v1's; the
+    OIP answers carry no draws, and a request for them is refused)."""
+    return {name: value for name, value in parameters.items() if name != "return_samples"}
+
+
 def too_wide(x: np.ndarray) -> np.ndarray:
     """The rows flat with one value too many: a tensor shape the model does not take."""
     return np.concatenate([x.reshape(len(x), -1), np.zeros((len(x), 1), dtype=x.dtype)], axis=1)
@@ -455,7 +461,7 @@ def test_every_surface_gives_the_librarys_numbers(name, case, grid, rows, http, 
         assert_same_draws(result.draws, body["draws"], f"v1 {name} {case}")
 
     # v2 over HTTP, JSON both ways
-    answer = http.post(f"/v2/models/{name}/infer", json=v2_body(x, parameters))
+    answer = http.post(f"/v2/models/{name}/infer", json=v2_body(x, oip(parameters)))
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"] == "application/json"
     v2_json = answer.json()
@@ -464,7 +470,7 @@ def test_every_surface_gives_the_librarys_numbers(name, case, grid, rows, http, 
     assert v2_json["parameters"] == echo, f"v2 JSON {name} {case}"
 
     # v2 over HTTP, binary tensor data both ways (tritonclient.http)
-    binary = triton_infer(triton_http, name, x, parameters)
+    binary = triton_infer(triton_http, name, x, oip(parameters))
     response = binary.get_response()
     assert all("binary_data_size" in output["parameters"] for output in response["outputs"])
     outputs = {output["name"]: binary.as_numpy(output["name"]) for output in response["outputs"]}

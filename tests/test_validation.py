@@ -23,7 +23,7 @@ def _model() -> nn.Module:
         ({"tau": -1.0}, "tau must be a positive number"),
         ({"memory_budget": "lots"}, "memory_budget must be bytes or a size"),
         ({"memory_budget": 0}, "memory_budget must be positive"),
-        ({"seed": -3}, "seed must be a non-negative int"),
+        ({"seed": -3}, "seed must be an integer from 0 to 2\\^63-1"),
         ({"device": "cuda:7"} if not torch.cuda.is_available() else {"device": "tpu"}, "device|Expected one of"),
     ],
 )

@@ -32,6 +32,7 @@ Manifest = Any  # a mcdropout.bundle.Manifest (not imported: the bundle module i
 
 def options_for(manifest: Manifest, options: Options | Mapping[str, Any] | None, level: float) -> Options | None:
     """``options`` checked against the bundle (:func:`mcdropout.answer.parse_options`); None asks the defaults."""
+    level = check_level(level)
     if isinstance(options, Options):
         options = {item.name: getattr(options, item.name) for item in dataclasses.fields(Options)
                    if getattr(options, item.name) != item.default}

@@ -307,6 +307,8 @@ class Bundle:
         ``return_samples`` puts each row's draws in ``result.draws``.
         """
         checked = _answering.options_for(self.manifest, options, level)
+        if not isinstance(return_samples, bool):
+            raise InputError(f"return_samples must be True or False, got {return_samples!r}")
         prediction = self.predict(x, samples=samples, seed=seed, return_samples=return_samples,
                                   max_samples=max_samples, tolerance=tolerance)
         return _answering.summarise(self.manifest, prediction, level, checked)

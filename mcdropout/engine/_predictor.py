@@ -667,8 +667,8 @@ def _check_samples(samples, name: str, allow_auto: bool = False):
 def _check_seed(seed: int | None) -> int:
     if seed is None:
         return secrets.randbits(63)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative int or None, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise InputError(f"seed must be an integer from 0 to 2^63-1 or None, got {seed!r}")
     return int(seed)
 
 

@@ -25,12 +25,14 @@ class LocalEngine:
         self.feature_names = self.bundle.manifest.feature_names
         self.input_shape = self.bundle.manifest.input_shape
         self.samples, self.seed, self.interval = samples, seed, interval
-        self.options = parse_options(options or {}, self.bundle.manifest, interval)  # refused before any row
+        options = dict(options or {})
+        self.tolerance = options.pop("tolerance", None)
+        self.options = parse_options(options, self.bundle.manifest, interval)  # refused before any row
 
     def predict(self, x: np.ndarray) -> Result:
         """The bundle's calibrated answer (:meth:`Bundle.answer`): the numbers the service gives."""
         return self.bundle.answer(x.reshape(len(x), *self.input_shape), samples=self.samples, seed=self.seed,
-                                  level=self.interval, options=self.options)
+                                  level=self.interval, options=self.options, tolerance=self.tolerance)
 
 class RemoteEngine:
     """A model served by ``mcdropout serve`` at ``url``."""

@@ -32,7 +32,7 @@ class Job:
     input: str
     output: str
     engine: str = "local"
-    samples: int | None = None
+    samples: int | str | None = None  # T, or "auto"
     seed: int = 0
     interval: float = 0.95
     id_column: str | None = None
@@ -48,10 +48,12 @@ class Job:
     abstain_score: str | None = None
     max_std: float | None = None
     max_interval_width: float | None = None
+    tolerance: float | None = None  # with samples "auto"
 
     def options(self) -> dict[str, object]:
-        """The calibration options asked, by their answer names (mcdropout.answer.Options)."""
-        asked = {name: getattr(self, name) for name in OPTION_NAMES}
+        """The calibration options asked, by their answer names (mcdropout.answer.Options), and the tolerance
+        of samples "auto"."""
+        asked = {name: getattr(self, name) for name in (*OPTION_NAMES, "tolerance")}
         return {name: value for name, value in asked.items() if value is not None}
 
 @dataclass
