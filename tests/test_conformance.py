@@ -99,6 +99,8 @@ BAD: dict[str, dict[str, tuple[dict[str, Any], str]]] = {
         "interval-above-conformal": ({"samples": 10, "interval": 0.999}, "interval"),
         "max_std-zero": ({"samples": 10, "max_std": 0}, "max_std"),
         "interval_method-xyz": ({"samples": 10, "interval_method": "bayes"}, "interval_method"),
+        "set_method-of-a-regressor": ({"samples": 10, "set_method": "aps"}, "set_method"),
+        "abstain_score-of-a-regressor": ({"samples": 10, "abstain_score": "entropy"}, "abstain_score"),
     },
     "classification": {
         "max_risk-below-min": ({"samples": 10, "max_risk": "BELOW_MIN_RISK"}, "max_risk"),
@@ -106,6 +108,9 @@ BAD: dict[str, dict[str, tuple[dict[str, Any], str]]] = {
         "set_level-above-calibration": ({"samples": 10, "set_level": 0.999}, "set_level"),
         "conformal-interval-of-a-classifier": ({"samples": 10, "interval_method": "conformal"}, "interval_method"),
         "delta-without-max_risk": ({"samples": 10, "delta": 0.2}, "delta"),
+        "gaussian-interval-of-a-classifier": ({"samples": 10, "interval_method": "gaussian"}, "interval_method"),
+        "set_method-without-set_level": ({"samples": 10, "set_method": "aps"}, "set_method"),
+        "abstain_score-without-max_risk": ({"samples": 10, "abstain_score": "entropy"}, "abstain_score"),
     },
 }
 CLIENT_ARGUMENTS = {"samples", "seed", "interval", "tolerance", "return_samples", *OPTION_NAMES}  # Client.predict's
@@ -622,3 +627,14 @@ def test_score_local_and_remote_give_the_librarys_columns(name, scored, infos, b
                 np.testing.assert_allclose(value, reference, rtol=RTOL, atol=0, err_msg=where)
             else:
                 assert value.dtype == reference.dtype and value.tolist() == reference.tolist(), where
+
+
+def test_return_samples_is_refused_over_the_open_inference_protocol(rows, http, triton_http):
+    """v2 answers carry no draws: asking for them is a 422 naming the parameter, not a silent omission."""
+    x = rows["diabetes"]
+    answer = http.post("/v2/models/diabetes/infer", json=v2_body(x, {"samples": 10, "return_samples": True}))
+    assert answer.status_code == 422 and answer.json()["error"].startswith("parameters.return_samples: applies to"), \
+        answer.text
+    with pytest.raises(triton.InferenceServerException) as raised:
+        triton_infer(triton_http, "diabetes", x, {"samples": 10, "return_samples": True})
+    assert raised.value.status() == "422"

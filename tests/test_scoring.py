@@ -231,3 +231,22 @@ def test_inputs_are_read_in_chunks_and_resumes_skip_rows(tmp_path):
     assert pq.ParquetFile(path).metadata.num_rows == 20_000
     tail = [batch.num_rows for batch in tables.iter_chunks(path, 1500, skip_rows=19_000)]
     assert tail == [1000]
+
+
+def test_score_samples_auto_with_a_tolerance_gives_the_librarys_numbers(tmp_path):
+    """--samples auto --tolerance: each row sampled until its MC error is small, as Bundle.answer does."""
+    from mcdropout.cli import main
+
+    bundle = load_bundle(BUNDLE, device="cpu")
+    x = np.random.default_rng(4).normal(0.0, 0.05, size=(6, 10))
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "auto.parquet"
+    assert main(["score", str(BUNDLE), str(tmp_path / "x.npy"), str(out), "--samples", "auto",
+                 "--tolerance", "0.05", "--seed", "5", "--quiet"]) == 0
+    table = pd.read_parquet(out)
+    expected = bundle.answer(x, samples="auto", tolerance=0.05, seed=5)
+    assert table["samples_used"].tolist() == expected.samples_used.tolist()
+    np.testing.assert_allclose(table["mean"], expected.mean[:, 0], rtol=1e-9)
+    np.testing.assert_allclose(table["upper"], expected.upper[:, 0], rtol=1e-9)
+    assert main(["score", str(BUNDLE), str(tmp_path / "x.npy"), str(tmp_path / "t.parquet"),
+                 "--samples", "10", "--tolerance", "0.05", "--quiet"]) == 2
