@@ -23,6 +23,7 @@ class InferRequest:
     options: Options | None
     tolerance: float | None = None  # for samples="auto"; None: the engine's default (0.01)
     return_samples: bool = False
+    deadline: float | None = None  # time.monotonic() past which nobody waits for the answer (gRPC's deadline)
 
 
 @dataclass(frozen=True)

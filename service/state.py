@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,12 +329,13 @@ class ServiceState:
         if request.return_samples:
             self._check_returned(served, len(inputs), samples)
         try:
-            return await served.batcher.submit(request, timeout=self.settings.request_timeout_s, gone=gone)
+            return await served.batcher.submit(request, timeout=self._timeout(request), gone=gone)
         except Overloaded as error:
             raise ApiError(503, f"overloaded: {error}; retry later", None,
                            {"Retry-After": str(self.settings.retry_after_s)}) from None
         except DeadlineExceeded as error:
-            raise ApiError(504, f"deadline exceeded: {error} (MCD_REQUEST_TIMEOUT_S)") from None
+            limit = "MCD_REQUEST_TIMEOUT_S" if request.deadline is None else "the caller's deadline"
+            raise ApiError(504, f"deadline exceeded: {error} ({limit})") from None
         except ClientGone as error:  # nobody reads this answer; the status shows in the request metrics
             raise ApiError(499, str(error)) from None
         except NonFiniteError as error:  # counted: a model that overflows on live traffic is worth an alert
@@ -341,6 +343,12 @@ class ServiceState:
             raise ApiError(422, str(error), "inputs") from None
         except ValueError as error:  # the engine refused these inputs
             raise ApiError(422, str(error), "inputs") from None
+
+    def _timeout(self, request: InferRequest) -> float:
+        """Seconds the request may wait: MCD_REQUEST_TIMEOUT_S, or less where the caller's deadline is nearer."""
+        if request.deadline is None:
+            return self.settings.request_timeout_s
+        return max(0.0, min(self.settings.request_timeout_s, request.deadline - time.monotonic()))
 
     def _check_returned(self, served: Served, rows: int, samples: int | str) -> None:
         """Refuse, before any work, a return_samples answer over MCD_MAX_RETURNED_VALUES."""

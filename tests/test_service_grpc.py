@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -83,3 +84,47 @@ def test_errors_are_grpc_statuses_naming_the_problem(answers):
     assert "does not match" in grpc["bad_shape"]
     assert "unknown model" in grpc["unknown"]
     assert "2000000 values in contents is over the limit of 10000" in grpc["huge"]
+
+
+DEADLINE_CLIENT = r"""
+import sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+client = grpcclient.InferenceServerClient(sys.argv[1])
+x = np.zeros((1, 1, 8, 8), dtype=np.float32)
+tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+tensor.set_data_from_numpy(x)
+try:
+    client.infer("digits", [tensor], parameters={"samples": 10}, client_timeout=2.0)
+    print("answered")
+except InferenceServerException as error:
+    print(error.status(), error.message())
+"""
+
+
+def test_a_grpc_callers_deadline_drops_its_queued_work(tmp_path):
+    """The request carries gRPC's deadline: held in the queue past it (the batcher waits up to
+    MCD_MAX_DELAY_MS for more work), the call is answered DEADLINE_EXCEEDED by the server just before its
+    caller stops waiting, and its work is dropped (counted as reason "deadline"), not computed for nobody."""
+    pytest.importorskip("tritonclient")
+    port = free_port()
+    with run_server(tmp_path, grpc_port=str(port), reload="false", max_delay_ms="6000") as server, \
+            httpx.Client(base_url=server.url, timeout=60) as http:
+        done = subprocess.run([sys.executable, "-c", DEADLINE_CLIENT, f"127.0.0.1:{port}"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("StatusCode.DEADLINE_EXCEEDED deadline exceeded") \
+            and "(the caller's deadline)" in done.stdout, done.stdout
+        waited = time.monotonic()
+        while _dropped(http) is None and time.monotonic() - waited < 30:  # counted when the batcher takes it
+            time.sleep(0.2)
+        assert _dropped(http) == 1.0
+
+
+def _dropped(http: httpx.Client) -> float | None:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith('mcdropout_dropped_requests_total{model="digits",reason="deadline"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None

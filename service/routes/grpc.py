@@ -91,7 +91,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         bundle = plane.bundle(request.model_name, request.model_version or None)
         infer_request, binary = codec.decode(request, settings.max_rows * math.prod(bundle.manifest.input_shape))
         rows = v2.input_array(infer_request, binary, bundle.manifest, settings.max_rows)
-        asked = plane.request(bundle, rows, v2.parameters_of(infer_request), prefix="parameters.", draws=False)
+        asked = plane.request(bundle, rows, v2.parameters_of(infer_request), prefix="parameters.", draws=False,
+                              seconds_left=context.time_remaining())
         return codec.encode(infer_request, await plane.infer(asked))
 
     @_answering(guarded=True)
