@@ -266,6 +266,12 @@ class Bundle:
         inputs = self.predictor.prepare_input(x)
         if self.manifest.input_standardisation is not None:
             inputs = self.manifest.input_standardisation.forward(inputs.to(self.predictor.dtype))
+            finite = torch.isfinite(inputs.reshape(len(inputs), -1)).all(dim=1)
+            if not bool(finite.all()):
+                bad = np.flatnonzero(~finite.cpu().numpy())
+                raise InputError(f"model {self.name!r}: row(s) {_rows_text(bad)} (numbered from 0) hold values so"
+                                 " far out that standardising them, (x - mean) / std, overflows"
+                                 f" {str(self.predictor.dtype).removeprefix('torch.')}")
         return inputs
 
     def predict(self, x: ArrayLike, *, samples: int | str | None = None, seed: int | None = None,
