@@ -193,3 +193,11 @@ def test_answer_refuses_what_every_protocol_refuses():
     assert refused.value.field == "max_risk"
     answered = bundle.answer(x, samples=10, seed=1, options={"max_risk": smallest, "set_level": 0.9})
     assert answered.abstain.shape == (2,) and answered.set_size.shape == (2,)
+
+
+def test_rows_whose_standardisation_overflows_are_named():
+    bundle = load_bundle(Path(__file__).resolve().parent.parent / "models" / "diabetes", device="cpu")
+    x = np.zeros((3, 10))
+    x[1] = 3e38  # within float32, but (x - mean) / std is not
+    with pytest.raises(InputError, match=r"row\(s\) 1 \(numbered from 0\) hold values so far out that standardising"):
+        bundle.answer(x, samples=4)
