@@ -28,6 +28,11 @@ class Settings(BaseSettings):
         False, description="run a bundle's own model.py (its architecture 'model.py:Class'); off: such bundles"
         " are listed as failed, saying so"
     )
+    allowed_data_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="comma-separated folders, besides each bundle's own, that a bundle's"
+        " recorded training table (re-read for the playground's held-out scales) may lie in; symlinks are"
+        " followed before the check, so one pointing out is refused"
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch's intra-op threads on the compute thread; default: torch's own (one per"
         " core), which shares the event loop's core"
@@ -103,6 +108,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("allowed_data_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -43,7 +43,8 @@ def install(app: FastAPI, guarded: list[Depends]) -> None:
     async def uncertainty_scales(request: Request, name: str) -> dict:
         state = request.app.state.service
         bundle = state.bundle(name)
-        return {"name": name, **await scales.of(bundle, state.batchers[name].executor, state.settings.default_seed)}
+        return {"name": name, **await scales.of(bundle, state.batchers[name].executor, state.settings.default_seed,
+                                                state.settings.allowed_data_dirs)}
 
     app.mount("/ui/", StaticFiles(directory=STATIC, html=True), name="ui")
 

@@ -11,6 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
     from mcdropout.bundle import Bundle
     from mcdropout.training._baseline import compare
     from mcdropout.training._calibration_report import Report, calibration_report, format_report, plot_report
@@ -45,12 +48,13 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "split_of"])
 
 
-def split_of(bundle: Bundle) -> Split:
+def split_of(bundle: Bundle, allowed_dirs: Sequence[str | Path] | None = None) -> Split:
     """The train/validation/test split ``bundle`` records, re-made from its manifest (scikit-learn's
-    bundled data, generated data, or the table it was trained on); ValueError when it cannot be."""
+    bundled data, generated data, or the table it was trained on); ValueError when it cannot be.
+    ``allowed_dirs``: a recorded table is read only when it resolves inside one of them (None: anywhere)."""
     from mcdropout.training._evaluation import split_of as remake  # torch: imported when asked for
 
-    return remake(bundle)
+    return remake(bundle, allowed_dirs)
 
 
 def __getattr__(name: str) -> Any:

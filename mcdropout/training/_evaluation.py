@@ -37,13 +37,14 @@ def calibrated_metrics(bundle: Bundle, split: datasets.Split, before: dict, *, s
     return metrics
 
 
-def split_of(bundle: Bundle) -> datasets.Split:
-    """The data split a bundle of ``mcdropout train`` was trained on, re-made from its manifest."""
+def split_of(bundle: Bundle, allowed_dirs=None) -> datasets.Split:
+    """The data split a bundle of ``mcdropout train`` was trained on, re-made from its manifest; a recorded
+    table is read only inside ``allowed_dirs`` where given (see ``recorded_split``)."""
     data = bundle.manifest.training.get("data", {})
     if "path" in data:  # trained with `mcdropout train --data`: re-read the table
         from mcdropout.training._table_data import recorded_split
 
-        return recorded_split(bundle.manifest)
+        return recorded_split(bundle.manifest, allowed_dirs)
     name = data.get("name")
     if name not in datasets.LOADERS:
         raise BundleError(

@@ -15,11 +15,19 @@ from mcdropout.training import datasets
 MAX_CLASSES = 1000
 
 
-def recorded_split(manifest: Manifest) -> datasets.Split:
+class OutsideAllowedDirs(tables.TableError):
+    """The table a manifest names lies (after following every symlink) outside the folders it may be read from."""
+
+
+def recorded_split(manifest: Manifest, allowed_dirs: Sequence[str | Path] | None = None) -> datasets.Split:
     """The parts of the table a bundle was trained on, re-read from the path its manifest records (its
-    validation rows are inside the training part, so the split's validation part is empty)."""
+    validation rows are inside the training part, so the split's validation part is empty).
+
+    ``allowed_dirs``: where given (the server gives the bundle's folder and the operator's folders), a path
+    that resolves outside all of them is refused before it is opened; None (the CLI, on the user's own
+    bundle) reads the recorded path wherever it is."""
     data = manifest.training["data"]
-    path = training_table(data)
+    path = training_table(data, allowed_dirs)
     x, y, classes = features_and_target(tables.read_table(path), manifest.feature_names, data["target"],
                                          manifest.task, path)
     if classes != manifest.class_names:
@@ -34,13 +42,16 @@ def recorded_split(manifest: Manifest) -> datasets.Split:
                           x_calibration=x[calibration], y_calibration=y[calibration])
 
 
-def training_table(data: dict) -> Path:
+def training_table(data: dict, allowed_dirs: Sequence[str | Path] | None = None) -> Path:
     """The table a bundle was trained on (``data``: its manifest's ``training.data``), checked to be there and,
     where the manifest records its BLAKE2b, to hold the same bytes as when training read it.
 
     Bundles record an absolute path; older ones the path as typed, which is read from the current folder."""
     recorded = Path(data["path"])
-    path = recorded.resolve()
+    path = recorded.resolve()  # every symlink followed: one inside the bundle that points out is out
+    if allowed_dirs is not None and not any(path.is_relative_to(Path(folder).resolve()) for folder in allowed_dirs):
+        raise OutsideAllowedDirs("the bundle's training table is outside its own folder and the folders this server"
+                                 " may read (MCD_ALLOWED_DATA_DIRS)")
     typed = "" if recorded.is_absolute() else f" (recorded as {str(recorded)!r}, relative to where training ran)"
     if not path.is_file():
         raise tables.TableError(f"the training table {path} is missing{typed}; the bundle's held-out rows are"
