@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -181,3 +182,64 @@ def test_a_read_only_folder_is_one_line(tmp_path, source):
         assert list(folder.iterdir()) == []
     finally:
         folder.chmod(0o755)
+
+
+def _start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mcdropout.cli", "score", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _resumable(tmp_path: Path, rows: int) -> tuple[Path, Path]:
+    """An input of ``rows`` rows and an output whose run stopped after its first part (as after kill -9)."""
+    source = _write(_frame(rows), tmp_path / "big.csv")
+    output = tmp_path / "big.csv.out.csv"
+    _refused(_score(BUNDLE, source, output, *FAST, file_limit=20_000), "File too large")
+    partial = Path(f"{output}.partial")
+    progress = json.loads((partial / "progress.json").read_text())
+    kept = progress["parts"][:1]
+    for part in progress["parts"][1:]:
+        (partial / part["file"]).unlink()
+    (partial / "progress.json").write_text(json.dumps({"chunks": 1, "rows": kept[0]["rows"], "parts": kept}))
+    return source, output
+
+
+def test_a_second_run_on_the_same_output_is_refused_naming_the_holder(tmp_path):
+    """Issue 28 item 12: two --resume runs at once wrote an unreadable output with exit 0 and lost the parts.
+    The first run holds the partial folder's lock; it is stopped (SIGSTOP) while holding it, so the second
+    surely meets it: exit 2 naming the holder's pid; the first, let go on, writes every row once."""
+    rows = 4000
+    source, output = _resumable(tmp_path, rows)
+    lock = Path(f"{output}.partial") / "lock"
+    first = _start(BUNDLE, source, output, *FAST, "--resume")
+    try:
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.002)
+        os.kill(first.pid, signal.SIGSTOP)
+        second = _score(BUNDLE, source, output, *FAST, "--resume")
+        _refused(second, f"in use by another `mcdropout score` run (pid {first.pid})")
+        fresh = _score(BUNDLE, source, output, *FAST)  # without --resume: the same refusal, not "interrupted"
+        _refused(fresh, f"(pid {first.pid})")
+    finally:
+        if first.returncode is None:
+            os.kill(first.pid, signal.SIGCONT)
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert pd.read_csv(output)["row"].tolist() == list(range(rows))
+    assert _leftovers(tmp_path) == []
+
+
+def test_two_resumes_started_together_never_both_write(tmp_path):
+    """Started at the same moment: at most one succeeds, the other is exit 2, and the output is whole."""
+    rows = 2000
+    source, output = _resumable(tmp_path, rows)
+    runs = [_start(BUNDLE, source, output, *FAST, "--resume") for _ in range(2)]
+    done = [(run.pid, *run.communicate(timeout=120), run.returncode) for run in runs]
+    codes = sorted(code for *_, code in done)
+    assert codes == [0, 2], done
+    loser = next(err for _, _, err, code in done if code == 2)
+    assert "Traceback" not in loser and ("in use by another" in loser or "exists" in loser
+                                         or "finished or removed it" in loser), loser
+    assert pd.read_csv(output)["row"].tolist() == list(range(rows))
+    assert _leftovers(tmp_path) == []

@@ -3,10 +3,17 @@
 ``progress.json`` lists every part with its first row, its row count and the BLAKE2b of its bytes; a
 resume checks that the list is consistent (parts in order, rows contiguous from 0) and that each part
 file is still the one written, so an edited record or a replaced part is an error, never mixed data.
+
+One run at a time: a run holds ``fcntl.flock`` on ``OUTPUT.partial/lock`` (which records its pid) from
+start to end, and a second run on the same output is refused naming the holder, so two ``--resume`` runs
+can never interleave their parts or join the output twice. A new folder is made under a per-process name,
+locked, and renamed into place, so two fresh runs cannot both take it; temporary files carry the pid.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -23,6 +30,7 @@ from mcdropout.errors import ScoringError
 from mcdropout.scoring._job import Job, file_blake2b, partial_folder
 
 _START_OVER = "delete the folder to start over"
+_LOCK = "lock"
 
 
 class Partial:
@@ -33,20 +41,75 @@ class Partial:
         self.folder = partial_folder(output)
         self.job = job
         self.parts: list[dict[str, Any]] = []
-        if self.folder.exists():
-            if not resume:
-                raise ScoringError(f"{self.folder} holds an interrupted run: pass --resume to continue it, or"
-                                   f" {_START_OVER}")
-            self._load()
-        else:
-            self.folder.mkdir(parents=True)
+        self._lock_fd: int | None = None
+        if not self._create():
+            self._lock_existing()
             try:
-                _write_json(self.folder / "job.json", asdict(job))
-                self._save_progress()
+                if not resume:
+                    raise ScoringError(f"{self.folder} holds an interrupted run: pass --resume to continue it,"
+                                       f" or {_START_OVER}")
+                self._load()
             except BaseException:
-                shutil.rmtree(self.folder, ignore_errors=True)
+                self.close()
                 raise
         self.resumed_from = self.rows_done
+
+    def _create(self) -> bool:
+        """A new folder, filled and locked under a per-process name, then renamed into place; False if one exists."""
+        if self.folder.exists():
+            return False
+        fresh = self.folder.with_name(f"{self.folder.name}.{os.getpid()}.new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir(parents=True)
+        try:
+            self._lock_fd = _locked(fresh / _LOCK)
+            _write_json(fresh / "job.json", asdict(self.job))
+            _write_json(fresh / "progress.json", self._progress())
+            try:
+                os.rename(fresh, self.folder)
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                self.close()  # another run made it first: take it the way every run takes an existing one
+                shutil.rmtree(fresh, ignore_errors=True)
+                return False
+        except BaseException:
+            self.close()
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        return True
+
+    def _lock_existing(self) -> None:
+        """Lock the existing folder, or refuse: another run holds it (named by its pid), or it has just gone."""
+        path = self.folder / _LOCK
+        gone = ScoringError(f"{self.folder}: another run finished or removed it while this one started;"
+                            f" run again")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            raise gone from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise ScoringError(f"{self.folder} is in use by another `mcdropout score` run ({who}); wait for it"
+                               f" to finish, or stop it first") from None
+        try:  # the holder before us may have finished and removed the folder between our open and our lock
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                raise FileNotFoundError(path)
+        except FileNotFoundError:
+            os.close(fd)
+            raise gone from None
+        _write_pid(fd)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the lock (also released by the process ending, kill -9 included)."""
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            os.close(fd)
 
     @property
     def chunks(self) -> int:
@@ -95,7 +158,7 @@ class Partial:
     def add(self, table: pa.Table) -> None:
         name = _part_name(self.chunks)
         part = self.folder / name
-        staging = part.with_suffix(".tmp")
+        staging = part.with_suffix(f".{os.getpid()}.tmp")
         try:
             pq.write_table(table, staging)
             checksum = file_blake2b(staging)
@@ -106,13 +169,15 @@ class Partial:
         self._save_progress()
 
     def _save_progress(self) -> None:
-        _write_json(self.folder / "progress.json", {"chunks": self.chunks, "rows": self.rows_done,
-                                                    "parts": self.parts})
+        _write_json(self.folder / "progress.json", self._progress())
+
+    def _progress(self) -> dict[str, Any]:
+        return {"chunks": self.chunks, "rows": self.rows_done, "parts": self.parts}
 
     @property
     def _staging(self) -> Path:
         """The joined output before its rename into place."""
-        return self.output.with_name(f".{self.output.name}.tmp")
+        return self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
 
     def finish(self, out_format: str) -> None:
         staging = self._staging
@@ -144,8 +209,21 @@ def _part_name(index: int) -> str:
     return f"part-{index:06d}.parquet"
 
 
+def _locked(path: Path) -> int:
+    """A new lock file, locked by this process and holding its pid."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _write_pid(fd)
+    return fd
+
+
+def _write_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
 def _write_json(path: Path, data: dict) -> None:
-    staging = path.with_suffix(".tmp")
+    staging = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         staging.write_text(json.dumps(data))
         os.replace(staging, path)

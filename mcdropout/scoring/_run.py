@@ -9,7 +9,8 @@ rows are written with their statistics as one part file.
 Nothing is lost: parts and a progress record live in ``OUTPUT.partial/``; each
 part is written under a temporary name and renamed, then the record is updated,
 so after Ctrl-C or kill -9 ``--resume`` continues from the last recorded chunk
-with no row missing or twice. When every chunk is done the parts are joined into
+with no row missing or twice. One run at a time holds the folder's lock; a second
+run on the same output is refused (exit 2) naming the holder's pid. When every chunk is done the parts are joined into
 a temporary file beside OUTPUT, renamed to OUTPUT, and the folder removed. A
 bad input file is an error naming the problem, and leaves no output.
 """
@@ -100,6 +101,8 @@ def _score(job: Job, *, engine: Engine | None, resume: bool, overwrite: bool, qu
         if partial.chunks == 0:  # nothing to resume from: leave nothing behind
             partial.discard()
         raise
+    finally:
+        partial.close()  # the lock on OUTPUT.partial/: another run may take it now
     return Summary(output, partial.rows_done, round(time.perf_counter() - started, 3), partial.resumed_from)
 
 
