@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from mcdropout import tables
-from mcdropout.bundle import MANIFEST, Bundle, Manifest, fit_bundle, load_bundle
+from mcdropout.bundle import MANIFEST, WEIGHTS, Bundle, Manifest, fit_bundle, load_bundle
+from mcdropout.bundle._bundle import weights_hash
 from mcdropout.errors import InputError, TableError
 from mcdropout.stats import calibration as cal
 
@@ -82,7 +83,9 @@ def calibrate_on_split(bundle_path: str | os.PathLike, *, samples: int | None = 
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
-    """Replace the bundle's manifest atomically: a temporary file beside it, then a rename."""
+    """Replace the bundle's manifest atomically: a temporary file beside it, then a rename. The manifest
+    records the hash of the weights beside it (``weights_blake2b``), which load checks."""
+    manifest = dataclasses.replace(manifest, weights_blake2b=weights_hash(folder / WEIGHTS))
     manifest.check()
     handle, staging = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=folder)
     try:

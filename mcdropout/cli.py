@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                        " (MCD_LOG_FORMAT, default text)")
     serve.add_argument("--trust-bundle-code", action="store_true", help="run bundles' own model.py"
                        " (MCD_TRUST_BUNDLE_CODE; off by default)")
+    _allow_argument(serve)
     serve.set_defaults(handler=_serve)
 
     train = commands.add_parser(
@@ -262,6 +263,7 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[variable] = str(getattr(args, flag))
     if args.trust_bundle_code:
         os.environ["MCD_TRUST_BUNDLE_CODE"] = "1"
+    _allow_modules(args)
     os.environ.setdefault("MCD_GRPC_PORT", "8001")  # the gRPC Open Inference Protocol; 0: off
     host = os.environ.get("MCD_HOST", "127.0.0.1")
     port = int(os.environ.get("MCD_PORT", "8000"))
@@ -301,12 +303,34 @@ def _recipe_names() -> list[str]:
 def _trust_argument(command: argparse.ArgumentParser) -> None:
     command.add_argument("--trust-bundle-code", action="store_true", help="run a bundle's own model.py"
                          " (MCD_TRUST_BUNDLE_CODE; off by default)")
+    _allow_argument(command)
+
+
+def _allow_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--allow-architecture-module", action="append", default=[], metavar="MODULE",
+                         help="a module (my_pkg.nets, or my_pkg and all under it) whose classes a bundle may name"
+                         " as its architecture ('my_pkg.nets:Net') without --trust-bundle-code; repeatable"
+                         " (added to MCD_ALLOWED_ARCHITECTURE_MODULES)")
+
+
+def _allow_modules(args: argparse.Namespace) -> None:
+    """--allow-architecture-module, added to MCD_ALLOWED_ARCHITECTURE_MODULES: the setting that load_bundle,
+    the server and scoring workers (which inherit the environment) read."""
+    import os
+
+    from mcdropout.bundle._code import ALLOWED_MODULES_ENV, allowed_modules_from_env, parse_modules
+
+    given = parse_modules(getattr(args, "allow_architecture_module", None) or [])
+    if given:
+        os.environ[ALLOWED_MODULES_ENV] = ",".join(dict.fromkeys([*allowed_modules_from_env(), *given]))
 
 
 def _trusts_bundle_code(args: argparse.Namespace) -> bool:
-    """--trust-bundle-code, or MCD_TRUST_BUNDLE_CODE set to a true value, as for the server."""
+    """--trust-bundle-code, or MCD_TRUST_BUNDLE_CODE set to a true value, as for the server (and
+    --allow-architecture-module put into MCD_ALLOWED_ARCHITECTURE_MODULES, which load_bundle reads)."""
     import os
 
+    _allow_modules(args)
     return args.trust_bundle_code or os.environ.get("MCD_TRUST_BUNDLE_CODE", "").strip().lower() in (
         "1", "true", "yes", "on")
 

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         " recorded training table (re-read for the playground's held-out scales) may lie in; symlinks are"
         " followed before the check, so one pointing out is refused"
     )
+    allowed_architecture_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated modules (my_pkg.nets, or my_pkg for all of it) whose"
+        " classes bundles may name as import-path architectures ('my_pkg.nets:Net') without"
+        " MCD_TRUST_BUNDLE_CODE; importing a module runs its code, so none by default"
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch's intra-op threads on the compute thread; default: torch's own (one per"
         " core), which shares the event loop's core"
@@ -116,7 +121,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "allowed_architecture_modules", mode="before")
     @classmethod
     def _split_keys(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str):

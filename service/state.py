@@ -171,8 +171,11 @@ class ServiceState:
         lane = self._lane(version.name)
         try:
             bundle, width = await asyncio.get_running_loop().run_in_executor(lane, self._read, version)
-        except Exception as error:  # a broken bundle is reported, the others (and the old version) are served
-            reason = str(error)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise
+        except BaseException as error:  # noqa: BLE001 - a broken bundle is reported, the others (and the old
+            # version) are served: whatever its loading raises (SystemExit from a module it imports included)
+            reason = str(error) if isinstance(error, Exception) else f"loading it raised {type(error).__name__}"
             self.failed.setdefault(version.name, {})[version.version] = (version.stamp, reason)
             if replacing is not None:
                 log.error("model %s version %d: the new files failed to load, the previous ones stay served: %s",
@@ -190,7 +193,8 @@ class ServiceState:
     def _read(self, version: Version) -> tuple[Bundle, int]:
         """On the model's lane: the bundle, named by its folder, and its output width."""
         bundle = load_bundle(version.path, device=self.settings.device, memory_budget=self.settings.memory_budget,
-                             max_params=self.settings.max_model_params, trust_code=self.settings.trust_bundle_code)
+                             max_params=self.settings.max_model_params, trust_code=self.settings.trust_bundle_code,
+                             allowed_modules=self.settings.allowed_architecture_modules)
         if bundle.manifest.name != version.name:
             log.warning("model %s: the manifest in %s names it %r; served by its folder's name %r",
                         version.name, version.path, bundle.manifest.name, version.name)

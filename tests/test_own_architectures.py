@@ -77,7 +77,12 @@ def test_import_path_inferred_from_the_class_and_equal_to_predict(package, tmp_p
     assert manifest["name"] == "skipnet"
     assert manifest["architecture"] == {"name": "ownnets.nets:Net", "config": {"in_features": 3, "width": 24}}
     assert not (path / "model.py").exists()
-    _same(mcd.load_bundle(path, device="cpu"), model)  # an installed import path needs no trust
+    # importing a module runs its code: an import path loads with its module allowed (or with trust)
+    _same(mcd.load_bundle(path, device="cpu", allowed_modules=["ownnets"]), model)
+    _same(mcd.load_bundle(path, device="cpu", allowed_modules="ownnets.nets"), model)
+    _same(mcd.load_bundle(path, device="cpu", trust_code=True), model)
+    with pytest.raises(BundleError, match="MCD_ALLOWED_ARCHITECTURE_MODULES=ownnets.nets"):
+        mcd.load_bundle(path, device="cpu", allowed_modules=["ownnet", "other"])
 
 
 def test_model_py_bundle_loads_only_when_trusted(package, tmp_path):
@@ -107,7 +112,7 @@ def test_parameter_limit_holds_before_a_user_network_is_built(package, tmp_path)
     manifest["architecture"]["config"]["width"] = 10**9  # 5e9 parameters: 20 GB if it were allocated
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"5,000,000,005 parameters, over the limit of 50,000,000"):
-        mcd.load_bundle(path, device="cpu")
+        mcd.load_bundle(path, device="cpu", allowed_modules=["ownnets"])
 
 
 def test_names_that_cannot_be_served_are_refused(package, tmp_path):

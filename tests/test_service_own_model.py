@@ -76,9 +76,10 @@ def test_served_with_trust_and_equal_to_predict(models, tmp_path, monkeypatch):
 
 
 def test_model_py_refused_without_trust_and_the_rest_served(models, tmp_path, monkeypatch):
+    """Without trust, model.py is refused; an import path is served when the operator allows its module."""
     root, _ = models
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root / "site"), os.environ.get("PYTHONPATH", "")]))
-    with run_server(tmp_path, models_dir=str(root / "models")) as server:
+    with run_server(tmp_path, models_dir=str(root / "models"), allowed_architecture_modules="ownserved") as server:
         listed = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
         assert listed["imported"]["status"] == "ready"
         assert listed["gated"]["status"] == "failed" and "MCD_TRUST_BUNDLE_CODE=1" in listed["gated"]["error"]

@@ -10,12 +10,15 @@ returns values in the user's units.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import re
+import stat
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,9 @@ from mcdropout.bundle import _answering, _code, architectures
 from mcdropout.engine import ArrayLike, MCPredictor, Prediction, resolve_device
 from mcdropout.errors import BundleError, InputError
 from mcdropout.stats import ClassificationPrediction, RegressionPrediction
-from mcdropout.stats.calibration import Calibration
+from mcdropout.stats.calibration import Calibration, CalibrationError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -80,6 +85,9 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     calibration: Calibration | None = None  # None: uncalibrated, the raw MC numbers
+    # hex BLAKE2b-128 of weights.safetensors, the weights this manifest was written with (save_bundle records
+    # it, load_bundle checks it); not part of what the manifest says, so two manifests compare without it
+    weights_blake2b: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +108,7 @@ class Manifest:
             "training": self.training,
             "metrics": self.metrics,
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "weights_blake2b": self.weights_blake2b,
         }
 
     @classmethod
@@ -138,12 +147,21 @@ class Manifest:
             training=reader.get("training", dict, default={}),
             metrics=reader.get("metrics", dict, default={}),
             calibration=_calibration(reader.get("calibration", dict, optional=True)),
+            weights_blake2b=reader.get("weights_blake2b", str, optional=True),
         )
+        if manifest.weights_blake2b is not None and not re.fullmatch(r"[0-9a-f]{32}", manifest.weights_blake2b):
+            raise BundleError("field 'weights_blake2b': expected 32 lower-case hex digits (BLAKE2b-128 of"
+                              f" {WEIGHTS})")
         manifest.check()
         return manifest
 
     def check(self) -> None:
         """Consistency between fields."""
+        placed = _placement_key(self.config, "architecture.config")
+        if placed is not None:
+            raise BundleError(f"field '{placed}': an architecture's config may not choose a device or dtype (the"
+                              " parameter count on the meta device must not allocate; the loader places the"
+                              " network)")
         if self.feature_names is not None and (len(self.input_shape) != 1 or len(self.feature_names) != self.input_shape[0]):
             raise BundleError(
                 f"field 'input.feature_names': {len(self.feature_names)} names for input shape {self.input_shape}"
@@ -168,12 +186,35 @@ class Manifest:
                 raise BundleError(f"field 'calibration.{name}': {len(values)} values for {outputs} outputs")
 
 
+_PLACEMENT_KEYS = ("device", "dtype")
+
+
+def _placement_key(value: Any, where: str) -> str | None:
+    """The dotted path of a ``device`` or ``dtype`` key anywhere in ``value`` (a config), else None."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key in _PLACEMENT_KEYS:
+                return f"{where}.{key}"
+            found = _placement_key(inner, f"{where}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            found = _placement_key(inner, f"{where}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _calibration(data: dict | None) -> Calibration | None:
+    """The manifest's calibration, checked as sound (:class:`CalibrationError` names the field)."""
     if data is None:
         return None
     try:
         return Calibration.from_dict(data)
-    except (KeyError, TypeError, ValueError) as error:
+    except CalibrationError as error:
+        raise BundleError(str(error)) from None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
         raise BundleError(f"field 'calibration': cannot be read ({type(error).__name__}: {error})") from None
 
 
@@ -407,6 +448,7 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, manifest: Manifest | 
         if described:
             _check_rebuilds(manifest, tensors, staging)
         save_file(tensors, staging / WEIGHTS, metadata={"name": manifest.name, "version": manifest.version})
+        manifest = dataclasses.replace(manifest, weights_blake2b=weights_hash(staging / WEIGHTS))
         (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         move_into_place(staging, target)
     except BaseException:
@@ -453,8 +495,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     file = folder / MANIFEST
     if not folder.is_dir():
         raise BundleError(f"{folder}: no such bundle folder")
-    if not file.is_file():
-        raise BundleError(f"{file}: missing (a bundle holds {MANIFEST} and {WEIGHTS})")
+    bundle_file(folder, MANIFEST)
     try:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as error:
@@ -467,8 +508,33 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise BundleError(f"{file}: {error}") from None
 
 
+def bundle_file(folder: Path, name: str) -> Path:
+    """``folder / name`` when it is a regular file of the bundle folder itself; a symlink (which could lead
+    anywhere), a folder, a device or a missing file is refused, naming the file and never its content."""
+    file = folder / name
+    try:
+        mode = file.lstat().st_mode
+    except FileNotFoundError:
+        raise BundleError(f"{file}: missing (a bundle holds {MANIFEST} and {WEIGHTS})") from None
+    except OSError as error:
+        raise BundleError(f"{file}: cannot be read ({error.strerror})") from None
+    if stat.S_ISLNK(mode):
+        raise BundleError(f"{file}: is a symbolic link; a bundle's files must be regular files in its folder")
+    if not stat.S_ISREG(mode):
+        raise BundleError(f"{file}: not a regular file")
+    return file
+
+
+def weights_hash(file: Path) -> str:
+    """The hex BLAKE2b-128 of a weights file, as the manifest's ``weights_blake2b`` records it."""
+    from mcdropout.tables import file_blake2b  # lazily: mcdropout.tables imports pyarrow
+
+    return file_blake2b(file)
+
+
 def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget: int | str = "256MB",
-                max_params: int = MAX_PARAMS, trust_code: bool = False) -> Bundle:
+                max_params: int = MAX_PARAMS, trust_code: bool = False,
+                allowed_modules: Iterable[str] | str | None = None) -> Bundle:
     """Load a bundle folder into a ready :class:`Bundle`, only if it is sound.
 
     Sound: the manifest is valid and its standardisations fit the input shape and the outputs; the
@@ -479,20 +545,27 @@ def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget:
     is a :class:`BundleError` naming the file and the problem.
 
     An architecture in the bundle's own ``model.py`` is code the bundle carries: it runs only with
-    ``trust_code=True`` and is refused otherwise.
+    ``trust_code=True`` and is refused otherwise. An import path (``my_pkg.nets:Net``) is code too: its
+    module is imported only with ``trust_code=True`` or when it is in (or under) one of ``allowed_modules``
+    (names, or one comma-separated string; None: ``MCD_ALLOWED_ARCHITECTURE_MODULES`` from the environment,
+    none when unset). Registry names and installed entry points need neither.
+
+    The bundle's files must be regular files in its folder (no symbolic links). The manifest's
+    ``weights_blake2b`` must be the weights file's hash, so a manifest is never served with another
+    bundle's weights (a half-copied bundle); a manifest without one loads with a logged warning.
     """
     folder = Path(path)
+    allowed = _code.allowed_modules_from_env() if allowed_modules is None else _code.parse_modules(allowed_modules)
     manifest = read_manifest(folder)
     manifest_file = folder / MANIFEST
+    weights = bundle_file(folder, WEIGHTS)
     _check_standardisation_shape(manifest, manifest_file)
-    _check_size(manifest, manifest_file, max_params, trust_code)
+    _check_size(manifest, manifest_file, max_params, trust_code, allowed)
     try:
-        model = architectures.build(manifest.architecture, manifest.config, folder=folder, trust_code=trust_code)
+        model = architectures.build(manifest.architecture, manifest.config, folder=folder, trust_code=trust_code,
+                                    allowed_modules=allowed)
     except (ValueError, RuntimeError) as error:
         raise BundleError(f"{manifest_file}: architecture: {error}") from None
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise BundleError(f"{weights}: missing (a bundle holds {MANIFEST} and {WEIGHTS})")
     try:
         tensors = load_file(weights)
     except (SafetensorError, OSError, ValueError) as error:
@@ -501,6 +574,7 @@ def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget:
     model.load_state_dict(flush_subnormals(tensors), strict=True)
     bundle = Bundle(manifest, model, folder, device=device, memory_budget=memory_budget)
     _probe(bundle, weights)
+    _check_weights_hash(manifest, weights)  # after the checks that say what is wrong with the weights themselves
     return bundle
 
 
@@ -518,12 +592,27 @@ def _check_standardisation_shape(manifest: Manifest, file: Path) -> None:
                               f" {list(shape)}; expected 1 or {shape[-1]} (one per value of the last dimension)")
 
 
-def _check_size(manifest: Manifest, file: Path, max_params: int, trust_code: bool) -> None:
+def _check_weights_hash(manifest: Manifest, weights: Path) -> None:
+    """The weights are the ones the manifest was written with (its ``weights_blake2b``), when it records them."""
+    if manifest.weights_blake2b is None:
+        log.warning("%s: the manifest records no weights_blake2b, so a manifest and weights from different"
+                    " bundles (a half-copied folder) cannot be told apart; save or calibrate the bundle again to"
+                    " record it", weights.parent / MANIFEST)
+        return
+    found = weights_hash(weights)
+    if found != manifest.weights_blake2b:
+        raise BundleError(f"{weights}: not the weights the manifest was written with (BLAKE2b {found}, the"
+                          f" manifest's weights_blake2b is {manifest.weights_blake2b}); a bundle being copied is"
+                          " loaded once both files are in place")
+
+
+def _check_size(manifest: Manifest, file: Path, max_params: int, trust_code: bool,
+                allowed_modules: Iterable[str] = ()) -> None:
     """Count the architecture's values on the meta device (no memory) before it is built for real."""
     try:
         with torch.device("meta"):
             skeleton = architectures.build(manifest.architecture, manifest.config, folder=file.parent,
-                                           trust_code=trust_code)
+                                           trust_code=trust_code, allowed_modules=allowed_modules)
     except BundleError as error:
         raise BundleError(f"{file}: {error}") from None
     except (ValueError, RuntimeError) as error:

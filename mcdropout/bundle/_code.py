@@ -2,7 +2,10 @@
 
 ``"my_pkg.nets:Net"`` names an :class:`torch.nn.Module` subclass in an installed (importable) module;
 it is called with the manifest's config. Only module classes are accepted, so a manifest cannot name an
-arbitrary function such as ``subprocess:run`` and have it called with its config.
+arbitrary function such as ``subprocess:run`` and have it called with its config. Importing a module runs
+its code (``this`` prints, ``venv.__main__`` exits, and the working folder may be on ``sys.path``), so an
+import path is imported only when bundle code is trusted or when its module is in (or under) one of the
+modules the operator allows (``allowed_modules``; the service's ``MCD_ALLOWED_ARCHITECTURE_MODULES``).
 
 ``"model.py:Net"`` names a callable in the file ``model.py`` of the bundle folder. Running a bundle's
 file is running whatever code the bundle carries, so it happens only when the caller trusts bundle code
@@ -14,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 
@@ -26,6 +30,7 @@ from mcdropout.errors import BundleError
 BUNDLE_CODE = "model.py"
 _MODULE_PREFIX = "_mcdropout_bundle_code_"  # sys.modules names of loaded bundle files: prefix + content hash
 _SOURCE = "__mcdropout_source__"
+ALLOWED_MODULES_ENV = "MCD_ALLOWED_ARCHITECTURE_MODULES"
 TRUST_HINT = ("load_bundle(..., trust_code=True); on the command line MCD_TRUST_BUNDLE_CODE=1 or"
               " --trust-bundle-code (`mcdropout serve`, `score` and `evaluate`)")
 
@@ -35,11 +40,43 @@ def is_code_path(name: str) -> bool:
     return ":" in name
 
 
-def resolve(name: str, folder: Path | None, trust_code: bool) -> Callable[..., nn.Module]:
-    """The builder that ``name`` denotes; errors say what is wrong and what is allowed."""
+def allowed_modules_from_env() -> tuple[str, ...]:
+    """The modules named by ``MCD_ALLOWED_ARCHITECTURE_MODULES`` (comma-separated), none when unset."""
+    return parse_modules(os.environ.get(ALLOWED_MODULES_ENV, ""))
+
+
+def parse_modules(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Module names from a comma-separated string or an iterable; each must be a dotted identifier."""
+    if value is None:
+        return ()
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value)]
+    names = [n for n in names if n]
+    for module in names:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise BundleError(f"allowed architecture module {module!r} is not a dotted module name (my_pkg.nets)")
+    return tuple(names)
+
+
+def is_allowed(module_name: str, allowed: Iterable[str]) -> bool:
+    """True when ``module_name`` is one of ``allowed`` or inside one of them (``my_pkg`` allows ``my_pkg.nets``)."""
+    return any(module_name == module or module_name.startswith(module + ".") for module in allowed)
+
+
+def resolve(name: str, folder: Path | None, trust_code: bool,
+            allowed_modules: Iterable[str] = ()) -> Callable[..., nn.Module]:
+    """The builder that ``name`` denotes; errors say what is wrong and what is allowed.
+
+    An import path's module is imported only with ``trust_code`` or when it is in ``allowed_modules``:
+    the refusal comes before any import, so nothing of the module runs.
+    """
     module_name, _, attribute = name.partition(":")
     if not module_name or not attribute:
         raise BundleError(f"architecture {name!r}: expected 'package.module:Class' or '{BUNDLE_CODE}:Class'")
+    if module_name != BUNDLE_CODE and not (trust_code or is_allowed(module_name, allowed_modules)):
+        raise BundleError(f"architecture {name!r} is an import path, and importing a module runs its code: it is"
+                          f" imported only when its module is allowed ({ALLOWED_MODULES_ENV}={module_name}, or"
+                          f" load_bundle(..., allowed_modules=[{module_name!r}])) or bundle code is trusted"
+                          f" ({TRUST_HINT})")
     if module_name == BUNDLE_CODE:
         if folder is None:
             raise BundleError(f"architecture {name!r} is code in a bundle folder; it is built only from a bundle")
@@ -55,6 +92,9 @@ def resolve(name: str, folder: Path | None, trust_code: bool) -> Callable[..., n
     except ImportError as error:
         raise BundleError(f"architecture {name!r}: cannot import module {module_name!r} ({error}); install the"
                           " package that defines it, or ship the class in the bundle's model.py") from None
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - an allowed module's import failing is the bundle's
+        raise BundleError(f"architecture {name!r}: importing module {module_name!r} failed:"
+                          f" {type(error).__name__}: {error}") from None
     builder = _attribute(module, attribute, name)
     if not (isinstance(builder, type) and issubclass(builder, nn.Module)):
         raise BundleError(f"architecture {name!r}: {attribute!r} is a {type(builder).__name__}, not a"
@@ -88,7 +128,7 @@ def _bundle_module(file: Path) -> ModuleType:
     sys.modules[module_name] = module  # dataclasses and pickling look classes up by their module's name
     try:
         spec.loader.exec_module(module)
-    except Exception as error:  # noqa: BLE001 - the bundle's code: whatever it raises is its failure
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the bundle's code: what it raises is its failure
         del sys.modules[module_name]
         raise BundleError(f"{file}: running it failed: {type(error).__name__}: {error}") from None
     return module

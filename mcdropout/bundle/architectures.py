@@ -10,7 +10,7 @@ trusted); see :mod:`mcdropout.bundle._code`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -41,16 +41,18 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(name: str, config: dict, *, folder: Path | None = None, trust_code: bool = False) -> nn.Module:
+def build(name: str, config: dict, *, folder: Path | None = None, trust_code: bool = False,
+          allowed_modules: Iterable[str] = ()) -> nn.Module:
     """Build architecture ``name`` from its config; errors name what is unknown or wrong.
 
-    ``folder`` is the bundle's, where a ``model.py:Class`` name is looked up (only with ``trust_code``).
+    ``folder`` is the bundle's, where a ``model.py:Class`` name is looked up (only with ``trust_code``);
+    an import path is imported only with ``trust_code`` or when its module is in ``allowed_modules``.
     """
     if _code.is_code_path(name):
-        builder = _code.resolve(name, folder, trust_code)
+        builder = _code.resolve(name, folder, trust_code, allowed_modules)
         try:
             model = builder(**config)
-        except Exception as error:  # the user's code: any failure is reported as this architecture's
+        except (Exception, SystemExit) as error:  # the user's code: any failure is this architecture's
             raise ValueError(f"architecture {name!r} with config {config} failed: {type(error).__name__}:"
                              f" {error}") from error
         if not isinstance(model, nn.Module):

@@ -36,7 +36,7 @@ from mcdropout.answer import min_max_risk
 from mcdropout.errors import InputError
 
 __all__ = [
-    "SCORES", "SET_METHODS", "Calibration", "ConformalRegression", "ConformalSets", "Selective", "SortedScores",
+    "SCORES", "SET_METHODS", "Calibration", "CalibrationError", "ConformalRegression", "ConformalSets", "Selective", "SortedScores",
     "check_level", "check_risk", "fit_classification", "fit_conformal_regression", "fit_conformal_sets",
     "fit_regression", "fit_selective", "fit_sigma_scale", "fit_temperature", "selective_threshold",
     "summarise_logits", "uncertainty_score",
@@ -101,8 +101,27 @@ class SortedScores:
         return {"n": self.n, "ranks": self.ranks, "values": self.values}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SortedScores:
-        return cls(n=int(data["n"]), ranks=[int(r) for r in data["ranks"]], values=[float(v) for v in data["values"]])
+    def from_dict(cls, data: dict[str, Any], where: str = "scores") -> SortedScores:
+        """Read and check stored order statistics: ``where`` names the field in errors (a :class:`CalibrationError`).
+
+        Sound: n a positive int; ranks increasing integers in 1..n ending at n (every rank when n <= MAX_SCORES,
+        the kept ones otherwise); as many values as ranks, finite, >= 0 and non-decreasing."""
+        n = _whole(data.get("n"), f"{where}.n")
+        if n < 1:
+            raise CalibrationError(where + ".n", f"must be >= 1, got {n}")
+        ranks = [_whole(r, f"{where}.ranks") for r in _list(data.get("ranks"), f"{where}.ranks")]
+        values = _numbers(data.get("values"), f"{where}.values")
+        if len(values) != len(ranks):
+            raise CalibrationError(where + ".values", f"{len(values)} values for {len(ranks)} ranks")
+        if not ranks or ranks[0] < 1 or ranks[-1] != n or any(b <= a for a, b in zip(ranks, ranks[1:])):
+            raise CalibrationError(where + ".ranks", f"must increase from >= 1 to n = {n}")
+        if n <= MAX_SCORES and len(ranks) != n:
+            raise CalibrationError(where + ".n", f"{n} rows, but {len(ranks)} scores are stored")
+        if any(v < 0 for v in values):
+            raise CalibrationError(where + ".values", "scores must be >= 0")
+        if any(b < a for a, b in zip(values, values[1:])):
+            raise CalibrationError(where + ".values", "scores must be sorted in increasing order")
+        return cls(n=n, ranks=ranks, values=values)
 
     def __hash__(self) -> int:
         return id(self)
@@ -160,7 +179,13 @@ class ConformalRegression:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConformalRegression:
-        return cls(scores=[SortedScores.from_dict(s) for s in data["scores"]])
+        scores = _list(data.get("scores"), "conformal.scores")
+        if not scores:
+            raise CalibrationError("conformal.scores", "holds no score list")
+        read = [SortedScores.from_dict(_mapping(s, f"conformal.scores[{i}]"), f"conformal.scores[{i}]")
+                for i, s in enumerate(scores)]
+        _same_n([s.n for s in read], data.get("n"), "conformal")
+        return cls(scores=read)
 
 
 def fit_conformal_regression(means, stds, y, keep: int = MAX_SCORES) -> ConformalRegression:
@@ -306,7 +331,12 @@ class ConformalSets:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConformalSets:
-        return cls(scores={m: SortedScores.from_dict(data[m]) for m in SET_METHODS if m in data})
+        scores = {m: SortedScores.from_dict(_mapping(data[m], f"sets.{m}"), f"sets.{m}") for m in SET_METHODS
+                  if m in data}
+        if not scores:
+            raise CalibrationError("sets", f"holds none of {', '.join(SET_METHODS)}")
+        _same_n([s.n for s in scores.values()], data.get("n"), "sets")
+        return cls(scores=scores)
 
 
 def fit_conformal_sets(probs, y, methods: tuple[str, ...] = SET_METHODS, keep: int = MAX_SCORES) -> ConformalSets:
@@ -390,8 +420,22 @@ class Selective:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Selective:
-        return cls(scores={k: [float(v) for v in vs] for k, vs in data["scores"].items()},
-                   errors=[int(e) for e in data["errors"]], delta=float(data.get("delta", 0.1)))
+        errors = [_whole(e, "selective.errors") for e in _list(data.get("errors"), "selective.errors")]
+        if not errors or any(e not in (0, 1) for e in errors):
+            raise CalibrationError("selective.errors", "expected a non-empty list of 0 and 1")
+        scores = {str(k): _numbers(vs, f"selective.scores.{k}")
+                  for k, vs in _mapping(data.get("scores"), "selective.scores").items()}
+        if not scores:
+            raise CalibrationError("selective.scores", "holds no score")
+        for key, values in scores.items():
+            if len(values) != len(errors):
+                raise CalibrationError(f"selective.scores.{key}", f"{len(values)} scores for {len(errors)} rows")
+        if data.get("n") is not None and _whole(data["n"], "selective.n") != len(errors):
+            raise CalibrationError("selective.n", f"{data['n']} rows, but {len(errors)} errors are stored")
+        delta = _number(data.get("delta", 0.1), "selective.delta")
+        if not 0 < delta < 1:
+            raise CalibrationError("selective.delta", f"must lie in (0, 1), got {delta}")
+        return cls(scores=scores, errors=errors, delta=delta)
 
     def __hash__(self) -> int:
         return id(self)
@@ -472,13 +516,66 @@ class Calibration:
             return None if data.get(key) is None else kind.from_dict(data[key])
 
         sigma = data.get("sigma_scale")
+        if sigma is not None:
+            sigma = _numbers(sigma, "sigma_scale")
+            if not sigma or any(v <= 0 for v in sigma):
+                raise CalibrationError("sigma_scale", "expected a non-empty list of positive numbers")
         temperature = data.get("temperature")
+        if temperature is not None:
+            temperature = _number(temperature, "temperature")
+            if temperature <= 0:
+                raise CalibrationError("temperature", f"must be positive, got {temperature}")
         return cls(task=str(data["task"]), rows=int(data["rows"]), source=str(data.get("source", "")),
-                   fitted_at=str(data.get("fitted_at", "")),
-                   sigma_scale=None if sigma is None else [float(s) for s in sigma],
-                   conformal=part("conformal", ConformalRegression),
-                   temperature=None if temperature is None else float(temperature),
+                   fitted_at=str(data.get("fitted_at", "")), sigma_scale=sigma,
+                   conformal=part("conformal", ConformalRegression), temperature=temperature,
                    sets=part("sets", ConformalSets), selective=part("selective", Selective))
+
+
+class CalibrationError(ValueError):
+    """Stored calibration that is unsound; ``field`` is its path under ``calibration`` (``sigma_scale``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"field 'calibration.{field}': {problem}")
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list):
+        raise CalibrationError(where, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise CalibrationError(where, f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _whole(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, float) or not value.is_integer():
+        raise CalibrationError(where, f"expected an integer, got {type(value).__name__}")
+    return int(value)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2 ** 1000:
+        return float(value)
+    if not isinstance(value, float) or not math.isfinite(value):
+        raise CalibrationError(where, "expected a finite number")
+    return value
+
+
+def _numbers(values: Any, where: str) -> list[float]:
+    return [_number(v, where) for v in _list(values, where)]
+
+
+def _same_n(ns: list[int], stated: Any, where: str) -> None:
+    if len(set(ns)) > 1:
+        raise CalibrationError(f"{where}.n", f"its score lists hold different numbers of rows: {sorted(set(ns))}")
+    if stated is not None and _whole(stated, f"{where}.n") != ns[0]:
+        raise CalibrationError(f"{where}.n", f"{stated} rows, but the scores hold {ns[0]}")
 
 
 def fit_regression(means, stds, y, source: str = "") -> Calibration:
