@@ -22,7 +22,7 @@ from service.codecs import v2
 from service.dataplane import DataPlane
 from service.decoding import Decoder
 from service.http import FastJSON, install_error_handlers, key_guard
-from service.middleware import BodyLimit, HeadAsGet, ReadDeadline, RequestCounter
+from service.middleware import BodyLimit, CrossOriginGuard, HeadAsGet, ReadDeadline, RequestCounter
 from service.routes import Context, operations, repository
 from service.routes import v1 as v1_routes
 from service.routes import v2 as v2_routes
@@ -86,7 +86,9 @@ def _lifespan(plane: DataPlane, decoder: Decoder):
 
 
 def _middleware(app: FastAPI, state: ServiceState, settings: Settings) -> None:
-    # Each add_middleware wraps what was added before: the counter runs inside the body limit.
+    # Each add_middleware wraps what was added before: the counter runs inside the body limit, and counts the
+    # cross-origin guard's refusals.
+    app.add_middleware(CrossOriginGuard, origins=settings.cors_origins)
     app.add_middleware(RequestCounter, metrics=state.metrics, known=state.models)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(ReadDeadline, seconds=settings.request_read_timeout_s)

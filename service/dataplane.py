@@ -94,6 +94,21 @@ class DataPlane:
             raise _bad(prefix + "samples", f"must be an integer from 2 to {top}, or 'auto'; got {shown(samples)}")
         return samples
 
+    def output_width(self, bundle: Bundle) -> int:
+        """Values per row of ``bundle``'s widest output (classes, or outputs), as measured when it was loaded."""
+        for versions in self.state.served.values():
+            for served in versions.values():
+                if served.bundle is bundle:
+                    return served.width
+        return max(len(bundle.manifest.class_names or bundle.manifest.output_names or []), 1)
+
+    def check_outputs(self, bundle: Bundle, request: Any, rows: int) -> None:
+        """The Open Inference Protocol's outputs (REST and gRPC): none twice, the answer within
+        MCD_MAX_RETURNED_VALUES, before any work."""
+        from service.codecs import v2
+
+        v2.check_outputs(request, bundle.manifest, rows, self.output_width(bundle), self.settings.max_returned_values)
+
     async def infer(self, request: InferRequest, gone: asyncio.Future | None = None) -> InferAnswer:
         """The answer to ``request``; ``gone`` completes when the client went away (its work is dropped)."""
         result = await self.state.predict(request, gone)

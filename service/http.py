@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,7 +37,10 @@ def key_guard(keys: list[str]) -> list[Any]:
         return []
 
     async def authorised(request: Request) -> None:  # async: FastAPI would run a plain def in a worker thread
-        if not valid_key(request.headers.get("authorization", ""), keys):
+        given = request.headers.getlist("authorization")
+        if len(given) > 1:  # which one counts would be the reader's choice: refused, as over gRPC
+            raise ApiError(401, "more than one Authorization header: send one", None, {"WWW-Authenticate": "Bearer"})
+        if not valid_key(given[0] if given else "", keys):
             raise ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'", None,
                            {"WWW-Authenticate": "Bearer"})
 
@@ -90,5 +94,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(request, 500, f"internal error: {type(error).__name__}; see the server log")
+        reference = uuid.uuid4().hex[:12]
+        log.error("unhandled error %s on %s %s", reference, request.method, request.url.path, exc_info=error)
+        return error_response(request, 500, f"internal error {reference}; the server log has it")

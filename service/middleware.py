@@ -170,3 +170,53 @@ class RequestCounter:
             if counter is None:
                 counter = self._counters[labels] = self.metrics.requests.labels(*labels)
             counter.inc()
+
+
+STATE_CHANGING = (b"POST", b"PUT", b"PATCH", b"DELETE")
+
+
+class CrossOriginGuard:
+    """Refuse what a foreign web page could make a browser send without asking (a "simple" request has no
+    preflight): a state-changing request (every POST: predict, infer, repository index/load/unload) whose
+    ``Origin`` is neither the server's own nor one of MCD_CORS_ORIGINS is a 403, and one whose body is
+    anything but JSON (or raw bytes, on the v2 infer routes' binary tensor extension) is a 415. A request
+    without Content-Type (tritonclient sends none) is let through: browsers always send ``Origin`` with a
+    cross-origin POST."""
+
+    def __init__(self, app, origins: list[str]) -> None:
+        self.app = app
+        self.any_origin = "*" in origins
+        self.origins = {origin.rstrip("/").lower() for origin in origins}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"].encode() not in STATE_CHANGING:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin")
+        if origin is not None and not self._allowed(origin.decode("latin-1"), headers.get(b"host", b"")):
+            return await _answer(send, 403, f"cross-origin request from {_short(origin)} refused: this route changes"
+                                 " state; allowed origins are this server's own"
+                                 + (f" and {', '.join(sorted(self.origins))}" if self.origins else "")
+                                 + " (MCD_CORS_ORIGINS)")
+        kind = headers.get(b"content-type")
+        if kind is not None:
+            media = kind.split(b";")[0].strip().lower()
+            accepted = [b"application/json"]
+            if scope["path"].startswith("/v2/models/") and scope["path"].endswith("/infer"):
+                accepted.append(b"application/octet-stream")  # a binary tensor body
+            if media not in accepted:
+                return await _answer(send, 415, f"Content-Type {_short(kind)} is not accepted here: send"
+                                     f" {' or '.join(a.decode() for a in accepted)}")
+        return await self.app(scope, receive, send)
+
+    def _allowed(self, origin: str, host: bytes) -> bool:
+        origin = origin.rstrip("/").lower()
+        if self.any_origin or origin in self.origins:
+            return True
+        scheme, _, netloc = origin.partition("://")
+        return scheme in ("http", "https") and bool(host) and netloc == host.decode("latin-1").lower()
+
+
+def _short(value: bytes, limit: int = 80) -> str:
+    text = value.decode("latin-1")
+    return repr(text if len(text) <= limit else text[:limit] + "...")

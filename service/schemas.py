@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, create_model
 
 from mcdropout.answer import STATISTICS, Statistic, statistics
 from mcdropout.vocabulary import AbstainScore, IntervalMethod, SetMethod
@@ -208,7 +208,7 @@ class V2Live(BaseModel):
 
 class V2InferInput(BaseModel):
     name: str
-    shape: list[int]
+    shape: list[StrictInt]  # whole numbers only: not true, 10.0 or "10"
     datatype: str
     parameters: dict[str, Any] | None = None
     data: list[Any] | None = Field(None, description="the values, flat or nested by the shape (or none, with"

@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(10_000_000, ge=1, description="largest request body; past it: 413")
     max_returned_values: int = Field(
         1_000_000, ge=1, description="largest return_samples answer, in values: rows x samples (the server's"
-        " maximum for 'auto') x outputs; past it: 422 before any work"
+        " maximum for 'auto') x outputs; and of a v2/gRPC answer: rows x the values per row of its outputs; past"
+        " it: 422 before any work"
     )
     decode_worker_idle_s: float = Field(
         60.0, gt=0, description="seconds the body decode worker (large bodies are parsed there) stays up without a"
@@ -95,6 +96,10 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated keys; when set, model endpoints want Bearer auth"
+    )
+    open_metrics: bool = Field(
+        False, description="serve /metrics without a key even when MCD_API_KEYS is set (its series name every"
+        " model); off: /metrics wants the same Bearer key as the model routes"
     )
 
     cors_origins: Annotated[list[str], NoDecode] = Field(

@@ -84,10 +84,9 @@ def model_metadata(manifest: Manifest, versions: list[str] | None = None) -> dic
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
     if header_length is not None:
-        try:
-            length = int(header_length)
-        except ValueError:
-            raise error(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+        if not (header_length.isascii() and header_length.isdigit()):  # int() also takes "1_09", " 109", "+109"
+            raise error(f"Inference-Header-Content-Length must be an integer (digits only), got {header_length!r}")
+        length = int(header_length)
         if not 0 < length <= len(body):
             raise error(f"Inference-Header-Content-Length {length} does not fit a body of {len(body)} bytes")
         header, binary = body[:length], body[length:]
@@ -244,12 +243,36 @@ def decode(raw: bytes, header_length: str | None, spec: InputSpec, max_rows: int
     return V2Body(request, rows)
 
 
+def check_outputs(request: V2InferRequest, manifest: Manifest, rows: int, width: int, limit: int) -> None:
+    """Refuse, before any work: an output asked for twice (400), a binary flag that is not true or false (400),
+    and an answer of more than ``limit`` values (MCD_MAX_RETURNED_VALUES; 422). ``width``: values per row of
+    an output whose width the manifest does not name."""
+    _binary_flag((request.parameters or {}).get("binary_data_output"), "parameters.binary_data_output")
+    asked = [o.name for o in request.outputs or []]
+    for o in request.outputs or []:
+        _binary_flag((o.parameters or {}).get("binary_data"), f"outputs[{shown(o.name)}].parameters.binary_data")
+    twice = sorted({name for name in asked if asked.count(name) > 1})
+    if twice:
+        raise error(f"outputs: {', '.join(map(repr, twice))} asked for more than once; each output is answered once")
+    specs = {spec["name"]: spec["shape"] for spec in output_specs(manifest)}
+    per_row = sum(1 if len(shape) == 1 else (shape[1] if shape[1] > 0 else width)
+                  for name, shape in specs.items() if not asked or name in asked)
+    if rows * per_row > limit:
+        raise ApiError(422, f"outputs: {rows} row(s) x {per_row} value(s) per row = {rows * per_row:,} values is over"
+                       f" the limit of {limit:,} (MCD_MAX_RETURNED_VALUES); ask for fewer rows or outputs", "outputs")
+
+
+def _binary_flag(value: Any, field: str) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise error(f"{field} must be true or false; got {shown(value)}")
+
+
 def selected_outputs(request: V2InferRequest, manifest: Manifest, result: Result
                      ) -> list[tuple[str, np.ndarray, bool]]:
     """The output tensors a request asks for (default: all), each with whether it wants them as raw bytes."""
     tensors = _tensors(result)
     names = [spec["name"] for spec in output_specs(manifest) if spec["name"] in tensors]
-    all_binary = bool((request.parameters or {}).get("binary_data_output", False))
+    all_binary = (request.parameters or {}).get("binary_data_output", False) is True
     if request.outputs:
         offered = {spec["name"] for spec in output_specs(manifest)}
         not_asked = [o.name for o in request.outputs if o.name in offered and o.name not in tensors]
@@ -260,7 +283,7 @@ def selected_outputs(request: V2InferRequest, manifest: Manifest, result: Result
         if unknown:
             raise error(f"unknown output(s) {', '.join(map(repr, unknown))}; model {manifest.name!r} has"
                         f" {', '.join(names)}")
-        selected = [(o.name, bool((o.parameters or {}).get("binary_data", all_binary))) for o in request.outputs]
+        selected = [(o.name, (o.parameters or {}).get("binary_data", all_binary) is True) for o in request.outputs]
     else:
         selected = [(name, all_binary) for name in names]
     return [(name, tensors[name], binary) for name, binary in selected]

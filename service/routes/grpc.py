@@ -9,9 +9,11 @@ server runs on the app's event loop (grpc.aio) and is started by the app's lifes
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
+import uuid
 from typing import Any
 
 import grpc
@@ -33,19 +35,36 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
 
 
 def _answering(guarded: bool):
-    """Turn ApiError into the gRPC status; check the API key first on the model calls."""
+    """Turn ApiError into the gRPC status; check the API key first on the model calls. Any other exception is
+    INTERNAL with a generic message and an id, the server log has it whole (its text may carry a file's or a
+    bundle's content). Every call is counted in mcdropout_requests_total, route ``grpc:<Method>``."""
 
     def wrap(method):
+        route = f"grpc:{method.__name__}"
+
         @functools.wraps(method)
         async def call(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            status = "OK"
             try:
                 if guarded:
                     self.check_key(context)
                 return await method(self, request, context)
             except ApiError as error:
-                await context.abort(CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
-            except ValueError as error:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+                code = CODES.get(error.status, grpc.StatusCode.INTERNAL)
+                status = code.name
+                await context.abort(code, error.message)
+            except asyncio.CancelledError:
+                status = "CANCELLED"
+                raise
+            except Exception as error:
+                if isinstance(error, grpc.aio.AbortError):
+                    raise
+                status = "INTERNAL"
+                reference = uuid.uuid4().hex[:12]
+                log.error("unhandled error %s on gRPC %s", reference, method.__name__, exc_info=error)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error {reference}; the server log has it")
+            finally:
+                self.count(route, request, status)
 
         return call
 
@@ -59,8 +78,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def check_key(self, context: grpc.aio.ServicerContext) -> None:
         keys = self.state.settings.api_keys
-        if keys and not valid_key(dict(context.invocation_metadata() or ()).get("authorization", ""), keys):
+        if not keys:
+            return
+        given = [value for name, value in context.invocation_metadata() or () if name.lower() == "authorization"]
+        if len(given) > 1:
+            raise ApiError(401, "more than one 'authorization' metadata entry: send one")
+        if not given or not isinstance(given[0], str) or not valid_key(given[0], keys):
             raise ApiError(401, "missing or invalid API key: send the metadata 'authorization: Bearer <key>'")
+
+    def count(self, route: str, request: Any, status: str) -> None:
+        name = getattr(request, "model_name", None) or getattr(request, "name", None) or ""
+        model = name if name in self.state.models else ""  # unknown names would make labels unbounded
+        self.state.metrics.requests.labels(route, model, status).inc()
 
     @_answering(guarded=False)
     async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
@@ -77,7 +106,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_answering(guarded=True)
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.state.is_ready(request.name, request.version or None))
+        try:
+            return pb.ModelReadyResponse(ready=self.state.is_ready(request.name, request.version or None))
+        except ValueError as error:  # parse_version's: a version that is not a number (its text is the caller's)
+            raise ApiError(400, str(error)) from None
 
     @_answering(guarded=True)
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
@@ -91,6 +123,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         bundle = plane.bundle(request.model_name, request.model_version or None)
         infer_request, binary = codec.decode(request, settings.max_rows * math.prod(bundle.manifest.input_shape))
         rows = v2.input_array(infer_request, binary, bundle.manifest, settings.max_rows)
+        plane.check_outputs(bundle, infer_request, len(rows))
         asked = plane.request(bundle, rows, v2.parameters_of(infer_request), prefix="parameters.", draws=False,
                               seconds_left=context.time_remaining())
         return codec.encode(infer_request, await plane.infer(asked))

@@ -60,6 +60,7 @@ def install(app: FastAPI, context: Context) -> None:
         bundle = plane.bundle(request.path_params["name"], checked_version(request.path_params.get("version")))
         decoded = await context.decoder.run(len(body), v2.decode, body, request.headers.get(v2.HEADER),
                                             InputSpec.of(bundle.manifest), context.settings.max_rows)
+        plane.check_outputs(bundle, decoded.request, len(decoded.rows))
         asked = plane.request(bundle, decoded.rows, v2.parameters_of(decoded.request), prefix="parameters.",
                               draws=False)
         async with watching(request) as gone:
