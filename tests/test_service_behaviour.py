@@ -96,8 +96,11 @@ def test_api_keys(tmp_path):
                           headers={"Authorization": "Bearer alpha"}).status_code == 200
         v2 = httpx.get(f"{url}/v2/models/diabetes")
         assert v2.status_code == 401 and set(v2.json()) == {"error"}
-        for open_path in ("/v2/health/live", "/v2/health/ready", "/v2", "/metrics"):
+        for open_path in ("/v2/health/live", "/v2/health/ready", "/v2"):
             assert httpx.get(f"{url}{open_path}").status_code == 200, open_path
+        # /metrics names every model: behind the keys too (MCD_OPEN_METRICS opens it)
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        assert httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer beta"}).status_code == 200
 
 
 def test_a_broken_bundle_is_reported_and_the_others_are_served(tmp_path):
