@@ -460,8 +460,10 @@ class ModelPage {
 
   showCode(body) {
     const origin = location.origin;
-    const auth = keyInput.value ? ` \\\n  -H 'Authorization: Bearer ${keyInput.value}'` : "";
-    this.curl.textContent = `curl -s ${origin}/v1/models/${this.info.name}/predict \\\n  -H 'Content-Type: application/json'${auth} \\\n  -d '${JSON.stringify(body)}'`;
+    // Every pasted value is quoted for the shell: a feature named `age'$(touch pwned)'` stays a name.
+    const auth = keyInput.value ? ` \\\n  -H ${shellQuoted("Authorization: Bearer " + keyInput.value)}` : "";
+    const url = `${origin}/v1/models/${encodeURIComponent(this.info.name)}/predict`;
+    this.curl.textContent = `curl -s ${shellQuoted(url)} \\\n  -H 'Content-Type: application/json'${auth} \\\n  -d ${shellQuoted(JSON.stringify(body))}`;
     const inputs = body.instances ? `pandas.DataFrame(${JSON.stringify(body.instances)})` : JSON.stringify(body.inputs);
     const key = keyInput.value ? JSON.stringify(keyInput.value) : "None";
     const imports = body.instances ? "import pandas\n" : "";
@@ -470,6 +472,11 @@ class ModelPage {
       `                            ${keywords(body)})\n` +
       `    print(${printed(this.info.task, body).join(", ")})\n`;
   }
+}
+
+// One shell word holding ``text`` exactly: single quotes, each ' inside written as '\'' (POSIX sh, bash, zsh).
+function shellQuoted(text) {
+  return "'" + String(text).replaceAll("'", "'\\''") + "'";
 }
 
 function printed(task, body) {
