@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mcdropout.client import AsyncClient, BadAnswer, Client, InvalidInput, Overloaded, TimedOut
+from mcdropout.client import MAX_ANSWER_BYTES, AsyncClient, BadAnswer, Client, InvalidInput, Overloaded, TimedOut
 
 INFO = {"name": "m", "status": "ready", "task": "regression", "input_shape": [2], "outputs": ["y"],
         "max_rows": 100}
@@ -147,3 +150,109 @@ def test_an_answer_over_max_answer_bytes(stand_in):
     _answer(200, ANSWER)
     with Client(stand_in, retries=0, max_answer_bytes=100) as client, pytest.raises(BadAnswer, match="max_answer"):
         client.predict("m", [[0.0, 1.0]])
+
+
+@pytest.fixture()
+def header_dripper():
+    """A raw server on 127.0.0.1 that answers every request with a status line sent a byte every 0.1 s:
+    each read is quick, the headers never end (for 60 s)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            line = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 600
+            for index in range(len(line)):
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(line[index:index + 1])
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    server.close()
+
+
+def test_timeout_is_a_deadline_while_the_headers_drip(header_dripper):
+    """Issue 28 item 13: the blocking client held timeout=3 for 30 s while a server dripped header bytes
+    (httpx's timeouts are per read); the deadline now cuts every read, in both clients."""
+    started = time.monotonic()
+    with Client(header_dripper, timeout=1.0, retries=0) as client, pytest.raises(TimedOut):
+        client.models()
+    assert time.monotonic() - started < 2.5
+
+    async def call():
+        async with AsyncClient(header_dripper, timeout=1.0, retries=0) as client:
+            await client.models()
+
+    started = time.monotonic()
+    with pytest.raises(TimedOut):
+        asyncio.run(call())
+    assert time.monotonic() - started < 2.5
+
+
+def test_answers_are_capped_by_default_after_decompression(stand_in):
+    """Issue 28 item 13: with no cap a gzip bomb (300 KB on the wire) was taken in whole; the default cap
+    (256 MiB, decompressed) stops it, in both clients."""
+    assert Client(stand_in).max_answer_bytes == AsyncClient(stand_in).max_answer_bytes == MAX_ANSWER_BYTES \
+        == 256 * 2**20
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    body = bomb.compress(b" " * (MAX_ANSWER_BYTES + 2**24)) + bomb.flush()
+    assert len(body) < 2**20
+    _answer(200, body, {"content-encoding": "gzip"})
+    started = time.monotonic()
+    with Client(stand_in, retries=0, timeout=30) as client, pytest.raises(BadAnswer, match="max_answer_bytes"):
+        client.predict("m", [[0.0, 1.0]])
+
+    async def call():
+        async with AsyncClient(stand_in, retries=0, timeout=30, max_answer_bytes=2**20) as client:
+            await client.predict("m", [[0.0, 1.0]])
+
+    with pytest.raises(BadAnswer, match="max_answer_bytes"):
+        asyncio.run(call())
+    assert time.monotonic() - started < 20
+    with pytest.raises(ValueError, match="max_answer_bytes"):
+        Client(stand_in, max_answer_bytes=0)
+
+
+CLASSIFICATION = {"model": "m", "version": "1", "task": "classification", "samples": 10, "samples_used": [10],
+                  "seed": 0, "classes": ["a", "b"], "probs": [[0.5, 0.5]], "label": [0], "class_name": ["a"],
+                  "entropy": [0.69], "expected_entropy": [0.6], "mutual_information": [0.09],
+                  "variation_ratio": [0.5]}
+TWO_OUTPUTS = {**ANSWER, **{key: [[1.0, 2.0]] for key in ("mean", "std", "variance", "epistemic_variance",
+                                                          "aleatoric_variance")},
+               "interval": {"level": 0.95, "lower": [[0.0, 0.0]], "upper": [[2.0, 2.0]]}}
+
+
+@pytest.mark.parametrize("body, message", [
+    (CLASSIFICATION, "a classification answer for a regression model"),
+    ({**ANSWER, "outputs": ["z"]}, "outputs ['z'], the model's are ['y']"),
+    (TWO_OUTPUTS, "mean has shape (1, 2), expected (1, 1)"),
+])
+def test_an_answer_that_does_not_fit_the_model_is_a_bad_answer(stand_in, body, message):
+    """Issue 28 item 13: a classification answer to a regression model was taken as a result."""
+    _answer(200, body)
+    with Client(stand_in, retries=0) as client, pytest.raises(BadAnswer, match=re.escape(message)):
+        client.predict("m", [[0.0, 1.0]])
+
+    async def call():
+        async with AsyncClient(stand_in, retries=0) as client:
+            await client.predict("m", [[0.0, 1.0]])
+
+    with pytest.raises(BadAnswer, match=re.escape(message)):
+        asyncio.run(call())

@@ -8,6 +8,7 @@ from mcdropout.client._client import (
     BadAnswer,
     ClassificationResult,
     Client,
+    MAX_ANSWER_BYTES,
     InvalidInput,
     ModelInfo,
     NotFound,
@@ -21,6 +22,6 @@ from mcdropout.client._client import (
     Unreachable,
 )
 
-__all__ = ["AsyncClient", "BadAnswer", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound",
+__all__ = ["MAX_ANSWER_BYTES", "AsyncClient", "BadAnswer", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound",
            "Overloaded", "RegressionResult", "Result", "ServerError", "ServiceError", "TimedOut", "Unauthorized",
            "Unreachable"]

@@ -12,7 +12,11 @@ for a row does not depend on what it was sent with. Connection errors and 503
 answers are retried with exponential backoff (honouring Retry-After); 4xx
 answers never are; a server's Retry-After is honoured up to ``max_backoff``.
 ``timeout`` bounds each call as a whole (retries, waits and a slow answer
-included). Errors are typed: :class:`NotFound`, :class:`InvalidInput`,
+included, in both clients: the blocking client's reads are cut at the deadline
+even while a server drips its headers). An answer is at most ``max_answer_bytes``
+(default :data:`MAX_ANSWER_BYTES`, 256 MiB, counted after decompression, so a
+gzip bomb stops there; None: no cap), and a predict answer must fit the model's
+description (its task, outputs and classes). Errors are typed: :class:`NotFound`, :class:`InvalidInput`,
 :class:`Unauthorized`, :class:`Overloaded`, :class:`ServerError`,
 :class:`Unreachable`, :class:`TimedOut`, :class:`BadAnswer`, all
 :class:`ServiceError`.
@@ -23,6 +27,7 @@ Importing this module imports neither torch nor fastapi: it needs httpx and nump
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import re
 import time
@@ -30,6 +35,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field, fields
 from typing import Any, Union
 
+import httpcore
 import httpx
 import numpy as np
 
@@ -39,6 +45,7 @@ from mcdropout.answer import (
     Result,
     concatenate,
     from_json,
+    statistics,
 )
 
 __all__ = ["AsyncClient", "BadAnswer", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound",
@@ -46,6 +53,8 @@ __all__ = ["AsyncClient", "BadAnswer", "ClassificationResult", "Client", "Invali
            "Unreachable"]
 
 EXCERPT_CHARS = 200  # of a bad answer's body, in its error
+MAX_ANSWER_BYTES = 256 * 2**20  # the default cap on one answer, decompressed: 256 MiB
+_UNSET: Any = object()
 # The server's lists of rows in its errors: "rows numbered from 0: 3, 7, ..." and "in row(s) 3, 7, ..."
 _ROW_LIST = re.compile(r"(rows numbered from 0: |in row\(s\) )(\d+(?:, \d+)*)")
 
@@ -110,8 +119,9 @@ class TimedOut(ServiceError):
 
 
 class BadAnswer(ServiceError):
-    """An answer that is not what the route returns (not JSON, the wrong shape, the wrong row count, or
-    larger than ``max_answer_bytes``); ``excerpt`` holds its start."""
+    """An answer that is not what the route returns (not JSON, the wrong shape, the wrong row count, a task,
+    outputs or classes other than the model's, or larger than ``max_answer_bytes``); ``excerpt`` holds its
+    start."""
 
     def __init__(self, message: str, status: int | None = None, excerpt: str = "") -> None:
         super().__init__(f"{message}; the answer begins {excerpt!r}" if excerpt else message, status)
@@ -164,9 +174,11 @@ Flow = Generator[Union[_Request, _Sleep], Any, Any]
 
 class _Base:
     def __init__(self, base_url: str, api_key: str | None, timeout: float, retries: int, backoff: float,
-                 max_backoff: float, max_answer_bytes: int | None = None) -> None:
+                 max_backoff: float, max_answer_bytes: int | None = MAX_ANSWER_BYTES) -> None:
         if not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if max_answer_bytes is not None and not (isinstance(max_answer_bytes, int) and max_answer_bytes > 0):
+            raise ValueError(f"max_answer_bytes must be a positive number of bytes or None, got {max_answer_bytes!r}")
         self.max_answer_bytes = max_answer_bytes
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
@@ -236,7 +248,7 @@ class _Base:
                                                       json={"inputs": rows[start:start + step].tolist(), **options}))
             except InvalidInput as error:
                 raise error.shifted(start) from None
-            part = _prediction(body, name, len(rows[start:start + step]))
+            part = _prediction(body, info, len(rows[start:start + step]))
             parts.append(part)
             options.setdefault("seed", parts[0].seed)  # the server's default seed, kept for later chunks
         return concatenate(parts)
@@ -260,10 +272,11 @@ class Client(_Base):
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.25, max_backoff: float = 8.0,
-                 max_answer_bytes: int | None = None, transport: httpx.BaseTransport | None = None) -> None:
+                 max_answer_bytes: int | None = MAX_ANSWER_BYTES,
+                 transport: httpx.BaseTransport | None = None) -> None:
         super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, max_answer_bytes)
         self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout,
-                                  transport=transport)
+                                  transport=transport or _deadline_transport())
 
     def models(self) -> list[ModelInfo]:
         return self._run(self._models_flow())
@@ -320,6 +333,7 @@ class Client(_Base):
             time.sleep(min(step.seconds, left))
             _left(deadline, self._timeout, step)
             return None
+        bound = _DEADLINE.set(deadline)  # every socket operation of this request ends by the deadline
         try:
             with self._http.stream(step.method, step.path, json=step.json, timeout=left) as response:
                 chunks, received = [], 0
@@ -335,6 +349,76 @@ class Client(_Base):
             return error
         except httpx.TransportError as error:
             return error
+        finally:
+            _DEADLINE.reset(bound)
+
+
+# The blocking client's deadline for the request under way in this thread (or context): httpx's timeouts
+# are per socket operation, so a server sending a byte a second would hold a request forever without it.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("mcdropout_client_deadline", default=None)
+
+
+def _within_deadline(timeout: float | None, error: type[Exception]) -> float | None:
+    """A socket operation's timeout cut to what is left before the deadline; ``error`` once it has passed."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the call's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _within_deadline(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _within_deadline(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname,
+                                                      _within_deadline(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._backend.connect_tcp(host, port, _within_deadline(timeout, httpcore.ConnectTimeout),
+                                                         local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._backend.connect_unix_socket(
+            path, _within_deadline(timeout, httpcore.ConnectTimeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _deadline_transport() -> httpx.HTTPTransport:
+    """httpx's own transport whose socket operations end by the call's deadline (see ``_DEADLINE``)."""
+    transport = httpx.HTTPTransport()
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if backend is None:  # an httpcore without this seam: fail loudly rather than lose the deadline quietly
+        raise RuntimeError("mcdropout.client: this httpcore version does not let the client bound its reads;"
+                           " pin httpcore>=1.0,<2")
+    pool._network_backend = _DeadlineBackend(backend)
+    return transport
 
 
 class AsyncClient(_Base):
@@ -342,7 +426,8 @@ class AsyncClient(_Base):
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.25, max_backoff: float = 8.0,
-                 max_answer_bytes: int | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 max_answer_bytes: int | None = MAX_ANSWER_BYTES,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, max_answer_bytes)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout,
                                        transport=transport)
@@ -429,8 +514,9 @@ def _bad(message: str, body: Any, status: int | None = 200) -> BadAnswer:
     return BadAnswer(message, status, _excerpt(body))
 
 
-def _prediction(body: Any, name: str, rows: int) -> Result:
-    """A predict answer as a result, checked to be one, for ``rows`` rows."""
+def _prediction(body: Any, info: ModelInfo, rows: int) -> Result:
+    """A predict answer as a result, checked to be one, for ``rows`` rows, fitting the model's description."""
+    name = info.name
     try:
         result = from_json(body)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
@@ -438,7 +524,35 @@ def _prediction(body: Any, name: str, rows: int) -> Result:
     got = len(result.samples_used)
     if got != rows:
         raise _bad(f"model {name!r}: the answer holds {got} row(s) for {rows} input row(s)", body)
+    misfit = _misfit(result, info, rows)
+    if misfit:
+        raise _bad(f"model {name!r}: the answer does not fit the model: {misfit}", body)
     return result
+
+
+def _misfit(result: Result, info: ModelInfo, rows: int) -> str | None:
+    """How ``result`` differs from what ``info`` says the model answers (task, outputs, classes); None: it fits."""
+    task = "classification" if isinstance(result, ClassificationResult) else "regression"
+    if info.task in ("regression", "classification") and task != info.task:
+        return f"a {task} answer for a {info.task} model"
+    if task == "regression":
+        width = len(info.outputs) if info.outputs else result.mean.shape[1] if result.mean.ndim == 2 else 1
+        if info.outputs and list(result.outputs) != list(info.outputs):
+            return f"outputs {list(result.outputs)!r}, the model's are {list(info.outputs)!r}"
+    else:
+        width = len(info.classes) if info.classes else result.probs.shape[1] if result.probs.ndim == 2 else 1
+        if info.classes and list(result.classes) != list(info.classes):
+            return f"classes {list(result.classes)!r}, the model's are {list(info.classes)!r}"
+    for stat in statistics(task):
+        value = getattr(result, stat.name, None)
+        if value is None:
+            continue
+        expected = (rows,) if stat.shape == "row" else (rows, width)
+        if np.shape(value) != expected:
+            return f"{stat.name} has shape {tuple(np.shape(value))}, expected {expected}"
+    if task == "classification" and rows and not ((result.label >= 0) & (result.label < width)).all():
+        return f"a label outside 0..{width - 1}"
+    return None
 
 
 def _retryable(failure: ServiceError) -> bool:
