@@ -38,8 +38,7 @@ def held_out_percentiles(bundle: Bundle, seed: int, max_rows: int = MAX_ROWS,
     Each statistic maps to one list of 101 percentiles per column: per output for regression (``std``,
     ``epistemic_std``), one column for classifiers (``entropy``, ``mutual_information``, ``variation_ratio``).
     """
-    from mcdropout.training import split_of
-    from mcdropout.training._table_data import OutsideAllowedDirs
+    from mcdropout.training import OutsideAllowedDirs, split_of
 
     manifest = bundle.manifest
     folders = [*([bundle.path] if bundle.path is not None else []), *allowed_dirs]

@@ -120,6 +120,7 @@ def test_v2_outputs_asked_twice_are_a_400_and_the_answer_is_bounded(http):
     (_body(ROWS[:1], parameters={"binary_data_output": "yes"}), None, "binary_data_output"),
     (_body(ROWS[:1], outputs=[{"name": "mean", "parameters": {"binary_data": 1}}]), None, "binary_data"),
     (_body(ROWS[:1]), "1_09", "Inference-Header-Content-Length"),
+    (_body(ROWS[:1]), "+109", "Inference-Header-Content-Length"),
 ])
 def test_v2_loose_fields_are_refused_naming_them(http, body, header, field):
     content = json.dumps(body).encode()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mcdropout.training._calibration_report import Report, calibration_report, format_report, plot_report
     from mcdropout.training._evaluation import calibrated_metrics, evaluate, plot
     from mcdropout.training._own_table import train_from_table
+    from mcdropout.training._table_data import OutsideAllowedDirs
     from mcdropout.training._recipe_names import RECIPE_NAMES
     from mcdropout.training._recipes import RECIPES, train
     from mcdropout.training._uci import format_calibrated_table as format_uci_calibrated_table
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 # public name: (module, its name there)
 _EXPORTS = {
+    "OutsideAllowedDirs": ("mcdropout.training._table_data", "OutsideAllowedDirs"),  # split_of's refusal
     "RECIPE_NAMES": ("mcdropout.training._recipe_names", "RECIPE_NAMES"),  # torch-free
     "RECIPES": ("mcdropout.training._recipes", "RECIPES"),
     "train": ("mcdropout.training._recipes", "train"),

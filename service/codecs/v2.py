@@ -121,7 +121,7 @@ def input_array(request: V2InferRequest, binary: bytes, manifest: Inputs, max_ro
     count = math.prod(tensor.shape)
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size != count * dtype.itemsize or size > len(binary):
+        if isinstance(size, bool) or not isinstance(size, int) or size != count * dtype.itemsize or size > len(binary):
             raise error(f"input {INPUT_NAME!r}: binary_data_size {size!r} does not match {count} x {tensor.datatype}"
                         f" with {len(binary)} bytes of tensor data")
         array = np.frombuffer(binary[:size], dtype=dtype)
