@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -42,6 +43,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MAX_ROW_VALUES = 1 << 24  # values in one input row (input.shape's product): the probe at load makes two rows
 MAX_PARAMS = 50_000_000  # default limit of load_bundle: a bigger network is refused before it is allocated
 PROBE_SAMPLES = 4  # T of the probe prediction made at load
 _SHOWN_ROWS = 10  # row numbers listed in an error, at most
@@ -125,8 +127,11 @@ class Manifest:
         if not NAME_PATTERN.match(name):
             raise BundleError(f"field 'name': {name!r} must be lower-case letters, digits, '.', '_' or '-'")
         shape = reader.get("input.shape", list)
-        if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
+        if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
             raise BundleError(f"field 'input.shape': expected a list of positive ints, got {shape!r}")
+        if math.prod(shape) > MAX_ROW_VALUES:
+            raise BundleError(f"field 'input.shape': {math.prod(shape):,} values per row, over the limit of"
+                              f" {MAX_ROW_VALUES:,}")
         manifest = cls(
             name=name,
             version=reader.get("version", str),
@@ -142,8 +147,8 @@ class Manifest:
             target_standardisation=reader.standardisation("preprocessing.target"),
             samples=reader.get("inference.samples", int),
             max_samples=reader.get("inference.max_samples", int),
-            dropout=reader.get("inference.dropout", (int, float), optional=True),
-            tau=reader.get("inference.tau", (int, float), optional=True),
+            dropout=reader.number("inference.dropout"),
+            tau=reader.number("inference.tau"),
             training=reader.get("training", dict, default={}),
             metrics=reader.get("metrics", dict, default={}),
             calibration=_calibration(reader.get("calibration", dict, optional=True)),
@@ -176,6 +181,10 @@ class Manifest:
             raise BundleError(f"field 'inference.samples': expected 2 <= samples <= max_samples, got {self.samples}")
         if self.tau is not None and self.tau <= 0:
             raise BundleError(f"field 'inference.tau': must be positive, got {self.tau}")
+        if self.tau is not None and self.task != "regression":
+            raise BundleError("field 'inference.tau': applies to regression only")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise BundleError(f"field 'inference.dropout': expected a rate in [0, 1), got {self.dropout}")
         if self.calibration is not None and self.calibration.task != self.task:
             raise BundleError(f"field 'calibration.task': {self.calibration.task!r} calibration for a {self.task} model")
         outputs = len(self.output_names) if self.output_names else None
@@ -245,6 +254,19 @@ class _Reader:
             raise BundleError(f"field '{dotted}': expected {names}, got {type(value).__name__} {value!r}")
         return value
 
+    def number(self, dotted: str) -> float | None:
+        """An optional finite number, as a float."""
+        value = self.get(dotted, (int, float), optional=True)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise BundleError(f"field '{dotted}': expected a finite number, got {value!r}")
+        return number
+
     def names(self, dotted: str) -> list[str] | None:
         value = self.get(dotted, list, optional=True)
         if value is not None and not all(isinstance(v, str) for v in value):
@@ -260,14 +282,22 @@ class _Reader:
             numbers = value.get(key)
             if isinstance(numbers, (int, float)) and not isinstance(numbers, bool):
                 numbers = [numbers]
-            if not isinstance(numbers, list) or not numbers or not all(
-                isinstance(n, (int, float)) and not isinstance(n, bool) and np.isfinite(n) for n in numbers
-            ):
+            if not isinstance(numbers, list) or not numbers or not all(_finite(n) for n in numbers):
                 raise BundleError(f"field '{dotted}.{key}': expected a non-empty list of finite numbers")
             parts[key] = [float(n) for n in numbers]
         if any(s <= 0 for s in parts["std"]):
             raise BundleError(f"field '{dotted}.std': standard deviations must be positive")
         return Standardisation(**parts)
+
+
+def _finite(value: Any) -> bool:
+    """A JSON number (not a bool) that is finite as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 class NonFiniteError(InputError):
@@ -572,7 +602,11 @@ def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget:
         raise BundleError(f"{weights}: cannot read safetensors ({error}); the file is truncated or not safetensors") from None
     _check_tensors(model, tensors, weights)
     model.load_state_dict(flush_subnormals(tensors), strict=True)
-    bundle = Bundle(manifest, model, folder, device=device, memory_budget=memory_budget)
+    resolve_device(device)  # the caller's device: its error is the caller's, not the bundle's
+    try:
+        bundle = Bundle(manifest, model, folder, device=device, memory_budget=memory_budget)
+    except Exception as error:  # noqa: BLE001 - the engine refused what the manifest says
+        raise BundleError(f"{manifest_file}: {error}") from None
     _probe(bundle, weights)
     _check_weights_hash(manifest, weights)  # after the checks that say what is wrong with the weights themselves
     return bundle
@@ -631,7 +665,7 @@ def _probe(bundle: Bundle, weights: Path) -> None:
     rows = torch.cat([torch.full(shape, -1.0), torch.full(shape, 1.0)]).to(bundle.predictor.dtype)
     try:
         raw = bundle.predictor.predict(rows, samples=PROBE_SAMPLES, seed=0)
-    except (ValueError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001 - whatever the probe meets is the bundle's failure
         raise BundleError(f"{weights}: the probe prediction at load failed: {error}") from None
     if isinstance(raw, RegressionPrediction):
         outputs = raw.mean.reshape(len(raw.mean), -1).shape[1]
@@ -644,7 +678,12 @@ def _probe(bundle: Bundle, weights: Path) -> None:
         if manifest.output_names is not None and len(manifest.output_names) != outputs:
             raise BundleError(f"{weights.parent / MANIFEST}: field 'outputs.names': {len(manifest.output_names)}"
                               f" names for a network with {outputs} output(s)")
-    if len(nonfinite_rows(bundle.predict_model_inputs(rows, samples=PROBE_SAMPLES, seed=0))):
+    try:
+        calibrated = bundle.predict_model_inputs(rows, samples=PROBE_SAMPLES, seed=0)
+    except Exception as error:  # noqa: BLE001 - the calibration applied to the probe: the bundle's failure
+        raise BundleError(f"{weights.parent / MANIFEST}: the calibrated probe prediction at load failed:"
+                          f" {error}") from None
+    if len(nonfinite_rows(calibrated)):
         raise BundleError(f"{weights}: the probe prediction at load gave NaN or infinite statistics: the"
                           " weights overflow float32 arithmetic")
 

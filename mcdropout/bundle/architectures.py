@@ -65,8 +65,9 @@ def build(name: str, config: dict, *, folder: Path | None = None, trust_code: bo
                          " ('my_pkg.nets:Net') or the bundle's own 'model.py:Net'")
     try:
         return _REGISTRY[name](**config)
-    except TypeError as error:
-        raise ValueError(f"architecture {name!r} does not take config {config}: {error}") from error
+    except (TypeError, ValueError, OverflowError, AttributeError, IndexError, KeyError, RuntimeError) as error:
+        raise ValueError(f"architecture {name!r} does not take config {config}: {type(error).__name__}:"
+                         f" {error}") from error
 
 
 def _load_entry_points() -> None:

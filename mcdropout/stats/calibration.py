@@ -331,10 +331,10 @@ class ConformalSets:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConformalSets:
-        scores = {m: SortedScores.from_dict(_mapping(data[m], f"sets.{m}"), f"sets.{m}") for m in SET_METHODS
-                  if m in data}
-        if not scores:
-            raise CalibrationError("sets", f"holds none of {', '.join(SET_METHODS)}")
+        missing = [m for m in SET_METHODS if m not in data]
+        if missing:  # a request may ask for any method the service offers
+            raise CalibrationError(f"sets.{missing[0]}", "is missing")
+        scores = {m: SortedScores.from_dict(_mapping(data[m], f"sets.{m}"), f"sets.{m}") for m in SET_METHODS}
         _same_n([s.n for s in scores.values()], data.get("n"), "sets")
         return cls(scores=scores)
 
@@ -425,8 +425,9 @@ class Selective:
             raise CalibrationError("selective.errors", "expected a non-empty list of 0 and 1")
         scores = {str(k): _numbers(vs, f"selective.scores.{k}")
                   for k, vs in _mapping(data.get("scores"), "selective.scores").items()}
-        if not scores:
-            raise CalibrationError("selective.scores", "holds no score")
+        missing = [score for score in SCORES if score not in scores]
+        if missing:  # a request may abstain by any score the service offers
+            raise CalibrationError(f"selective.scores.{missing[0]}", "is missing")
         for key, values in scores.items():
             if len(values) != len(errors):
                 raise CalibrationError(f"selective.scores.{key}", f"{len(values)} scores for {len(errors)} rows")
