@@ -78,5 +78,18 @@ class ServiceMetrics:
         self.nonfinite_answers.labels(model).inc()
         self.nonfinite_rows.labels(model).inc(rows)
 
+    def forget(self, model: str) -> None:
+        """Drop every series of ``model`` (unloaded or removed, its batchers closed), so /metrics lists only
+        what is served and no callback keeps its batcher alive. The request counts stay: the middleware
+        holds their children, and a count dropped under it would be lost when the model is served again."""
+        for family in (self.queue_seconds, self.compute_seconds, self.batch_requests, self.batch_rows,
+                       self.queue_depth, self.samples, self.uncertainty, self.dropped, self.abstentions,
+                       self.set_size, self.nonfinite_answers, self.nonfinite_rows):
+            index = family._labelnames.index("model")
+            with family._lock:
+                labelled = [labels for labels in family._metrics if labels[index] == model]
+            for labels in labelled:
+                family.remove(*labels)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -63,6 +63,8 @@ class ServiceState:
         self._lock: asyncio.Lock | None = None
         self._poller: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
+        self._closing: dict[str, int] = {}  # batchers per name still finishing their requests (on its lane)
+        self._metered: set[str] = set()  # names with metric series to drop when no longer served
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -225,10 +227,33 @@ class ServiceState:
         return batcher
 
     def _retire(self, served: Served) -> None:
-        """Stop ``served``'s batcher once it has answered what it holds (in the background)."""
-        task = asyncio.get_running_loop().create_task(served.batcher.close())
+        """Stop ``served``'s batcher once it has answered what it holds (in the background); then, if its name
+        is no longer served, free its lane thread and its metric series (see :meth:`_release`)."""
+        name = served.version.name
+        self._closing[name] = self._closing.get(name, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._finish(name, served.batcher))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+    async def _finish(self, name: str, batcher: Batcher) -> None:
+        try:
+            await batcher.close()
+        finally:
+            self._closing[name] -= 1
+            if not self._closing[name]:
+                del self._closing[name]
+        if self._lock is not None:
+            async with self._lock:  # never while a load runs: a load of this name would want its lane
+                self._release()
+
+    def _release(self) -> None:
+        """Free what names no longer served hold, once none of their batchers is still finishing: the lane
+        thread (with torch's OpenMP threads of that thread) and the metric series. Under ``self._lock``."""
+        for name in [name for name in self.lanes if name and name not in self.served and name not in self._closing]:
+            self.lanes.pop(name).shutdown(wait=False)  # idle: its thread ends at once
+        for name in [name for name in self._metered if name not in self.served and name not in self._closing]:
+            self._metered.discard(name)
+            self.metrics.forget(name)
 
     def _refresh(self) -> None:
         """Rebuild the per-name views in place: the highest loaded version is the default."""
@@ -240,13 +265,20 @@ class ServiceState:
                 top = versions[max(versions)]
                 self.models[name] = top.bundle
                 self.batchers[name] = top.batcher
-                self.metrics.queue_depth.labels(name).set_function(lambda batcher=top.batcher: batcher.depth)
+                # by name, not the batcher: a callback holding it would keep the batcher and bundle alive
+                self.metrics.queue_depth.labels(name).set_function(lambda name=name: self._depth(name))
+                self._metered.add(name)
         for name, versions in self.failed.items():
             if name not in self.models and versions:
                 self.failures[name] = "; ".join(f"version {n}: {why}" for n, (_, why) in sorted(versions.items()))
         for name, why in self.problems.items():
             if name not in self.models and name not in self.unloaded:
                 self.failures.setdefault(name, why)
+        self._release()
+
+    def _depth(self, name: str) -> int:
+        batcher = self.batchers.get(name)
+        return batcher.depth if batcher is not None else 0
 
     # -- lookups ------------------------------------------------------------------------------
 
