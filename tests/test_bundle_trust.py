@@ -131,6 +131,16 @@ def test_a_symlinked_bundle_file_is_refused_without_its_content(file, tmp_path):
     assert "SECRET" not in str(refused.value) and str(folder / file) in str(refused.value)
 
 
+def test_a_symlinked_model_py_is_refused_even_when_trusted(tmp_path):
+    folder = _edit(_copy("diabetes", tmp_path), _architecture("model.py:Net"))
+    outside = tmp_path / "elsewhere.py"
+    outside.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    (folder / "model.py").symlink_to(outside)
+    with pytest.raises(BundleError, match="symbolic link"):
+        load_bundle(folder, device="cpu", trust_code=True)
+    assert not (tmp_path / "ran").exists()
+
+
 def test_a_bundle_file_that_is_a_folder_is_refused(tmp_path):
     folder = _copy("diabetes", tmp_path)
     (folder / WEIGHTS).unlink()

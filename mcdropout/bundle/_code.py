@@ -115,6 +115,8 @@ def _attribute(module: ModuleType, dotted: str, name: str) -> object:
 
 def _bundle_module(file: Path) -> ModuleType:
     """Execute a bundle's ``model.py`` once per content: the same file in two bundles is one module."""
+    if file.is_symlink():  # a bundle's files are its own: a link could lead anywhere
+        raise BundleError(f"{file}: is a symbolic link; a bundle's files must be regular files in its folder")
     if not file.is_file():
         raise BundleError(f"{file}: missing (the manifest's architecture names it)")
     source = file.read_bytes()
