@@ -49,6 +49,7 @@ SELECTIVE_GRID = 30  # candidate thresholds tested at once
 SET_METHODS = _vocabulary.SET_METHODS
 SCORES = _vocabulary.ABSTAIN_SCORES
 _TINY_LOG = math.log(np.finfo(np.float64).tiny)
+_ROUNDING = 1e-9  # how far below 0 a stored score may be (float rounding of 1 - p), and still be read
 
 
 def check_level(level: Any, name: str = "level") -> float:
@@ -117,7 +118,7 @@ class SortedScores:
             raise CalibrationError(where + ".ranks", f"must increase from >= 1 to n = {n}")
         if n <= MAX_SCORES and len(ranks) != n:
             raise CalibrationError(where + ".n", f"{n} rows, but {len(ranks)} scores are stored")
-        if any(v < 0 for v in values):
+        if any(v < -_ROUNDING for v in values):  # a fitted score is >= 0 up to rounding (1 - p with p = 1)
             raise CalibrationError(where + ".values", "scores must be >= 0")
         if any(b < a for a, b in zip(values, values[1:])):
             raise CalibrationError(where + ".values", "scores must be sorted in increasing order")
