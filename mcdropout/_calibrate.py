@@ -20,8 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from mcdropout import tables
-from mcdropout.bundle import MANIFEST, WEIGHTS, Bundle, Manifest, fit_bundle, load_bundle
-from mcdropout.bundle._bundle import weights_hash
+from mcdropout.bundle import MANIFEST, WEIGHTS, Bundle, Manifest, fit_bundle, load_bundle, weights_hash
 from mcdropout.errors import InputError, TableError
 from mcdropout.stats import calibration as cal
 

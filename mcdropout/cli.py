@@ -318,7 +318,7 @@ def _allow_modules(args: argparse.Namespace) -> None:
     the server and scoring workers (which inherit the environment) read."""
     import os
 
-    from mcdropout.bundle._code import ALLOWED_MODULES_ENV, allowed_modules_from_env, parse_modules
+    from mcdropout.bundle import ALLOWED_MODULES_ENV, allowed_modules_from_env, parse_modules
 
     given = parse_modules(getattr(args, "allow_architecture_module", None) or [])
     if given:

@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import mcdropout as mcd
 from mcdropout.bundle import MANIFEST, WEIGHTS, BundleError, load_bundle, save_bundle
 from tests.conftest import MODELS, run_server
 

@@ -22,11 +22,14 @@ from mcdropout.bundle._bundle import (
     nonfinite_rows,
     read_manifest,
     save_bundle,
+    weights_hash,
 )
 from mcdropout.bundle._calibration import fit_bundle
+from mcdropout.bundle._code import ALLOWED_MODULES_ENV, allowed_modules_from_env, parse_modules
 from mcdropout.bundle._create import create, read_config
 
 __all__ = [
+    "ALLOWED_MODULES_ENV",
     "MANIFEST",
     "MAX_PARAMS",
     "NAME_PATTERN",
@@ -37,14 +40,17 @@ __all__ = [
     "Manifest",
     "NonFiniteError",
     "Standardisation",
+    "allowed_modules_from_env",
     "architectures",
     "create",
     "fit_bundle",
     "flush_subnormals",
     "load_bundle",
     "nonfinite_rows",
+    "parse_modules",
     "read_config",
     "read_manifest",
     "save_bundle",
     "summarise",
+    "weights_hash",
 ]
