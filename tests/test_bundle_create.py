@@ -82,6 +82,7 @@ def test_checkpoints_become_bundles_equal_to_predict(setup, tmp_path, capsys, we
     assert "sample prediction for an input of zeros, T=32, seed 0: class" in shown
     if weights == "wrapped.pt":
         assert "note: read the state dict under the checkpoint's 'state_dict' key" in shown
+    assert "MCD_ALLOWED_ARCHITECTURE_MODULES=createnets, --allow-architecture-module createnets" in shown
     bundle = mcd.load_bundle(tmp_path / "models" / "mine", device="cpu", allowed_modules=["createnets"])
     assert bundle.name == "mine" and bundle.manifest.architecture == "createnets:Classifier"
     assert bundle.manifest.config == CONFIG and bundle.manifest.class_names == ["a", "b", "c"]

@@ -184,6 +184,11 @@ def create(*, architecture: str, weights: str | Path, task: str, input_shape: Se
         move_into_place(staged, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    module = architecture.partition(":")[0]
+    if _code.is_code_path(architecture) and module != _code.BUNDLE_CODE:
+        notes.append(f"the architecture is imported from {module!r}, which runs its code: load_bundle and the"
+                     f" server import it only where allowed ({_code.ALLOWED_MODULES_ENV}={module},"
+                     f" --allow-architecture-module {module}) or bundle code is trusted")
     parameters = sum(t.numel() for t in bundle.model.state_dict().values())
     bundle.path = target
     return Created(target, bundle, parameters, notes, sample)
