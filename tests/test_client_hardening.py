@@ -11,6 +11,7 @@ import re
 import socket
 import threading
 import time
+import tracemalloc
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -256,3 +257,40 @@ def test_an_answer_that_does_not_fit_the_model_is_a_bad_answer(stand_in, body, m
 
     with pytest.raises(BadAnswer, match=re.escape(message)):
         asyncio.run(call())
+
+
+@pytest.mark.parametrize("encoding, wbits", [("gzip", 31), ("deflate", 15), ("deflate", -15)])
+def test_a_compressed_answer_is_read(stand_in, encoding, wbits):
+    """A gzip or deflate answer (a proxy compressing) is decoded once: it was decoded twice, a DecodingError."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    _answer(200, packer.compress(json.dumps(ANSWER).encode()) + packer.flush(), {"content-encoding": encoding})
+    with Client(stand_in, retries=0) as client:
+        assert client.predict("m", [[0.0, 1.0]]).mean.tolist() == [[1.0]]
+
+    async def call():
+        async with AsyncClient(stand_in, retries=0) as client:
+            return await client.predict("m", [[0.0, 1.0]])
+
+    assert asyncio.run(call()).mean.tolist() == [[1.0]]
+
+
+def test_a_gzip_bomb_never_holds_much_more_than_the_cap(stand_in):
+    """Decoded here, a network read at a time no more than the cap + 1 byte: httpx's decoder turned one
+    64 KiB read into ~64 MB before the cap was looked at."""
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
+    _answer(200, bomb.compress(b" " * 200 * 2**20) + bomb.flush(), {"content-encoding": "gzip"})
+    tracemalloc.start()
+    try:
+        with Client(stand_in, retries=0, max_answer_bytes=2**20) as client, \
+                pytest.raises(BadAnswer, match="max_answer_bytes"):
+            client.predict("m", [[0.0, 1.0]])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak
+
+
+def test_an_encoding_the_client_did_not_ask_for_is_a_bad_answer(stand_in):
+    _answer(200, b"\x00" * 20, {"content-encoding": "br"})
+    with Client(stand_in, retries=0) as client, pytest.raises(BadAnswer, match="content-encoding 'br'"):
+        client.predict("m", [[0.0, 1.0]])

@@ -31,6 +31,7 @@ import contextvars
 import math
 import re
 import time
+import zlib
 from collections.abc import Generator
 from dataclasses import dataclass, field, fields
 from typing import Any, Union
@@ -186,7 +187,9 @@ class _Base:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = {"Accept-Encoding": ACCEPT_ENCODING}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = timeout
         self._models: dict[str, ModelInfo] = {}
 
@@ -259,12 +262,14 @@ class _Base:
         return min(self.max_backoff, wait)
 
     def _answer(self, response: httpx.Response, body: bytes) -> httpx.Response:
-        """A streamed response with its body in: what the flows read."""
-        return httpx.Response(response.status_code, headers=response.headers, content=body, request=response.request)
+        """A streamed response with its body in, decoded: what the flows read."""
+        headers = [(key, value) for key, value in response.headers.multi_items()
+                   if key.lower() not in ("content-encoding", "content-length")]
+        return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
 
-    def _check_size(self, received: int, step: _Request) -> None:
-        if self.max_answer_bytes is not None and received > self.max_answer_bytes:
-            raise BadAnswer(f"{step.method} {step.path}: the answer is over max_answer_bytes ({self.max_answer_bytes})")
+    def _body(self, response: httpx.Response, step: _Request) -> _Body:
+        return _Body(response.headers.get("content-encoding", ""), self.max_answer_bytes,
+                     f"{step.method} {step.path}")
 
 
 class Client(_Base):
@@ -336,13 +341,11 @@ class Client(_Base):
         bound = _DEADLINE.set(deadline)  # every socket operation of this request ends by the deadline
         try:
             with self._http.stream(step.method, step.path, json=step.json, timeout=left) as response:
-                chunks, received = [], 0
-                for chunk in response.iter_bytes():  # a server dripping its answer is cut off at the deadline
-                    chunks.append(chunk)
-                    received += len(chunk)
-                    self._check_size(received, step)
+                body = self._body(response, step)
+                for chunk in response.iter_raw():  # a server dripping its answer is cut off at the deadline
+                    body.feed(chunk)
                     _left(deadline, self._timeout, step)
-                return self._answer(response, b"".join(chunks))
+                return self._answer(response, body.finish())
         except httpx.TimeoutException as error:
             if time.monotonic() >= deadline:
                 raise TimedOut(f"{step.method} {step.path}: no complete answer within timeout={self._timeout} s")
@@ -488,12 +491,64 @@ class AsyncClient(_Base):
 
     async def _receive(self, step: _Request, left: float) -> httpx.Response:
         async with self._http.stream(step.method, step.path, json=step.json, timeout=left) as response:
-            chunks, received = [], 0
-            async for chunk in response.aiter_bytes():
-                chunks.append(chunk)
-                received += len(chunk)
-                self._check_size(received, step)
-            return self._answer(response, b"".join(chunks))
+            body = self._body(response, step)
+            async for chunk in response.aiter_raw():
+                body.feed(chunk)
+            return self._answer(response, body.finish())
+
+
+class _Body:
+    """An answer's body as it comes in, decoded here (identity, gzip or deflate: what the client accepts) so
+    that no more than ``limit`` + 1 decoded bytes are ever held: a gzip bomb stops at the cap, not one
+    network read (up to ~64 MB decoded) past it."""
+
+    def __init__(self, encoding: str, limit: int | None, what: str) -> None:
+        self.limit, self.what, self.size, self.parts = limit, what, 0, []
+        self.encoding = encoding.strip().lower()
+        if self.encoding in ("", "identity"):
+            self._decoder = None
+        elif self.encoding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        elif self.encoding == "deflate":
+            self._decoder = zlib.decompressobj()
+        else:
+            raise BadAnswer(f"{what}: the answer's content-encoding {encoding!r} is not one the client asked for"
+                            f" ({ACCEPT_ENCODING})")
+        self._fresh = True  # deflate is zlib-wrapped or raw: the first bytes say which
+
+    def feed(self, raw: bytes) -> None:
+        if self._decoder is None:
+            self._add(raw)
+            return
+        data = raw
+        while data:
+            room = 0 if self.limit is None else self.limit - self.size + 1  # zlib: 0 is no limit
+            try:
+                out = self._decoder.decompress(data, room)
+            except zlib.error as error:
+                if self._fresh and self.encoding == "deflate":
+                    self._decoder, self._fresh = zlib.decompressobj(-zlib.MAX_WBITS), False
+                    continue
+                raise BadAnswer(f"{self.what}: the answer's {self.encoding} body cannot be decoded ({error})",
+                                None) from None
+            self._fresh = False
+            self._add(out)
+            data = self._decoder.unconsumed_tail
+
+    def finish(self) -> bytes:
+        if self._decoder is not None:
+            self._add(self._decoder.flush())
+        return b"".join(self.parts)
+
+    def _add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.limit is not None and self.size > self.limit:
+            raise BadAnswer(f"{self.what}: the answer is over max_answer_bytes ({self.limit}), decoded")
+        if chunk:
+            self.parts.append(chunk)
+
+
+ACCEPT_ENCODING = "gzip, deflate"  # decoded by _Body, under the size cap
 
 
 def _left(deadline: float, timeout: float, step: _Request | _Sleep) -> float:
