@@ -74,6 +74,16 @@ def test_unloaded_and_removed_models_free_memory_threads_and_series(tmp_path, bi
             _cycle(http, models, big_bundle, "same")
         rss2, threads2 = _settle(pid, threads0)
         print(f"RSS {rss1:.0f} -> {rss2:.0f} MiB, threads {threads1} -> {threads2} after {CYCLES // 2} reloads")
+        for index in range(5):  # removed from the folder while served, no unload: the same
+            name = f"gone{index}"
+            shutil.copytree(big_bundle, models / name)
+            assert http.post(f"/v2/repository/models/{name}/load").status_code == 200
+            assert http.post(f"/v1/models/{name}/predict", json={"inputs": [[0.0] * 10]}).status_code == 200
+            shutil.rmtree(models / name)
+            assert http.post(f"/v2/repository/models/{name}/load").status_code == 404  # rescanned: removed
+        rss3, threads3 = _settle(pid, threads0)
+        print(f"RSS {rss2:.0f} -> {rss3:.0f} MiB, threads {threads2} -> {threads3} after 5 removals")
+        removed = http.get("/metrics").text
         # a name served again is measured again: its series come back, its request count goes on
         shutil.copytree(big_bundle, models / "same")
         assert http.post("/v2/repository/models/same/load").status_code == 200
@@ -91,6 +101,8 @@ def test_unloaded_and_removed_models_free_memory_threads_and_series(tmp_path, bi
                    re.search(rf'mcdropout_(?!requests)\w+{{[^}}]*model="{m}"', metrics)})
     assert kept == [], kept
     assert threads2 <= threads0 + 2 and rss2 - rss0 < 150, (rss0, rss2, threads0, threads2)
+    assert threads3 <= threads0 + 2 and rss3 - rss0 < 150, (rss0, rss3, threads0, threads3)
+    assert not re.search(r'mcdropout_(?!requests)\w+{[^}]*model="gone\d"', removed)
     assert 'mcdropout_queue_depth{model="same"} 0.0' in again
     assert 'mcdropout_compute_seconds_count{model="same"} 1.0' in again
     counted = re.search(r'mcdropout_requests_total{model="same",route="/v1/models/{name}/predict",status="200"} (\S+)',
