@@ -294,3 +294,15 @@ def test_an_encoding_the_client_did_not_ask_for_is_a_bad_answer(stand_in):
     _answer(200, b"\x00" * 20, {"content-encoding": "br"})
     with Client(stand_in, retries=0) as client, pytest.raises(BadAnswer, match="content-encoding 'br'"):
         client.predict("m", [[0.0, 1.0]])
+
+
+def test_the_deadline_holds_through_a_proxy_from_the_environment(header_dripper, monkeypatch):
+    """httpx mounts its own transport for HTTP_PROXY: it is bounded by the deadline too (the dripping
+    server stands in for a proxy that drips)."""
+    monkeypatch.setenv("HTTP_PROXY", header_dripper)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    started = time.monotonic()
+    with Client("http://models.invalid", timeout=1.0, retries=0) as client, pytest.raises(TimedOut):
+        client.models()
+    assert time.monotonic() - started < 2.5

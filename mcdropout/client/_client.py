@@ -281,7 +281,11 @@ class Client(_Base):
                  transport: httpx.BaseTransport | None = None) -> None:
         super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, max_answer_bytes)
         self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout,
-                                  transport=transport or _deadline_transport())
+                                  transport=transport)
+        if transport is None:  # httpx's own transports, and those of the proxies it took from the environment
+            for own in (self._http._transport, *self._http._mounts.values()):
+                if isinstance(own, httpx.HTTPTransport):
+                    _bounded(own)
 
     def models(self) -> list[ModelInfo]:
         return self._run(self._models_flow())
@@ -412,15 +416,15 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
-def _deadline_transport() -> httpx.HTTPTransport:
-    """httpx's own transport whose socket operations end by the call's deadline (see ``_DEADLINE``)."""
-    transport = httpx.HTTPTransport()
+def _bounded(transport: httpx.HTTPTransport) -> httpx.HTTPTransport:
+    """httpx's own transport, its socket operations made to end by the call's deadline (see ``_DEADLINE``)."""
     pool = getattr(transport, "_pool", None)
     backend = getattr(pool, "_network_backend", None)
     if backend is None:  # an httpcore without this seam: fail loudly rather than lose the deadline quietly
         raise RuntimeError("mcdropout.client: this httpcore version does not let the client bound its reads;"
                            " pin httpcore>=1.0,<2")
-    pool._network_backend = _DeadlineBackend(backend)
+    if not isinstance(backend, _DeadlineBackend):
+        pool._network_backend = _DeadlineBackend(backend)
     return transport
 
 
