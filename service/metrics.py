@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -54,6 +56,14 @@ class ServiceMetrics:
             " the inputs", ["model"], registry=r)
         self.nonfinite_rows = Counter("mcdropout_nonfinite_rows", "input rows whose statistics came out NaN or"
                                       " infinite", ["model"], registry=r)
+        # each labelled family and its label names, for forget() (read through the public collect())
+        self._labels = {self.requests: ("route", "model", "status"), self.uncertainty: ("model", "kind"),
+                        self.dropped: ("model", "reason"),
+                        **{family: ("model",) for family in (
+                            self.queue_seconds, self.compute_seconds, self.batch_requests, self.batch_rows,
+                            self.queue_depth, self.samples, self.abstentions, self.set_size,
+                            self.nonfinite_answers, self.nonfinite_rows)}}
+        self._forget_hooks: list[Callable[[str], None]] = []
 
     def observe_batch(self, model: str, stats: BatchStats) -> None:
         for seconds in stats.queue_seconds:
@@ -80,16 +90,19 @@ class ServiceMetrics:
 
     def forget(self, model: str) -> None:
         """Drop every series of ``model`` (unloaded or removed, its batchers closed), so /metrics lists only
-        what is served and no callback keeps its batcher alive. The request counts stay: the middleware
-        holds their children, and a count dropped under it would be lost when the model is served again."""
-        for family in (self.queue_seconds, self.compute_seconds, self.batch_requests, self.batch_rows,
-                       self.queue_depth, self.samples, self.uncertainty, self.dropped, self.abstentions,
-                       self.set_size, self.nonfinite_answers, self.nonfinite_rows):
-            index = family._labelnames.index("model")
-            with family._lock:
-                labelled = [labels for labels in family._metrics if labels[index] == model]
-            for labels in labelled:
+        what is served and no callback keeps its batcher alive; the request counter's cached children go too
+        (through the hooks of :meth:`on_forget`). A model served again counts from zero, as after a restart."""
+        for family, names in self._labels.items():
+            children = {tuple(sample.labels[name] for name in names) for metric in family.collect()
+                        for sample in metric.samples if sample.labels.get("model") == model}
+            for labels in children:
                 family.remove(*labels)
+        for hook in self._forget_hooks:
+            hook(model)
+
+    def on_forget(self, hook: Callable[[str], None]) -> None:
+        """Call ``hook(model)`` whenever a model's series are dropped (a cache of labelled children)."""
+        self._forget_hooks.append(hook)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -147,6 +147,12 @@ class RequestCounter:
         self.metrics = metrics
         self.known = known
         self._counters: dict[tuple[str, str, str], Any] = {}  # labelled children: labels() locks and hashes
+        metrics.on_forget(self._forget)
+
+    def _forget(self, model: str) -> None:
+        """A model's series were dropped: so are the cached children that would bring them back."""
+        for labels in [labels for labels in self._counters if labels[1] == model]:
+            del self._counters[labels]
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
