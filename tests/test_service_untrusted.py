@@ -182,59 +182,68 @@ def test_an_http_internal_error_gives_an_id_not_its_text(caplog):
     assert reference in caplog.text and "SECRET-from-a-file" in caplog.text
 
 
-class _Aborted(Exception):
+# The servicer's own calls, in a process of their own: tritonclient's gRPC protobuf modules and kserve's
+# (imported by other test files) cannot share one process.
+SERVICER_PROBE = r"""
+import asyncio, io, json, logging, sys
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from service.app import create_app
+from service.dataplane import DataPlane
+from service.routes.grpc import InferenceServicer
+from service.settings import Settings
+
+class Aborted(Exception):
     pass
 
-
-class _Context:
+class Context:
     def __init__(self, metadata=()):
         self.metadata = metadata
-
     def invocation_metadata(self):
         return self.metadata
-
     async def abort(self, code, message):
-        raise _Aborted(code, message)
+        raise Aborted(code, message)
+
+def servicer(keys=()):
+    return InferenceServicer(DataPlane(create_app(Settings(models_dir=sys.argv[1], api_keys=list(keys))).state.service))
+
+def aborted(call):
+    try:
+        asyncio.run(call)
+    except Aborted as error:
+        return [str(error.args[0]), error.args[1]]
+    return None
+
+log = io.StringIO()
+logging.getLogger("mcdropout.service").addHandler(logging.StreamHandler(log))
+broken = servicer()
+def bundle(*args, **kwargs):
+    raise IndexError("SECRET-from-a-file")
+broken.plane.bundle = bundle  # an internal failure where the servicer looks the model up
+internal = aborted(broken.ModelMetadata(pb.ModelMetadataRequest(name="diabetes"), Context()))
+guarded = servicer(keys=["k1"])
+twice = [aborted(guarded.ModelReady(pb.ModelReadyRequest(name="diabetes"), Context(metadata)))
+         for metadata in ([("authorization", "Bearer nope"), ("authorization", "Bearer k1")],
+                          [("authorization", "Bearer k1"), ("authorization", "Bearer nope")])]
+print(json.dumps({"internal": internal, "log": log.getvalue(), "twice": twice}))
+"""
 
 
-def _servicer(keys=()):
+@pytest.fixture(scope="module")
+def servicer_probe() -> dict:
     pytest.importorskip("tritonclient")
-    from service.dataplane import DataPlane
-    from service.routes.grpc import InferenceServicer
-
-    plane = DataPlane(create_app(Settings(models_dir=MODELS, api_keys=list(keys))).state.service)
-    return InferenceServicer(plane)
-
-
-def test_a_grpc_internal_error_gives_an_id_not_its_text(caplog):
-    import asyncio
-
-    import grpc
-    from tritonclient.grpc import service_pb2 as pb
-
-    servicer = _servicer()
-
-    def broken(*args, **kwargs):
-        raise IndexError("SECRET-from-a-file")
-
-    servicer.plane.bundle = broken
-    with caplog.at_level(logging.ERROR, "mcdropout.service"), pytest.raises(_Aborted) as aborted:
-        asyncio.run(servicer.ModelMetadata(pb.ModelMetadataRequest(name="diabetes"), _Context()))
-    code, message = aborted.value.args
-    assert code == grpc.StatusCode.INTERNAL and "SECRET" not in message and "IndexError" not in message
-    assert message.split()[2].rstrip(";") in caplog.text and "SECRET-from-a-file" in caplog.text
+    done = subprocess.run([sys.executable, "-c", SERVICER_PROBE, str(MODELS)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
 
 
-def test_two_grpc_authorization_entries_are_refused():
-    import asyncio
+def test_a_grpc_internal_error_gives_an_id_not_its_text(servicer_probe):
+    code, message = servicer_probe["internal"]
+    assert code == "StatusCode.INTERNAL" and "SECRET" not in message and "IndexError" not in message
+    assert message.split()[2].rstrip(";") in servicer_probe["log"] and "SECRET-from-a-file" in servicer_probe["log"]
 
-    import grpc
-    from tritonclient.grpc import service_pb2 as pb
 
-    servicer = _servicer(keys=["k1"])
-    for metadata in ([("authorization", "Bearer nope"), ("authorization", "Bearer k1")],
-                     [("authorization", "Bearer k1"), ("authorization", "Bearer nope")]):
-        with pytest.raises(_Aborted) as aborted:
-            asyncio.run(servicer.ServerLive(pb.ServerLiveRequest(), _Context(metadata)))  # open: no key
-            asyncio.run(servicer.ModelReady(pb.ModelReadyRequest(name="diabetes"), _Context(metadata)))
-        assert aborted.value.args[0] == grpc.StatusCode.UNAUTHENTICATED and "more than one" in aborted.value.args[1]
+def test_two_grpc_authorization_entries_are_refused(servicer_probe):
+    for code, message in servicer_probe["twice"]:
+        assert code == "StatusCode.UNAUTHENTICATED" and "more than one" in message
