@@ -4,7 +4,7 @@ A codec (service/codecs/) decodes a protocol's body into rows and a mapping of n
 :meth:`DataPlane.request` checks those parameters once, against the model, with the same errors
 whatever the protocol (422 naming the field; v2 and gRPC name it with their ``parameters.`` prefix);
 :meth:`DataPlane.infer` runs the request through the model's batcher and returns the bundle's
-calibrated answer (:meth:`mcdropout.bundle.Bundle.summarise`), which the codec encodes. No protocol
+calibrated answer (``Bundle.predict``, then :func:`mcdropout.bundle.summarise`), which the codec encodes. No protocol
 module calls the batcher or the bundle itself.
 """
 
@@ -96,10 +96,9 @@ class DataPlane:
 
     def output_width(self, bundle: Bundle) -> int:
         """Values per row of ``bundle``'s widest output (classes, or outputs), as measured when it was loaded."""
-        for versions in self.state.served.values():
-            for served in versions.values():
-                if served.bundle is bundle:
-                    return served.width
+        served = self.state.served_of(bundle)
+        if served is not None:
+            return served.width
         return max(len(bundle.manifest.class_names or bundle.manifest.output_names or []), 1)
 
     def check_outputs(self, bundle: Bundle, request: Any, rows: int) -> None:

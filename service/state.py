@@ -318,12 +318,17 @@ class ServiceState:
         self.bundle(name, number)
         return True
 
-    def version_of(self, bundle: Bundle) -> int:
-        """The repository version ``bundle`` was loaded as."""
+    def served_of(self, bundle: Bundle) -> Served | None:
+        """The served version that holds ``bundle``; None once it was replaced or unloaded."""
         for served in self.served.get(bundle.name, {}).values():
             if served.bundle is bundle:
-                return served.version.version
-        return 1
+                return served
+        return None
+
+    def version_of(self, bundle: Bundle) -> int:
+        """The repository version ``bundle`` was loaded as."""
+        served = self.served_of(bundle)
+        return 1 if served is None else served.version.version
 
     def versions(self, name: str) -> list[dict]:
         """Every version of ``name``: number, state and the reason of a failure."""
@@ -358,8 +363,8 @@ class ServiceState:
     async def predict(self, request: InferRequest, gone: asyncio.Future | None = None) -> Result:
         """``request``'s answer from its model's batcher; ``gone``: completes when the client went away."""
         bundle, inputs, samples = request.bundle, request.rows, request.samples
-        served = self.served.get(bundle.name, {}).get(self.version_of(bundle))
-        if served is None or served.bundle is not bundle:
+        served = self.served_of(bundle)
+        if served is None:
             raise ApiError(503, f"model {bundle.name!r} was replaced or unloaded while this request was read;"
                            " retry", None, {"Retry-After": str(self.settings.retry_after_s)})
         if request.return_samples:
