@@ -134,11 +134,7 @@ class OptionError(InputError):
 
 def _fraction(given: dict[str, Any], name: str) -> float | None:
     value = given.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise OptionError(name, f"must be a number in (0, 1), got {value!r}")
-    return float(value)
+    return None if value is None else check_level(value, name)
 
 
 def _choice(given: dict[str, Any], name: str, allowed: tuple[str, ...], default: str | None) -> str | None:
@@ -209,8 +205,8 @@ def parse_options(given: dict[str, Any], manifest: Any, level: float = 0.95) -> 
         if options.max_risk < smallest:
             raise OptionError("max_risk", f"{options.max_risk} is below the smallest risk the {selective.n}"
                                           f" calibration rows of {manifest.name!r} can certify at delta {delta}:"
-                                          f" max_risk must be >= {smallest} (1 - delta^(1/n), rounded up); more calibration"
-                                          " rows certify lower risks")
+                                          f" max_risk must be >= {smallest} (1 - delta^(1/n), rounded up); more"
+                                          " calibration rows certify lower risks")
     if options.delta is not None and options.max_risk is None:
         raise OptionError("delta", "applies with max_risk")
     return None if options == Options() else options
@@ -393,8 +389,9 @@ def _draws(value: Any) -> np.ndarray | list[np.ndarray] | None:
 def take_rows(result: Result, start: int, stop: int) -> Result:
     """Rows [start, stop) of a result (views, no copies): every array field has the rows first."""
     parts = {item.name: getattr(result, item.name) for item in fields(result)}
-    return type(result)(**{name: value[start:stop] if isinstance(value, np.ndarray) or (name == "draws" and value)
-                           else value for name, value in parts.items()})
+    per_row = {name for name, value in parts.items()
+               if isinstance(value, np.ndarray) or (name == "draws" and value is not None)}  # draws: a list with 'auto'
+    return type(result)(**{name: value[start:stop] if name in per_row else value for name, value in parts.items()})
 
 
 def concatenate(parts: list[Result]) -> Result:
@@ -405,9 +402,10 @@ def concatenate(parts: list[Result]) -> Result:
     joined = {}
     for item in fields(first):
         values = [getattr(part, item.name) for part in parts]
-        if any(value is not None for value in values) and any(value is None for value in values):
-            if item.name in ("abstain", "prediction_set", "set_size", "draws"):
-                raise ValueError(f"cannot join results where only some parts have {item.name!r}")
+        present = [value is not None for value in values]
+        per_row = item.name == "draws" or any(isinstance(value, np.ndarray) for value in values)
+        if per_row and any(present) and not all(present):
+            raise ValueError(f"cannot join results where only some parts have {item.name!r}")
         if item.name == "draws" and values[0] is not None:
             joined[item.name] = _join_draws(values)
         else:
