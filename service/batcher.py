@@ -7,7 +7,7 @@ batch is not full. Requests that share (samples, seed) run as one engine call
 on their concatenated rows; since a row's answer depends only on (model, row,
 T, seed), each request gets exactly what it would get alone. Interval levels,
 calibration options and sample returns are per request and applied afterwards
-(:meth:`mcdropout.bundle.Bundle.summarise`, once per level and options in a run),
+(:func:`mcdropout.bundle.summarise`, once per level and options in a run),
 so no parameter leaks between requests. Compute runs on one thread per process
 (one device), off the event loop; it also gives each request its rows,
 so the event loop converts nothing per request. The queue is bounded: past

@@ -364,13 +364,6 @@ class Bundle:
             raise NonFiniteError(self.name, bad)
         return prediction
 
-    def summarise(self, prediction: Prediction, level: float = 0.95,
-                  options: Options | Mapping[str, Any] | None = None) -> Result:
-        """The answer at interval ``level`` with ``options`` (a dict or :class:`~mcdropout.answer.Options`,
-        checked against the bundle) from a calibrated :meth:`predict`: one run can answer several requests."""
-        return _answering.summarise(self.manifest, prediction, level,
-                                    _answering.options_for(self.manifest, options, level))
-
     def answer(self, x: ArrayLike, *, samples: int | str | None = None, seed: int | None = None,
                level: float = 0.95, options: Options | Mapping[str, Any] | None = None,
                tolerance: float | None = None, return_samples: bool = False,
