@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -103,4 +104,13 @@ def calibrated_models(tmp_path_factory) -> Path:
             calibrate_on_split(folder / bundle.name, samples=20, quiet=True)
         elif bundle.is_dir() and not bundle.name.startswith("."):
             (folder / bundle.name).symlink_to(bundle)
+    return folder
+
+
+def edit_manifest(folder: Path, change) -> Path:
+    """Apply ``change`` (a function of the parsed manifest.json) to a bundle folder's manifest, in place."""
+    file = folder / "manifest.json"
+    manifest = json.loads(file.read_text())
+    change(manifest)
+    file.write_text(json.dumps(manifest))
     return folder

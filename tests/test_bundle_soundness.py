@@ -4,7 +4,6 @@ prediction that comes out non-finite is an error naming the model and the rows, 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from mcdropout.bundle import (
 )
 from mcdropout.errors import InputError
 
-from .conftest import MODELS, run_server
+from .conftest import MODELS, edit_manifest, run_server
 from .test_bundle import _manifest
 from .test_scoring_safety import _refused, _score
 
@@ -39,13 +38,6 @@ def _saved(folder: Path, **changes) -> Path:
 def _edit_weights(path: Path, change) -> Path:
     tensors = load_file(path / WEIGHTS)
     save_file({key: change(key, value) for key, value in tensors.items()}, path / WEIGHTS)
-    return path
-
-
-def _edit_manifest(path: Path, change) -> Path:
-    data = json.loads((path / MANIFEST).read_text())
-    change(data)
-    (path / MANIFEST).write_text(json.dumps(data))
     return path
 
 
@@ -98,7 +90,7 @@ def test_standardisations_and_names_must_fit_the_shapes(tmp_path, changes, messa
 def test_a_huge_architecture_is_refused_before_it_is_allocated(tmp_path):
     path = _saved(tmp_path / "toy")
     # 5e7 hidden units: 2.7 GB if it were built; counted on the meta device it costs nothing
-    _edit_manifest(path, lambda data: data["architecture"]["config"].update(hidden=[50_000_000]))
+    edit_manifest(path, lambda data: data["architecture"]["config"].update(hidden=[50_000_000]))
     with pytest.raises(BundleError, match=r"250,000,001 parameters, over the limit of 50,000,000"):
         load_bundle(path, device="cpu")
     with pytest.raises(BundleError, match=r"has 41 parameters, over the limit of 10"):
@@ -119,7 +111,7 @@ def test_the_service_lists_unsound_bundles_as_failed_with_their_reason(tmp_path)
     models = tmp_path / "models"
     shutil.copytree(MODELS / "diabetes", models / "diabetes")
     _edit_weights(_saved(models / "nan", name="nan"), _first_weight(float("nan")))
-    _edit_manifest(_saved(models / "huge", name="huge"),
+    edit_manifest(_saved(models / "huge", name="huge"),
                    lambda data: data["architecture"]["config"].update(hidden=[5000]))
     with run_server(tmp_path, models_dir=str(models), max_model_params=10_000) as server:
         listed = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}

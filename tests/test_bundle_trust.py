@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mcdropout.bundle import MANIFEST, WEIGHTS, BundleError, load_bundle, save_bundle
-from tests.conftest import MODELS, run_server
+from tests.conftest import MODELS, edit_manifest, run_server
 
 ROWS = [[0.01, -0.04, 0.06, 0.02, -0.04, -0.03, 0.0, -0.02, 0.02, -0.01]]
 
@@ -27,13 +27,6 @@ def _copy(name: str, tmp_path: Path, as_name: str | None = None) -> Path:
     target = tmp_path / (as_name or name)
     shutil.copytree(MODELS / name, target)
     return target
-
-
-def _edit(folder: Path, change) -> Path:
-    manifest = json.loads((folder / MANIFEST).read_text())
-    change(manifest)
-    (folder / MANIFEST).write_text(json.dumps(manifest))
-    return folder
 
 
 def _architecture(name: str, config: dict | None = None):
@@ -64,7 +57,7 @@ def test_an_import_path_is_not_imported_without_trust_or_an_allowed_module(name,
                                                                            monkeypatch):
     monkeypatch.delenv("MCD_ALLOWED_ARCHITECTURE_MODULES", raising=False)
     _, marker = site
-    folder = _edit(_copy("diabetes", tmp_path), _architecture(name, {"in_features": 10, "out_features": 1}))
+    folder = edit_manifest(_copy("diabetes", tmp_path), _architecture(name, {"in_features": 10, "out_features": 1}))
     module = name.partition(":")[0]
     already = module in sys.modules
     with pytest.raises(BundleError, match="MCD_ALLOWED_ARCHITECTURE_MODULES") as refused:
@@ -77,12 +70,12 @@ def test_an_import_path_is_not_imported_without_trust_or_an_allowed_module(name,
 
 def test_an_allowed_module_is_imported_and_one_that_exits_is_the_bundles_failure(site, tmp_path):
     _, marker = site
-    folder = _edit(_copy("diabetes", tmp_path), _architecture("markmod:Net", {"in_features": 10,
+    folder = edit_manifest(_copy("diabetes", tmp_path), _architecture("markmod:Net", {"in_features": 10,
                                                                               "out_features": 1}))
     with pytest.raises(BundleError, match="does not match the manifest's architecture"):  # imported, then built
         load_bundle(folder, device="cpu", allowed_modules=["markmod"])
     assert marker.exists()
-    _edit(folder, _architecture("exitmod:Net"))
+    edit_manifest(folder, _architecture("exitmod:Net"))
     with pytest.raises(BundleError, match="importing module 'exitmod' failed: SystemExit: 3"):
         load_bundle(folder, device="cpu", allowed_modules="exitmod")
     with pytest.raises(BundleError, match="SystemExit"):  # trusted code too: never an exit of the process
@@ -91,7 +84,7 @@ def test_an_allowed_module_is_imported_and_one_that_exits_is_the_bundles_failure
 
 def test_the_allowlist_comes_from_the_environment_by_default(site, tmp_path, monkeypatch):
     _, marker = site
-    folder = _edit(_copy("diabetes", tmp_path), _architecture("markmod:Net", {"in_features": 10,
+    folder = edit_manifest(_copy("diabetes", tmp_path), _architecture("markmod:Net", {"in_features": 10,
                                                                               "out_features": 1}))
     monkeypatch.setenv("MCD_ALLOWED_ARCHITECTURE_MODULES", "other, markmod")
     with pytest.raises(BundleError, match="does not match"):
@@ -106,7 +99,7 @@ def test_the_cli_flag_allows_a_module(site, tmp_path, monkeypatch):
 
     monkeypatch.setenv("MCD_ALLOWED_ARCHITECTURE_MODULES", "")  # recorded, so the flag's setting is undone after
     _, marker = site
-    folder = _edit(_copy("diabetes", tmp_path), _architecture("markmod:Net", {"in_features": 10,
+    folder = edit_manifest(_copy("diabetes", tmp_path), _architecture("markmod:Net", {"in_features": 10,
                                                                               "out_features": 1}))
     assert main(["evaluate", str(folder)]) == 2 and not marker.exists()
     main(["evaluate", str(folder), "--allow-architecture-module", "markmod"])
@@ -131,7 +124,7 @@ def test_a_symlinked_bundle_file_is_refused_without_its_content(file, tmp_path):
 
 
 def test_a_symlinked_model_py_is_refused_even_when_trusted(tmp_path):
-    folder = _edit(_copy("diabetes", tmp_path), _architecture("model.py:Net"))
+    folder = edit_manifest(_copy("diabetes", tmp_path), _architecture("model.py:Net"))
     outside = tmp_path / "elsewhere.py"
     outside.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
     (folder / "model.py").symlink_to(outside)
@@ -192,7 +185,7 @@ CLASSIFIER_TAMPERING = [
 @pytest.mark.parametrize(("model", "change", "field"), [("diabetes", *case) for case in REGRESSION_TAMPERING]
                          + [("digits", *case) for case in CLASSIFIER_TAMPERING])
 def test_tampered_calibration_fails_the_bundle_naming_the_field(model, change, field, tmp_path):
-    folder = _edit(_copy(model, tmp_path), change)
+    folder = edit_manifest(_copy(model, tmp_path), change)
     with pytest.raises(BundleError) as refused:
         load_bundle(folder, device="cpu")
     assert f"field '{field}" in str(refused.value), refused.value
@@ -221,12 +214,12 @@ def test_weights_that_are_not_the_manifests_are_refused(tmp_path):
 
 
 def test_a_manifest_without_the_hash_loads_with_a_warning(tmp_path, caplog):
-    folder = _edit(_copy("diabetes", tmp_path), lambda m: m.pop("weights_blake2b"))
+    folder = edit_manifest(_copy("diabetes", tmp_path), lambda m: m.pop("weights_blake2b"))
     with caplog.at_level("WARNING", logger="mcdropout.bundle._bundle"):
         bundle = load_bundle(folder, device="cpu")
     assert bundle.name == "diabetes" and "records no weights_blake2b" in caplog.text
     with pytest.raises(BundleError, match="field 'weights_blake2b'"):
-        load_bundle(_edit(folder, _set("weights_blake2b", "not hex")), device="cpu")
+        load_bundle(edit_manifest(folder, _set("weights_blake2b", "not hex")), device="cpu")
 
 
 def test_save_bundle_and_calibrate_record_the_hash(tmp_path):
@@ -261,7 +254,7 @@ def test_shipped_bundles_record_their_weights():
     ({"in_features": 30000, "out_features": 30000, "dtype": "float64"}, "architecture.config.dtype"),
 ])
 def test_a_config_may_not_place_the_network(config, field, tmp_path):
-    folder = _edit(_copy("diabetes", tmp_path), _architecture("torch.nn:Linear", config))
+    folder = edit_manifest(_copy("diabetes", tmp_path), _architecture("torch.nn:Linear", config))
     started = time.perf_counter()
     with pytest.raises(BundleError, match=f"field '{field}'"):
         load_bundle(folder, device="cpu", allowed_modules=["torch.nn"], max_params=10 ** 12)
@@ -269,7 +262,7 @@ def test_a_config_may_not_place_the_network(config, field, tmp_path):
 
 
 def test_a_nested_device_key_is_refused(tmp_path):
-    folder = _edit(_copy("diabetes", tmp_path), lambda m: m["architecture"]["config"].update(
+    folder = edit_manifest(_copy("diabetes", tmp_path), lambda m: m["architecture"]["config"].update(
         extra=[{"device": "cpu"}]))
     with pytest.raises(BundleError, match=r"field 'architecture.config.extra\[0\].device'"):
         load_bundle(folder, device="cpu")
@@ -289,9 +282,9 @@ def test_the_server_survives_hostile_bundles_and_keeps_the_old_version(tmp_path,
     (site / "exitmod.py").write_text("class Stop(BaseException):\n    pass\nraise Stop('stop the server')\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     served = _copy("diabetes", models)
-    _edit(_copy("diabetes", models, "marked"), _architecture("markmod:Net"))
-    _edit(_copy("diabetes", models, "exits"), _architecture("exitmod:Net"))
-    _edit(_copy("diabetes", models, "scaled"), _set("calibration.sigma_scale", [0]))
+    edit_manifest(_copy("diabetes", models, "marked"), _architecture("markmod:Net"))
+    edit_manifest(_copy("diabetes", models, "exits"), _architecture("exitmod:Net"))
+    edit_manifest(_copy("diabetes", models, "scaled"), _set("calibration.sigma_scale", [0]))
     with run_server(tmp_path, models_dir=str(models), allowed_architecture_modules="exitmod",
                     reload_interval_s="0.2") as server:
         listed = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models", timeout=30).json()["models"]}

@@ -24,7 +24,6 @@ import subprocess
 import sys
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -183,17 +182,11 @@ print(json.dumps(codes))
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def server(tmp_path_factory):
     port = free_port()
     with run_server(tmp_path_factory.mktemp("conformance"), grpc_port=str(port), reload="false") as server:
         server.grpc_address = f"127.0.0.1:{port}"
         yield server
-
-
-@pytest.fixture(scope="module")
-def http(served):
-    with httpx.Client(base_url=served.url, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
@@ -290,9 +283,9 @@ def bad(infos) -> dict[tuple[str, str], tuple[dict[str, Any], str]]:
 
 
 @pytest.fixture(scope="module")
-def grpc_answers(served, grid, bad, rows) -> dict:
+def grpc_answers(server, grid, bad, rows) -> dict:
     """Every grid and bad case, and every model's metadata, asked through tritonclient.grpc (one process)."""
-    asked = {"address": served.grpc_address, "metadata": list(TASKS), "infer": {}}
+    asked = {"address": server.grpc_address, "metadata": list(TASKS), "infer": {}}
     for (name, case), (parameters, _) in grid.items():
         asked["infer"][f"{name}/{case}"] = [name, rows[name].tolist(), oip(parameters)]
     for (name, case), (parameters, _) in bad.items():
@@ -306,15 +299,15 @@ def grpc_answers(served, grid, bad, rows) -> dict:
 
 
 @pytest.fixture(scope="module")
-def triton_http(served):
-    client = triton.InferenceServerClient(served.url.removeprefix("http://"), network_timeout=60)
+def triton_http(server):
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=60)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
-def client(served):
-    with Client(served.url, retries=0) as made:
+def client(server):
+    with Client(server.url, retries=0) as made:
         yield made
 
 
@@ -573,7 +566,7 @@ def test_metadata_lists_the_same_outputs_over_http_and_grpc(name, http, grpc_ans
 
 
 @pytest.fixture(scope="module")
-def scored(served, infos, rows, tmp_path_factory) -> dict[str, dict[str, pd.DataFrame]]:
+def scored(server, infos, rows, tmp_path_factory) -> dict[str, dict[str, pd.DataFrame]]:
     """`mcdropout score` of every model's rows, local and remote (one process for all runs)."""
     folder = tmp_path_factory.mktemp("score")
     runs, outputs = [], {}
@@ -583,7 +576,7 @@ def scored(served, infos, rows, tmp_path_factory) -> dict[str, dict[str, pd.Data
         options = score_options(name, infos[name])
         for engine, model in (("local", str(MODELS / name)), ("remote", name)):
             output = folder / f"{name}-{engine}.parquet"
-            extra = ["--url", served.url] if engine == "remote" else []
+            extra = ["--url", server.url] if engine == "remote" else []
             runs.append(["score", model, str(source), str(output), *options, "--engine", engine, *extra, "--quiet"])
             outputs.setdefault(name, {})[engine] = output
     done = subprocess.run([sys.executable, "-c", SCORE_RUNS], input=json.dumps(runs), cwd=ROOT, capture_output=True,

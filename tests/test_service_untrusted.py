@@ -8,7 +8,6 @@ import logging
 import subprocess
 import sys
 
-import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
@@ -62,12 +61,6 @@ def server(tmp_path_factory):
                     max_returned_values="40") as running:
         running.grpc = f"127.0.0.1:{port}"
         yield running
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
 
 
 # -- 4: cross-origin state changes ------------------------------------------------------------------------
