@@ -40,16 +40,16 @@ def test_samples_run_as_few_batched_passes_not_a_loop():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 16), nn.Dropout(0.3), after, nn.Linear(16, 1))
     mcd.predict(model, torch.randn(10, 5), samples=100, seed=0)
-    assert after.rows == 2 + 100 * 10  # probe (2 replicas) + every replica once
-    assert after.calls == 2  # probe + one pass: all 1000 replicas at once
+    assert after.rows == 1 + 2 + 100 * 10  # probes (train mode: 1 row; sampled: 2 replicas) + every replica once
+    assert after.calls == 3  # probes + one pass: all 1000 replicas at once
 
 
 def test_chunks_follow_the_row_budget():
     after = _CountRows()
     model = nn.Sequential(nn.Linear(5, 16), nn.Dropout(0.3), after, nn.Linear(16, 1))
     mcd.predict(model, torch.randn(10, 5), samples=100, seed=0, chunk_rows=250)
-    assert after.rows == 2 + 1000
-    assert after.calls == 1 + 4  # 25 samples x 10 rows per pass
+    assert after.rows == 1 + 2 + 1000
+    assert after.calls == 2 + 4  # 25 samples x 10 rows per pass
 
 
 def test_cpu_passes_are_cache_sized_by_default():
@@ -57,15 +57,16 @@ def test_cpu_passes_are_cache_sized_by_default():
     after = _CountRows()
     model = nn.Sequential(nn.Linear(5, 4096), nn.Dropout(0.3), after, nn.Linear(4096, 1))  # 16 KiB per replica
     mcd.predict(model, torch.randn(10, 5), samples=100, seed=0, device="cpu")
-    assert after.rows == 2 + 1000
-    assert after.calls == 1 + 9  # 12 samples x 10 rows a pass (120 <= 2 MiB / 16 KiB = 128): 9 passes
+    assert after.rows == 1 + 2 + 1000
+    assert after.calls == 2 + 9  # 12 samples x 10 rows a pass (120 <= 2 MiB / 16 KiB = 128): 9 passes
 
 
 def test_prefix_before_first_dropout_runs_once_per_row():
-    """Layers before the first stochastic layer see each input row once, not T times (+1 probe row)."""
+    """Layers before the first stochastic layer see each input row once, not T times (+1 probe row, +1 for
+    the train-mode probe)."""
     counter = _CountRows()
     mcd.predict(_mlp(counter), torch.randn(12, 5), samples=200, seed=0)
-    assert counter.rows == 1 + 12
+    assert counter.rows == 1 + 1 + 12
 
 
 def test_prefix_sharing_gives_the_answer_of_the_unsplit_model():
@@ -82,12 +83,12 @@ def test_prefix_sharing_gives_the_answer_of_the_unsplit_model():
             return self.inner(inputs)
 
     shared = mcd.predict(model, x, samples=50, seed=1)
-    assert counter.rows == 1 + 6
+    assert counter.rows == 1 + 1 + 6  # train-mode probe, probe, the rows once
     modules = mcd.predict(Unsplit(), x, samples=50, seed=1)
-    assert counter.rows == 7 + 2 + 1 + 2 + 6  # probe pass, the search (rows, replicas), the rows once
+    assert counter.rows == 8 + 1 + 2 + 1 + 2 + 6  # train-mode probe, probe pass, the search (rows, replicas), the rows once
     model[0].register_forward_hook(lambda *_: None)  # a hooked module is not shared: every replica runs it
     whole = mcd.predict(Unsplit(), x, samples=50, seed=1)
-    assert counter.rows == 18 + 2 + 1 + 50 * 6
+    assert counter.rows == 20 + 1 + 2 + 1 + 50 * 6
     for other in (modules, whole):
         assert torch.allclose(shared.mean, other.mean, atol=1e-6 * float(shared.std.max()))
         assert torch.allclose(shared.epistemic, other.epistemic, rtol=1e-5)
@@ -123,7 +124,7 @@ def test_modules_before_the_first_dropout_of_any_model_run_once_per_row():
     predictor = mcd.MCPredictor(model, samples=40, chunk_rows=100)  # 11 samples x 9 rows a pass: 4 passes
     shared = predictor.predict(x, seed=3, return_samples=True)
     assert predictor._probed[(6,)].shared.modules == (model.encoder,)
-    assert seen == [2, 1, 2, 9]  # probe (two replicas), search (one row, two replicas), then 9 rows once
+    assert seen == [1, 2, 1, 2, 9]  # probes (train mode: one row; two replicas), search (one row, two replicas), then 9 rows once
     model.counter.register_forward_hook(lambda *_: None)  # hooks on what follows change nothing
     reference = _Encoded()
     reference.encoder.register_forward_hook(lambda *_: None)  # hooked: every replica runs it
@@ -139,7 +140,7 @@ def test_a_module_called_again_after_dropout_is_not_shared():
     predictor = mcd.MCPredictor(model, samples=20)
     answer = predictor.predict(torch.randn(4, 6), seed=0)
     assert predictor._probed[(6,)].shared is None
-    assert model.counter.rows == 2 + 1 + 2 + 20 * 4  # probe, the search, every replica
+    assert model.counter.rows == 1 + 2 + 1 + 2 + 20 * 4  # probes (train mode, sampled), the search, every replica
     assert torch.all(answer.epistemic > 0)
 
 
@@ -170,7 +171,8 @@ def test_functional_dropout_in_a_leading_layer_turns_sharing_off():
     assert torch.all(pred.epistemic > 0)
     # ...but Custom drops out: after the probe found that, the Sequential split is off and every replica
     # runs the model; only the first Linear is shared, module by module (the counter holds no parameters:
-    # probe 1 + 2, search 1 + 2, the rows' pass 4, every replica)
+    # train-mode probe 1 (which finds Custom, so the split is off from the start), probe 2, search 1 + 2,
+    # the rows' pass 4, every replica)
     assert counter.rows == 1 + 2 + 1 + 2 + 4 + 20 * 4
 
 

@@ -1,5 +1,7 @@
 """Bad input and unsampleable models raise ValueError naming the problem."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -112,19 +114,30 @@ def test_a_certain_classifier_is_answered_not_refused():
 
 
 @pytest.mark.parametrize(
-    ("module", "name"),
+    "module",
     [
-        (nn.LSTM(4, 4, num_layers=2, dropout=0.3, batch_first=True), "LSTM"),
-        (nn.GRU(4, 4, num_layers=2, dropout=0.3, batch_first=True), "GRU"),
-        (nn.MultiheadAttention(4, 2, dropout=0.1, batch_first=True), "MultiheadAttention"),
+        nn.LSTM(4, 4, num_layers=2, dropout=0.3, batch_first=True),
+        nn.GRU(4, 4, num_layers=2, dropout=0.3, batch_first=True),
+        nn.MultiheadAttention(4, 2, dropout=0.1, batch_first=True),
     ],
 )
-def test_dropout_inside_fused_kernels_is_named(module, name):
-    model = nn.ModuleDict({"encoder": module, "drop": nn.Dropout(0.2)})
-    with pytest.raises(ValueError, match=rf"encoder \({name}.*dropout"):
-        mcd.MCPredictor(model)
-    with pytest.warns(UserWarning, match="encoder"):
-        mcd.MCPredictor(model, strict=False)
+def test_dropout_inside_fused_kernels_is_sampled_not_refused(module):
+    """Stacked recurrent dropout and attention dropout are sampled (tests/test_every_dropout.py checks how)."""
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = module
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.encoder(x, x, x)[0] if isinstance(self.encoder, nn.MultiheadAttention)
+                             else self.encoder(x)[0])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prediction = mcd.predict(Model(), torch.randn(3, 5, 4), samples=8, seed=0)
+    assert torch.all(prediction.epistemic > 0)
 
 
 def test_classifier_must_return_logits_per_class():

@@ -3,41 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from torch import nn
 
-from mcdropout.engine._registry import STOCHASTIC_TYPES, is_stochastic
+from mcdropout.engine._registry import FLAG_GATED_TYPES, STOCHASTIC_TYPES, is_stochastic
 
 __all__ = ["STOCHASTIC_TYPES", "is_stochastic", "mc_dropout", "mc_modes", "module_roles", "stochastic_modules"]
 
 
 def stochastic_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if is_stochastic(m)]
-
-
-def unsampled_dropout(model: nn.Module) -> list[str]:
-    """Dropout that runs inside fused torch kernels, out of reach of per-sample masks.
-
-    ``nn.LSTM(dropout=...)`` (and GRU/RNN) drop between layers inside one C++ call;
-    ``nn.MultiheadAttention(dropout=...)`` drops attention weights inside its own
-    kernel. MC sampling would silently leave these off, so they are named instead.
-    """
-    found = []
-    for name, module in model.named_modules():
-        label = name or "<model>"
-        if isinstance(module, nn.RNNBase) and module.dropout > 0 and module.num_layers > 1:
-            found.append(
-                f"{label} ({type(module).__name__}(num_layers={module.num_layers}, dropout={module.dropout})):"
-                " dropout between stacked layers runs inside torch's fused kernel; stack single-layer"
-                " modules with mcdropout.LockedDropout between them instead"
-            )
-        if isinstance(module, nn.MultiheadAttention) and module.dropout > 0:
-            found.append(
-                f"{label} (MultiheadAttention(dropout={module.dropout})): attention dropout runs inside"
-                " torch's attention kernel; set dropout=0 there and rely on the nn.Dropout layers"
-            )
-    return found
 
 
 @contextlib.contextmanager
@@ -51,9 +27,13 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-def module_roles(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Every module of ``model`` with whether MC mode trains it (stochastic) or not."""
-    return [(module, is_stochastic(module)) for module in model.modules()]
+def module_roles(model: nn.Module, gated: Collection[nn.Module] = ()) -> list[tuple[nn.Module, bool]]:
+    """Every module of ``model`` with whether MC mode trains it (stochastic, flag-gated, or in ``gated``:
+    found calling dropout under its own flag) or not."""
+    return [
+        (module, is_stochastic(module) or isinstance(module, FLAG_GATED_TYPES) or module in gated)
+        for module in model.modules()
+    ]
 
 
 class mc_modes:

@@ -23,7 +23,7 @@ import secrets
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from mcdropout.engine._coverage import ModuleStack, fired_in_train_mode, flag_gated, unsampled
 from mcdropout.engine._folding import ChannelHead
+from mcdropout.engine._inputs import RowDict, call_with_keywords, check_output_option, select_output
 from mcdropout.engine._prefix import ModulePrefix, SharedRows
 from mcdropout.engine._sampler import (
     ChunkLayout,
@@ -43,7 +45,6 @@ from mcdropout.engine._modes import (
     mc_modes,
     module_roles,
     stochastic_modules,
-    unsampled_dropout,
 )
 from mcdropout.vocabulary import TASKS as _TASKS
 from mcdropout.stats import (
@@ -141,6 +142,12 @@ class _Structure:
         """Nothing shared: for an input shape whose leading layers call dropout functionally."""
         return cls((), model, None, model, None, None)
 
+    @classmethod
+    def keywords(cls, model: nn.Module) -> _Structure:
+        """Named inputs (:class:`~mcdropout.engine._inputs.RowDict`): the model called with keywords."""
+        forward = call_with_keywords(model)
+        return cls((), forward, None, forward, None, None)
+
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: it keys the plans made from it
 class _Probe:
@@ -168,10 +175,14 @@ class MCPredictor:
     """MC dropout predictions for one model.
 
     Args:
-        model: a network with dropout (torch's ``nn.Dropout*``, ``AlphaDropout``,
-            functional ``F.dropout`` calls, or this project's layers).
+        model: a network with dropout: torch's ``nn.Dropout*``, ``AlphaDropout``,
+            functional ``F.dropout`` calls, attention dropout (``F.scaled_dot_product_attention``,
+            ``nn.MultiheadAttention``, transformer layers, Hugging Face attention), dropout
+            between stacked ``nn.LSTM/GRU/RNN`` layers, or this project's layers. Every dropout
+            that fires in train mode is sampled or named in an error.
         task: ``"regression"`` (outputs, or a ``(mean, log_variance)`` tuple from a
-            heteroscedastic head) or ``"classification"`` (logits).
+            heteroscedastic head) or ``"classification"`` (logits). A model that returns a
+            mapping (a Hugging Face ``ModelOutput``) is read at its ``logits``.
         samples: T, an int >= 2, or ``"auto"``: sample until the MC standard error
             is below ``tolerance`` (relative to the predictive std for regression,
             absolute on class probabilities) or ``max_samples``, per row.
@@ -183,14 +194,17 @@ class MCPredictor:
             row, so rows are answered independently of their batch;
             ``"per_row"``: independent masks per (sample, row), for comparison.
         input_shape: the shape of one input row, checked when given.
-        strict: raise (True) or warn (False) when the model has dropout that
-            cannot be sampled (stacked ``nn.LSTM(dropout=...)``, attention dropout).
+        strict: raise (True) or warn (False) when the model fires, in train mode, dropout
+            that cannot be sampled or randomness that is not dropout (found on the first
+            call for each input shape).
         chunk_rows: the most replica rows per forward pass. Default: on the CPU,
             as many as keep the pass's widest activation within 2 MiB, which stays
             in cache (at batch 256, T=50 on a 64-512-512-10 MLP, 1,024-row chunks
             ran 25-35% faster than 4,096); on CUDA, as many as ``memory_budget`` allows.
         temperature: for a classifier, divides every MC sample's logits before the softmax (temperature
             scaling, fitted by :func:`mcdropout.stats.calibration.fit_temperature`); None: as they are.
+        output: which of the model's outputs to read: a key of a returned mapping (default
+            ``"logits"``) or an index of a returned tuple (default: the tuple as it is).
     """
 
     def __init__(
@@ -209,6 +223,7 @@ class MCPredictor:
         strict: bool = True,
         chunk_rows: int | None = None,
         temperature: float | None = None,
+        output: str | int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -243,13 +258,10 @@ class MCPredictor:
         self._on_cpu = self.device.type == "cpu"  # read once: each device.type is a call into torch
         self.model = model
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        unsampled = unsampled_dropout(model)
-        if unsampled:
-            message = "the model has dropout that MC sampling cannot reach:\n  " + "\n  ".join(unsampled)
-            if strict:
-                raise InputError(message + "\n(pass strict=False to sample the rest and ignore these)")
-            warnings.warn(message, stacklevel=2)
+        self.output = check_output_option(output)
+        self.strict = strict
         self._structure = _Structure.of(model)
+        self._gated: set[nn.Module] = set()  # modules found gating dropout on their own flag (the probe)
         self._roles = module_roles(model)
         self._dropout_modules = sampled_modules(model)
         self._lock = _model_lock(model)
@@ -291,10 +303,12 @@ class MCPredictor:
         temperature = self.temperature if temperature is None else _check_temperature(temperature, self.task)
         sampler = MaskSampler(self.device)  # active only inside forward passes, not around the statistics
         probe = self._probed.get(tuple(inputs.shape[1:]))
-        with self._lock, torch.inference_mode(), mc_modes(self._roles):
-            plan = self._plan(inputs.shape[0], total, probe or self._probe(inputs, sampler))
-            accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples, tolerance,
-                                          temperature)
+        with self._lock, torch.inference_mode():
+            probe = probe or self._probe(inputs, sampler)
+            with mc_modes(self._roles):
+                plan = self._plan(inputs.shape[0], total, probe)
+                accumulator, kept = self._run(inputs, sampler, plan, seed, total, auto, return_samples, tolerance,
+                                              temperature)
         # spreads are variances: all zero, or some positive; a certain classifier is not refused
         if not bool(accumulator.spread().any()) and not accumulator.saturated():
             raise InputError(
@@ -306,26 +320,46 @@ class MCPredictor:
 
     # -- input and planning ------------------------------------------------------
 
-    def prepare_input(self, x: ArrayLike) -> torch.Tensor:
-        """Validate rows of ``x`` (numeric, finite, of ``input_shape``) as a tensor of the model's dtype."""
+    def prepare_input(self, x: ArrayLike | Mapping[str, ArrayLike]) -> torch.Tensor | RowDict:
+        """Validate rows of ``x`` (numeric, finite, of ``input_shape``) as a tensor of the model's dtype;
+        integer inputs (token ids) keep their dtype. A mapping of names to such arrays (a Hugging Face
+        batch: ``input_ids``, ``attention_mask``, ...) is checked name by name, rows along dim 0."""
+        if isinstance(x, Mapping):
+            return self._prepare_named(x)
+        return self._prepare_tensor(x, "inputs", self.input_shape)
+
+    def _prepare_named(self, x: Mapping) -> RowDict:
+        if not x:
+            raise InputError("inputs are an empty mapping: name at least one input tensor (e.g. input_ids)")
+        tensors = {}
+        for name, value in x.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise InputError(f"input names must be keyword names (e.g. 'input_ids'), got {name!r}")
+            tensors[name] = self._prepare_tensor(value, f"inputs[{name!r}]", None)
+        rows = {name: t.shape[0] for name, t in tensors.items()}
+        if len(set(rows.values())) > 1:
+            raise InputError(f"named inputs must have the same number of rows (dim 0); got {rows}")
+        return RowDict(tensors)
+
+    def _prepare_tensor(self, x: ArrayLike, field: str, input_shape: tuple[int, ...] | None) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
             tensor = x.detach() if x.requires_grad else x
         else:
             array = np.asarray(x)
             if array.dtype.kind not in "biuf":
-                raise InputError(f"inputs must be numeric, got an array of dtype {array.dtype}")
+                raise InputError(f"{field} must be numeric, got an array of dtype {array.dtype}")
             tensor = torch.from_numpy(np.ascontiguousarray(array))
         dtype, shape = tensor.dtype, tensor.shape  # read once: each read is a call into torch
         if dtype.is_complex or dtype == torch.bool:
-            raise InputError(f"inputs must be real numbers, got dtype {dtype}")
+            raise InputError(f"{field} must be real numbers, got dtype {dtype}")
         if not shape:
-            raise InputError("inputs must have a batch dimension first, got a scalar")
+            raise InputError(f"{field} must have a batch dimension first, got a scalar")
         if shape[0] == 0:
-            raise InputError("inputs are empty: got 0 rows")
-        if self.input_shape is not None and tuple(shape[1:]) != self.input_shape:
+            raise InputError(f"{field} are empty: got 0 rows" if field == "inputs" else f"{field} is empty: got 0 rows")
+        if input_shape is not None and tuple(shape[1:]) != input_shape:
             raise InputError(
-                f"inputs have rows of shape {tuple(shape[1:])}, expected {self.input_shape}"
-                f" (inputs of shape (rows, {', '.join(map(str, self.input_shape))}))"
+                f"inputs have rows of shape {tuple(shape[1:])}, expected {input_shape}"
+                f" (inputs of shape (rows, {', '.join(map(str, input_shape))}))"
             )
         if dtype.is_floating_point and dtype != self.dtype:  # first: a float64 past float32's range becomes inf
             tensor = tensor.to(self.dtype)
@@ -334,7 +368,7 @@ class MCPredictor:
             bad = torch.nonzero(~finite).flatten().tolist()
             if bad:
                 shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
-                raise InputError(f"inputs contain NaN or inf in {len(bad)} row(s): {shown} (or values past the"
+                raise InputError(f"{field} contain NaN or inf in {len(bad)} row(s): {shown} (or values past the"
                                  f" range of the model's {str(self.dtype).removeprefix('torch.')})")
         if len(shape) >= 4:
             # Row-major strides, spelled out: a size-1 dimension may carry any stride, and numpy gives
@@ -356,6 +390,27 @@ class MCPredictor:
         if key in self._probed:
             return self._probed[key]
         first = inputs[:1].to(self.device)
+        structure = _Structure.keywords(self.model) if isinstance(first, RowDict) else self._structure
+        fired = self._fired_in_train_mode(structure, first, key)
+        gated = flag_gated(fired) - self._gated
+        if gated:  # modules that gate dropout on their own flag: switched on in every pass from now on
+            self._gated |= gated
+            self._roles = module_roles(self.model, self._gated)
+            if any(module in gated for layer in structure.prefix for module in layer.modules()):
+                structure = _Structure.whole(self.model)
+        with mc_modes(self._roles):
+            return self._probe_sampled(key, first, structure, sampler, fired)
+
+    def _fired_in_train_mode(self, structure: _Structure, first: torch.Tensor | RowDict, key) -> list:
+        """What the model fires on the probe row in train mode (BatchNorm-like modules in eval)."""
+        whole = structure if isinstance(first, RowDict) else _Structure.whole(self.model)
+        try:
+            return fired_in_train_mode(self.model, lambda: whole.suffix(first))
+        except (RuntimeError, IndexError, TypeError) as error:
+            raise InputError(f"the model failed on inputs with rows of shape {key} (in train mode): {error}") from error
+
+    def _probe_sampled(self, key, first, structure: _Structure, sampler: MaskSampler, fired: list) -> _Probe:
+        """The engine's own probe pass, checked against what fired in train mode."""
         leaf_bytes = [0]  # the widest output of a leaf module in the sampled pass, per replica (2 replicas)
         in_suffix = [False]  # the prefix runs once per row, not per replica: its outputs do not count
 
@@ -365,7 +420,8 @@ class MCPredictor:
 
         hooks = [m.register_forward_hook(record) for m in self.model.modules() if not list(m.children())]
         calls_before = sampler.calls
-        structure = self._structure
+        stack = ModuleStack(self.model)
+        sampled_under: set[nn.Module] = set()  # the modules running when the pass drew masks
         try:
             try:
                 hidden = self._run_prefix(structure, first, sampler, checked=False)
@@ -375,13 +431,23 @@ class MCPredictor:
             layout = ChunkLayout(seed=0, first_sample=0, num_samples=2, num_rows=1, row_ids=self._row_ids(range(1)))
             in_suffix[0] = True
             sampler.measuring = True
-            outputs = self._run_suffix(structure, hidden, layout, sampler, functional=True)
-            sampler.measuring = False
+            sampler.trace = lambda: sampled_under.add(stack.innermost())
+            with stack:
+                outputs = self._run_suffix(structure, hidden, layout, sampler, functional=True)
         except (RuntimeError, IndexError, TypeError) as error:
             raise InputError(f"the model failed on inputs with rows of shape {key}: {error}") from error
         finally:
+            sampler.measuring = False
+            sampler.trace = None
             for hook in hooks:
                 hook.remove()
+        missed = unsampled(self.model, fired, sampled_under)
+        if missed:
+            message = ("the model fires, in train mode, randomness that MC sampling does not sample:\n  "
+                       + "\n  ".join(missed))
+            if self.strict:
+                raise InputError(message + "\n(pass strict=False to sample the rest and leave these as eval mode has them)")
+            warnings.warn(message, stacklevel=4)
         if sampler.calls == calls_before:
             found = [name for name, _ in stochastic_modules(self.model)]
             detail = f" (it has {', '.join(found)}, but none of them ran)" if found else ""
@@ -545,6 +611,7 @@ class MCPredictor:
 
     def _group(self, outputs, layout: ChunkLayout):
         """(S*R, ...) model outputs -> (S, R, ...)."""
+        outputs = select_output(outputs, self.output)
         parts = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         grouped = []
         for part in parts:

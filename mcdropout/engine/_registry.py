@@ -10,7 +10,21 @@ sample) and shared by the rows of a pass:
 - ``channel``: one per channel, broadcast over positions (``Dropout1d/2d/3d``,
   ``FeatureAlphaDropout``);
 - ``weight``: one per weight of the wrapped layer (:class:`~mcdropout.layers.DropConnect`);
-- ``sequence``: one per feature, shared by every time step (:class:`~mcdropout.layers.LockedDropout`).
+- ``sequence``: one per feature, shared by every time step (:class:`~mcdropout.layers.LockedDropout`);
+- ``attention``: one per (head, query, key) on the attention probabilities
+  (``nn.MultiheadAttention``, and ``F.scaled_dot_product_attention(dropout_p=...)``
+  through :data:`ATTENTION_FUNCTIONS`; :mod:`mcdropout.engine._attention`);
+- ``between layers``: one per (time step, feature) on each stacked recurrent layer's output but the
+  last (``nn.LSTM/GRU/RNN(num_layers > 1, dropout > 0)``; :mod:`mcdropout.engine._recurrent`).
+
+Modules that gate dropout on their own ``training`` flag and have no entry
+(Hugging Face attention classes, a user's module calling
+``F.scaled_dot_product_attention(..., dropout_p=p if self.training else 0)``) are
+found by the train-mode probe (:mod:`mcdropout.engine._coverage`) and get their
+flag switched on for the pass; :data:`FLAG_GATED_TYPES` are torch's modules whose
+flag does nothing but choose between their Python path (which calls their
+dropout) and a fused inference path (which skips it). :data:`RANDOM_FUNCTIONS`
+is the randomness that is not dropout: named in an error, never sampled.
 
 During a pass the engine gives each registered module the entry's ``sample``
 as its ``forward``; a subclass that keeps its parent's ``forward`` is sampled as
@@ -28,9 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcdropout.engine._attention import multihead_attention, scaled_dot_product_attention
+from mcdropout.engine._recurrent import samples_between_layers, stacked_recurrent
 from mcdropout.layers import DropConnect, LockedDropout
 
-Mask = Literal["unit", "channel", "weight", "sequence"]
+Mask = Literal["unit", "channel", "weight", "sequence", "attention", "between layers"]
 
 
 class MaskSampler(Protocol):
@@ -51,6 +67,7 @@ class StochasticLayer:
     alpha: bool  # alpha dropout: dropped units take SELU's saturation value, then an affine correction
     sample: Callable[[MaskSampler, Any, torch.Tensor], torch.Tensor]  # the module's forward inside a pass
     execution: str  # the fast path that applies (see the engine's README paragraph)
+    applies: Callable[[nn.Module], bool] = lambda module: True  # this instance drops out (e.g. dropout > 0)
 
     @property
     def channelwise(self) -> bool:
@@ -123,7 +140,34 @@ STOCHASTIC_LAYERS: dict[type[nn.Module], StochasticLayer] = {
     nn.FeatureAlphaDropout: _torch_dropout("channel", True, "masked"),
     DropConnect: StochasticLayer("weight", False, _drop_connect, "batched product / grouped convolution"),
     LockedDropout: StochasticLayer("sequence", False, _locked_dropout, "masked"),
+    nn.MultiheadAttention: StochasticLayer(
+        "attention", False, multihead_attention, "explicit attention", lambda module: module.dropout > 0
+    ),
+    nn.LSTM: StochasticLayer("between layers", False, stacked_recurrent, "layer by layer", samples_between_layers),
+    nn.GRU: StochasticLayer("between layers", False, stacked_recurrent, "layer by layer", samples_between_layers),
+    nn.RNN: StochasticLayer("between layers", False, stacked_recurrent, "layer by layer", samples_between_layers),
 }
+
+# Attention functions -> their sampled replacement (dropout_p is their fifth positional argument).
+ATTENTION_FUNCTIONS: dict[Callable[..., Any], Callable[..., torch.Tensor]] = {
+    F.scaled_dot_product_attention: scaled_dot_product_attention,
+}
+
+# Torch modules whose training flag only picks their Python path (calling their dropout) over a fused
+# inference kernel that skips it: switched on in MC mode, nothing else about them changes.
+FLAG_GATED_TYPES: tuple[type[nn.Module], ...] = (
+    nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder, nn.TransformerDecoder,
+    nn.Transformer,
+)
+
+# Randomness that is not dropout (noise, random slopes, a user's torch.rand under self.training).
+RANDOM_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset({
+    torch.rand, torch.rand_like, torch.randn, torch.randn_like, torch.randint, torch.randint_like,
+    torch.randperm, torch.bernoulli, torch.normal, torch.poisson, torch.multinomial,
+    torch.Tensor.bernoulli, torch.Tensor.bernoulli_, torch.Tensor.uniform_, torch.Tensor.normal_,
+    torch.Tensor.exponential_, torch.Tensor.geometric_, torch.Tensor.cauchy_, torch.Tensor.log_normal_,
+    torch.Tensor.random_, torch.Tensor.multinomial, torch.rrelu, torch.rrelu_, F.rrelu, F.rrelu_,
+})
 
 # Functional dropout -> (mask, alpha); the probability is the second positional argument of each.
 DROPOUT_FUNCTIONS: dict[Callable[..., Any], tuple[Mask, bool]] = {
@@ -148,17 +192,31 @@ def entry(module: nn.Module) -> StochasticLayer | None:
     parent's ``forward``; None for any other module."""
     kind = type(module)
     found = STOCHASTIC_LAYERS.get(kind)
-    if found is not None:
-        return found
-    for parent in kind.__mro__[1:]:
-        if parent in STOCHASTIC_LAYERS:
-            return STOCHASTIC_LAYERS[parent] if kind.forward is parent.forward else None
-    return None
+    if found is None:
+        for parent in kind.__mro__[1:]:
+            if parent in STOCHASTIC_LAYERS:
+                found = STOCHASTIC_LAYERS[parent] if kind.forward is parent.forward else None
+                break
+    return found if found is not None and found.applies(module) else None
 
 
 def is_stochastic(module: nn.Module) -> bool:
-    """True for the modules that MC mode switches on (registered types and their subclasses)."""
-    return isinstance(module, STOCHASTIC_TYPES)
+    """True for the modules that MC mode switches on (registered types and their subclasses that drop
+    out: ``nn.MultiheadAttention`` with dropout, stacked recurrent modules with dropout between layers)."""
+    if not isinstance(module, STOCHASTIC_TYPES):
+        return False
+    for kind in type(module).__mro__:
+        if kind in STOCHASTIC_LAYERS:
+            return STOCHASTIC_LAYERS[kind].applies(module)
+    return True
+
+
+def holds_state(module: nn.Module) -> bool:
+    """BatchNorm-like: train mode may change the module's own persistent buffers (running statistics),
+    so MC mode and the train-mode probe keep it in eval."""
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return True
+    return any(name not in module._non_persistent_buffers_set for name in module._buffers)
 
 
 def is_torch_dropout(module: nn.Module) -> bool:

@@ -11,7 +11,8 @@ dropout is reached its masks are the same:
   modules, :mod:`mcdropout.layers`; :mod:`mcdropout.engine._registry`) gets, for
   the length of the pass, its entry's ``sample`` as its ``forward``;
 - functional calls (``F.dropout(x, p, self.training)``, subclasses that
-  override ``forward``) are caught by a ``TorchFunctionMode``. The mode sees every torch
+  override ``forward``, ``F.scaled_dot_product_attention(..., dropout_p=p)``)
+  are caught by a ``TorchFunctionMode``, scoped to the pass and this thread. The mode sees every torch
   call of the pass, which costs about a fifth of a small model's forward
   time, so the engine turns it on only for models in which its probe pass
   found such calls.
@@ -32,7 +33,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from mcdropout.engine import _masks as mask_source
-from mcdropout.engine._registry import DROPOUT_FUNCTIONS, entry
+from mcdropout.engine._registry import ATTENTION_FUNCTIONS, DROPOUT_FUNCTIONS, entry
 
 _ALPHA = 1.7580993408473766  # SELU's -lambda * alpha, as in torch's alpha dropout
 
@@ -99,6 +100,7 @@ class MaskSampler:
         self.deterministic = False
         self.sample_bytes = 0  # mask and masked-weight bytes per MC sample, from the last pass measured
         self.measuring = False  # count sample_bytes (the probe's pass; the accounting reads dtype sizes)
+        self.trace: Callable[[], None] | None = None  # the probe's: told of every layer whose masks are drawn
 
     def begin(self, layout: ChunkLayout | None) -> None:
         """Start a forward pass over ``layout``; None runs deterministic layers only."""
@@ -143,6 +145,8 @@ class MaskSampler:
         layer = self.layer
         self.layer += 1
         self.calls += 1
+        if self.trace is not None:
+            self.trace()
         if self.measuring:
             layout = self.layout
             rows = layout.num_rows if layout.row_ids is not None else 1
@@ -234,7 +238,12 @@ class _FunctionalDropout(TorchFunctionMode):
         kwargs = kwargs or {}
         kind = DROPOUT_FUNCTIONS.get(func)
         if kind is None:
-            return func(*args, **kwargs)
+            attention = ATTENTION_FUNCTIONS.get(func)
+            if attention is None:
+                return func(*args, **kwargs)
+            if (args[4] if len(args) > 4 else kwargs.get("dropout_p", 0.0)) > 0:
+                self.sampler.functional_calls += 1
+            return attention(self.sampler, *args, **kwargs)
         x = args[0] if args else kwargs["input"]
         p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
         self.sampler.functional_calls += 1
