@@ -147,7 +147,7 @@ def _name(func) -> str:
     module = getattr(func, "__module__", None) or ""
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
     short = qualname.rsplit(".", 1)[-1]
-    if module.startswith("torch.nn.functional"):
+    if module.startswith("torch.nn.functional") or module == "torch._C._nn":
         return f"F.{short}"
     if qualname.startswith(("Tensor.", "TensorBase.")):
         return f"Tensor.{short}"

@@ -445,6 +445,8 @@ class MCPredictor:
         if missed:
             message = ("the model fires, in train mode, randomness that MC sampling does not sample:\n  "
                        + "\n  ".join(missed))
+            if sampler.calls == calls_before:
+                raise InputError(message + "\n(and nothing else in the model is sampled)")
             if self.strict:
                 raise InputError(message + "\n(pass strict=False to sample the rest and leave these as eval mode has them)")
             warnings.warn(message, stacklevel=4)
@@ -454,7 +456,8 @@ class MCPredictor:
             raise InputError(
                 "the model has no stochastic layer that runs in its forward pass" + detail + ": MC dropout needs"
                 " nn.Dropout (or Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout, functional F.dropout,"
-                " mcdropout.DropConnect, mcdropout.LockedDropout) to sample from"
+                " attention dropout, dropout between stacked LSTM/GRU/RNN layers, mcdropout.DropConnect,"
+                " mcdropout.LockedDropout) with p > 0 to sample from"
             )
         self._check_outputs(outputs)
         hidden_bytes = hidden.numel() * hidden.element_size()
