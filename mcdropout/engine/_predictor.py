@@ -160,6 +160,7 @@ class _Probe:
     shared: ModulePrefix | None  # not a Sequential: the modules that run once per row
     structure: _Structure  # how the passes over this input shape cut the model
     hidden_shape: tuple[int, ...]  # each row's shape where the sampled part begins
+    sequence: bool = False  # recurrent or attention layers: passes as wide as the budget allows (see _new_plan)
 
 
 @dataclass(frozen=True)
@@ -474,8 +475,10 @@ class MCPredictor:
                 self.model, len(first), lambda: self._row_pass(structure, first, sampler, functional=True),
                 lambda: self._run_suffix(structure, first, layout, sampler, functional=True), layout.num_samples,
             )
+        sequence = sampler.attention_calls > 0 or bool(self._gated) or any(
+            isinstance(module, (nn.RNNBase, nn.MultiheadAttention)) for module in self.model.modules())
         self._probed[key] = _Probe(max(row_bytes, 1), max(leaf_bytes[0], 1), sample_bytes, functional, shared,
-                                   structure, tuple(hidden.shape[1:]))
+                                   structure, tuple(hidden.shape[1:]), sequence)
         return self._probed[key]
 
     def _plan(self, rows: int, total: int, probe: _Probe) -> _Plan:
@@ -500,7 +503,11 @@ class MCPredictor:
         capacity = max(1, budget // row_bytes)
         if self.chunk_rows is not None:
             capacity = min(capacity, self.chunk_rows)
-        elif self._on_cpu:
+        elif self._on_cpu and not probe.sequence:
+            # Recurrent and attention layers are left out: a recurrent kernel steps through time with one
+            # small product per step, which needs many rows to be efficient (a 2-layer LSTM of 256 units
+            # ran 3x slower in cache-sized passes of 32 replicas than in one of 960), and an attention
+            # layer's rows are whole sequences, far wider than a cache.
             width = probe.activation_bytes
             thinned = probe.structure.thinned
             if thinned is not None and thinned.pays(min(rows, capacity), probe.hidden_shape):  # samples hold only their kept units

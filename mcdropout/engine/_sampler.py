@@ -97,6 +97,7 @@ class MaskSampler:
         self.layer = 0
         self.calls = 0
         self.functional_calls = 0  # dropout calls that only the function mode caught
+        self.attention_calls = 0  # of which attention dropout (F.scaled_dot_product_attention)
         self.deterministic = False
         self.sample_bytes = 0  # mask and masked-weight bytes per MC sample, from the last pass measured
         self.measuring = False  # count sample_bytes (the probe's pass; the accounting reads dtype sizes)
@@ -243,6 +244,7 @@ class _FunctionalDropout(TorchFunctionMode):
                 return func(*args, **kwargs)
             if (args[4] if len(args) > 4 else kwargs.get("dropout_p", 0.0)) > 0:
                 self.sampler.functional_calls += 1
+                self.sampler.attention_calls += 1
             return attention(self.sampler, *args, **kwargs)
         x = args[0] if args else kwargs["input"]
         p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
