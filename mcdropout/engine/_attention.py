@@ -49,24 +49,27 @@ def scaled_dot_product_attention(
         groups = query.shape[-3] // key.shape[-3]
         key, value = key.repeat_interleave(groups, dim=-3), value.repeat_interleave(groups, dim=-3)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    scores = torch.matmul(query * scale, key.transpose(-2, -1))
-    masked = is_causal or attn_mask is not None
-    if is_causal:
+    scores = torch.matmul(query * scale, key.transpose(-2, -1))  # a fresh tensor: masked in place
+    if is_causal:  # top-left aligned, as torch's: every query keeps at least its first key
         allowed = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores.masked_fill_(~allowed, float("-inf"))
+    blocked = None
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:  # True: takes part in attention
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
+            blocked = ~attn_mask
+            scores.masked_fill_(blocked, float("-inf"))
         else:
-            scores = scores + attn_mask
-    return torch.matmul(_dropped_probabilities(sampler, scores, dropout_p, masked), value)
+            blocked = torch.isneginf(attn_mask)
+            scores.add_(attn_mask)
+    return torch.matmul(_dropped_probabilities(sampler, scores, dropout_p, blocked), value)
 
 
-def _dropped_probabilities(sampler: Any, scores: torch.Tensor, p: float, masked: bool) -> torch.Tensor:
+def _dropped_probabilities(sampler: Any, scores: torch.Tensor, p: float, blocked: torch.Tensor | None) -> torch.Tensor:
     """Softmax over the keys, then each sample's keep-mask of shape (heads, queries, keys)."""
     probabilities = torch.softmax(scores, dim=-1)
-    if masked:  # a query whose every key is masked attends to nothing (0), as torch's own attention answers
-        probabilities = probabilities.nan_to_num_(0.0)
+    if blocked is not None and bool(blocked.all(dim=-1).any()):
+        # a query whose every key is masked attends to nothing (0), as torch's own attention answers
+        probabilities.nan_to_num_(0.0)
     return sampler.dropout(probabilities, p, channelwise=False, alpha=False, in_place=True)
 
 
@@ -106,14 +109,21 @@ def multihead_attention(
     scores = torch.matmul(q * head_width**-0.5, k.transpose(-2, -1))  # (batch, heads, queries, keys)
     if attn_mask is None and is_causal:
         attn_mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).triu(1)
-    masked = attn_mask is not None or key_padding_mask is not None
-    if attn_mask is not None:  # torch's convention: True (or -inf) keeps a position out
-        mask = attn_mask.view(batch, heads, queries, keys) if attn_mask.dim() == 3 else attn_mask
-        scores = scores.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    if key_padding_mask is not None:
-        padding = key_padding_mask.view(batch, 1, 1, keys)
-        scores = scores.masked_fill(padding, float("-inf")) if padding.dtype == torch.bool else scores + padding
-    probabilities = _dropped_probabilities(sampler, scores, module.dropout, masked)
+    blocked = None
+    for mask in (attn_mask, key_padding_mask):  # torch's convention: True (or -inf) keeps a position out
+        if mask is None:
+            continue
+        if mask is key_padding_mask:
+            mask = mask.view(batch, 1, 1, keys)
+        elif mask.dim() == 3:
+            mask = mask.view(batch, heads, queries, keys)
+        if mask.dtype == torch.bool:
+            scores.masked_fill_(mask, float("-inf"))
+        else:
+            scores.add_(mask)
+            mask = torch.isneginf(mask)
+        blocked = mask if blocked is None else blocked | mask
+    probabilities = _dropped_probabilities(sampler, scores, module.dropout, blocked)
     out = torch.matmul(probabilities, v).transpose(1, 2).reshape(batch, queries, width)
     out = F.linear(out, module.out_proj.weight, module.out_proj.bias)
     if not module.batch_first:
