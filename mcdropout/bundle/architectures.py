@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -175,3 +176,12 @@ class SequenceRegressor(nn.Module):
 
 
 register("lstm")(SequenceRegressor)
+
+
+@register("transformers")
+def transformers_classifier(**config: Any) -> nn.Module:
+    """One of transformers' own ``*ForSequenceClassification`` classes, token ids in (mcdropout.bundle._hf);
+    transformers is imported only here, when such a bundle is built."""
+    from mcdropout.bundle import _hf
+
+    return _hf.build(**config)
