@@ -95,9 +95,10 @@ class TextEncoder:
                               f" token of {TOKENIZER} ({encoder.vocabulary} tokens)")
         return encoder
 
-    def encode(self, texts: Sequence[Any], max_tokens: int | None = None) -> np.ndarray:
+    def encode(self, texts: Sequence[Any], max_tokens: int | None = None, max_tokens_name: str = "max_tokens"
+               ) -> np.ndarray:
         """Token ids (rows, length); :class:`TextError` names the first row that is not a non-empty string or
-        has more tokens than ``length`` (or ``max_tokens``, where lower)."""
+        has more tokens than ``length`` (or ``max_tokens``, where lower; named ``max_tokens_name``)."""
         if len(texts) == 0:
             raise InputError("inputs are empty: got 0 rows")
         limit = self.length if max_tokens is None else min(self.length, max_tokens)
@@ -111,7 +112,7 @@ class TextEncoder:
             if not tokens:
                 raise TextError(row, "gives no tokens (the tokenizer knows none of its characters)")
             if len(tokens) > limit:
-                which = "the model's length" if limit == self.length else "max_tokens"
+                which = "the model's length" if limit == self.length else max_tokens_name
                 raise TextError(row, f"{len(tokens)} tokens is over the limit of {limit} ({which}); shorten it")
             ids[row, :len(tokens)] = tokens
         return ids

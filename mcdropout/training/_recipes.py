@@ -88,6 +88,17 @@ RECIPES: dict[str, Recipe] = {
             dataset="sequence", architecture="lstm", config={"hidden": 64, "dropout": 0.1},
             loss="mse", epochs=150, lr=3e-3, per_feature=False, fit_tau=True, validation=0.2, batch_size=64,
         ),
+        Recipe(
+            name="reviews",
+            description="Is a one-line film review positive or negative? Reviews made from templates; a small"
+            " BERT (transformers) with hidden and attention dropout, text in. Uncertainty rises on text unlike"
+            " the reviews.",
+            dataset="reviews", architecture="transformers",
+            config={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+                    "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "type_vocab_size": 1},
+            loss="cross_entropy", epochs=6, lr=1e-3, batch_size=64, samples=30, per_feature=False,
+            extra={"model_class": "BertForSequenceClassification", "max_length": 24},
+        ),
     ]
 }
 
@@ -110,6 +121,11 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
                           calibration=calibration_fraction)
     datasets.check_parts(name, split.record["rows"], len(split.y_train), len(split.y_test), len(split.y_calibration),
                          calibration_fraction)
+    if recipe.architecture == "transformers":  # text in: its own tokenizer and bundle (mcdropout.training._text)
+        from mcdropout.training import _text
+
+        return _text.train(recipe, split, folder, seed=seed, quiet=quiet, started=started,
+                           epochs=recipe.epochs if epochs is None else epochs)
     classifier = recipe.loss == "cross_entropy"
     axis = 0 if recipe.per_feature else tuple(range(split.x_train.ndim))
     x_mean, x_std = training.standardisation(split.x_train, axis)
@@ -192,11 +208,13 @@ def calibrated(bundle: Bundle, split: datasets.Split, *, seed: int = 0, source: 
     """``bundle``'s manifest calibrated on the split's calibration rows (which it never trained on), with the
     held-out metrics of the calibrated bundle, and the uncalibrated ones beside them under ``uncalibrated``."""
     raw = dataclasses.replace(bundle.manifest, calibration=None)
-    before = evaluation.evaluate(Bundle(raw, bundle.model, device="cpu"), split, seed=seed)
+    before = evaluation.evaluate(Bundle(raw, bundle.model, device="cpu", text=bundle.text), split, seed=seed)
     x, y, described = split.calibration_rows()
-    fitted = fit_bundle(Bundle(raw, bundle.model, device="cpu"), x, y, seed=seed, source=source or described)
+    fitted = fit_bundle(Bundle(raw, bundle.model, device="cpu", text=bundle.text), x, y, seed=seed,
+                        source=source or described)
     manifest = dataclasses.replace(raw, calibration=fitted)
-    metrics = evaluation.calibrated_metrics(Bundle(manifest, bundle.model, device="cpu"), split, before, seed=seed)
+    metrics = evaluation.calibrated_metrics(Bundle(manifest, bundle.model, device="cpu", text=bundle.text), split,
+                                            before, seed=seed)
     return dataclasses.replace(manifest, metrics=metrics)
 
 
