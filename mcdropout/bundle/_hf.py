@@ -144,7 +144,10 @@ def create_pretrained(folder: str | Path, out: str | Path, *, name: str | None =
     pad_id = config.get("pad_token_id")
     if pad_id is None:
         raise BundleError(f"{source / 'config.json'}: field 'pad_token_id' is missing; rows are padded with it")
-    length = max_length or min(int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH), DEFAULT_MAX_LENGTH)
+    positions = int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH)
+    length = max_length or min(positions, DEFAULT_MAX_LENGTH)
+    if not 0 < length <= positions:
+        raise BundleError(f"--max-length {length}: expected 1 to {positions} (the model's max_position_embeddings)")
     fields = {key: value for key, value in config.items() if key not in DROPPED_KEYS}
     arch_config = {"model_class": classes[0], "config": fields, "pad_id": pad_id}
     labels = {int(k): v for k, v in (config.get("id2label") or {}).items()}
