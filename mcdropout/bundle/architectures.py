@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mcdropout.bundle import _code
+from mcdropout.bundle._text_transformer import TextTransformer
 from mcdropout.layers import LockedDropout
 
 ENTRY_POINT_GROUP = "mcdropout.architectures"
@@ -176,6 +177,9 @@ class SequenceRegressor(nn.Module):
 
 
 register("lstm")(SequenceRegressor)
+
+
+register("text-transformer")(TextTransformer)
 
 
 @register("transformers")

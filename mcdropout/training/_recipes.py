@@ -91,13 +91,11 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="reviews",
             description="Is a one-line film review positive or negative? Reviews made from templates; a small"
-            " BERT (transformers) with hidden and attention dropout, text in. Uncertainty rises on text unlike"
-            " the reviews.",
-            dataset="reviews", architecture="transformers",
-            config={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-                    "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "type_vocab_size": 1},
-            loss="cross_entropy", epochs=6, lr=1e-3, batch_size=64, samples=30, per_feature=False,
-            extra={"model_class": "BertForSequenceClassification", "max_length": 24},
+            " transformer encoder (BERT's shape) with hidden and attention dropout, text in.",
+            dataset="reviews", architecture="text-transformer",
+            config={"hidden": 64, "layers": 2, "heads": 4, "ffn": 128, "dropout": 0.25, "attention_dropout": 0.1},
+            loss="cross_entropy", epochs=8, lr=1.5e-3, batch_size=64, samples=20, per_feature=False,
+            extra={"text": True, "max_length": 16},
         ),
     ]
 }
@@ -121,7 +119,7 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
                           calibration=calibration_fraction)
     datasets.check_parts(name, split.record["rows"], len(split.y_train), len(split.y_test), len(split.y_calibration),
                          calibration_fraction)
-    if recipe.architecture == "transformers":  # text in: its own tokenizer and bundle (mcdropout.training._text)
+    if recipe.extra.get("text"):  # text in: its own tokenizer and bundle (mcdropout.training._text)
         from mcdropout.training import _text
 
         return _text.train(recipe, split, folder, seed=seed, quiet=quiet, started=started,

@@ -1,5 +1,5 @@
-"""Training a shipped text model: a word-level tokenizer made from the training rows, a small BERT
-classifier (transformers) with hidden and attention dropout, written as a text bundle.
+"""Training a shipped text model: a word-level tokenizer made from the training rows, a small transformer
+classifier with hidden and attention dropout, written as a text bundle.
 
 The tokenizer knows the words of the training rows only; any other word is ``[UNK]``. Rows are padded to the
 recipe's fixed length with ``[PAD]`` (id 0), as the bundle pads them when it serves.
@@ -49,12 +49,8 @@ def train(recipe: Any, split: datasets.Split, folder: Path, *, seed: int, epochs
     tokenizer = tokenizer_for(split.x_train)
     length = recipe.extra["max_length"]
     encoder = TextEncoder(tokenizer, length, PAD_ID)
-    hf = {**recipe.config, "vocab_size": encoder.vocabulary, "max_position_embeddings": length,
-          "pad_token_id": PAD_ID, "num_labels": len(split.class_names),
-          "id2label": dict(enumerate(split.class_names)),
-          "label2id": {name: index for index, name in enumerate(split.class_names)}}
-    config = {"model_class": recipe.extra["model_class"], "config": hf, "pad_id": PAD_ID,
-              "attn_implementation": "eager"}
+    config = {"vocab_size": encoder.vocabulary, "length": length, "classes": len(split.class_names),
+              "pad_id": PAD_ID, **recipe.config}
     torch.manual_seed(seed)
     model = architectures.build(recipe.architecture, config)
     history = training.fit(model, encoder.encode(split.x_train), split.y_train, loss=recipe.loss, epochs=epochs,
@@ -67,13 +63,13 @@ def train(recipe: Any, split: datasets.Split, folder: Path, *, seed: int, epochs
         "optimizer": {"name": "adam", "lr": recipe.lr, "weight_decay": recipe.weight_decay},
         "loss": recipe.loss, "final_loss": history[-1],
         "tokenizer": f"word level over the {encoder.vocabulary - len(SPECIALS)} words of the training rows",
-        "example": example, "outside_examples": list(datasets.REVIEW_OUTSIDE[:3]),
+        "example": example, "outside_examples": [kind[0] for kind in datasets.REVIEW_OUTSIDE.values()],
         "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
     }
     manifest = Manifest(
         name=recipe.name, description=recipe.description, task="classification", architecture=recipe.architecture,
         config=config, input_shape=[length], class_names=list(split.class_names), samples=recipe.samples,
-        dropout=recipe.config.get("hidden_dropout_prob"), training=record, text=TextInput(pad_id=PAD_ID),
+        dropout=recipe.config.get("dropout"), training=record, text=TextInput(pad_id=PAD_ID),
     )
     manifest = calibrated(Bundle(manifest, model, device="cpu", text=encoder), split, seed=seed)
     metrics = dict(manifest.metrics)

@@ -176,11 +176,17 @@ REVIEW_WORDS = {  # class index: adjectives of that polarity
     0: ("awful", "boring", "dull", "terrible", "weak", "bland", "clumsy", "tedious", "poor", "dreadful"),
 }
 REVIEW_CLASSES = ["negative", "positive"]
-# Text unlike the reviews: other subjects, words the tokenizer never saw, word salad of its own vocabulary
-REVIEW_OUTSIDE = ("the stock market fell sharply on monday", "please reset my password before friday",
-                  "photosynthesis converts light into chemical energy", "was the is felt so very and",
-                  "brilliant awful great dull", "the the the the the", "xyzzy plugh frobnicate",
-                  "quarterly earnings beat analyst expectations")
+# Text unlike the reviews, by kind: other subjects, words the tokenizer never saw, the reviews' words without
+# their grammar, and reviews cut short. The first of each kind is the playground's example of it.
+REVIEW_OUTSIDE = {
+    "other subjects": ("the stock market fell sharply on monday", "please reset my password before friday",
+                       "photosynthesis converts light into chemical energy",
+                       "quarterly earnings beat analyst expectations"),
+    "unknown words": ("xyzzy plugh frobnicate", "lorem ipsum dolor sit amet"),
+    "words without grammar": ("was the is felt so very and", "brilliant awful great dull", "not not not",
+                              "but but the the"),
+    "cut short": ("the film was", "i thought the plot"),
+}
 
 
 def _review(rng: np.random.Generator) -> tuple[str, int]:
@@ -218,8 +224,9 @@ def reviews(seed: int = 0, rows: int = 2000, **fractions: float) -> Split:
 
 def reviews_outside() -> np.ndarray:
     """Text unlike the reviews: other subjects, unknown words, and the reviews' own words without their grammar."""
-    x = np.empty(len(REVIEW_OUTSIDE), dtype=object)
-    x[:] = list(REVIEW_OUTSIDE)
+    texts = [text for kind in REVIEW_OUTSIDE.values() for text in kind]
+    x = np.empty(len(texts), dtype=object)
+    x[:] = texts
     return x
 
 
