@@ -27,7 +27,7 @@ from mcdropout.bundle._bundle import (
 from mcdropout.bundle._calibration import fit_bundle
 from mcdropout.bundle._code import ALLOWED_MODULES_ENV, allowed_modules_from_env, parse_modules
 from mcdropout.bundle._create import create, read_config
-from mcdropout.bundle._hf import create_pretrained
+from mcdropout.bundle._pretrained import create_pretrained
 from mcdropout.bundle._text import TOKENIZER, TextEncoder, TextError, TextInput
 
 __all__ = [

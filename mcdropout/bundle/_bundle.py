@@ -333,7 +333,7 @@ class Bundle:
         if manifest.text is not None and text is None:
             if path is None:
                 raise BundleError(f"bundle {manifest.name!r} takes text: give its folder (the tokenizer's) or text=")
-            text = TextEncoder.load(Path(path), manifest.input_shape[0], manifest.text)
+            text = TextEncoder.load(bundle_file(Path(path), TOKENIZER), manifest.input_shape[0], manifest.text)
         self.text = text  # strings to token ids, for a text bundle; None for numeric rows
         self.model = model.eval().to(resolve_device(device))  # the bundle's own model: "auto" is CUDA when present
         self.path = path
@@ -646,7 +646,7 @@ def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget:
 
 def _text_encoder(folder: Path, manifest: Manifest, model: nn.Module) -> TextEncoder:
     """The bundle's tokenizer, whose token ids must all be rows of the network's embedding (``vocab_size``)."""
-    encoder = TextEncoder.load(folder, manifest.input_shape[0], manifest.text)
+    encoder = TextEncoder.load(bundle_file(folder, TOKENIZER), manifest.input_shape[0], manifest.text)
     embedded = getattr(model, "vocab_size", None)
     if isinstance(embedded, int) and encoder.vocabulary > embedded:
         raise BundleError(f"{folder / TOKENIZER}: {encoder.vocabulary} tokens, but the network embeds"

@@ -73,11 +73,9 @@ class TextEncoder:
         self.vocabulary = tokenizer.get_vocab_size(with_added_tokens=True)
 
     @classmethod
-    def load(cls, folder: Path, length: int, text: TextInput) -> TextEncoder:
-        """The tokenizer of the bundle folder ``folder``; a :class:`BundleError` names the file and the problem."""
-        from mcdropout.bundle._bundle import bundle_file  # the file checks of every bundle file
-
-        file = bundle_file(folder, TOKENIZER)
+    def load(cls, file: Path, length: int, text: TextInput) -> TextEncoder:
+        """The tokenizer ``file`` (a bundle's ``tokenizer.json``, checked as a regular file of its folder); a
+        :class:`BundleError` names the file and the problem."""
         try:
             from tokenizers import Tokenizer
         except ImportError:
@@ -91,7 +89,7 @@ class TextEncoder:
             raise BundleError(f"{file}: not a tokenizers tokenizer.json ({str(error)[:200]})") from None
         encoder = cls(tokenizer, length, text.pad_id)
         if text.pad_id >= encoder.vocabulary:
-            raise BundleError(f"{folder / 'manifest.json'}: field 'input.text.pad_id': {text.pad_id} is not a"
+            raise BundleError(f"{file.parent / 'manifest.json'}: field 'input.text.pad_id': {text.pad_id} is not a"
                               f" token of {TOKENIZER} ({encoder.vocabulary} tokens)")
         return encoder
 

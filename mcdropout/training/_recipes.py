@@ -93,8 +93,8 @@ RECIPES: dict[str, Recipe] = {
             description="Is a one-line film review positive or negative? Reviews made from templates; a small"
             " transformer encoder (BERT's shape) with hidden and attention dropout, text in.",
             dataset="reviews", architecture="text-transformer",
-            config={"hidden": 64, "layers": 2, "heads": 4, "ffn": 128, "dropout": 0.25, "attention_dropout": 0.1},
-            loss="cross_entropy", epochs=8, lr=1.5e-3, batch_size=64, samples=20, per_feature=False,
+            config={"hidden": 64, "layers": 2, "heads": 4, "ffn": 128, "dropout": 0.2, "attention_dropout": 0.1},
+            loss="cross_entropy", epochs=16, lr=3e-3, batch_size=64, samples=20, per_feature=False,
             extra={"text": True, "max_length": 16},
         ),
     ]
@@ -122,7 +122,7 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
     if recipe.extra.get("text"):  # text in: its own tokenizer and bundle (mcdropout.training._text)
         from mcdropout.training import _text
 
-        return _text.train(recipe, split, folder, seed=seed, quiet=quiet, started=started,
+        return _text.train(recipe, split, folder, seed=seed, quiet=quiet, started=started, calibrated=calibrated,
                            epochs=recipe.epochs if epochs is None else epochs)
     classifier = recipe.loss == "cross_entropy"
     axis = 0 if recipe.per_feature else tuple(range(split.x_train.ndim))

@@ -11,6 +11,7 @@ import dataclasses
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,9 @@ def tokenizer_for(texts: np.ndarray) -> Any:
 
 
 def train(recipe: Any, split: datasets.Split, folder: Path, *, seed: int, epochs: int, quiet: bool,
-          started: float) -> tuple[Path, dict]:
-    """Fit ``recipe``'s transformers classifier on ``split`` and write its calibrated text bundle to ``folder``."""
-    from mcdropout.training._recipes import calibrated
+          started: float, calibrated: Callable[..., Manifest]) -> tuple[Path, dict]:
+    """Fit ``recipe``'s text classifier on ``split`` and write its text bundle to ``folder``, calibrated by
+    ``calibrated`` (the recipes' own: held-out metrics before and after)."""
     from mcdropout.training import _baseline as baseline
 
     tokenizer = tokenizer_for(split.x_train)
