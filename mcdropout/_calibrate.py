@@ -70,7 +70,7 @@ def calibrate_on_split(bundle_path: str | os.PathLike, *, samples: int | None = 
     manifest = dataclasses.replace(loaded.manifest, calibration=fitted)
     recorded = loaded.manifest.metrics
     if "mc" in recorded:
-        metrics = calibrated_metrics(Bundle(manifest, loaded.model, device="cpu"), split,
+        metrics = calibrated_metrics(Bundle(manifest, loaded.model, device="cpu", text=loaded.text), split,
                                      recorded.get("uncalibrated", recorded), samples=recorded.get("samples"),
                                      seed=recorded.get("seed", 0))
         compared = compare(manifest.task, split, metrics)  # as train records it

@@ -150,15 +150,20 @@ def _parser() -> argparse.ArgumentParser:
                     " with --config, load --weights into it (safetensors, or a .pt state dict read with"
                     " torch.load(weights_only=True): never pickled objects), check the bundle (it loads, answers a"
                     " probe, its dropout is sampled) and write it to --out.")
-    create.add_argument("--architecture", required=True, metavar="PATH", help="my_pkg.nets:Net, mlp, ... or"
+    create.add_argument("--pretrained", type=Path, metavar="FOLDER", help="instead of --architecture and --weights:"
+                        " a Hugging Face save_pretrained folder (config.json, model.safetensors, tokenizer.json) of"
+                        " a ...ForSequenceClassification model; the bundle takes text (needs mcdropout[hf])")
+    create.add_argument("--max-length", type=int, metavar="N", help="with --pretrained: tokens per row, every row"
+                        " padded to it (default: the model's positions, at most 128)")
+    create.add_argument("--architecture", metavar="PATH", help="my_pkg.nets:Net, mlp, ... or"
                         " Net with --code")
     create.add_argument("--config", metavar="FILE.json", help="the architecture's keyword arguments (a JSON"
                         " object, a file or inline; default none)")
     create.add_argument("--code", type=Path, metavar="FILE.py", help="ship this file as the bundle's model.py"
                         " (served only with --trust-bundle-code)")
-    create.add_argument("--weights", required=True, type=Path, metavar="CKPT", help=".safetensors or .pt/.pth")
-    create.add_argument("--task", required=True, choices=TASKS)
-    create.add_argument("--input-shape", required=True, nargs="+", metavar="N", help="one input's shape:"
+    create.add_argument("--weights", type=Path, metavar="CKPT", help=".safetensors or .pt/.pth")
+    create.add_argument("--task", choices=TASKS)
+    create.add_argument("--input-shape", nargs="+", metavar="N", help="one input's shape:"
                         " 8, or 1 28 28, or 1,28,28")
     names = create.add_mutually_exclusive_group()
     names.add_argument("--feature-names", nargs="+", metavar="NAME", help="the features of a flat input")
@@ -464,6 +469,12 @@ def _score(args: argparse.Namespace) -> int:
 def _bundle_create(args: argparse.Namespace) -> int:
     from mcdropout.bundle import create, read_config
 
+    if args.pretrained is not None:
+        return _bundle_create_pretrained(args)
+    missing = [flag for flag, value in (("--architecture", args.architecture), ("--weights", args.weights),
+                                        ("--task", args.task), ("--input-shape", args.input_shape)) if not value]
+    if missing:
+        raise UsageError(f"bundle create needs {', '.join(missing)} (or --pretrained FOLDER)")
     shape = _numbers(args.input_shape, "--input-shape")
     if not all(s.is_integer() and s > 0 for s in shape):
         raise UsageError(f"--input-shape takes positive whole sizes, got {' '.join(args.input_shape)!r}")
@@ -476,6 +487,19 @@ def _bundle_create(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"wrote {made.path}: {made.bundle.manifest.architecture}, {made.parameters:,} parameters;"
           " it loads, answers a probe and its dropout is sampled")
+    print(f"sample prediction for {made.sample}")
+    return 0
+
+
+def _bundle_create_pretrained(args: argparse.Namespace) -> int:
+    from mcdropout.bundle import create_pretrained
+
+    made = create_pretrained(args.pretrained, args.out, name=args.name, max_length=args.max_length,
+                             samples=args.samples, description=args.description, overwrite=args.overwrite)
+    for note in made.notes:
+        print(f"note: {note}")
+    print(f"wrote {made.path}: {made.bundle.manifest.config['model_class']}, {made.parameters:,} parameters,"
+          " text in; it loads, answers a probe and its dropout is sampled")
     print(f"sample prediction for {made.sample}")
     return 0
 

@@ -77,6 +77,37 @@ def feature_columns(feature_names: Sequence[str] | None, input_shape: Sequence[i
     return columns
 
 
+TEXT_COLUMN = "text"  # a text model's column, where the table has others besides the id
+
+
+def text_column(schema: pa.Schema, id_column: str | None, path: str | Path) -> str:
+    """The column of strings a text model reads: the one column besides ``id_column``, else ``text``."""
+    columns = [name for name in schema.names if name != id_column]
+    if len(columns) == 1:
+        return columns[0]
+    if TEXT_COLUMN in columns:
+        return TEXT_COLUMN
+    raise TableError(f"{path}: a text model reads one column of strings: the only column besides the id, or one"
+                     f" named {TEXT_COLUMN!r}; the file has {', '.join(map(repr, schema.names))}")
+
+
+def texts(batch: pa.RecordBatch | pa.Table, column: str, *, path: str | Path, first_row: int = 0) -> np.ndarray:
+    """Column ``column`` as an object array of non-blank strings; ``first_row`` numbers the rows in errors."""
+    values = batch.column(batch.schema.names.index(column))
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+            or pa.types.is_null(values.type)):
+        raise TableError(f"{path}: text column {column!r} does not hold strings (type {values.type})")
+    rows = np.empty(batch.num_rows, dtype=object)
+    rows[:] = values.to_pylist()
+    blank = np.asarray([value is None or not value.strip() for value in rows], dtype=bool)
+    if blank.any():
+        bad = np.flatnonzero(blank) + first_row
+        shown = ", ".join(str(r) for r in bad[:_SHOWN_ROWS]) + (", ..." if len(bad) > _SHOWN_ROWS else "")
+        raise TableError(f"{path}: {len(bad)} row(s) with missing or empty text in column {column!r} (rows numbered"
+                         f" from 0: {shown})")
+    return rows
+
+
 def read_table(path: str | Path) -> pa.Table:
     """The whole file as an Arrow table."""
     batches = list(iter_chunks(path, 1 << 16))

@@ -23,6 +23,7 @@ from mcdropout.bundle import Bundle, Manifest
 from service.inputs import ApiError, shown
 from service.request import InferAnswer, InferRequest
 from service.state import ServiceState
+from service.text import token_ids
 
 # The parameters every protocol carries, beside the calibration options (mcdropout.answer.Options).
 REQUEST_PARAMETERS = ("samples", "seed", "interval", "tolerance", "return_samples")
@@ -45,12 +46,13 @@ class DataPlane:
         return self.state.bundle(name, version)
 
     def request(self, bundle: Bundle, rows: np.ndarray, given: Mapping[str, Any], prefix: str = "",
-                draws: bool = True, seconds_left: float | None = None) -> InferRequest:
+                draws: bool = True, seconds_left: float | None = None, rows_field: str = "inputs") -> InferRequest:
         """``given`` (the protocol's named parameters, absent or None: the defaults) checked against
         ``bundle``; an ApiError 422 names the field (with ``prefix``, e.g. ``parameters.``) at fault.
         ``draws``: whether the protocol carries return_samples' draws (v1 does, the OIP does not);
         ``seconds_left``: the time to the caller's own deadline (gRPC's); its work is dropped at nine
-        tenths of it (within MCD_REQUEST_TIMEOUT_S)."""
+        tenths of it (within MCD_REQUEST_TIMEOUT_S). A text model's strings become token ids here
+        (``rows_field`` names the rows in the errors)."""
         manifest = bundle.manifest
         unknown = [name for name in given if name not in REQUEST_PARAMETERS and name not in OPTION_NAMES]
         if unknown:
@@ -82,6 +84,8 @@ class DataPlane:
         return_samples = bool(return_samples)
         # a tenth early, so that the caller hears the server's 504 rather than its own time-out
         deadline = None if seconds_left is None else time.monotonic() + 0.9 * seconds_left
+        if rows.dtype == object:
+            rows = token_ids(bundle, rows, self.settings.max_tokens, rows_field)
         return InferRequest(bundle, rows, samples, seed, level, options, tolerance, return_samples, deadline)
 
     def _samples(self, samples: Any, manifest: Manifest, prefix: str) -> int | str:

@@ -37,12 +37,13 @@ class InputSpec:
     feature_names: tuple[str, ...] | None
     samples: int  # the model's default T
     max_samples: int
+    text: bool = False  # rows are strings (service/text.py), tokenised by the data plane
 
     @classmethod
     def of(cls, manifest: Manifest) -> InputSpec:
         names = manifest.feature_names
         return cls(manifest.name, tuple(manifest.input_shape), None if names is None else tuple(names),
-                   manifest.samples, manifest.max_samples)
+                   manifest.samples, manifest.max_samples, manifest.text is not None)
 
 
 Inputs = Union["Manifest", InputSpec]

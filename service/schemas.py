@@ -22,7 +22,8 @@ def _numbers(depth: int) -> dict[str, Any]:
 
 
 # The documented body; the app validates rows itself, so that its errors name the row and the value.
-_ROWS = {"anyOf": [{"type": "array", "items": _numbers(3)}, {"type": "null"}]}
+_TEXTS = {"type": "array", "items": {"type": "string", "minLength": 1}}  # a text model's rows
+_ROWS = {"anyOf": [{"type": "array", "items": _numbers(3)}, _TEXTS, {"type": "null"}]}
 _INSTANCES = {"anyOf": [{"type": "array", "items": {"type": "object", "additionalProperties": {"type": "number"}}},
                         {"type": "null"}]}
 
@@ -152,6 +153,8 @@ class ModelInfo(BaseModel):
     default_samples: int | None = None
     max_samples: int | None = None
     max_rows: int | None = None
+    text: dict[str, Any] | None = Field(None, description="a text model: rows are strings of at most max_tokens"
+                                        " tokens; null: rows of numbers")
     dropout: float | None = None
     tau: float | None = None
     training: dict[str, Any] | None = None
@@ -213,7 +216,7 @@ class V2InferInput(BaseModel):
     parameters: dict[str, Any] | None = None
     data: list[Any] | None = Field(None, description="the values, flat or nested by the shape (or none, with"
                                    " parameters.binary_data_size)",
-                                   json_schema_extra={"anyOf": [_numbers(4), {"type": "null"}]})
+                                   json_schema_extra={"anyOf": [_numbers(4), _TEXTS, {"type": "null"}]})
 
 
 class V2RequestedOutput(BaseModel):

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline per request; past it: 504")
     max_rows: int = Field(1000, ge=1, description="input rows per request")
+    max_tokens: int = Field(512, ge=1, description="tokens per text row (text models; the model's own length caps"
+                            " it too); past it: 422 naming the row")
     max_samples: int = Field(1000, ge=2, description="largest T a request may ask for")
     default_seed: int = Field(0, ge=0, description="seed of requests that give none: same input, same answer")
     max_body_bytes: int = Field(10_000_000, ge=1, description="largest request body; past it: 413")

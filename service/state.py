@@ -410,8 +410,7 @@ def _output_width(bundle: Bundle) -> int:
     names = manifest.class_names or manifest.output_names
     if names:
         return len(names)
-    shape = (1, *manifest.input_shape)
-    rows = torch.cat([torch.full(shape, -1.0), torch.full(shape, 1.0)]).to(bundle.predictor.dtype)
+    rows = bundle.probe_rows()
     probe = bundle.predict_model_inputs(rows, samples=4, seed=0)
     return int(probe.mean.reshape(len(rows), -1).shape[1])
 

@@ -21,6 +21,7 @@ from service.scales import Scales
 
 STATIC = Path(__file__).resolve().parent / "ui" / "static"
 _SEQUENCE_FREQUENCY = 0.4  # radians per step: a wave of the kind the shipped sequence model saw
+_TEXT_EXAMPLE = "a short sentence to classify"
 
 
 def install(app: FastAPI, guarded: list[Depends]) -> None:
@@ -52,6 +53,11 @@ def install(app: FastAPI, guarded: list[Depends]) -> None:
 def example_input(manifest: Manifest) -> dict[str, Any]:
     """One row for the model page to predict on opening; ``inputs`` is None where the page draws one (images)."""
     recorded = (manifest.training or {}).get("example")
+    if manifest.text is not None:  # a text model: a string, and text unlike its training rows where recorded
+        outside = (manifest.training or {}).get("outside_examples") or []
+        return {"inputs": recorded if isinstance(recorded, str) else _TEXT_EXAMPLE,
+                "source": "the bundle's example" if isinstance(recorded, str) else "a sentence of the page's",
+                "outside": [text for text in outside if isinstance(text, str)]}
     if recorded is not None:
         return {"inputs": recorded, "source": "the bundle's example"}
     shape = manifest.input_shape

@@ -143,8 +143,10 @@ def value(parameter):
     return getattr(parameter, parameter.WhichOneof("parameter_choice"))
 
 def infer(model, rows, parameters):
-    x = np.asarray(rows, dtype=np.float32)
-    tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+    text = isinstance(np.asarray(rows, dtype=object).reshape(-1)[0], str)  # a text model's strings: BYTES
+    x = np.asarray([[v.encode() for v in r] if isinstance(r, list) else r.encode() for r in rows], dtype=object) \
+        if text else np.asarray(rows, dtype=np.float32)
+    tensor = grpcclient.InferInput("input", list(x.shape), "BYTES" if text else "FP32")
     tensor.set_data_from_numpy(x)
     try:
         result = client.infer(model, [tensor], parameters=parameters)
@@ -216,6 +218,12 @@ def rows(bundles) -> dict[str, np.ndarray]:
     made = {}
     for index, (name, bundle) in enumerate(bundles.items()):
         shape = (ROWS, *bundle.manifest.input_shape)
+        if bundle.manifest.text is not None:  # a text model: two test reviews of each class, strings
+            split = datasets.load(name, 0)
+            y = np.asarray(split.y_test)
+            picked = [*np.flatnonzero(y == y[0])[:2], *np.flatnonzero(y != y[0])[:2]]
+            made[name] = np.asarray([str(split.x_test[i]) for i in picked], dtype=object)
+            continue
         if name in datasets.LOADERS:
             split = datasets.load(name, 0)
             x, y = split.x_test.astype(np.float32), np.asarray(split.y_test).reshape(len(split.x_test), -1)
@@ -400,17 +408,22 @@ def oip(parameters: dict[str, Any]) -> dict[str, Any]:
 
 def too_wide(x: np.ndarray) -> np.ndarray:
     """The rows flat with one value too many: a tensor shape the model does not take."""
-    return np.concatenate([x.reshape(len(x), -1), np.zeros((len(x), 1), dtype=x.dtype)], axis=1)
+    extra = np.full((len(x), 1), "more", dtype=object) if x.dtype == object else np.zeros((len(x), 1), dtype=x.dtype)
+    return np.concatenate([x.reshape(len(x), -1), extra], axis=1)
+
+
+def datatype(x: np.ndarray) -> str:
+    return "BYTES" if x.dtype == object else "FP32"  # a text model's rows are strings
 
 
 def v2_body(x: np.ndarray, parameters: dict[str, Any]) -> dict[str, Any]:
-    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": datatype(x),
                         "data": x.reshape(-1).tolist()}], "parameters": parameters}
 
 
 def triton_infer(client: triton.InferenceServerClient, name: str, x: np.ndarray, parameters: dict[str, Any]):
     """tritonclient.http's default: binary tensor data both ways."""
-    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor = triton.InferInput("input", list(x.shape), datatype(x))
     tensor.set_data_from_numpy(x, binary_data=True)
     return client.infer(name, [tensor], parameters=parameters)
 
@@ -572,7 +585,11 @@ def scored(server, infos, rows, tmp_path_factory) -> dict[str, dict[str, pd.Data
     runs, outputs = [], {}
     for name in TASKS:
         source = folder / f"{name}.npy"
-        np.save(source, rows[name].reshape(ROWS, -1).astype(np.float64))
+        if rows[name].dtype == object:  # a text model's rows: a CSV column of strings
+            source = folder / f"{name}.csv"
+            pd.DataFrame({"text": rows[name]}).to_csv(source, index=False)
+        else:
+            np.save(source, rows[name].reshape(ROWS, -1).astype(np.float64))
         options = score_options(name, infos[name])
         for engine, model in (("local", str(MODELS / name)), ("remote", name)):
             output = folder / f"{name}-{engine}.parquet"

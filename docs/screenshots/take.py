@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 HERE = Path(__file__).resolve().parent
-PAGES = ["diabetes", "breast-cancer", "digits", "heteroscedastic-1d", "sequence"]  # table x2, image, 1-D, JSON
+PAGES = ["diabetes", "breast-cancer", "digits", "heteroscedastic-1d", "sequence", "reviews"]  # table x2, image, 1-D, JSON, text
 
 
 def main(base: str) -> None:

@@ -27,6 +27,8 @@ from mcdropout.bundle._bundle import (
 from mcdropout.bundle._calibration import fit_bundle
 from mcdropout.bundle._code import ALLOWED_MODULES_ENV, allowed_modules_from_env, parse_modules
 from mcdropout.bundle._create import create, read_config
+from mcdropout.bundle._pretrained import create_pretrained
+from mcdropout.bundle._text import TOKENIZER, TextEncoder, TextError, TextInput
 
 __all__ = [
     "ALLOWED_MODULES_ENV",
@@ -34,15 +36,20 @@ __all__ = [
     "MAX_PARAMS",
     "NAME_PATTERN",
     "SCHEMA_VERSION",
+    "TOKENIZER",
     "WEIGHTS",
     "Bundle",
     "BundleError",
     "Manifest",
     "NonFiniteError",
     "Standardisation",
+    "TextEncoder",
+    "TextError",
+    "TextInput",
     "allowed_modules_from_env",
     "architectures",
     "create",
+    "create_pretrained",
     "fit_bundle",
     "flush_subnormals",
     "load_bundle",

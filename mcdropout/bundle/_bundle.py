@@ -32,6 +32,7 @@ from torch import nn
 
 from mcdropout.answer import Options, Result
 from mcdropout.bundle import _answering, _code, architectures
+from mcdropout.bundle._text import TOKENIZER, TextEncoder, TextInput, is_text
 from mcdropout.engine import ArrayLike, MCPredictor, Prediction, resolve_device
 from mcdropout.errors import BundleError, InputError
 from mcdropout.stats import ClassificationPrediction, RegressionPrediction
@@ -90,9 +91,10 @@ class Manifest:
     # hex BLAKE2b-128 of weights.safetensors, the weights this manifest was written with (save_bundle records
     # it, load_bundle checks it); not part of what the manifest says, so two manifests compare without it
     weights_blake2b: str | None = field(default=None, compare=False)
+    text: TextInput | None = None  # rows are strings, tokenised by the bundle's tokenizer.json (mcdropout.bundle._text)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "schema_version": self.schema_version,
             "name": self.name,
             "version": self.version,
@@ -112,6 +114,9 @@ class Manifest:
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "weights_blake2b": self.weights_blake2b,
         }
+        if self.text is not None:
+            data["input"]["text"] = self.text.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
@@ -153,6 +158,7 @@ class Manifest:
             metrics=reader.get("metrics", dict, default={}),
             calibration=_calibration(reader.get("calibration", dict, optional=True)),
             weights_blake2b=reader.get("weights_blake2b", str, optional=True),
+            text=_text_input(reader.get("input.text", dict, optional=True)),
         )
         if manifest.weights_blake2b is not None and not re.fullmatch(r"[0-9a-f]{32}", manifest.weights_blake2b):
             raise BundleError("field 'weights_blake2b': expected 32 lower-case hex digits (BLAKE2b-128 of"
@@ -171,6 +177,10 @@ class Manifest:
             raise BundleError(
                 f"field 'input.feature_names': {len(self.feature_names)} names for input shape {self.input_shape}"
             )
+        if self.text is not None and (len(self.input_shape) != 1 or self.feature_names is not None
+                                      or self.input_standardisation is not None):
+            raise BundleError(f"field 'input.text': a text model's input is one row of token ids, input.shape [length]"
+                              f" with no feature names or input standardisation; got shape {self.input_shape}")
         if self.task == "classification" and not self.class_names:
             raise BundleError("field 'outputs.classes': a classifier needs its class names")
         if self.task == "regression" and self.class_names:
@@ -213,6 +223,10 @@ def _placement_key(value: Any, where: str) -> str | None:
             if found is not None:
                 return found
     return None
+
+
+def _text_input(data: dict | None) -> TextInput | None:
+    return None if data is None else TextInput.from_dict(data)
 
 
 def _calibration(data: dict | None) -> Calibration | None:
@@ -314,8 +328,13 @@ class Bundle:
     """A loaded bundle: ``predict`` in the user's units, plus the ``manifest`` and ``model``."""
 
     def __init__(self, manifest: Manifest, model: nn.Module, path: Path | None = None, device: str = "auto",
-                 memory_budget: int | str = "256MB") -> None:
+                 memory_budget: int | str = "256MB", text: TextEncoder | None = None) -> None:
         self.manifest = manifest
+        if manifest.text is not None and text is None:
+            if path is None:
+                raise BundleError(f"bundle {manifest.name!r} takes text: give its folder (the tokenizer's) or text=")
+            text = TextEncoder.load(bundle_file(Path(path), TOKENIZER), manifest.input_shape[0], manifest.text)
+        self.text = text  # strings to token ids, for a text bundle; None for numeric rows
         self.model = model.eval().to(resolve_device(device))  # the bundle's own model: "auto" is CUDA when present
         self.path = path
         self.predictor = MCPredictor(
@@ -333,7 +352,10 @@ class Bundle:
         return self.manifest.name
 
     def model_inputs(self, x: ArrayLike) -> torch.Tensor:
-        """Rows of ``x`` validated and standardised as the network was trained on them."""
+        """Rows of ``x`` validated and standardised as the network was trained on them; a text bundle's
+        strings tokenised (:class:`~mcdropout.bundle._text.TextError` names a row it cannot take)."""
+        if self.text is not None and is_text(x):
+            x = self.text.encode(list(x))
         inputs = self.predictor.prepare_input(x)
         if self.manifest.input_standardisation is not None:
             inputs = self.manifest.input_standardisation.forward(inputs.to(self.predictor.dtype))
@@ -344,6 +366,13 @@ class Bundle:
                                  " far out that standardising them, (x - mean) / std, overflows"
                                  f" {str(self.predictor.dtype).removeprefix('torch.')}")
         return inputs
+
+    def probe_rows(self) -> torch.Tensor:
+        """Two rows of model inputs for a probe prediction: standardised -1 and +1, or two short texts' ids."""
+        if self.text is not None:
+            return torch.from_numpy(self.text.probe_rows())
+        shape = (1, *self.manifest.input_shape)
+        return torch.cat([torch.full(shape, -1.0), torch.full(shape, 1.0)]).to(self.predictor.dtype)
 
     def predict(self, x: ArrayLike, *, samples: int | str | None = None, seed: int | None = None,
                 return_samples: bool = False, max_samples: int | None = None,
@@ -423,7 +452,8 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, manifest: Manifest | 
                 class_names: Sequence[str] | None = None, samples: int = 100, dropout: float | None = None,
                 tau: float | None = None, input_standardisation: Standardisation | None = None,
                 target_standardisation: Standardisation | None = None, description: str = "",
-                version: str = "1.0.0") -> Path:
+                version: str = "1.0.0", text: TextInput | None = None,
+                tokenizer: str | os.PathLike | None = None) -> Path:
     """Write ``model``'s weights and a manifest to the folder ``path``, atomically.
 
     Either pass a whole ``manifest``, or describe the model with keywords (``task`` and ``input_shape``
@@ -432,6 +462,9 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, manifest: Manifest | 
     ``architecture`` names it; ``code`` is a Python file shipped as the bundle's ``model.py``, whose
     classes are then named ``model.py:Net``. The architecture is rebuilt from its name and config before
     anything is written, and must have the model's tensor names and shapes.
+
+    A text model (``text``, or a manifest's ``input.text``) needs ``tokenizer``, the ``tokenizer.json`` file
+    that becomes the bundle's own.
 
     The bundle is written to a temporary folder beside ``path`` and renamed into
     place, so a crash never leaves a half-written bundle.
@@ -455,19 +488,24 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, manifest: Manifest | 
             output_names=None if output_names is None else list(output_names),
             class_names=None if class_names is None else list(class_names),
             input_standardisation=input_standardisation, target_standardisation=target_standardisation,
-            samples=samples, max_samples=max(10_000, samples), dropout=dropout, tau=tau,
+            samples=samples, max_samples=max(10_000, samples), dropout=dropout, tau=tau, text=text,
         ).to_dict())
     elif any(v is not None for v in (task, input_shape, architecture, config, name, feature_names, output_names,
                                      class_names)):
         raise BundleError("save_bundle: give either a manifest or the keywords that describe one, not both")
     manifest = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
     manifest.check()
+    if (manifest.text is None) != (tokenizer is None):
+        raise BundleError("save_bundle: a text model (input.text) needs tokenizer=, its tokenizer.json; only a"
+                          " text model takes one")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         tensors = flush_subnormals({key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()})
         if source is not None:
             (staging / _code.BUNDLE_CODE).write_bytes(source)
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, staging / TOKENIZER)
         if described:
             _check_rebuilds(manifest, tensors, staging)
         save_file(tensors, staging / WEIGHTS, metadata={"name": manifest.name, "version": manifest.version})
@@ -595,14 +633,25 @@ def load_bundle(path: str | os.PathLike, *, device: str = "auto", memory_budget:
         raise BundleError(f"{weights}: cannot read safetensors ({error}); the file is truncated or not safetensors") from None
     _check_tensors(model, tensors, weights)
     model.load_state_dict(flush_subnormals(tensors), strict=True)
+    text = None if manifest.text is None else _text_encoder(folder, manifest, model)
     resolve_device(device)  # the caller's device: its error is the caller's, not the bundle's
     try:
-        bundle = Bundle(manifest, model, folder, device=device, memory_budget=memory_budget)
+        bundle = Bundle(manifest, model, folder, device=device, memory_budget=memory_budget, text=text)
     except Exception as error:  # noqa: BLE001 - the engine refused what the manifest says
         raise BundleError(f"{manifest_file}: {error}") from None
     _probe(bundle, weights)
     _check_weights_hash(manifest, weights)  # after the checks that say what is wrong with the weights themselves
     return bundle
+
+
+def _text_encoder(folder: Path, manifest: Manifest, model: nn.Module) -> TextEncoder:
+    """The bundle's tokenizer, whose token ids must all be rows of the network's embedding (``vocab_size``)."""
+    encoder = TextEncoder.load(bundle_file(folder, TOKENIZER), manifest.input_shape[0], manifest.text)
+    embedded = getattr(model, "vocab_size", None)
+    if isinstance(embedded, int) and encoder.vocabulary > embedded:
+        raise BundleError(f"{folder / TOKENIZER}: {encoder.vocabulary} tokens, but the network embeds"
+                          f" {embedded}; the tokenizer is not the model's")
+    return encoder
 
 
 def _check_standardisation_shape(manifest: Manifest, file: Path) -> None:
@@ -654,8 +703,7 @@ def _probe(bundle: Bundle, weights: Path) -> None:
     """Predict two rows (standardised -1 and +1) and check that every statistic is finite and that the
     target standardisation and output names fit the network's outputs."""
     manifest = bundle.manifest
-    shape = (1, *manifest.input_shape)
-    rows = torch.cat([torch.full(shape, -1.0), torch.full(shape, 1.0)]).to(bundle.predictor.dtype)
+    rows = bundle.probe_rows()
     try:
         raw = bundle.predictor.predict(rows, samples=PROBE_SAMPLES, seed=0)
     except Exception as error:  # noqa: BLE001 - whatever the probe meets is the bundle's failure

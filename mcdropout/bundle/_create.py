@@ -33,6 +33,7 @@ from mcdropout.bundle._bundle import (
     move_into_place,
     save_bundle,
 )
+from mcdropout.bundle._text import PROBE_TEXTS
 from mcdropout.errors import BundleError
 from mcdropout.stats import RegressionPrediction
 
@@ -196,7 +197,7 @@ def create(*, architecture: str, weights: str | Path, task: str, input_shape: Se
 
 def _check_sampled(bundle: Bundle) -> str:
     """Two seeds must give different predictions for one probe input; returns that prediction as text."""
-    probe = torch.zeros(1, *bundle.manifest.input_shape)
+    probe = bundle.probe_rows()[:1] if bundle.text is not None else torch.zeros(1, *bundle.manifest.input_shape)
     samples = min(CHECK_SAMPLES, bundle.manifest.samples)
     first = bundle.predict(probe, samples=samples, seed=0)
     second = bundle.predict(probe, samples=samples, seed=1)
@@ -216,4 +217,5 @@ def _check_sampled(bundle: Bundle) -> str:
         shown = (f"class {bundle.manifest.class_names[label]!r} (p = {float(probs[label]):.3f}), entropy"
                  f" {float(first.entropy.reshape(-1)[0]):.3f}, mutual information"
                  f" {float(first.mutual_information.reshape(-1)[0]):.3g}")
-    return f"an input of zeros, T={samples}, seed 0: {shown}"
+    what = f"the text {PROBE_TEXTS[0]!r}" if bundle.text is not None else "an input of zeros"
+    return f"{what}, T={samples}, seed 0: {shown}"

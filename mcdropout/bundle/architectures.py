@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from mcdropout.bundle import _code
+from mcdropout.bundle._text_transformer import TextTransformer
 from mcdropout.layers import LockedDropout
 
 ENTRY_POINT_GROUP = "mcdropout.architectures"
@@ -175,3 +177,15 @@ class SequenceRegressor(nn.Module):
 
 
 register("lstm")(SequenceRegressor)
+
+
+register("text-transformer")(TextTransformer)
+
+
+@register("transformers")
+def transformers_classifier(**config: Any) -> nn.Module:
+    """One of transformers' own ``*ForSequenceClassification`` classes, token ids in (mcdropout.bundle._hf);
+    transformers is imported only here, when such a bundle is built."""
+    from mcdropout.bundle import _hf
+
+    return _hf.build(**config)

@@ -147,6 +147,7 @@ class ModelInfo:
     error: str | None = None
     metrics: dict = field(default_factory=dict)
     calibration: dict | None = None  # the bundle's fitted calibration; None: uncalibrated
+    text: dict | None = None  # a text model ({"max_tokens": N}): inputs are strings; None: rows of numbers
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -644,6 +645,17 @@ def _outcome(response: httpx.Response, request: _Request) -> Any:
     return ServerError(f"HTTP {status}: {message}", status)
 
 
+def _texts(inputs: Any) -> np.ndarray:
+    values = [inputs] if isinstance(inputs, str) else list(inputs)
+    bad = next((row for row, value in enumerate(values) if not isinstance(value, str)), None)
+    if bad is not None:
+        raise InvalidInput(f"inputs[{bad}]: expected a string (a text model), got {type(values[bad]).__name__}",
+                           None, f"inputs[{bad}]")
+    rows = np.empty(len(values), dtype=object)
+    rows[:] = values
+    return rows
+
+
 def _seconds(value: str | None) -> float | None:
     """Retry-After in seconds (None: absent, or not a finite number of seconds)."""
     try:
@@ -654,7 +666,10 @@ def _seconds(value: str | None) -> float | None:
 
 
 def _rows(inputs: Any, info: ModelInfo) -> np.ndarray:
-    """Inputs as an array of rows; a DataFrame's columns are picked by the model's feature names."""
+    """Inputs as an array of rows; a DataFrame's columns are picked by the model's feature names; a text
+    model's strings as an object array (the server checks them)."""
+    if info.text is not None:
+        return _texts(inputs)
     if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy"):
         names = info.feature_names
         missing = [n for n in names or [] if n not in inputs.columns]

@@ -24,6 +24,7 @@ class LocalEngine:
         self.bundle = load_bundle(bundle, device=device, trust_code=trust_code)
         self.feature_names = self.bundle.manifest.feature_names
         self.input_shape = self.bundle.manifest.input_shape
+        self.text = self.bundle.manifest.text is not None
         self.samples, self.seed, self.interval = samples, seed, interval
         options = dict(options or {})
         self.tolerance = options.pop("tolerance", None)
@@ -31,8 +32,9 @@ class LocalEngine:
 
     def predict(self, x: np.ndarray) -> Result:
         """The bundle's calibrated answer (:meth:`Bundle.answer`): the numbers the service gives."""
-        return self.bundle.answer(x.reshape(len(x), *self.input_shape), samples=self.samples, seed=self.seed,
-                                  level=self.interval, options=self.options, tolerance=self.tolerance)
+        rows = x if self.text else x.reshape(len(x), *self.input_shape)
+        return self.bundle.answer(rows, samples=self.samples, seed=self.seed, level=self.interval,
+                                  options=self.options, tolerance=self.tolerance)
 
 class RemoteEngine:
     """A model served by ``mcdropout serve`` at ``url``."""
@@ -47,6 +49,7 @@ class RemoteEngine:
         except ServiceError as error:
             raise ScoringError(f"model {name!r} at {url}: {error}") from None
         self.feature_names, self.input_shape = info.feature_names, info.input_shape or []
+        self.text = info.text is not None
         self.name, self.samples, self.seed, self.interval = name, samples, seed, interval
         self.options = options or {}
 
@@ -54,7 +57,8 @@ class RemoteEngine:
         from mcdropout.client import InvalidInput, ServiceError
 
         try:
-            return self.client.predict(self.name, x.reshape(len(x), *self.input_shape), samples=self.samples,
+            rows = x if self.text else x.reshape(len(x), *self.input_shape)
+            return self.client.predict(self.name, rows, samples=self.samples,
                                        seed=self.seed, interval=self.interval, **self.options)
         except InvalidInput as error:
             if (error.field or "").startswith("inputs"):

@@ -71,20 +71,27 @@ class Summary:
 class Engine(Protocol):
     feature_names: list[str] | None
     input_shape: list[int]
+    text: bool  # rows are strings (a text model): one column of the table
 
     def predict(self, x: np.ndarray) -> Result: ...
 
 def checked_chunks(job: Job, feature_names: list[str] | None, input_shape: list[int],
-                   skip: int) -> Iterator[tuple[list[str], np.ndarray, str, pa.Array]]:
+                   skip: int, text: bool = False) -> Iterator[tuple[list[str], np.ndarray, str, pa.Array]]:
     """The input from row ``skip`` on, a chunk at a time: the feature columns, their checked values
-    (rows, features), and the name and values of the id column (the row number without ``--id-column``)."""
+    (rows, features; a text model's strings, rows), and the name and values of the id column (the row
+    number without ``--id-column``)."""
     columns = None
     first = skip
     for batch in tables.iter_chunks(job.input, job.chunk_rows, skip_rows=skip, float_columns=feature_names or ()):
-        if columns is None:
+        if columns is None and text:
+            columns = [tables.text_column(batch.schema, job.id_column, job.input)]
+        elif columns is None:
             columns = tables.feature_columns(feature_names, input_shape, batch.schema, job.id_column, job.input)
-        x = tables.numeric(batch, columns, path=job.input, first_row=first)
-        _check_float32(x, job.input, first)
+        if text:
+            x = tables.texts(batch, columns[0], path=job.input, first_row=first)
+        else:
+            x = tables.numeric(batch, columns, path=job.input, first_row=first)
+            _check_float32(x, job.input, first)
         if job.id_column is None:
             yield columns, x, ROW_COLUMN, pa.array(np.arange(first, first + batch.num_rows, dtype=np.int64))
         elif job.id_column in batch.schema.names:

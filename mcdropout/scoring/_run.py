@@ -140,7 +140,7 @@ def _engine(job: Job, api_key: str | None, trust_code: bool) -> Engine:
 
 def _local_chunks(job: Job, engine: Engine, skip: int) -> Iterator[pa.Table]:
     first = skip
-    for _, x, id_name, ids in checked_chunks(job, engine.feature_names, engine.input_shape, skip):
+    for _, x, id_name, ids in checked_chunks(job, engine.feature_names, engine.input_shape, skip, engine.text):
         try:
             result = engine.predict(x)
         except NonFiniteError as error:

@@ -149,6 +149,13 @@ def _classification(bundle: Bundle, split: datasets.Split, samples: int | None, 
         )
     if bundle.manifest.training.get("data", {}).get("name") == "digits":
         result["ood"] = _digits_ood(bundle, split, pred, seed)
+    if bundle.manifest.training.get("data", {}).get("name") == "reviews":
+        outside = bundle.predict(datasets.reviews_outside(), seed=seed)
+        result["ood"] = {"text_unlike_the_reviews": {
+            "rows": len(outside.mutual_information),
+            "auroc_mutual_information": metrics.auroc(pred.mutual_information, outside.mutual_information),
+            "auroc_entropy": metrics.auroc(pred.entropy, outside.entropy),
+            "mean_mutual_information_outside": float(outside.mutual_information.mean())}}
     return result
 
 

@@ -3,4 +3,4 @@
 ``tests/test_cli_startup.py`` checks that these are the keys of ``_recipes.RECIPES``.
 """
 
-RECIPE_NAMES: tuple[str, ...] = ("diabetes", "heteroscedastic-1d", "digits", "breast-cancer", "sequence")
+RECIPE_NAMES: tuple[str, ...] = ("diabetes", "heteroscedastic-1d", "digits", "breast-cancer", "sequence", "reviews")

@@ -88,6 +88,15 @@ RECIPES: dict[str, Recipe] = {
             dataset="sequence", architecture="lstm", config={"hidden": 64, "dropout": 0.1},
             loss="mse", epochs=150, lr=3e-3, per_feature=False, fit_tau=True, validation=0.2, batch_size=64,
         ),
+        Recipe(
+            name="reviews",
+            description="Is a one-line film review positive or negative? Reviews made from templates; a small"
+            " transformer encoder (BERT's shape) with hidden and attention dropout, text in.",
+            dataset="reviews", architecture="text-transformer",
+            config={"hidden": 64, "layers": 2, "heads": 4, "ffn": 128, "dropout": 0.2, "attention_dropout": 0.1},
+            loss="cross_entropy", epochs=16, lr=3e-3, batch_size=64, samples=20, per_feature=False,
+            extra={"text": True, "max_length": 16},
+        ),
     ]
 }
 
@@ -110,6 +119,11 @@ def train(name: str, *, seed: int = 0, out: str | Path | None = None, epochs: in
                           calibration=calibration_fraction)
     datasets.check_parts(name, split.record["rows"], len(split.y_train), len(split.y_test), len(split.y_calibration),
                          calibration_fraction)
+    if recipe.extra.get("text"):  # text in: its own tokenizer and bundle (mcdropout.training._text)
+        from mcdropout.training import _text
+
+        return _text.train(recipe, split, folder, seed=seed, quiet=quiet, started=started, calibrated=calibrated,
+                           epochs=recipe.epochs if epochs is None else epochs)
     classifier = recipe.loss == "cross_entropy"
     axis = 0 if recipe.per_feature else tuple(range(split.x_train.ndim))
     x_mean, x_std = training.standardisation(split.x_train, axis)
@@ -192,11 +206,13 @@ def calibrated(bundle: Bundle, split: datasets.Split, *, seed: int = 0, source: 
     """``bundle``'s manifest calibrated on the split's calibration rows (which it never trained on), with the
     held-out metrics of the calibrated bundle, and the uncalibrated ones beside them under ``uncalibrated``."""
     raw = dataclasses.replace(bundle.manifest, calibration=None)
-    before = evaluation.evaluate(Bundle(raw, bundle.model, device="cpu"), split, seed=seed)
+    before = evaluation.evaluate(Bundle(raw, bundle.model, device="cpu", text=bundle.text), split, seed=seed)
     x, y, described = split.calibration_rows()
-    fitted = fit_bundle(Bundle(raw, bundle.model, device="cpu"), x, y, seed=seed, source=source or described)
+    fitted = fit_bundle(Bundle(raw, bundle.model, device="cpu", text=bundle.text), x, y, seed=seed,
+                        source=source or described)
     manifest = dataclasses.replace(raw, calibration=fitted)
-    metrics = evaluation.calibrated_metrics(Bundle(manifest, bundle.model, device="cpu"), split, before, seed=seed)
+    metrics = evaluation.calibrated_metrics(Bundle(manifest, bundle.model, device="cpu", text=bundle.text), split,
+                                            before, seed=seed)
     return dataclasses.replace(manifest, metrics=metrics)
 
 

@@ -166,12 +166,77 @@ def sequence(seed: int = 0, rows: int = 3000, **fractions: float) -> Split:
     return split
 
 
+# reviews: one-line film reviews made from templates; a row's class is the polarity of its (last) judgement
+REVIEW_SUBJECTS = ("the film", "the movie", "the plot", "the acting", "the ending", "the story", "the cast",
+                   "the script", "the music", "this sequel")
+REVIEW_VERBS = ("was", "is", "felt", "seemed")
+REVIEW_DEGREES = ("", "really", "very", "truly", "quite", "so")
+REVIEW_WORDS = {  # class index: adjectives of that polarity
+    1: ("great", "wonderful", "brilliant", "fun", "moving", "charming", "superb", "clever", "beautiful", "fresh"),
+    0: ("awful", "boring", "dull", "terrible", "weak", "bland", "clumsy", "tedious", "poor", "dreadful"),
+}
+REVIEW_CLASSES = ["negative", "positive"]
+# Text unlike the reviews, by kind: other subjects, words the tokenizer never saw, the reviews' words without
+# their grammar, and reviews cut short. The first of each kind is the playground's example of it.
+REVIEW_OUTSIDE = {
+    "other subjects": ("the stock market fell sharply on monday", "please reset my password before friday",
+                       "photosynthesis converts light into chemical energy",
+                       "quarterly earnings beat analyst expectations"),
+    "unknown words": ("xyzzy plugh frobnicate", "lorem ipsum dolor sit amet"),
+    "words without grammar": ("was the is felt so very and", "brilliant awful great dull", "not not not",
+                              "but but the the"),
+    "cut short": ("the film was", "i thought the plot"),
+}
+
+
+def _review(rng: np.random.Generator) -> tuple[str, int]:
+    def clause(label: int) -> str:
+        subject, verb = REVIEW_SUBJECTS[rng.integers(len(REVIEW_SUBJECTS))], REVIEW_VERBS[rng.integers(4)]
+        degree = REVIEW_DEGREES[rng.integers(len(REVIEW_DEGREES))]
+        negated = rng.random() < 0.2  # "not great" is negative, "not awful" positive
+        words = REVIEW_WORDS[1 - label if negated else label]
+        adjective = words[rng.integers(len(words))]
+        return " ".join(w for w in (subject, verb, "not" if negated else "", degree, adjective) if w)
+
+    label = int(rng.integers(2))
+    kind = rng.random()
+    if kind < 0.5:
+        return clause(label), label
+    if kind < 0.75:
+        return f"i thought {clause(label)}", label
+    return f"{clause(1 - label)} but {clause(label)}", label  # the judgement after "but" decides
+
+
+def reviews(seed: int = 0, rows: int = 2000, **fractions: float) -> Split:
+    """One-line film reviews made from templates ("the plot was not very clever"), labelled by polarity."""
+    rng = np.random.default_rng(seed)
+    made = [_review(rng) for _ in range(rows)]
+    x = np.empty(rows, dtype=object)
+    x[:] = [text for text, _ in made]
+    y = np.asarray([label for _, label in made], dtype=np.int64)
+    fractions.setdefault("val", 0.0)
+    split = _split(x, y, seed, "generated", **fractions, class_names=list(REVIEW_CLASSES))
+    split.record.update({"process": "templates: [i thought] SUBJECT VERB [not] [DEGREE] ADJECTIVE, or two such"
+                         " clauses joined by 'but' (the second decides); 'not' flips the polarity",
+                         "subjects": len(REVIEW_SUBJECTS), "adjectives": sum(map(len, REVIEW_WORDS.values()))})
+    return split
+
+
+def reviews_outside() -> np.ndarray:
+    """Text unlike the reviews: other subjects, unknown words, and the reviews' own words without their grammar."""
+    texts = [text for kind in REVIEW_OUTSIDE.values() for text in kind]
+    x = np.empty(len(texts), dtype=object)
+    x[:] = texts
+    return x
+
+
 LOADERS: dict[str, Callable[..., Split]] = {
     "diabetes": diabetes,
     "breast-cancer": breast_cancer,
     "digits": digits,
     "heteroscedastic-1d": heteroscedastic_1d,
     "sequence": sequence,
+    "reviews": reviews,
 }
 
 

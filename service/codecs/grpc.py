@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
+from service import text
 from service.codecs import v2
 from service.request import InferAnswer
 from service.schemas import V2InferRequest
@@ -35,6 +36,11 @@ def decode(request: pb.ModelInferRequest, limit: int) -> tuple[V2InferRequest, b
                                  "parameters": _parameters(tensor.parameters)}
         if raw:
             entry["parameters"]["binary_data_size"] = len(raw[i])
+        elif tensor.datatype == text.DATATYPE:  # strings as bytes_contents: checked as v2's JSON strings are
+            if len(tensor.contents.bytes_contents) > limit:
+                raise v2.error(f"input {tensor.name!r}: {len(tensor.contents.bytes_contents)} values in contents is"
+                               f" over the limit of {limit}")
+            entry["data"] = list(tensor.contents.bytes_contents)
         elif tensor.datatype in CONTENTS:
             values = getattr(tensor.contents, CONTENTS[tensor.datatype])
             if len(values) > limit:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from mcdropout.answer import RegressionResult, statistics
 from service.inputs import ApiError, InputSpec, instances_array, rows_array, validation_problem
 from service.schemas import PARAMETERS, PredictRequest
+from service.text import text_rows
 
 if TYPE_CHECKING:  # for types only: decode runs in the decode worker, without torch
     import numpy as np
@@ -36,7 +37,11 @@ def decode(raw: bytes, spec: InputSpec, max_rows: int) -> V1Body:
     if (body.inputs is None) == (body.instances is None):
         raise ApiError(422, "give exactly one of 'inputs' (lists of values) or 'instances' ({feature: value})",
                        "inputs")
-    if body.inputs is not None:
+    if spec.text and body.instances is not None:
+        raise ApiError(422, f"model {spec.name!r} takes text: send 'inputs', a list of strings", "instances")
+    if body.inputs is not None and spec.text:
+        rows = text_rows(body.inputs, max_rows)
+    elif body.inputs is not None:
         rows = rows_array(body.inputs, spec, max_rows)
     else:
         rows = instances_array(body.instances, spec, max_rows)

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from mcdropout.answer import RegressionResult, Result, statistics
 from service.inputs import ApiError, InputSpec, Inputs, finite_rows, has_non_number, shown
+from service import text
 from service.schemas import V2InferRequest
 
 if TYPE_CHECKING:  # for types only: decode runs in the decode worker, without torch
@@ -74,7 +75,8 @@ def model_metadata(manifest: Manifest, versions: list[str] | None = None) -> dic
         "name": manifest.name,
         "versions": versions or [manifest.version],
         "platform": "mcdropout_pytorch",
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *manifest.input_shape]}],
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *manifest.input_shape]} if manifest.text is None
+                   else {"name": INPUT_NAME, "datatype": text.DATATYPE, "shape": [-1]}],
         "outputs": output_specs(manifest),
         "parameters": {"task": manifest.task, "default_samples": manifest.samples,
                        "max_samples": manifest.max_samples,
@@ -106,6 +108,12 @@ def input_array(request: V2InferRequest, binary: bytes, manifest: Inputs, max_ro
     tensor = request.inputs[0]
     if tensor.name != INPUT_NAME:
         raise error(f"unknown input {tensor.name!r}; model {manifest.name!r} takes {INPUT_NAME!r}")
+    if getattr(manifest, "text", None):
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(binary)):
+            raise error(f"input {INPUT_NAME!r}: binary_data_size {size!r} does not fit {len(binary)} bytes of data")
+        return text.bytes_tensor(tensor.shape, tensor.datatype, tensor.data, None if size is None else binary[:size],
+                                 INPUT_NAME, max_rows)
     dtype = DATATYPES.get(tensor.datatype)
     if dtype is None or tensor.datatype == "BOOL":
         raise error(f"input {INPUT_NAME!r}: datatype {tensor.datatype!r} is not numeric; use FP32, FP64 or an INT type")

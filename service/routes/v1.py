@@ -70,6 +70,8 @@ def info(state: ServiceState, name: str, bundle: Bundle | None = None) -> dict[s
         "feature_names": manifest.feature_names, "outputs": manifest.output_names, "classes": manifest.class_names,
         "default_samples": manifest.samples, "max_samples": min(manifest.max_samples, state.settings.max_samples),
         "max_rows": state.settings.max_rows, "dropout": manifest.dropout, "tau": manifest.tau,
+        "text": None if manifest.text is None else
+        {"max_tokens": min(manifest.input_shape[0], state.settings.max_tokens)},
         "training": manifest.training, "metrics": manifest.metrics,
         "calibration": None if manifest.calibration is None else manifest.calibration.summary(),
     }

@@ -82,6 +82,7 @@ function calibrated(info, method) {
 
 function modelKind(info) {
   const shape = info.input_shape || [];
+  if (info.text) return "text";
   if (shape.length === 3) return "image";
   if (shape.length === 1 && shape[0] === 1 && info.task === "regression") return "oned";
   if (shape.length === 1 && info.feature_names) return "table";
@@ -219,6 +220,16 @@ class ModelPage {
       panel.append(grid);
     } else if (this.kind === "image") {
       panel.append(el("h2", { text: "Draw a digit" }), source, this.renderCanvas());
+    } else if (this.kind === "text") {
+      const text = el("textarea", { id: "text-input", rows: 3 });
+      text.value = this.example.inputs || "";
+      const tries = [this.example.inputs, ...(this.example.outside || [])].filter(Boolean).map((t) => {
+        const b = el("button", { class: "secondary example-text", text: t });
+        b.addEventListener("click", () => { text.value = t; this.predict(); });
+        return b;
+      });
+      panel.append(el("h2", { text: `Text (at most ${this.info.text.max_tokens} tokens)` }), source,
+        ...this.field("inputs", text), tries.length ? el("div", { class: "muted" }, "try: ", ...tries) : "");
     } else if (this.kind === "oned") {
       const { min, max, value } = this.sliderRange();
       this.slider = el("input", { type: "range", id: "x", min, max, step: (max - min) / 200, value });
@@ -304,6 +315,8 @@ class ModelPage {
       body.instances = [row];
     } else if (this.kind === "image") {
       body.inputs = [[this.pixels.map((r) => r.slice())]];
+    } else if (this.kind === "text") {
+      body.inputs = [this.fields.inputs.value];
     } else if (this.kind === "oned") {
       const { min, max } = this.sliderRange();
       const grid = Array.from({ length: BAND_POINTS }, (_, k) => [+(min + (max - min) * k / (BAND_POINTS - 1)).toFixed(4)]);
