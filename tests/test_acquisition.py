@@ -58,7 +58,8 @@ def test_exact_batchbald_picks_what_brute_force_picks():
     result = acquire_probabilities(probs, 5, "batchbald", seed=0, joint_budget=10**9)
     assert result.indices.tolist() == rows
     assert result.exact_steps == 5 and not result.standard_errors.any()
-    np.testing.assert_allclose(result.scores, scores, rtol=1e-9)
+    # the candidates' probabilities are kept as float32 (as the engine returns them): 1e-7 relative each
+    np.testing.assert_allclose(result.scores, scores, rtol=1e-6)
     # the first pick is BALD's: with nothing chosen BatchBALD is BALD
     assert result.indices[0] == np.argmax(result.bald)
     np.testing.assert_allclose(result.bald, RowScores.of(probs).bald)

@@ -200,10 +200,10 @@ class _Collector:
         for name in self.fields:
             self.scores[name].append(getattr(row_scores, name))
         self.rows = offset + len(probs)
+        self.shape = probs.shape[1:]
         if not self.keep:
             return
         if self.buffer is None:
-            self.shape = probs.shape[1:]
             self.buffer = Buffer(*self.shape, self.buffer_bytes, capacity=self.candidates, directory=self.spill_dir)
             if self.candidates is not None:
                 self.slot_rows = np.full(self.candidates, -1, dtype=np.int64)
