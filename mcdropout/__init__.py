@@ -31,6 +31,7 @@ _EXPORTS = {
     "metrics": "mcdropout.stats.metrics",
     "MCDropoutError": "mcdropout.errors",
     "InputError": "mcdropout.errors",
+    "acquire": "mcdropout.acquisition",
 }
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "MCPredictor",
     "Manifest",
     "RegressionPrediction",
+    "acquire",
     "is_stochastic",
     "load_bundle",
     "mc_dropout",
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from mcdropout.errors import InputError, MCDropoutError
     from mcdropout.engine import STOCHASTIC_TYPES, is_stochastic, mc_dropout
     from mcdropout.stats import ClassificationPrediction, RegressionPrediction
+    from mcdropout.acquisition import acquire
 
 
 def __getattr__(name: str) -> Any:
