@@ -498,7 +498,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _acquire(args: argparse.Namespace) -> int:
-    from mcdropout.acquisition._command import AcquireJob, acquire_file
+    from mcdropout.acquisition import AcquireJob, acquire_file
 
     pin_mmap_threshold()
     _check_samples(args)
