@@ -139,7 +139,6 @@ def _local_picks(job: AcquireJob, recorder: Recorder, trust_code: bool) -> None:
                      **({"start": recorder.done, "on_pick": recorder.candidate} if greedy else {}))
     if not greedy:
         recorder.all_at_once(result.indices, result.scores, result.standard_errors)
-    recorder.check(result.indices)
 
 
 def _remote_picks(job: AcquireJob, recorder: Recorder, api_key: str | None) -> None:
@@ -190,7 +189,7 @@ class Pool:
         whole = _whole_inputs(self.job, shape)
         if whole is not None:
             for start in range(0, len(whole), self.job.chunk_rows):
-                block = np.asarray(whole[start:start + self.job.chunk_rows], dtype=np.float32)
+                block = np.array(whole[start:start + self.job.chunk_rows], dtype=np.float32)  # a copy of the map
                 self._ids.append(pa.array(np.arange(start, start + len(block), dtype=np.int64)))
                 yield block
             return
@@ -260,11 +259,8 @@ class Recorder:
         self.pick(step, candidate.row, candidate.score, candidate.standard_error)
 
     def pick(self, step: int, row: int, score: float, standard_error: float) -> None:
-        """Record pick ``step`` (one part), or check a replayed one against the record."""
+        """Record pick ``step`` as one part (a replayed pick of the interrupted run is recorded already)."""
         if step < len(self.done):
-            if self.done[step] != row:
-                raise ScoringError(f"{self.partial.folder}: the resumed run picks row {row} at step {step}, the"
-                                   f" interrupted one row {self.done[step]}; delete the folder to start over")
             return
         if self._picks is None:
             self._picks = Progress(self.job.k - len(self.done), "picking", "picks", quiet=self.quiet)
@@ -280,11 +276,6 @@ class Recorder:
         errors = np.zeros(len(rows)) if errors is None else errors
         for step, (row, score, error) in enumerate(zip(rows, scores, errors)):
             self.pick(step, int(row), float(score), float(error))
-
-    def check(self, rows: np.ndarray) -> None:
-        if [int(r) for r in rows[:len(self.done)]] != self.done:
-            raise ScoringError(f"{self.partial.folder}: the resumed run does not replay the recorded picks;"
-                               " delete the folder to start over")
 
     def close(self) -> None:
         if self._picks is not None:
