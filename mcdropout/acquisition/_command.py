@@ -156,7 +156,8 @@ def _remote_picks(job: AcquireJob, recorder: Recorder, api_key: str | None) -> N
                                    **{name: value for name, value in job.parameters().items() if value is not None})
         except ServiceError as error:
             raise ScoringError(f"{job.url}: {error}") from None
-    recorder.all_at_once(picks.indices, picks.scores, None)
+    errors = picks.raw.get("standard_errors")
+    recorder.all_at_once(picks.indices, picks.scores, None if errors is None else np.asarray(errors, dtype=float))
 
 
 @dataclass(frozen=True)
