@@ -141,7 +141,7 @@ def acquire_probabilities(
             raise InputError("probabilities: the pool is empty")
         check_request(k, method, pool_rows=rows)
         samples, classes = collector.shape
-        scores = RowScores.concatenate(collector.scores)
+        scores = collector.row_scores()
         parameters: dict[str, Any] = {}
         errors = None
         exact_steps = 0
@@ -185,7 +185,10 @@ class _Collector:
         self.candidates = candidates
         self.buffer_bytes = buffer_bytes
         self.spill_dir = spill_dir
-        self.scores: list[RowScores] = []
+        # the per-row arrays this method needs (8 bytes a row each), not the whole RowScores
+        self.fields = ("bald",) + {"batchbald": ("expected_entropy",), "entropy": ("entropy",),
+                                   "margin": ("margin",)}.get(method, ())
+        self.scores: dict[str, list[np.ndarray]] = {name: [] for name in self.fields}
         self.rows = 0
         self.shape: tuple[int, int] = (0, 0)
         self.buffer: Buffer | None = None
@@ -194,12 +197,13 @@ class _Collector:
 
     def add(self, offset: int, probs: np.ndarray) -> None:
         row_scores = RowScores.of(probs)
-        self.scores.append(row_scores)
+        for name in self.fields:
+            self.scores[name].append(getattr(row_scores, name))
         self.rows = offset + len(probs)
+        self.shape = probs.shape[1:]
         if not self.keep:
             return
         if self.buffer is None:
-            self.shape = probs.shape[1:]
             self.buffer = Buffer(*self.shape, self.buffer_bytes, capacity=self.candidates, directory=self.spill_dir)
             if self.candidates is not None:
                 self.slot_rows = np.full(self.candidates, -1, dtype=np.int64)
@@ -225,6 +229,12 @@ class _Collector:
         if len(slots):
             self.buffer.write(slots, probs[entering])
 
+    def row_scores(self) -> RowScores:
+        """Every row's scores (the fields this method does not need are left empty)."""
+        joined = {name: np.concatenate(parts) for name, parts in self.scores.items()}
+        empty = np.zeros(0)
+        return RowScores(**{name: joined.get(name, empty) for name in ("bald", "entropy", "expected_entropy", "margin")})
+
     def candidate_rows(self) -> np.ndarray:
         """The pool row of each buffered row."""
         return np.arange(self.rows) if self.candidates is None else self.slot_rows
@@ -237,27 +247,31 @@ class _Collector:
 def _local_batchbald(collector: _Collector, scores: RowScores, k: int, samples: int, classes: int, *, seed: int,
                      configurations: int, joint_budget: int, work_bytes: int, start: Sequence[int],
                      on_pick) -> Any:
-    assert collector.buffer is not None
-    probs = collector.buffer.array()
-    pool_rows = collector.candidate_rows()
-    slot_of = {int(r): i for i, r in enumerate(pool_rows) if r >= 0} if collector.candidates is not None else None
-    valid = np.flatnonzero(pool_rows >= 0)
+    """Each greedy step a pass over the buffered candidates, a chunk of rows at a time."""
+    buffer = collector.buffer
+    assert buffer is not None
+    pool_rows = collector.candidate_rows()  # the pool row in each buffered slot (-1: an empty slot)
+    slot_of = None if collector.candidates is None else {int(r): i for i, r in enumerate(pool_rows) if r >= 0}
     expected = scores.expected_entropy
 
     def scan(state: JointState, taken: set) -> Candidate | None:
         best = None
         step = state.chunk_rows(samples, classes, work_bytes)
-        for first in range(0, len(valid), step):
-            slots = valid[first:first + step]
-            rows = pool_rows[slots]
-            best = better(best, best_candidate(state, rows, probs[slots], expected[rows], taken))
+        for first in range(0, len(pool_rows), step):
+            rows = pool_rows[first:first + step]
+            filled = rows >= 0
+            probs = buffer.read(first, first + len(rows))
+            if not filled.all():
+                rows, probs = rows[filled], probs[filled]
+            if len(rows):
+                best = better(best, best_candidate(state, rows, probs, expected[rows], taken))
         return best
 
     def row(index: int) -> tuple[np.ndarray, float]:
         if not 0 <= index < collector.rows or (slot_of is not None and index not in slot_of):
             raise InputError(f"start: row {index} is not a candidate of this pool")
         slot = index if slot_of is None else slot_of[index]
-        return np.asarray(probs[slot], dtype=np.float64), float(expected[index])
+        return np.asarray(buffer.read(slot, slot + 1)[0], dtype=np.float64), float(expected[index])
 
     return batchbald(scan, row, k, samples, seed=seed, configurations=configurations, joint_budget=joint_budget,
                      start=start, on_pick=on_pick)

@@ -80,7 +80,7 @@ def _predictor(model_or_bundle: Any, samples: int | None, calibrated: bool, memo
             prediction = bundle.predict(inputs, samples=t, seed=seed, return_samples=True, calibrated=calibrated)
             return prediction.samples.numpy()
 
-        return predict, samples, len(bundle.manifest.classes or [])
+        return predict, samples, len(bundle.manifest.class_names or [])
     if isinstance(model_or_bundle, nn.Module):
         model_or_bundle = MCPredictor(model_or_bundle, task="classification", memory_budget=memory_budget)
     if not isinstance(model_or_bundle, MCPredictor):

@@ -67,8 +67,10 @@ def iter_chunks(source: ProbabilitySource, chunk_bytes: int) -> Iterator[Chunk]:
 
 
 class Buffer:
-    """Rows of per-sample probabilities kept for BatchBALD's passes: in RAM up to ``budget_bytes``, past
-    it in a float32 file in ``directory`` (a temporary one by default) read back through np.memmap.
+    """Rows of per-sample probabilities kept for BatchBALD's passes, float32: in RAM while they fit
+    ``budget_bytes``, past it in a file in ``directory`` (a temporary one by default), read back a range
+    of rows at a time (plain reads, not a memory map, so that the rows read count against no one's
+    resident memory once a pass moves on).
 
     ``capacity``: with a number, a fixed set of slots written in place (the BALD prefilter's candidates);
     without, rows are appended in order.
@@ -82,20 +84,20 @@ class Buffer:
         self.directory = directory
         self.rows = 0
         self._parts: list[np.ndarray] = []
-        self._file: Any = None
-        self._path: Path | None = None
         self._array: np.ndarray | None = None
+        self._fd: int | None = None
+        self._path: Path | None = None
         if capacity is not None:
-            self._array = self._allocate(capacity)
             self.rows = capacity
+            if capacity * self.row_bytes <= budget_bytes:
+                self._array = np.zeros((capacity, *self.shape), dtype=np.float32)
+            else:
+                self._open()
+                os.ftruncate(self._fd, capacity * self.row_bytes)
 
-    def _allocate(self, rows: int) -> np.ndarray:
-        if rows * self.row_bytes <= self.budget_bytes:
-            return np.zeros((rows, *self.shape), dtype=np.float32)
-        handle, name = tempfile.mkstemp(prefix="mcdropout-acquisition-", suffix=".f32", dir=self.directory)
-        os.close(handle)
+    def _open(self) -> None:
+        self._fd, name = tempfile.mkstemp(prefix="mcdropout-acquisition-", suffix=".f32", dir=self.directory)
         self._path = Path(name)
-        return np.lib.format.open_memmap(self._path, mode="w+", dtype=np.float32, shape=(rows, *self.shape))
 
     @property
     def on_disk(self) -> bool:
@@ -103,44 +105,44 @@ class Buffer:
 
     def append(self, probs: np.ndarray) -> None:
         probs = np.ascontiguousarray(probs, dtype=np.float32)
-        if self._file is None and (self.rows + len(probs)) * self.row_bytes > self.budget_bytes:
-            handle, name = tempfile.mkstemp(prefix="mcdropout-acquisition-", suffix=".f32", dir=self.directory)
-            self._path = Path(name)
-            self._file = os.fdopen(handle, "wb")
+        if self._fd is None and (self.rows + len(probs)) * self.row_bytes > self.budget_bytes:
+            self._open()
             for part in self._parts:
-                self._file.write(part.tobytes())
+                os.write(self._fd, part.tobytes())
             self._parts = []
-        if self._file is not None:
-            self._file.write(probs.tobytes())
+        if self._fd is not None:
+            os.pwrite(self._fd, probs.tobytes(), self.rows * self.row_bytes)
         else:
             self._parts.append(probs)
         self.rows += len(probs)
 
     def write(self, slots: np.ndarray, probs: np.ndarray) -> None:
         """Put ``probs`` (rows, T, C) into the fixed ``slots``."""
-        assert self._array is not None
-        self._array[slots] = probs
+        if self._array is not None:
+            self._array[slots] = probs
+            return
+        probs = np.ascontiguousarray(probs, dtype=np.float32)
+        for slot, row in zip(slots.tolist(), probs):
+            os.pwrite(self._fd, row.tobytes(), slot * self.row_bytes)
 
-    def array(self) -> np.ndarray:
-        """All rows, (rows, T, C) float32: in RAM or a read-only memmap."""
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start .. stop``, (rows, T, C) float32."""
+        if self._fd is not None:
+            data = os.pread(self._fd, (stop - start) * self.row_bytes, start * self.row_bytes)
+            return np.frombuffer(data, dtype=np.float32).reshape(stop - start, *self.shape)
         if self._array is None:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-                self._array = np.memmap(self._path, dtype=np.float32, mode="r", shape=(self.rows, *self.shape))
-            else:
-                self._array = (np.concatenate(self._parts) if self._parts
-                               else np.zeros((0, *self.shape), dtype=np.float32))
-                self._parts = []
-        return self._array
+            self._array = (np.concatenate(self._parts) if self._parts
+                           else np.zeros((0, *self.shape), dtype=np.float32))
+            self._parts = []
+        return self._array[start:stop]
 
     def close(self) -> None:
         """Drop the rows and delete the file, if any."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
         self._array = None
         self._parts = []
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._path is not None:
             self._path.unlink(missing_ok=True)
             self._path = None
