@@ -1,13 +1,18 @@
 """``POST /v1/models/{name}/acquire`` on a real server: the library's picks through the client (blocking and
-async) and through ``mcdropout acquire --engine remote``, and every bad value a 4xx naming its field."""
+async), through ``mcdropout acquire --engine remote`` and through the playground's panel (headless Chromium),
+and every bad value a 4xx naming its field."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import mcdropout as mcd
 from mcdropout.acquisition import METHODS
@@ -16,7 +21,8 @@ from mcdropout.client import AsyncClient, Client, InvalidInput
 from mcdropout.training import datasets
 from service.codecs import acquire as codec
 
-from .conftest import MODELS
+from .conftest import MODELS, Server
+from .test_ui_browser import WAIT_S, _chrome, _open_model
 
 SPLIT = datasets.breast_cancer(0)
 POOL = np.concatenate([SPLIT.x_test, SPLIT.x_train])[:120].astype(np.float32)
@@ -98,3 +104,53 @@ def test_remote_engine_picks_what_the_local_engine_picks(server, tmp_path):
 
 def test_the_documented_methods_are_the_librarys():
     assert codec.METHODS == METHODS
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    chrome = _chrome()
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def _pick(browser: WebDriver) -> dict:
+    before = browser.execute_script("return window.picks || 0")
+    browser.find_element(By.ID, "acquire").click()
+    WebDriverWait(browser, WAIT_S).until(lambda b: b.execute_script("return window.picks || 0") > before and
+                                         b.find_element(By.ID, "acquire-result").get_attribute("data-state")
+                                         in ("done", "error"))
+    return browser.execute_script("return window.lastPicks")
+
+
+def test_a_classifier_page_picks_rows_from_pasted_rows(browser: WebDriver, server: Server):
+    _open_model(browser, server, "breast-cancer")
+    names = ",".join(SPLIT.feature_names)
+    pasted = names + "\n" + "\n".join(", ".join(repr(float(v)) for v in row) for row in POOL[:12])  # a header, rows
+    browser.find_element(By.ID, "pool").send_keys(pasted)
+    k = browser.find_element(By.ID, "acquire-k")
+    k.clear()
+    k.send_keys("3")
+    Select(browser.find_element(By.ID, "acquire-method")).select_by_value("bald")
+    answer = _pick(browser)
+    assert answer["ok"], answer
+    samples, seed = answer["body"]["samples"], answer["body"]["seed"]  # the page's T and seed fields
+    expected = mcd.acquire(mcd.load_bundle(MODELS / "breast-cancer"), POOL[:12], 3, "bald", samples=samples,
+                           seed=seed)
+    assert answer["body"]["indices"] == expected.indices.tolist()
+    shown = [int(row.get_attribute("data-row"))
+             for row in browser.find_elements(By.CSS_SELECTOR, "#picks tr[data-row]")]
+    assert shown == expected.indices.tolist()
+
+    k.clear()
+    k.send_keys("13")  # more than the 12 pasted rows: the server's 422 names k, and the page marks the field
+    answer = _pick(browser)
+    assert answer["status"] == 422 and answer["body"]["field"] == "k"
+    assert "bad" in k.get_attribute("class")
+    assert "asked for 13 rows from a pool of 12" in browser.find_element(By.ID, "acquire-result").text
+
+
+def test_a_regression_page_has_no_picking_panel(browser: WebDriver, server: Server):
+    _open_model(browser, server, "diabetes")
+    assert browser.find_elements(By.ID, "acquire-panel") == []
