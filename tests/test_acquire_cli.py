@@ -13,7 +13,7 @@ import pytest
 
 import mcdropout as mcd
 from mcdropout import tables
-from mcdropout.acquisition import AcquireJob
+from mcdropout.acquisition import AcquireJob, acquire_probabilities, acquire_ray
 from mcdropout.cli import main
 from mcdropout.scoring import Partial
 from mcdropout.training import datasets
@@ -129,16 +129,31 @@ def test_a_regression_model_is_refused_naming_the_method(tmp_path, capsys):
 
 
 def test_ray_shards_pick_what_the_local_engine_picks(pool, tmp_path):
-    """Two Ray workers, the pool in three row groups (64, 64, 22 rows): every greedy step a map over the
-    shards with the joint state broadcast, and a reduce; the same seed gives the local run's picks."""
+    """On a local two-CPU Ray: the command's Ray Data engine (two workers, the pool in three row groups of 64,
+    64 and 22 rows) and acquire_ray over chunks of probabilities. Every greedy step is a map over the shards
+    with the joint state broadcast, and a reduce; the same seed gives the local picks."""
     ray = pytest.importorskip("ray")
     source, _ = pool
     local, sharded = tmp_path / "local.csv", tmp_path / "ray.csv"
     # exact while 2^n x T fits 16 T values: steps 5 and 6 score candidates against 16 sampled configurations
     settings = ["--k", 6, "--id-column", "pid", "--configurations", 16, *ARGS]
     assert _acquire(CLASSIFIER, source, "--out", local, *settings) == 0
-    assert _acquire(CLASSIFIER, source, "--out", sharded, "--engine", "ray", "--workers", 2, *settings) == 0
-    assert not ray.is_initialized()  # the run started its own Ray, and stopped it
+    probs = np.random.default_rng(0).dirichlet(np.full(4, 0.5), size=(600, 10)).astype(np.float32)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        assert _acquire(CLASSIFIER, source, "--out", sharded, "--engine", "ray", "--workers", 2, *settings) == 0
+        assert ray.is_initialized()  # a running Ray is used, and left running
+        for method, candidates in (("batchbald", None), ("batchbald", 100), ("power", None)):
+            def chunks():
+                return (probs[first:first + 250] for first in range(0, len(probs), 250))
+
+            expected = acquire_probabilities(chunks, 5, method, seed=2, candidates=candidates, configurations=20)
+            got = acquire_ray(chunks, 5, method, seed=2, candidates=candidates, configurations=20, workers=2)
+            assert got.indices.tolist() == expected.indices.tolist(), (method, candidates)
+            np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-9)
+            assert got.exact_steps == expected.exact_steps
+    finally:
+        ray.shutdown()
     expected, got = pd.read_csv(local), pd.read_csv(sharded)
     assert got.row.tolist() == expected.row.tolist() and got.pid.tolist() == expected.pid.tolist()
     np.testing.assert_allclose(got.score, expected.score, rtol=1e-9)

@@ -1,5 +1,8 @@
 """``mcdropout acquire --engine ray``: the pool sharded over Ray Data workers.
 
+:func:`acquire_ray` does the same from per-sample probabilities delivered in chunks (as
+:func:`~mcdropout.acquisition.acquire_probabilities` takes them), on Ray tasks.
+
 One pass: actors (each with the bundle, shipped as files) predict the pool's row groups and answer each
 row's scores; for BatchBALD the candidates' per-sample probabilities stay in Ray's object store, in
 blocks: the shards. With ``--candidates M`` the pass keeps only scores, and a second one predicts just the
@@ -17,7 +20,7 @@ uses the same seed, so sample t is the same sub-network everywhere, and the pick
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +28,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mcdropout.acquisition._acquire import _one_pass, parse_budget
+from mcdropout.acquisition._acquire import (
+    DEFAULT_CONFIGURATIONS,
+    STOCHASTIC,
+    Acquisition,
+    _one_pass,
+    check_request,
+    new_seed,
+    parse_budget,
+)
 from mcdropout.acquisition._command import AcquireJob, Pool, Recorder, check_task
-from mcdropout.acquisition._greedy import Candidate, batchbald, best_candidate, better
+from mcdropout.acquisition._greedy import Candidate, Greedy, batchbald, best_candidate, better
 from mcdropout.acquisition._scores import RowScores, top_k
+from mcdropout.acquisition._source import iter_chunks
 from mcdropout.bundle import read_manifest
-from mcdropout.errors import ScoringError
+from mcdropout.errors import InputError, ScoringError
 
 _SCORES = ("bald", "entropy", "expected_entropy", "margin")
 
@@ -164,7 +176,7 @@ class _Run:
         greedy = job.method == "batchbald"
         scored = self._predicted(greedy and job.candidates is None)
         columns = scored.select_columns(["row", *_SCORES]).to_pandas().sort_values("row")
-        scores = RowScores(*(columns[name].to_numpy() for name in _SCORES))
+        scores = RowScores(**{name: columns[name].to_numpy() for name in _SCORES})
         if not greedy:
             indices, picked = _one_pass(job.method, scores, job.k, job.seed, job.beta)
             self.recorder.all_at_once(indices, picked, None)
@@ -198,3 +210,128 @@ class _Run:
 
         batchbald(scan, row, job.k, samples, seed=job.seed, configurations=job.configurations,
                   joint_budget=job.configurations * samples, start=self.recorder.done, on_pick=self.recorder.candidate)
+
+
+def _scored(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A block's per-row scores (a Ray task)."""
+    scores = RowScores.of(block["probs"])
+    return {name: getattr(scores, name) for name in _SCORES}
+
+
+def acquire_ray(probabilities: Any, k: int, method: str = "batchbald", *, seed: int | None = None,
+                beta: float = 1.0, candidates: int | None = None, configurations: int = DEFAULT_CONFIGURATIONS,
+                joint_budget: int | None = None, workers: int = 2, address: str | None = None,
+                memory_budget: int | str = 256_000_000, start: Sequence[int] = (),
+                on_pick: Callable[[int, Candidate], None] | None = None) -> Acquisition:
+    """:func:`~mcdropout.acquisition.acquire_probabilities` on Ray: the same picks for the same seed.
+
+    The chunks are read once, on this process, and each goes to Ray's object store as a block whose scores a
+    task computes (at most ``2 x workers`` blocks in flight, so memory stays flat however long the pool).
+    BatchBALD keeps the blocks (every row), or with ``candidates`` only the ``candidates`` rows of highest
+    BALD, gathered into ``workers`` shards; each greedy step is then a task per shard with the chosen rows'
+    joint state broadcast, and a reduce here that keeps the best candidate. A Ray already running is used
+    (``address`` joins a cluster); else a local one with ``workers`` CPUs is started and stopped.
+    """
+    import ray
+
+    check_request(k, method, beta=beta, candidates=candidates, configurations=configurations)
+    if start and method != "batchbald":
+        raise InputError("start: only BatchBALD's greedy picks can be resumed; the other methods take one pass")
+    seed = new_seed() if seed is None else int(seed)
+    started_here = not ray.is_initialized() and address is None
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=workers if address is None else None, include_dashboard=False,
+                 logging_level="ERROR", configure_logging=True)
+    try:
+        keep = method == "batchbald"
+        blocks, scores, shape = _blocks_and_scores(ray, probabilities, keep, candidates, workers,
+                                                   parse_budget(memory_budget) // 8)
+        check_request(k, method, pool_rows=len(scores.bald))
+        samples, classes = shape
+        if not keep:
+            indices, picked = _one_pass(method, scores, k, seed, beta)
+            return Acquisition(indices=indices, scores=picked, bald=scores.bald, method=method, seed=seed,
+                               samples=samples, classes=classes, standard_errors=np.zeros(len(indices)),
+                               parameters={"beta": float(beta), "score": "bald"} if method in STOCHASTIC else {})
+        if candidates is not None:
+            blocks = _candidate_shards(ray, blocks, top_k(scores.bald, candidates), workers)
+        joint_budget = configurations * samples if joint_budget is None else joint_budget
+        greedy = _task_greedy(ray, blocks, scores.expected_entropy, k, samples, seed=seed,
+                              configurations=configurations, joint_budget=joint_budget,
+                              work_bytes=parse_budget(memory_budget) // 4, start=start, on_pick=on_pick)
+        return Acquisition(indices=greedy.rows, scores=greedy.scores, bald=scores.bald, method=method, seed=seed,
+                           samples=samples, classes=classes, standard_errors=greedy.standard_errors,
+                           exact_steps=greedy.exact_steps,
+                           parameters={"configurations": configurations, "joint_budget": joint_budget,
+                                       "candidates": candidates})
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _blocks_and_scores(ray: Any, probabilities: Any, keep: bool, candidates: int | None, workers: int,
+                       chunk_bytes: int) -> tuple[list, RowScores, tuple[int, int]]:
+    """One pass: every chunk a block in the object store, scored by a task; the blocks kept for BatchBALD."""
+    score = ray.remote(_scored)
+    pending: list[tuple[Any, Any]] = []
+    kept, parts = [], []
+    shape = (0, 0)
+    for chunk in iter_chunks(probabilities, chunk_bytes=chunk_bytes):
+        shape = chunk.probs.shape[1:]
+        rows = np.arange(chunk.offset, chunk.offset + len(chunk.probs), dtype=np.int64)
+        block = ray.put({"row": rows, "probs": np.asarray(chunk.probs, dtype=np.float32)})
+        pending.append((block, score.remote(block)))
+        if keep:
+            kept.append(block)
+        while len(pending) >= 2 * workers:  # bounded: the oldest block's scores before the next chunk is read
+            parts.append(ray.get(pending.pop(0)[1]))
+    parts += [ray.get(task) for _, task in pending]
+    if not parts:
+        raise InputError("probabilities: the pool is empty")
+    scores = RowScores(**{name: np.concatenate([part[name] for part in parts]) for name in _SCORES})
+    return kept, scores, shape
+
+
+def _candidate_shards(ray: Any, blocks: list, wanted: np.ndarray, workers: int) -> list:
+    """The ``wanted`` rows of ``blocks``, gathered into ``workers`` shards (in row order)."""
+    wanted = np.sort(wanted)
+    parts = [_rows_of_shard(ray.get(block), wanted) for block in blocks]
+    rows = np.concatenate([part["row"] for part in parts])
+    probs = np.concatenate([part["probs"] for part in parts])
+    return [ray.put({"row": r, "probs": p}) for r, p in zip(np.array_split(rows, workers),
+                                                            np.array_split(probs, workers)) if len(r)]
+
+
+def _task_greedy(ray: Any, shards: list, expected: np.ndarray, k: int, samples: int, *, seed: int,
+                 configurations: int, joint_budget: int, work_bytes: int, start: Sequence[int],
+                 on_pick: Callable[[int, Candidate], None] | None) -> Greedy:
+    best_of = ray.remote(_best_of_block)
+    known: dict[int, np.ndarray] = {}
+    if start:
+        for found in ray.get([ray.remote(_rows_of_shard).remote(shard, np.asarray(start)) for shard in shards]):
+            known.update({int(r): np.asarray(p, dtype=np.float64) for r, p in zip(found["row"], found["probs"])})
+
+    def scan(state: Any, taken: set) -> Candidate | None:
+        broadcast = ray.put(state)
+        taken_rows = np.fromiter(taken, dtype=np.int64, count=len(taken))
+        best = None
+        for item in ray.get([best_of.remote(shard, broadcast, taken_rows, work_bytes, expected) for shard in shards]):
+            if len(item["row"]):
+                best = better(best, Candidate(float(item["score"][0]), int(item["row"][0]),
+                                              float(item["standard_error"][0])))
+                known[int(item["row"][0])] = np.asarray(item["probs"][0], dtype=np.float64)
+        return best
+
+    def row(index: int) -> tuple[np.ndarray, float]:
+        if index not in known:
+            raise InputError(f"start: row {index} is not a candidate of this pool")
+        return known[index], float(expected[index])
+
+    return batchbald(scan, row, k, samples, seed=seed, configurations=configurations, joint_budget=joint_budget,
+                     start=start, on_pick=on_pick)
+
+
+def _best_of_block(block: dict[str, np.ndarray], state: Any, taken: np.ndarray, work_bytes: int,
+                   expected: np.ndarray) -> dict:
+    """:func:`_best_of_shard` for a block of rows and probabilities, its expected entropies looked up."""
+    return _best_of_shard({**block, "expected_entropy": expected[block["row"]]}, state, taken, work_bytes)
