@@ -141,6 +141,42 @@ def _parser() -> argparse.ArgumentParser:
     _trust_argument(score)
     score.set_defaults(handler=_score)
 
+    acquire = commands.add_parser(
+        "acquire", help="pick the rows of a pool to label next (BALD, BatchBALD, stochastic batches)",
+        description="Choose K rows of POOL_FILE (CSV, Parquet, NPY, JSON Lines, text; NPY (rows, *input shape) for"
+                    " image models) for a classifier bundle to learn most from, and write them in pick order to"
+                    " --out (.csv or .parquet: step, row, the id column, score). --resume continues an interrupted"
+                    " run from its last recorded pick.")
+    acquire.add_argument("model", metavar="BUNDLE", help="bundle folder, or with --engine remote a model name")
+    acquire.add_argument("input", type=Path, metavar="POOL_FILE")
+    acquire.add_argument("--k", type=int, required=True, help="rows to pick")
+    acquire.add_argument("--method", default="batchbald", help="batchbald (default), bald, power, softmax,"
+                         " softrank, entropy, margin or random")
+    acquire.add_argument("--out", type=Path, required=True, metavar="PICKS", help="output file, .csv or .parquet")
+    _sampling_arguments(acquire, "the bundle's")
+    acquire.add_argument("--beta", type=float, default=1.0, help="power, softmax, softrank: the coldness beta"
+                         " (1/temperature; default 1)")
+    acquire.add_argument("--candidates", type=int, metavar="M", help="batchbald: search only the M rows of highest"
+                         " BALD (default: every row)")
+    acquire.add_argument("--configurations", type=int, metavar="M", default=1000, help="batchbald: label"
+                         " configurations sampled once the exact joint no longer fits (default 1000)")
+    acquire.add_argument("--memory-budget", default="256MB", help="working memory; BatchBALD's buffer of"
+                         " candidates spills to disk past half of it (default 256MB)")
+    acquire.add_argument("--id-column", metavar="COL", help="column copied to the output beside the row number")
+    acquire.add_argument("--chunk-rows", type=int, default=10_000, help="rows read and predicted at once"
+                         " (default 10000)")
+    acquire.add_argument("--engine", choices=("local", "remote", "ray"), default="local")
+    acquire.add_argument("--url", help="server for --engine remote, e.g. http://127.0.0.1:8000")
+    acquire.add_argument("--api-key", help="API key for --engine remote (default: $MCD_API_KEY)")
+    acquire.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
+    acquire.add_argument("--workers", type=int, default=2, help="Ray workers, one shard of the pool each"
+                         " (default 2)")
+    acquire.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    acquire.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never the pool)")
+    acquire.add_argument("--quiet", action="store_true", help="no progress output")
+    _trust_argument(acquire)
+    acquire.set_defaults(handler=_acquire)
+
     bundle = commands.add_parser("bundle", help="make bundles from your own network and checkpoint",
                                  description="Bundles from your own code: see `mcdropout bundle create --help`.")
     bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True, metavar="SUBCOMMAND")
@@ -463,6 +499,25 @@ def _score(args: argparse.Namespace) -> int:
     resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""
     print(f"wrote {summary.output}: {summary.rows} rows in {summary.seconds:.1f} s"
           f" ({summary.rows_per_second:.0f} rows/s{resumed})")
+    return 0
+
+
+def _acquire(args: argparse.Namespace) -> int:
+    from mcdropout.acquisition import AcquireJob, acquire_file
+
+    pin_mmap_threshold()
+    _check_samples(args)
+    if args.engine != "remote" and args.url:
+        raise UsageError("--url applies to --engine remote")
+    job = AcquireJob(model=args.model, input=str(args.input), output=str(args.out), k=args.k, method=args.method,
+                     engine=args.engine, samples=args.samples, seed=args.seed, id_column=args.id_column,
+                     chunk_rows=args.chunk_rows, beta=args.beta, candidates=args.candidates,
+                     configurations=args.configurations, memory_budget=args.memory_budget, url=args.url)
+    summary = acquire_file(job, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                           api_key=args.api_key or os.environ.get("MCD_API_KEY"), ray_address=args.ray_address,
+                           workers=args.workers, trust_code=_trusts_bundle_code(args))
+    resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""
+    print(f"wrote {summary.output}: {summary.picks} picks by {args.method} in {summary.seconds:.1f} s{resumed}")
     return 0
 
 

@@ -26,6 +26,7 @@ from service.middleware import BodyLimit, CrossOriginGuard, HeadAsGet, ReadDeadl
 from service.routes import Context, operations, repository
 from service.routes import v1 as v1_routes
 from service.routes import v2 as v2_routes
+from service.routes import acquire as acquire_routes
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     context = Context(plane, decoder, guarded, [] if settings.api_keys else state.model_names())
     for routes in (v1_routes, v2_routes, repository, operations):
         routes.install(app, context)
+    acquire_routes.install(app, context)
     ui.install(app, guarded)
     docs.install(app)
     _middleware(app, state, settings)

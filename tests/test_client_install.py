@@ -102,7 +102,8 @@ def test_client_wheel_imports_without_torch_or_fastapi(tmp_path):
         modules = sorted(n for n in archive.namelist() if n.endswith(".py"))
         archive.extractall(tmp_path / "site")
     assert modules == ["mcdropout/__init__.py", "mcdropout/answer.py", "mcdropout/client/__init__.py",
-                       "mcdropout/client/_client.py", "mcdropout/errors.py", "mcdropout/vocabulary.py"]
+                       "mcdropout/client/_acquire.py", "mcdropout/client/_client.py", "mcdropout/errors.py",
+                       "mcdropout/vocabulary.py"]
     # Without site (-S), so no editable install of the repository can answer for `mcdropout`: the path
     # is the extracted wheel, then the site-packages that hold httpx and numpy.
     probe = f"""

@@ -19,11 +19,14 @@ from mcdropout.acquisition._joint import JointState, sampling_error_bound
 from mcdropout.acquisition._pool import acquire
 from mcdropout.acquisition._scores import RowScores, gumbel_top_k, stochastic_log_weights, top_k
 from mcdropout.acquisition._source import Buffer, Chunk, ProbabilitySource, iter_chunks
+from mcdropout.acquisition._command import AcquireJob, acquire_file  # `mcdropout acquire`
+from mcdropout.acquisition._ray import acquire_ray  # the same on Ray
 
 __all__ = [
     "DEFAULT_CONFIGURATIONS",
     "METHODS",
     "STOCHASTIC",
+    "AcquireJob",
     "Acquisition",
     "Buffer",
     "Candidate",
@@ -33,7 +36,9 @@ __all__ = [
     "ProbabilitySource",
     "RowScores",
     "acquire",
+    "acquire_file",
     "acquire_probabilities",
+    "acquire_ray",
     "batchbald",
     "best_candidate",
     "better",

@@ -21,7 +21,8 @@ from mcdropout.client._client import (
     Unauthorized,
     Unreachable,
 )
+from mcdropout.client._acquire import Picks
 
 __all__ = ["MAX_ANSWER_BYTES", "AsyncClient", "BadAnswer", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound",
-           "Overloaded", "RegressionResult", "Result", "ServerError", "ServiceError", "TimedOut", "Unauthorized",
+           "Overloaded", "Picks", "RegressionResult", "Result", "ServerError", "ServiceError", "TimedOut", "Unauthorized",
            "Unreachable"]

@@ -34,7 +34,7 @@ import time
 import zlib
 from collections.abc import Generator
 from dataclasses import dataclass, field, fields
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import httpcore
 import httpx
@@ -48,6 +48,9 @@ from mcdropout.answer import (
     from_json,
     statistics,
 )
+
+if TYPE_CHECKING:  # acquire's answer
+    from mcdropout.client._acquire import Picks
 
 __all__ = ["AsyncClient", "BadAnswer", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound",
            "Overloaded", "RegressionResult", "Result", "ServerError", "ServiceError", "TimedOut", "Unauthorized",
@@ -318,6 +321,15 @@ class Client(_Base):
         """``{"live": ..., "ready": ...}`` from the server's health endpoints."""
         return self._run(self._health_flow())
 
+    def acquire(self, name: str, inputs: Any, k: int, *, method: str = "batchbald", samples: int | None = None,
+                seed: int | None = None, **parameters: Any) -> Picks:
+        """The ``k`` rows of the pool ``inputs`` to label next, in order (``POST /v1/models/{name}/acquire``):
+        ``method`` is one of the library's (:func:`mcdropout.acquire`), ``parameters`` its own (``candidates``,
+        ``configurations``, ``beta``...). The pool goes as one request, at most the server's ``max_rows``."""
+        from mcdropout.client._acquire import acquire_flow
+
+        return self._run(acquire_flow(self, name, inputs, k, method, samples, seed, parameters))
+
     def close(self) -> None:
         self._http.close()
 
@@ -461,6 +473,12 @@ class AsyncClient(_Base):
 
     async def health(self) -> dict[str, bool]:
         return await self._run(self._health_flow())
+
+    async def acquire(self, name: str, inputs: Any, k: int, *, method: str = "batchbald",
+                      samples: int | None = None, seed: int | None = None, **parameters: Any) -> Picks:
+        from mcdropout.client._acquire import acquire_flow
+
+        return await self._run(acquire_flow(self, name, inputs, k, method, samples, seed, parameters))
 
     async def aclose(self) -> None:
         await self._http.aclose()

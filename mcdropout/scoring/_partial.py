@@ -36,8 +36,9 @@ _LOCK = "lock"
 class Partial:
     """``OUTPUT.partial/``: ``job.json``, ``part-NNNNNN.parquet`` per chunk, ``progress.json`` (the parts)."""
 
-    def __init__(self, output: Path, job: Job, resume: bool) -> None:
+    def __init__(self, output: Path, job: Job, resume: bool, command: str = "mcdropout score") -> None:
         self.output = output
+        self.command = command  # named to a second run that finds the folder in use
         self.folder = partial_folder(output)
         self.job = job
         self.parts: list[dict[str, Any]] = []
@@ -94,7 +95,7 @@ class Partial:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
             os.close(fd)
             who = f"pid {holder}" if holder.isdigit() else "another process"
-            raise ScoringError(f"{self.folder} is in use by another `mcdropout score` run ({who}); wait for it"
+            raise ScoringError(f"{self.folder} is in use by another `{self.command}` run ({who}); wait for it"
                                f" to finish, or stop it first") from None
         try:  # the holder before us may have finished and removed the folder between our open and our lock
             if os.stat(path).st_ino != os.fstat(fd).st_ino:

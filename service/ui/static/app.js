@@ -136,6 +136,7 @@ async function modelPage(name) {
   const example = exampleAnswer.ok ? exampleAnswer.body : { inputs: null, source: "none" };
   const page = new ModelPage(info, example);
   view.append(page.render());
+  if (info.task === "classification" && typeof acquirePanel === "function") view.append(acquirePanel(page));  // acquire.js
   page.loadScales();  // computed once per loaded model by the server; drawn when they come
   await page.predict();
 }
