@@ -324,6 +324,8 @@ def _allow_modules(args: argparse.Namespace) -> None:
     the server and scoring workers (which inherit the environment) read."""
     import os
 
+    if not getattr(args, "allow_architecture_module", None):
+        return  # and torch stays unimported (the supervisor of `serve --workers N` never needs it)
     from mcdropout.bundle import ALLOWED_MODULES_ENV, allowed_modules_from_env, parse_modules
 
     given = parse_modules(getattr(args, "allow_architecture_module", None) or [])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 
 from prometheus_client import (
@@ -85,7 +85,6 @@ class ServiceMetrics:
                             self.nonfinite_answers, self.nonfinite_rows)}}
         self._forget_hooks: list[Callable[[str], None]] = []
         self._depths: dict[str, Callable[[], int]] = {}  # each served model's queue depth, read when sampled
-        self._forgotten: set[str] = set()  # multiprocess: models whose series the files still hold, left out
         if self.multiprocess is not None:
             _reap_dead_workers(self.multiprocess)
             atexit.register(multiprocess.mark_process_dead, os.getpid(), str(self.multiprocess))
@@ -94,7 +93,6 @@ class ServiceMetrics:
         """``model`` is served: its queue depth is ``depth()`` (read on each scrape; under several workers also
         written at each engine run, since another worker may answer the scrape)."""
         self._depths[model] = depth
-        self._forgotten.discard(model)
         if self.multiprocess is None:
             self.queue_depth.labels(model).set_function(depth)
 
@@ -126,7 +124,8 @@ class ServiceMetrics:
     def forget(self, model: str) -> None:
         """Drop every series of ``model`` (unloaded or removed, its batchers closed), so /metrics lists only
         what is served and no callback keeps its batcher alive; the request counter's cached children go too
-        (through the hooks of :meth:`on_forget`). A model served again counts from zero, as after a restart."""
+        (through the hooks of :meth:`on_forget`). A model served again counts from zero, as after a restart.
+        Under several workers its series stay in the files: /metrics leaves out every model not served."""
         for family, names in self._labels.items() if self.multiprocess is None else ():
             children = {tuple(sample.labels[name] for name in names) for metric in family.collect()
                         for sample in metric.samples if sample.labels.get("model") == model}
@@ -134,9 +133,7 @@ class ServiceMetrics:
                 family.remove(*labels)
         for hook in self._forget_hooks:
             hook(model)
-        self._depths.pop(model, None)
-        if self.multiprocess is not None:  # the files keep what this process wrote: left out of render()
-            self._forgotten.add(model)
+        self._depths.pop(model, None)  # under several workers, the files keep its series: render() leaves them out
 
     def on_forget(self, hook: Callable[[str], None]) -> None:
         """Call ``hook(model)`` whenever a model's series are dropped (a cache of labelled children)."""
@@ -148,24 +145,23 @@ class ServiceMetrics:
         for model, depth in self._depths.items():
             self.queue_depth.labels(model).set(depth())
         registry = CollectorRegistry()
-        registry.register(_Without(multiprocess.MultiProcessCollector(None, str(self.multiprocess)),
-                                   self._forgotten))
+        registry.register(_Served(multiprocess.MultiProcessCollector(None, str(self.multiprocess)), self._depths))
         return generate_latest(registry)
 
 
-class _Without:
-    """A collector's metrics without the series of the models in ``models`` (unloaded or removed: the
-    multiprocess files keep their values until the server stops; a model served again shows its counts
-    since the server started, as Prometheus counters may)."""
+class _Served:
+    """A collector's metrics with only the series of the models in ``served`` (and those of no model): the
+    multiprocess files keep an unloaded or removed model's values until the server stops; a model served
+    again shows its counts since the server started, as Prometheus counters may."""
 
-    def __init__(self, collector, models: set[str]) -> None:
+    def __init__(self, collector, served: Container[str]) -> None:
         self.collector = collector
-        self.models = models
+        self.served = served
 
     def collect(self):
         for metric in self.collector.collect():
-            if self.models:
-                metric.samples = [s for s in metric.samples if s.labels.get("model") not in self.models]
+            metric.samples = [s for s in metric.samples if s.labels.get("model", "") in self.served
+                              or not s.labels.get("model")]
             yield metric
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import threading
 import time
@@ -38,8 +39,8 @@ def models(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, models):
     grpc_port = free_port()
-    with run_server(tmp_path_factory.mktemp("workers"), cli=True, workers="2", models_dir=str(models),
-                    grpc_port=str(grpc_port)) as server:
+    with run_server(tmp_path_factory.mktemp("workers"), cli=True, start_s=180, workers="2", models_dir=str(models),
+                    grpc_port=str(grpc_port), reload_interval_s="0.5") as server:
         _wait_for_workers(server.url, 2)
         server.grpc_port = grpc_port
         yield server
@@ -56,12 +57,16 @@ def _wait_for_workers(url: str, count: int, seconds: float = 90) -> list[dict]:
         time.sleep(0.2)
 
 
-async def _fire(url: str, bodies: list[dict], path: str = PREDICT) -> list[httpx.Response]:
+async def _fire(url: str, bodies: list[dict], path: str = PREDICT, stagger_s: float = 0.0) -> list[httpx.Response]:
     """Every body on a connection of its own (``Connection: close``), so that the kernel hands them to
-    whichever worker accepts first: both get some."""
+    whichever worker accepts first: both get some. ``stagger_s``: between the starts of two requests."""
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=32)) as client:
-        return await asyncio.gather(*(client.post(path, json=body, headers={"connection": "close"})
-                                      for body in bodies))
+
+        async def post(index: int, body: dict) -> httpx.Response:
+            await asyncio.sleep(index * stagger_s)
+            return await client.post(path, json=body, headers={"connection": "close"})
+
+        return await asyncio.gather(*(post(index, body) for index, body in enumerate(bodies)))
 
 
 def _predicted_per_worker(pids: list[int]) -> dict[int, float]:
@@ -69,7 +74,8 @@ def _predicted_per_worker(pids: list[int]) -> dict[int, float]:
     folder = _environment(pids[0])["PROMETHEUS_MULTIPROC_DIR"]
     counts = {}
     for pid in pids:
-        metrics = MultiProcessCollector.merge([f"{folder}/counter_{pid}.db"])
+        file = Path(folder) / f"counter_{pid}.db"  # made at a worker's first count
+        metrics = MultiProcessCollector.merge([str(file)]) if file.exists() else []
         counts[pid] = sum(sample.value for metric in metrics for sample in metric.samples
                           if sample.name == "mcdropout_requests_total" and sample.labels["model"] == "diabetes"
                           and sample.labels["route"] == "/v1/models/{name}/predict" and sample.labels["status"] == "200")
@@ -161,6 +167,20 @@ async def _fire_get(url: str, path: str, count: int) -> list[httpx.Response]:
         return await asyncio.gather(*(client.get(path, headers={"connection": "close"}) for _ in range(count)))
 
 
+def test_a_bundle_added_to_the_folder_reaches_every_worker(served, models):
+    """Each worker's own poller picks up a new bundle (hot reload): within a few reload intervals every worker
+    serves it, and so answers it whichever worker takes the request."""
+    shutil.copytree(MODELS / "diabetes", models / "diabetes-copy")
+    deadline = time.monotonic() + 60
+    while not all("diabetes-copy" in w["models"] for w in _wait_for_workers(served.url, 2)):
+        assert time.monotonic() < deadline, "the new bundle did not reach every worker within 60 s"
+        time.sleep(0.2)
+    body = {"inputs": ROWS[:1], "samples": 100, "seed": 3}
+    answers = asyncio.run(_fire(served.url, [body] * 10, "/v1/models/diabetes-copy/predict"))
+    assert all(answer.status_code == 200 for answer in answers), [answer.text for answer in answers]
+    assert len({(tuple(a.json()["mean"]), tuple(a.json()["std"])) for a in answers}) == 1
+
+
 def test_the_launcher_splits_torch_threads_and_removes_the_shared_folder(monkeypatch):
     from mcdropout import _serve_workers
 
@@ -185,8 +205,9 @@ def test_sigterm_drains_every_worker(served):
     pids = [worker["pid"] for worker in _wait_for_workers(served.url, 2)]
     answers: list[httpx.Response] = []
     bodies = [{"inputs": datasets.digits(0).x_test[:100].tolist(), "samples": 200, "seed": i} for i in range(16)]
+    # one connection every 20 ms: a burst of connections can all be taken by the worker that wakes first
     sending = threading.Thread(target=lambda: answers.extend(asyncio.run(
-        _fire(served.url, bodies, "/v1/models/digits/predict"))))
+        _fire(served.url, bodies, "/v1/models/digits/predict", stagger_s=0.02))))
     sending.start()
     deadline = time.monotonic() + 30
     while not all(_in_flight(pids).values()):  # each worker holds a connection, its request not yet answered
