@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.inputs import ApiError
+from service.processes import alive
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -199,14 +200,3 @@ def _write_json(path: Path, value: Any) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     temporary.write_text(json.dumps(value))
     os.replace(temporary, path)
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` is running."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
