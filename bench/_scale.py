@@ -49,7 +49,6 @@ class Contender:
         self.process = subprocess.Popen([*command, "--port", str(self.port)], cwd=ROOT, env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         self.tree = psutil.Process(self.process.pid)
-        self.cpu: dict[int, list[float]] = {}
 
     def wait_ready(self, seconds: float = 90.0) -> None:
         deadline = time.monotonic() + seconds

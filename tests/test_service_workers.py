@@ -157,9 +157,9 @@ def test_an_unload_is_answered_once_every_worker_has_it_and_a_replaced_worker_ke
         time.sleep(0.5)
     assert all(w["unloaded"] == ["digits"] and "digits" not in w["models"] for w in workers), workers
     assert {a.status_code for a in asyncio.run(_fire_get(served.url, ready, 20))} == {404}
-    depth = httpx.get(f"{served.url}/metrics").text
-    assert 'mcdropout_queue_depth{model="diabetes"} 0.0' in depth  # the killed worker's live gauge is gone
-    assert 'model="digits"' not in depth  # unloaded: its series are left out
+    folder = Path(_environment(workers[0]["pid"])["PROMETHEUS_MULTIPROC_DIR"])
+    assert not (folder / f"gauge_livesum_{killed}.db").exists()  # the killed worker's queue depth is dropped
+    assert 'model="digits"' not in httpx.get(f"{served.url}/metrics").text  # unloaded: its series are left out
 
     assert httpx.post(f"{served.url}/v2/repository/models/digits/load", json={}).status_code == 200
     assert {a.status_code for a in asyncio.run(_fire_get(served.url, ready, 20))} == {200}
