@@ -1,6 +1,7 @@
 """Service benchmark: throughput and latency on loopback, dynamic batching on and off.
 
     .venv/bin/python bench/service.py [--seconds 15] [--requests 1000] [--rounds 3] [--baseline DIR]
+    .venv/bin/python bench/service.py --scale [--seconds 6] [--rounds 2] [--quick]
 
 Starts the real app with uvicorn on 127.0.0.1 (free ports) twice, with
 MCD_BATCHING=true and false, and sends single-row requests for `diabetes` and
@@ -13,7 +14,8 @@ call on the same input, measured in this process in blocks alternating with
 the HTTP calls. Server settings come from the environment (e.g.
 MCD_TORCH_THREADS=1). With ``--baseline DIR`` (a checkout of another commit, e.g.
 ``git worktree add /tmp/base <commit>``) the two servers are this checkout and
-that one, both batching, and the ratio column compares them.
+that one, both batching, and the ratio column compares them. ``--scale`` compares instead the ways
+to use more than one core: bench/_scale.py says how.
 """
 
 from __future__ import annotations
@@ -112,20 +114,21 @@ class _Connection(asyncio.Protocol):
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 
 
-def predict_requests(port: int, model: str) -> list[bytes]:
-    """One pre-built HTTP request per test row."""
+def predict_requests(port: int, model: str, path: str | None = None) -> list[bytes]:
+    """One pre-built HTTP request per test row (to ``path``, default the v1 predict route)."""
     requests = []
     for row in rows(model):
         body = json.dumps({"inputs": [row], "samples": SAMPLES}).encode()
-        head = (f"POST /v1/models/{model}/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        head = (f"POST {path or f'/v1/models/{model}/predict'} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
         requests.append(head.encode() + body)
     return requests
 
 
-async def load(port: int, model: str, concurrency: int, requests: int, seconds: float) -> dict:
+async def load(port: int, model: str, concurrency: int, requests: int, seconds: float, path: str | None = None
+               ) -> dict:
     """Closed loop: each client sends its next request when the last is answered."""
-    prepared = predict_requests(port, model)
+    prepared = predict_requests(port, model, path)
     latencies: list[float] = []
     errors = 0
     sent = 0
@@ -197,7 +200,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per point, each a share of the limits")
     parser.add_argument("--baseline", type=Path, help="a checkout of another commit: compare its server with this"
                         " one's (both batching) instead of batching on and off")
+    parser.add_argument("--scale", action="store_true", help="instead: the single process, --workers 2, Ray Serve"
+                        " with 2 replicas and LitServe (bench/_scale.py; --seconds and --rounds apply)")
+    parser.add_argument("--quick", action="store_true", help="with --scale: 1 s per point, one round")
     args = parser.parse_args()
+    if args.scale:
+        from _scale import compare
+
+        return compare(load, summarise, seconds=1.0 if args.quick else args.seconds,
+                       rounds=1 if args.quick else args.rounds)
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, python"
           f" {platform.python_version()}; client and server share the machine")
     print(f"# single-row requests, T={SAMPLES}; closed-loop clients; per point and mode <= {args.seconds:g} s"

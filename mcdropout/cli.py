@@ -13,6 +13,7 @@ from mcdropout import __version__
 from mcdropout._extras import missing_extra
 from mcdropout._log_config import FORMATS, LEVELS, log_config
 from mcdropout._malloc import pin_mmap_threshold
+from mcdropout._serve_workers import worker_environment
 from mcdropout.vocabulary import ABSTAIN_SCORES, INTERVAL_METHODS, SET_METHODS, TASKS
 
 
@@ -50,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                        " (MCD_LOG_FORMAT, default text)")
     serve.add_argument("--trust-bundle-code", action="store_true", help="run bundles' own model.py"
                        " (MCD_TRUST_BUNDLE_CODE; off by default)")
+    serve.add_argument("--workers", type=int, metavar="N", help="worker processes on the one port, each with its"
+                       " own models and batchers (MCD_WORKERS, default 1; see docs/workers.md)")
     _allow_argument(serve)
     serve.set_defaults(handler=_serve)
 
@@ -299,7 +302,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         raise UsageError("serving needs the serve extra: pip install 'mcdropout[serve]'") from None
     for flag, variable in (("models_dir", "MCD_MODELS_DIR"), ("host", "MCD_HOST"), ("port", "MCD_PORT"),
-                           ("log_level", "MCD_LOG_LEVEL"), ("log_format", "MCD_LOG_FORMAT")):
+                           ("log_level", "MCD_LOG_LEVEL"), ("log_format", "MCD_LOG_FORMAT"),
+                           ("workers", "MCD_WORKERS")):
         if getattr(args, flag) is not None:
             os.environ[variable] = str(getattr(args, flag))
     if args.trust_bundle_code:
@@ -315,10 +319,12 @@ def _serve(args: argparse.Namespace) -> int:
     # Under httptools the service's protocol bounds each request head (size and time); under h11, uvicorn's
     # h11_max_incomplete_event_size bounds its size.
     http = "service.protocol:BoundedHttpTools" if importlib.util.find_spec("httptools") else "h11"
-    uvicorn.run("service.app:app", host=host, port=port, log_level=level, log_config=logging,
-                timeout_graceful_shutdown=30, http=http,
-                h11_max_incomplete_event_size=_number_setting("MCD_MAX_HEADER_BYTES", 16_384, int),
-                timeout_keep_alive=_number_setting("MCD_KEEP_ALIVE_S", 5.0, float))
+    workers = int(_number_setting("MCD_WORKERS", 1, int))
+    with worker_environment(workers):  # N > 1: uvicorn's supervisor; what they share (mcdropout/_serve_workers.py)
+        uvicorn.run("service.app:app", host=host, port=port, log_level=level, log_config=logging,
+                    timeout_graceful_shutdown=30, http=http, workers=workers, timeout_worker_healthcheck=30,
+                    h11_max_incomplete_event_size=_number_setting("MCD_MAX_HEADER_BYTES", 16_384, int),
+                    timeout_keep_alive=_number_setting("MCD_KEEP_ALIVE_S", 5.0, float))
     return 0
 
 
@@ -359,6 +365,8 @@ def _allow_modules(args: argparse.Namespace) -> None:
     the server and scoring workers (which inherit the environment) read."""
     import os
 
+    if not getattr(args, "allow_architecture_module", None):
+        return  # and torch stays unimported (the supervisor of `serve --workers N` never needs it)
     from mcdropout.bundle import ALLOWED_MODULES_ENV, allowed_modules_from_env, parse_modules
 
     given = parse_modules(getattr(args, "allow_architecture_module", None) or [])

@@ -29,6 +29,7 @@ from service.routes import v2 as v2_routes
 from service.routes import acquire as acquire_routes
 from service.settings import Settings
 from service.state import ServiceState
+from service.workers import Peers
 
 # Bodies up to this size are parsed on the event loop (a few ms); larger ones in the decode worker.
 INLINE_BODY_BYTES = 65_536
@@ -68,7 +69,11 @@ def _lifespan(plane: DataPlane, decoder: Decoder):
         # Each model is loaded on its own compute lane, the thread that then runs it (the load runs it
         # once), so that one OpenMP team per lane ever runs torch: with a second team from a loading
         # thread, a one-row digits call took 1.5-2.5 ms on 2 cores instead of 0.7-1.1 ms.
+        peers = Peers.joining(plane.state)  # the other worker processes of `mcdropout serve --workers N`
         await plane.state.open()
+        if peers is not None:
+            await peers.start()
+        _app.state.peers = peers
         grpc_server = None
         if plane.settings.grpc_port:
             from service.routes import grpc  # only when asked for: grpcio and tritonclient's stubs
@@ -79,6 +84,8 @@ def _lifespan(plane: DataPlane, decoder: Decoder):
         # about 30% of the server's CPU under load (perf, 64 clients).
         gc.freeze()
         yield
+        if peers is not None:
+            await peers.stop()
         if grpc_server is not None:
             await grpc_server.stop(grace=10)  # calls in flight finish
         await plane.state.close()

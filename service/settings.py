@@ -18,6 +18,11 @@ class Settings(BaseSettings):
     models_dir: Path = Field(Path("models"), description="folder of model bundles, one sub-folder each")
     host: str = Field("127.0.0.1", description="address to bind (`mcdropout serve`)")
     port: int = Field(8000, ge=1, le=65535, description="port to bind (`mcdropout serve`)")
+    workers: int = Field(
+        1, ge=1, description="worker processes of `mcdropout serve` on the one port, each with its own models,"
+        " batchers and compute lanes (uvicorn's supervisor); torch's threads are split among them unless"
+        " MCD_TORCH_THREADS is set"
+    )
     device: str = Field("auto", description="torch device: auto (CUDA when present), cpu, cuda:0, ...")
     memory_budget: str = Field("256MB", description="working memory of one engine pass")
     max_model_params: int = Field(

@@ -266,7 +266,7 @@ class ServiceState:
                 self.models[name] = top.bundle
                 self.batchers[name] = top.batcher
                 # by name, not the batcher: a callback holding it would keep the batcher and bundle alive
-                self.metrics.queue_depth.labels(name).set_function(lambda name=name: self._depth(name))
+                self.metrics.track_depth(name, lambda name=name: self._depth(name))
                 self._metered.add(name)
         for name, versions in self.failed.items():
             if name not in self.models and versions:

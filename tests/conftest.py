@@ -39,9 +39,9 @@ class Server:
 
 
 @contextmanager
-def run_server(tmp_path: Path, cli: bool = False, **settings: str) -> Iterator[Server]:
+def run_server(tmp_path: Path, cli: bool = False, start_s: float = 60, **settings: str) -> Iterator[Server]:
     """uvicorn service.app:app (``cli``: ``mcdropout serve``, gRPC off unless set) on a free port with MCD_*
-    settings; stopped (SIGTERM) afterwards."""
+    settings, live within ``start_s`` seconds; stopped (SIGTERM) afterwards."""
     port = free_port()
     env = {**os.environ, "MCD_MODELS_DIR": str(MODELS), **{f"MCD_{k.upper()}": str(v) for k, v in settings.items()}}
     if cli:
@@ -56,7 +56,7 @@ def run_server(tmp_path: Path, cli: bool = False, **settings: str) -> Iterator[S
     url = f"http://127.0.0.1:{port}"
     server = Server(url, process, log)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_s
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
@@ -66,7 +66,7 @@ def run_server(tmp_path: Path, cli: bool = False, **settings: str) -> Iterator[S
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start within 60 s:\n{server.output()}")
+                raise RuntimeError(f"server did not start within {start_s:g} s:\n{server.output()}")
             time.sleep(0.1)
         yield server
     finally:

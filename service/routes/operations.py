@@ -1,11 +1,12 @@
-"""Operations: Prometheus metrics."""
+"""Operations: Prometheus metrics, and the state of each worker process."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from service.routes import Context
+from service.workers import states
 
 
 def install(app: FastAPI, context: Context) -> None:
@@ -17,3 +18,9 @@ def install(app: FastAPI, context: Context) -> None:
              responses={200: {"content": {"text/plain": {}}}})
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/workers", tags=["operations"], dependencies=context.guarded,
+             summary="each worker process (`mcdropout serve --workers N`): its pid, the repository changes it has"
+             " applied (a generation) and the model versions it serves")
+    async def workers(request: Request) -> list[dict]:
+        return states(request)
