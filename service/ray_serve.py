@@ -85,7 +85,8 @@ application = MCDropout.bind()
 
 
 class ReplicaHeader:
-    """ASGI middleware: every answer names the replica that gave it (for operators and the tests)."""
+    """ASGI middleware: every answer names the replica that gave it, and its time in the app up to the answer's
+    head as ``Server-Timing: app;dur=<ms>`` (what the proxy and the handle add is the rest of a client's wait)."""
 
     def __init__(self, app: Any, replica: str) -> None:
         self.app = app
@@ -94,10 +95,13 @@ class ReplicaHeader:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started = time.perf_counter()
 
         async def sending(message: dict) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), self.header]}
+                timing = f"app;dur={(time.perf_counter() - started) * 1000:.3f}".encode()
+                message = {**message, "headers": [*message.get("headers", []), self.header,
+                                                  (b"server-timing", timing)]}
             await send(message)
 
         await self.app(scope, receive, sending)
@@ -105,7 +109,9 @@ class ReplicaHeader:
 
 class LostReplicaAs503:
     """ASGI middleware in Serve's proxy: a request that ends without an answer (its replica died under it,
-    which Serve's proxy leaves to its HTTP server as a bare 500) gets 503 with Retry-After."""
+    which Serve's proxy leaves to its HTTP server as a bare 500) gets 503 with Retry-After. Answers carry
+    ``Server-Timing: serve;dur=<ms>``, the proxy's wait for them (bench/ray_serve.py splits a client's wait
+    into the proxy's own part, the handle's and the app's)."""
 
     def __init__(self, app: Any, retry_after_s: int = 1) -> None:
         self.app = app
@@ -115,10 +121,15 @@ class LostReplicaAs503:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = False
+        since = time.perf_counter()
 
         async def sending(message: dict) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                # the proxy's wait for the answer's head: routing, the handle's call and the replica's work
+                timing = f"serve;dur={(time.perf_counter() - since) * 1000:.3f}".encode()
+                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", timing)]}
             await send(message)
 
         try:
@@ -210,28 +221,28 @@ class RayOptions:
 
 def run(options: RayOptions) -> int:
     """Deploy the app on Ray Serve and serve until SIGTERM or SIGINT; a Ray started here is stopped here."""
-    import ray
-
     from service.settings import Settings
 
     settings = Settings()  # checked here, before any replica starts
     env = replica_environment(options)
     started_here = options.address is None
-    if started_here:
-        os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)  # Ray's processes inherit it
-        most = options.autoscale[1] if options.autoscale else options.replicas
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(most * options.cpus)), include_dashboard=False,
-                 logging_level="WARNING", configure_logging=True)
-    else:
-        ray.init(address=options.address, logging_level="WARNING", configure_logging=True)
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    serving = False
+
+    def stopping(*_: Any) -> None:
+        if not serving:  # still starting: leave what runs (ray.init, serve.run), then clean up as on any error
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, stopping) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        _connect(options, started_here)
         serve.start(http_options={"host": options.host, "port": options.port,
                                   "request_timeout_s": settings.request_timeout_s + 5,
                                   "keep_alive_timeout_s": max(1, round(settings.keep_alive_s))})
         serve.run(deployment(options, env, settings.max_queue), name=APPLICATION, route_prefix="/",
                   blocking=False)
+        serving = True
         count = f"{options.autoscale[0]}-{options.autoscale[1]}" if options.autoscale else str(options.replicas)
         print(f"mcdropout: serving on http://{options.host}:{options.port} with {count} Ray Serve replica(s);"
               " SIGTERM or Ctrl-C stops", flush=True)
@@ -241,13 +252,34 @@ def run(options: RayOptions) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        try:
-            if started_here:
-                serve.shutdown()
-            else:
-                serve.delete(APPLICATION)
-        finally:
-            ray.shutdown()
+        _disconnect(started_here)
+
+
+def _connect(options: RayOptions, started_here: bool) -> None:
+    import ray
+
+    if not started_here:
+        ray.init(address=options.address, logging_level="WARNING", configure_logging=True)
+        return
+    os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)  # Ray's processes inherit it
+    most = options.autoscale[1] if options.autoscale else options.replicas
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(most * options.cpus)), include_dashboard=False,
+             logging_level="WARNING", configure_logging=True)
+
+
+def _disconnect(started_here: bool) -> None:
+    """Stop Serve and the Ray started here (replicas finish what they hold), or remove the application."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    try:
+        if started_here:
+            serve.shutdown()
+        else:
+            serve.delete(APPLICATION)
+    finally:
+        ray.shutdown()
 
 
 def deployment(options: RayOptions, env: dict[str, str], max_ongoing: int = MAX_ONGOING_REQUESTS) -> Any:
