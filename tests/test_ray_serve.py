@@ -37,6 +37,9 @@ RAY = str(Path(sys.executable).with_name("ray"))
 ROWS = np.random.default_rng(0).normal(0.0, 0.05, size=(20, 10)).round(4)  # diabetes' standardised features
 SAMPLES = 50
 RELOAD_INTERVAL_S = 1.0
+# each node's own ports (two nodes share this machine; Ray's defaults would collide)
+AGENTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+          "node-manager-port", "object-manager-port")
 
 
 @dataclass
@@ -46,15 +49,18 @@ class Cluster:
     token: str
     logs: Path
     nodes: list[subprocess.Popen]
-    second_node: list[str]
     restarts: int = 0
+
+    def second_node(self) -> list[str]:
+        """`ray start` arguments of the second node (fresh ports: a node that gave up may hold its own a while)."""
+        return ["--address", self.address, "--temp-dir", str(self.logs), *_ports(*AGENTS)]
 
     def keep_second_node(self) -> None:
         """Start the second node again if it gave up: `ray start` waits a fixed 30 s for its raylet to register,
         which a machine busy with other work can exceed (it then exits; a second try finds the GCS warm)."""
         if self.nodes[-1].poll() not in (None, 0) and self.restarts < 2:
             self.restarts += 1
-            self.nodes.append(_node(self.second_node, self.env, self.logs / f"node-{self.restarts}.log"))
+            self.nodes.append(_node(self.second_node(), self.env, self.logs / f"node-{self.restarts}.log"))
 
 
 def _started(process: subprocess.Popen, log: Path, line: str, seconds: float, watch=lambda: None) -> None:
@@ -120,19 +126,26 @@ def cluster() -> Iterator[Cluster]:
     # Ray's socket paths must stay short: a folder directly in the system's temporary folder
     temp = Path(tempfile.mkdtemp(prefix="mcd-ray-"))
     token = secrets.token_hex(32)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # stopped after the app is gone: nothing to drain
            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "service.ray_serve:proxy_middlewares"}
-    port = free_port()
-    agents = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-              "runtime-env-agent-port", "node-manager-port", "object-manager-port")
     nodes = []
     try:
-        nodes.append(_node(["--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp),
-                            *_ports("ray-client-server-port", *agents)], env, temp / "head.log"))
-        _started(nodes[0], temp / "head.log", "block forever", 120)
-        second = ["--address", f"127.0.0.1:{port}", "--temp-dir", str(temp), *_ports(*agents)]
-        nodes.append(_node(second, env, temp / "node.log"))
-        yield Cluster(f"127.0.0.1:{port}", env, token, temp, nodes, second)
+        for attempt in range(3):  # `ray start` gives its raylet a fixed 30 s, which a busy machine can exceed
+            port = free_port()
+            head = ["--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp),
+                    *_ports("ray-client-server-port", *AGENTS)]
+            nodes.append(_node(head, env, temp / f"head-{attempt}.log"))
+            try:
+                _started(nodes[-1], temp / f"head-{attempt}.log", "block forever", 120)
+                break
+            except RuntimeError:
+                _stop(nodes.pop())
+                if attempt == 2:
+                    raise
+        cluster = Cluster(f"127.0.0.1:{port}", env, token, temp, nodes)
+        nodes.append(_node(cluster.second_node(), env, temp / "node.log"))
+        yield cluster
     finally:
         for node in reversed(nodes):
             _stop(node)
