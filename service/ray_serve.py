@@ -56,7 +56,7 @@ def _build_app() -> FastAPI:
 
 @serve.deployment(name=DEPLOYMENT, max_ongoing_requests=MAX_ONGOING_REQUESTS,
                   max_queued_requests=4 * MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1},
-                  health_check_period_s=5, health_check_timeout_s=30, graceful_shutdown_timeout_s=30)
+                  health_check_period_s=5, health_check_timeout_s=40, graceful_shutdown_timeout_s=30)
 @serve.ingress(_build_app)
 class MCDropout:
     """One replica: the service's app; ``self.app`` is the FastAPI app that Serve built in the replica."""
@@ -240,8 +240,8 @@ def run(options: RayOptions) -> int:
         serve.start(http_options={"host": options.host, "port": options.port,
                                   "request_timeout_s": settings.request_timeout_s + 5,
                                   "keep_alive_timeout_s": max(1, round(settings.keep_alive_s))})
-        serve.run(deployment(options, env, settings.max_queue), name=APPLICATION, route_prefix="/",
-                  blocking=False)
+        serve.run(deployment(options, env, settings.max_queue, settings.request_timeout_s), name=APPLICATION,
+                  route_prefix="/", blocking=False)
         serving = True
         count = f"{options.autoscale[0]}-{options.autoscale[1]}" if options.autoscale else str(options.replicas)
         print(f"mcdropout: serving on http://{options.host}:{options.port} with {count} Ray Serve replica(s);"
@@ -282,8 +282,10 @@ def _disconnect(started_here: bool) -> None:
         ray.shutdown()
 
 
-def deployment(options: RayOptions, env: dict[str, str], max_ongoing: int = MAX_ONGOING_REQUESTS) -> Any:
-    """The bound application: replicas (or autoscaling), CPUs and GPUs per replica, and their MCD_* env."""
+def deployment(options: RayOptions, env: dict[str, str], max_ongoing: int = MAX_ONGOING_REQUESTS,
+               lane_timeout_s: float = 30.0) -> Any:
+    """The bound application: replicas (or autoscaling), CPUs and GPUs per replica, and their MCD_* env; Serve
+    waits for check_health longer than check_health waits for a lane (the requests' deadline)."""
     actor = {"num_cpus": options.cpus, "num_gpus": options.gpus, "runtime_env": {"env_vars": env}}
     scale: dict[str, Any] = {"num_replicas": options.replicas}
     if options.autoscale:
@@ -291,7 +293,7 @@ def deployment(options: RayOptions, env: dict[str, str], max_ongoing: int = MAX_
         scale = {"autoscaling_config": {"min_replicas": low, "max_replicas": high,
                                         "target_ongoing_requests": max(1, max_ongoing // 4)}}
     return MCDropout.options(max_ongoing_requests=max_ongoing, max_queued_requests=4 * max_ongoing,
-                             ray_actor_options=actor, **scale).bind()
+                             health_check_timeout_s=lane_timeout_s + 10, ray_actor_options=actor, **scale).bind()
 
 
 def replica_environment(options: RayOptions) -> dict[str, str]:

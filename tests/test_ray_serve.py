@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -49,11 +50,14 @@ class Cluster:
     token: str
     logs: Path
     nodes: list[subprocess.Popen]
+    metrics_ports: list[int]  # each node's metrics agent (Ray's metrics export)
     restarts: int = 0
 
     def second_node(self) -> list[str]:
         """`ray start` arguments of the second node (fresh ports: a node that gave up may hold its own a while)."""
-        return ["--address", self.address, "--temp-dir", str(self.logs), *_ports(*AGENTS)]
+        command = ["--address", self.address, "--temp-dir", str(self.logs), *_ports(*AGENTS)]
+        self.metrics_ports.append(int(command[command.index("--metrics-export-port") + 1]))
+        return command
 
     def keep_second_node(self) -> None:
         """Start the second node again if it gave up: `ray start` waits a fixed 30 s for its raylet to register,
@@ -143,7 +147,8 @@ def cluster() -> Iterator[Cluster]:
                 _stop(nodes.pop())
                 if attempt == 2:
                     raise
-        cluster = Cluster(f"127.0.0.1:{port}", env, token, temp, nodes)
+        cluster = Cluster(f"127.0.0.1:{port}", env, token, temp, nodes,
+                          [int(head[head.index("--metrics-export-port") + 1])])
         nodes.append(_node(cluster.second_node(), env, temp / "node.log"))
         yield cluster
     finally:
@@ -237,6 +242,27 @@ def test_an_updated_model_folder_reaches_every_replica_within_the_reload_interva
                 np.testing.assert_allclose(_served(response.json()), _solo(3), rtol=1e-6)
     assert len(seen) == 2, f"replicas serving version 2 after 30 s: {seen}"
     assert max(seen.values()) < 2 * RELOAD_INTERVAL_S + 10, seen
+
+
+def test_every_replicas_series_reach_rays_metrics_export_under_their_own_names(deployed, cluster):
+    """What monitoring/prometheus/ray.yml scrapes: each node's metrics agent, the replicas' mcdropout_* series
+    under Ray's ray_ prefix (which that config drops), one series per replica."""
+    pattern = re.compile(r'^ray_mcdropout_requests_total\{([^}]*)\} ([0-9.e+]+)$', re.M)
+    deadline = time.monotonic() + 60  # a replica exports every 5 s, and Ray's agent every 10 s
+    replicas: dict[str, float] = {}
+    while len(replicas) < 2:
+        assert time.monotonic() < deadline, f"replicas in Ray's metrics export after 60 s: {replicas}"
+        for port in cluster.metrics_ports:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            except httpx.HTTPError:
+                continue
+            for labels, value in pattern.findall(text):
+                tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+                if tags.get("model") == "diabetes" and tags.get("status") == "200":
+                    replicas[tags["replica"]] = replicas.get(tags["replica"], 0) + float(value)
+        time.sleep(1)
+    assert sum(replicas.values()) >= 200  # the 200 concurrent requests, at least
 
 
 def test_a_replica_killed_under_load_is_replaced_its_requests_get_503_and_a_retry_the_same_answer(deployed,
