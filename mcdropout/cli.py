@@ -267,6 +267,8 @@ def _serve(args: argparse.Namespace) -> int:
     _allow_modules(args)
     if args.ray:
         return _serve_ray(args)
+    if args.address or args.autoscale or (args.replicas, args.replica_cpus, args.replica_gpus) != (1, 1.0, 0.0):
+        raise UsageError("--replicas, --autoscale, --address, --replica-cpus and --replica-gpus go with --ray")
     os.environ.setdefault("MCD_GRPC_PORT", "8001")  # the gRPC Open Inference Protocol; 0: off
     host = os.environ.get("MCD_HOST", "127.0.0.1")
     port = int(os.environ.get("MCD_PORT", "8000"))

@@ -190,6 +190,18 @@ def deployed(cluster: Cluster, tmp_path_factory) -> Iterator[Deployment]:
         _stop(process)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--replicas", "2"], "go with --ray"),
+    (["--ray", "--autoscale", "3:1"], "--autoscale takes MIN:MAX with 0 <= MIN <= MAX"),
+    (["--ray", "--replicas", "0"], "--replicas takes N >= 1"),
+])
+def test_bad_ray_options_are_refused_before_anything_starts(argv, message, capsys):
+    from mcdropout.cli import main
+
+    assert main(["serve", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
 def _body(index: int) -> dict:
     return {"inputs": [ROWS[index % len(ROWS)].tolist()], "samples": SAMPLES, "seed": index % 7}
 
