@@ -49,30 +49,13 @@ class Cluster:
     env: dict[str, str]
     token: str
     logs: Path
-    nodes: list[subprocess.Popen]
     metrics_ports: list[int]  # each node's metrics agent (Ray's metrics export)
-    restarts: int = 0
-
-    def second_node(self) -> list[str]:
-        """`ray start` arguments of the second node (fresh ports: a node that gave up may hold its own a while)."""
-        command = ["--address", self.address, "--temp-dir", str(self.logs), *_ports(*AGENTS)]
-        self.metrics_ports.append(int(command[command.index("--metrics-export-port") + 1]))
-        return command
-
-    def keep_second_node(self) -> None:
-        """Start the second node again if it gave up: `ray start` waits a fixed 30 s for its raylet to register,
-        which a machine busy with other work can exceed (it then exits; a second try finds the GCS warm)."""
-        if self.nodes[-1].poll() not in (None, 0) and self.restarts < 2:
-            self.restarts += 1
-            self.nodes.append(_node(self.second_node(), self.env, self.logs / f"node-{self.restarts}.log"))
 
 
-def _started(process: subprocess.Popen, log: Path, line: str, seconds: float, watch=lambda: None) -> None:
-    """Wait until ``log`` holds ``line`` (calling ``watch`` meanwhile); fail with the log when the process exits or
-    time runs out."""
+def _started(process: subprocess.Popen, log: Path, line: str, seconds: float) -> None:
+    """Wait until ``log`` holds ``line``; fail with the log when the process exits or time runs out."""
     deadline = time.monotonic() + seconds
     while line not in log.read_text(errors="replace"):
-        watch()
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{' '.join(map(str, process.args))[:200]} did not start:\n"
                                f"{log.read_text(errors='replace')[-3000:]}")
@@ -114,15 +97,31 @@ def _replica_processes(token: str) -> list[int]:
     return replicas
 
 
-def _node(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "w") as sink:
-        return subprocess.Popen([RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                                 "--disable-usage-stats", *command], cwd=ROOT, env=env, stdout=sink,
-                                stderr=subprocess.STDOUT)
+def _node(arguments: list[str], env: dict[str, str], log: Path, nodes: list[subprocess.Popen],
+          ports: tuple[str, ...] = AGENTS) -> None:
+    """`ray start --block` of one node on 127.0.0.1, waited for. `ray start` gives its raylet a fixed 30 s to
+    register, which a machine busy with other work can exceed (it then exits): up to 3 tries, fresh ports each."""
+    for attempt in range(3):
+        tried = log.with_suffix(f".{attempt}.log")
+        with open(tried, "w") as sink:
+            nodes.append(subprocess.Popen([RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                                           "--disable-usage-stats", *arguments, *_ports(*ports)], cwd=ROOT, env=env,
+                                          stdout=sink, stderr=subprocess.STDOUT))
+        try:
+            _started(nodes[-1], tried, "block forever", 120)
+            return
+        except RuntimeError:
+            _stop(nodes.pop())
+            if attempt == 2:
+                raise
 
 
 def _ports(*names: str) -> list[str]:
     return [part for name in names for part in (f"--{name}", str(free_port()))]
+
+
+def _argument(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
 
 
 @pytest.fixture(scope="module")
@@ -133,24 +132,15 @@ def cluster() -> Iterator[Cluster]:
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # stopped after the app is gone: nothing to drain
            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "service.ray_serve:proxy_middlewares"}
-    nodes = []
+    nodes: list[subprocess.Popen] = []
     try:
-        for attempt in range(3):  # `ray start` gives its raylet a fixed 30 s, which a busy machine can exceed
-            port = free_port()
-            head = ["--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp),
-                    *_ports("ray-client-server-port", *AGENTS)]
-            nodes.append(_node(head, env, temp / f"head-{attempt}.log"))
-            try:
-                _started(nodes[-1], temp / f"head-{attempt}.log", "block forever", 120)
-                break
-            except RuntimeError:
-                _stop(nodes.pop())
-                if attempt == 2:
-                    raise
-        cluster = Cluster(f"127.0.0.1:{port}", env, token, temp, nodes,
-                          [int(head[head.index("--metrics-export-port") + 1])])
-        nodes.append(_node(cluster.second_node(), env, temp / "node.log"))
-        yield cluster
+        _node(["--head", "--include-dashboard", "false", "--temp-dir", str(temp)], env, temp / "head", nodes,
+              ("port", "ray-client-server-port", *AGENTS))
+        address = f"127.0.0.1:{_argument(nodes[0].args, '--port')}"
+        # the second node before the deployment: Serve starts a proxy on every node it sees
+        _node(["--address", address, "--temp-dir", str(temp)], env, temp / "node", nodes)
+        ports = [int(_argument(node.args, "--metrics-export-port")) for node in nodes]
+        yield Cluster(address, env, token, temp, ports)
     finally:
         for node in reversed(nodes):
             _stop(node)
@@ -184,7 +174,7 @@ def deployed(cluster: Cluster, tmp_path_factory) -> Iterator[Deployment]:
              "--port", str(port), "--models-dir", str(models)], cwd=ROOT, env=env, stdout=sink,
             stderr=subprocess.STDOUT)
     try:
-        _started(process, log, "mcdropout: serving on", 240, cluster.keep_second_node)
+        _started(process, log, "mcdropout: serving on", 240)
         yield Deployment(f"http://127.0.0.1:{port}", models, process, log)
     finally:
         _stop(process)
