@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, metavar="N", help="worker processes on the one port, each with its"
                        " own models and batchers (MCD_WORKERS, default 1; see docs/workers.md)")
     _allow_argument(serve)
+    _ray_arguments(serve)
     serve.set_defaults(handler=_serve)
 
     train = commands.add_parser(
@@ -309,6 +310,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.trust_bundle_code:
         os.environ["MCD_TRUST_BUNDLE_CODE"] = "1"
     _allow_modules(args)
+    if args.ray:
+        return _serve_ray(args)
+    if args.address or args.autoscale or (args.replicas, args.replica_cpus, args.replica_gpus) != (1, 1.0, 0.0):
+        raise UsageError("--replicas, --autoscale, --address, --replica-cpus and --replica-gpus go with --ray")
     os.environ.setdefault("MCD_GRPC_PORT", "8001")  # the gRPC Open Inference Protocol; 0: off
     host = os.environ.get("MCD_HOST", "127.0.0.1")
     port = int(os.environ.get("MCD_PORT", "8000"))
@@ -326,6 +331,32 @@ def _serve(args: argparse.Namespace) -> int:
                     h11_max_incomplete_event_size=_number_setting("MCD_MAX_HEADER_BYTES", 16_384, int),
                     timeout_keep_alive=_number_setting("MCD_KEEP_ALIVE_S", 5.0, float))
     return 0
+
+
+def _ray_arguments(serve: argparse.ArgumentParser) -> None:
+    ray = serve.add_argument_group("Ray Serve (docs/cluster.md)")
+    ray.add_argument("--ray", action="store_true", help="serve as a Ray Serve deployment: replicas of the app behind"
+                     " Serve's proxy on --host/--port; without --address on a Ray started (and stopped) here")
+    scale = ray.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=1, metavar="N", help="replicas (default 1)")
+    scale.add_argument("--autoscale", metavar="MIN:MAX", help="let Serve scale between MIN and MAX replicas")
+    ray.add_argument("--address", help="a running Ray cluster (e.g. 10.0.0.5:6379); the app is removed on exit")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, metavar="N", help="CPUs per replica (default 1;"
+                     " also its torch threads unless MCD_TORCH_THREADS is set)")
+    ray.add_argument("--replica-gpus", type=float, default=0.0, metavar="N", help="GPUs per replica (default 0)")
+
+
+def _serve_ray(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module("service.ray_serve")  # by name, as the app: the library never imports it
+    if args.replicas < 1 or args.replica_cpus < 0 or args.replica_gpus < 0:
+        raise UsageError("--replicas takes N >= 1, --replica-cpus and --replica-gpus numbers >= 0")
+    options = module.RayOptions(
+        host=os.environ.get("MCD_HOST", "127.0.0.1"), port=int(os.environ.get("MCD_PORT", "8000")),
+        replicas=args.replicas, autoscale=module.parse_autoscale(args.autoscale) if args.autoscale else None,
+        address=args.address, cpus=args.replica_cpus, gpus=args.replica_gpus)
+    return module.run(options)
 
 
 def _number_setting(variable: str, default: float, kind: type) -> float:
