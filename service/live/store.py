@@ -176,10 +176,11 @@ class AnswerStore:
                 found[(answer_id, row)] = (hit[0], orjson.loads(hit[1]))
         return found
 
-    def answer_rows(self, model: str, answer_id: str) -> int:
-        """How many rows the store holds of answer ``answer_id``."""
-        return self.connection.execute("SELECT COUNT(*) FROM answers WHERE model = ? AND id = ?",
-                                       (model, answer_id)).fetchone()[0]
+    def answer_rows(self, model: str, answer_id: str) -> tuple[int, int] | None:
+        """The first and last row the store holds of answer ``answer_id`` (None: none)."""
+        first, last = self.connection.execute("SELECT MIN(row), MAX(row) FROM answers WHERE model = ? AND id = ?",
+                                              (model, answer_id)).fetchone()
+        return None if first is None else (first, last)
 
 
 def prune(connection: sqlite3.Connection, models: Iterable[str], max_rows: int, max_age_s: float) -> None:
