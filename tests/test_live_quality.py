@@ -199,3 +199,40 @@ def test_a_restart_keeps_the_store(tmp_path):
         reported = httpx.post(f"{server.url}/v1/models/diabetes/outcomes", json=[
             {"id": answer["id"], "row": 2, "y": 1.0}])
         assert reported.status_code == 200 and reported.json()["accepted"] == 1, reported.text
+
+
+def test_the_outcomes_command_joins_a_scoring_runs_output_with_later_labels(live, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.csv as csv
+    import pyarrow.parquet as pq
+
+    from mcdropout.cli import main
+
+    http, _ = live
+    names = http.get("/v1/models/diabetes").json()["feature_names"]
+    x = np.asarray(DIABETES_ROWS[:30])
+    csv.write_csv(pa.table({"pid": [f"p{i}" for i in range(30)], **dict(zip(names, x.T))}), tmp_path / "rows.csv")
+    scores = tmp_path / "scores.parquet"
+    assert main(["score", "diabetes", str(tmp_path / "rows.csv"), str(scores), "--engine", "remote", "--url",
+                 str(http.base_url), "--id-column", "pid", "--samples", "4", "--interval", "0.9", "--quiet"]) == 0
+    table = pq.read_table(scores).to_pandas()
+    assert table.answer_id.nunique() == 1 and table.answer_row.tolist() == list(range(30))
+    later = table.sample(frac=1, random_state=0).head(20)  # labels arrive later, in another order
+    y = later["mean"] + 10.0
+    csv.write_csv(pa.table({"pid": later.pid.tolist(), "progression": y.tolist()}), tmp_path / "labels.csv")
+    command = ["outcomes", str(scores), str(tmp_path / "labels.csv"), "--id-column", "pid", "--target", "progression"]
+    capsys.readouterr()
+    assert main([*command, "--server", str(http.base_url), "--model", "diabetes"]) == 0
+    assert "20 accepted, 0 already reported" in capsys.readouterr().out
+    assert main([*command, "--server", str(http.base_url), "--model", "diabetes"]) == 0
+    assert "0 accepted, 20 already reported" in capsys.readouterr().out
+    assert main([*command, "--interval", "0.9", "--report", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    inside = ((later.lower <= y) & (y <= later.upper)).mean()
+    assert report["rows"] == 20 and report["intervals"][0] == {
+        "level": 0.9, "rows": 20, "coverage": pytest.approx(inside),
+        "mean_width": pytest.approx((later.upper - later.lower).mean()),
+        "interval_score": pytest.approx(report["intervals"][0]["interval_score"])}
+    csv.write_csv(pa.table({"pid": ["nobody"], "progression": [1.0]}), tmp_path / "stray.csv")
+    assert main(["outcomes", str(scores), str(tmp_path / "stray.csv"), "--target", "progression"]) == 2
+    assert "1 label(s) with no scored row of that 'pid'" in capsys.readouterr().err
