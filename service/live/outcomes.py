@@ -10,7 +10,6 @@ retry a request whose answer it did not hear.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +129,3 @@ def _checked(store: AnswerStore, model: str, classes: list[str] | None,
         raise ApiError(422, str(error), f"[{i}].y") from None
     return StoredAnswer(model, answer_id, row, task, kept), Outcome(answer_id, row, checked, score_row(kept, checked))
 
-
-def is_locked(error: BaseException) -> bool:
-    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
