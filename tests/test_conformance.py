@@ -478,7 +478,8 @@ def test_every_surface_gives_the_librarys_numbers(name, case, grid, rows, http, 
     v2_json = answer.json()
     assert_same(tensors, from_v2_json(v2_json), f"v2 JSON {name} {case}")
     echo = expected_echo(task, parameters, result)
-    assert v2_json["parameters"] == echo, f"v2 JSON {name} {case}"
+    assert without_id(v2_json["parameters"]) == echo and v2_json["parameters"]["id"] == v2_json["id"], \
+        f"v2 JSON {name} {case}"
 
     # v2 over HTTP, binary tensor data both ways (tritonclient.http)
     binary = triton_infer(triton_http, name, x, oip(parameters))
@@ -486,13 +487,13 @@ def test_every_surface_gives_the_librarys_numbers(name, case, grid, rows, http, 
     assert all("binary_data_size" in output["parameters"] for output in response["outputs"])
     outputs = {output["name"]: binary.as_numpy(output["name"]) for output in response["outputs"]}
     assert_same(tensors, outputs, f"v2 binary {name} {case}")
-    assert response["parameters"] == echo, f"v2 binary {name} {case}"
+    assert without_id(response["parameters"]) == echo, f"v2 binary {name} {case}"
 
     # v2 over gRPC (tritonclient.grpc)
     over_grpc = grpc_answers["infer"][f"{name}/{case}"]
     assert "outputs" in over_grpc, f"gRPC {name} {case}: {over_grpc}"
     assert_same(tensors, from_grpc(over_grpc), f"gRPC {name} {case}")
-    assert over_grpc["parameters"] == echo, f"gRPC {name} {case}"
+    assert without_id(over_grpc["parameters"]) == echo, f"gRPC {name} {case}"
     assert [o["name"] for o in v2_json["outputs"]] == list(over_grpc["outputs"]) == list(outputs), \
         "the outputs come in the same order on every v2 transport"
 
@@ -604,6 +605,12 @@ def scored(server, infos, rows, tmp_path_factory) -> dict[str, dict[str, pd.Data
             for name, paths in outputs.items()}
 
 
+def without_id(parameters: dict[str, Any]) -> dict[str, Any]:
+    """An answer's echoed parameters but its id (a fresh one per answer), which must be there."""
+    assert isinstance(parameters.get("id"), str) and parameters["id"], parameters
+    return {key: value for key, value in parameters.items() if key != "id"}
+
+
 def score_options(name: str, info: dict) -> list[str]:
     options = SCORE.get(name, SCORE_DEFAULT[TASKS[name]])
     return [str(info["calibration"]["min_max_risk"]) if value == "MIN_RISK" else value for value in options]
@@ -626,10 +633,12 @@ def test_score_local_and_remote_give_the_librarys_columns(name, scored, infos, b
     parameters = parameters_of_score(score_options(name, infos[name]))
     result = library(bundles[name], rows[name], parameters, infos[name]["max_samples"])
     expected = pd.DataFrame({"row": np.arange(ROWS, dtype=np.int64), **result.columns()})
+    answers = ["answer_id", "answer_row"]  # the server's answer ids (remote), empty (local): not the library's
     through_client = client.predict(name, rows[name], **parameters)  # what the remote engine runs on
     assert_same(from_library(result, TASKS[name]), from_library(through_client, TASKS[name]), f"client {name}")
     for engine, table in scored[name].items():
-        assert list(table.columns) == list(expected.columns), engine
+        assert list(table.columns) == list(expected.columns) + answers, engine
+        assert table.answer_id.notna().all() if engine == "remote" else table.answer_id.isna().all(), engine
         for column in expected.columns:
             reference, value = expected[column].to_numpy(), table[column].to_numpy()
             where = f"score --engine {engine} {name}: {column}"

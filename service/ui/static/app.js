@@ -138,6 +138,7 @@ async function modelPage(name) {
   view.append(page.render());
   if (info.task === "classification" && typeof acquirePanel === "function") view.append(acquirePanel(page));  // acquire.js
   page.loadScales();  // computed once per loaded model by the server; drawn when they come
+  if (typeof liveQuality === "function") liveQuality(name, view, api, el, fmt);  // quality.js
   await page.predict();
 }
 
