@@ -31,10 +31,12 @@ _EXPORTS = {
     "metrics": "mcdropout.stats.metrics",
     "MCDropoutError": "mcdropout.errors",
     "InputError": "mcdropout.errors",
+    "AdaptiveLevel": "mcdropout.stats.adaptive",
 }
 
 __all__ = [
     "STOCHASTIC_TYPES",
+    "AdaptiveLevel",
     "Bundle",
     "BundleError",
     "ClassificationPrediction",
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from mcdropout.errors import InputError, MCDropoutError
     from mcdropout.engine import STOCHASTIC_TYPES, is_stochastic, mc_dropout
     from mcdropout.stats import ClassificationPrediction, RegressionPrediction
+    from mcdropout.stats.adaptive import AdaptiveLevel
 
 
 def __getattr__(name: str) -> Any:
