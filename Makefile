@@ -26,7 +26,13 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
-test: $(VENV)/.installed-dev browser
+# The alert rules' tests run Debian's promtool (package prometheus; installed once).
+.PHONY: promtool
+promtool:
+	@command -v promtool >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
+
+test: $(VENV)/.installed-dev browser promtool
 	$(BIN)/python -m pytest
 
 # The documentation site (mkdocs.yml, docs/) on http://127.0.0.1:8008, rebuilt as pages change.

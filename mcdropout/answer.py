@@ -303,6 +303,8 @@ class RegressionResult:
     interval_method: str = "gaussian"  # "conformal": mean +- q std with q from the bundle's calibration
     adapted_level: float | None = None  # the adapted conformal level the interval was made at (Options.adaptive)
     draws: np.ndarray | list[np.ndarray] | None = None  # return_samples: (rows, T, outputs); 'auto': per row
+    answer_id: np.ndarray | None = None  # per row: the id of the service's answer that holds it (outcomes name it)
+    answer_row: np.ndarray | None = None  # per row: its index in that answer
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> RegressionResult:
@@ -310,7 +312,7 @@ class RegressionResult:
         result = cls(model=body["model"], version=body["version"], seed=body["seed"], outputs=list(body["outputs"]),
                      level=body["interval"]["level"], interval_method=body["interval"].get("method", "gaussian"),
                      adapted_level=body["interval"].get("adapted_level"), draws=_draws(body.get("draws")),
-                     **{stat.name: _read(body, stat, rows) for stat in statistics("regression")})
+                     **_ids(body, rows), **{stat.name: _read(body, stat, rows) for stat in statistics("regression")})
         if result.adapted_level is not None:  # JSON has no infinity: an unbounded end comes as null
             result.lower[np.isnan(result.lower)], result.upper[np.isnan(result.upper)] = -np.inf, np.inf
         return result
@@ -327,7 +329,7 @@ class RegressionResult:
                 continue
             for index, output in enumerate(self.outputs):
                 table[stat.name if single else f"{stat.name}_{output}"] = values[:, index]
-        return table
+        return _with_ids(table, self)
 
     def to_pandas(self):
         return _frame(self.columns())
@@ -359,6 +361,8 @@ class ClassificationResult:
     set_level: float | None = None
     adapted_level: float | None = None  # the adapted conformal level the sets were made at (Options.adaptive)
     draws: np.ndarray | list[np.ndarray] | None = None  # return_samples: (rows, T, classes) probabilities
+    answer_id: np.ndarray | None = None  # per row: the id of the service's answer that holds it (outcomes name it)
+    answer_row: np.ndarray | None = None  # per row: its index in that answer
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ClassificationResult:
@@ -366,7 +370,7 @@ class ClassificationResult:
         classes = list(body["classes"])
         return cls(model=body["model"], version=body["version"], seed=body["seed"], classes=classes,
                    set_level=body.get("set_level"), adapted_level=body.get("adapted_level"),
-                   draws=_draws(body.get("draws")),
+                   draws=_draws(body.get("draws")), **_ids(body, rows),
                    **{stat.name: _read(body, stat, rows, len(classes)) for stat in statistics("classification")})
 
     def set_members(self) -> list[list[int]] | None:
@@ -391,7 +395,7 @@ class ClassificationResult:
                     table[f"in_set_{name}"] = values[:, index]
             elif stat.column:
                 table[stat.name] = values
-        return table
+        return _with_ids(table, self)
 
     def to_pandas(self):
         return _frame(self.columns())
@@ -407,6 +411,20 @@ def from_json(body: dict[str, Any]) -> Result:
     """The result object for a ``/v1/models/{name}/predict`` answer."""
     return ClassificationResult.from_json(body) if body.get("task") == "classification" \
         else RegressionResult.from_json(body)
+
+
+def _ids(body: dict[str, Any], rows: int) -> dict[str, Any]:
+    """A v1 body's answer id as per-row ``answer_id`` and ``answer_row`` (none in answers without one)."""
+    if not isinstance(body.get("id"), str):
+        return {}
+    return {"answer_id": np.full(rows, body["id"], dtype=object), "answer_row": np.arange(rows, dtype=np.int64)}
+
+
+def _with_ids(table: dict[str, np.ndarray], result: Any) -> dict[str, np.ndarray]:
+    """The flat table with the ``answer_id`` and ``answer_row`` columns last, where the result has them."""
+    if result.answer_id is None:
+        return table
+    return {**table, "answer_id": result.answer_id, "answer_row": result.answer_row}
 
 
 def _draws(value: Any) -> np.ndarray | list[np.ndarray] | None:

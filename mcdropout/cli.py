@@ -141,6 +141,26 @@ def _parser() -> argparse.ArgumentParser:
     _trust_argument(score)
     score.set_defaults(handler=_score)
 
+    outcomes = commands.add_parser(
+        "outcomes", help="report labels that arrived later for a scoring run's rows",
+        description="Join SCORES (a `mcdropout score` output) with LABELS on a key column, and report each row's"
+                    " label to the server that answered it (--server, --model: its live quality), or score them"
+                    " here into a JSON report (--report; docs/live-quality.md).")
+    outcomes.add_argument("scores", type=Path, metavar="SCORES_FILE")
+    outcomes.add_argument("labels", type=Path, metavar="LABELS_FILE")
+    outcomes.add_argument("--id-column", metavar="COL", help="key column of both files (default: SCORES' first"
+                          " column, the scoring run's id column)")
+    outcomes.add_argument("--target", required=True, metavar="COL", help="LABELS' column of outcomes")
+    outcomes.add_argument("--server", metavar="URL", help="report to this server (the one that scored SCORES)")
+    outcomes.add_argument("--model", help="with --server: the model's name")
+    outcomes.add_argument("--api-key", help="API key for --server (default: $MCD_API_KEY)")
+    outcomes.add_argument("--report", metavar="FILE", help="without --server: write the report here (default:"
+                          " print it)")
+    outcomes.add_argument("--interval", type=float, default=0.95, help="local report: the scoring run's --interval")
+    outcomes.add_argument("--set-level", type=float, help="local report: the scoring run's --set-level")
+    outcomes.add_argument("--max-risk", type=float, help="local report: the scoring run's --max-risk")
+    outcomes.set_defaults(handler=_outcomes)
+
     bundle = commands.add_parser("bundle", help="make bundles from your own network and checkpoint",
                                  description="Bundles from your own code: see `mcdropout bundle create --help`.")
     bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True, metavar="SUBCOMMAND")
@@ -458,6 +478,23 @@ def _score(args: argparse.Namespace) -> int:
     resumed = f", resumed after {summary.resumed_from}" if summary.resumed_from else ""
     print(f"wrote {summary.output}: {summary.rows} rows in {summary.seconds:.1f} s"
           f" ({summary.rows_per_second:.0f} rows/s{resumed})")
+    return 0
+
+
+def _outcomes(args: argparse.Namespace) -> int:
+    from mcdropout import _outcomes as outcomes
+
+    if (args.server is None) != (args.model is None):
+        raise UsageError("--server and --model go together")
+    found = outcomes.joined(args.scores, args.labels, args.id_column, args.target)
+    if args.server:
+        sent = outcomes.report_to_server(found, args.server, args.model, args.api_key or os.environ.get("MCD_API_KEY"))
+        print(f"reported {found.num_rows} outcome(s) to {args.model}: {sent['accepted']} accepted,"
+              f" {sent['duplicates']} already reported")
+        return 0
+    report = outcomes.local_report(found, args.interval, args.set_level, args.max_risk)
+    text = outcomes.write_report(report, args.report)
+    print(f"wrote {args.report}: {found.num_rows} row(s)" if args.report else text)
     return 0
 
 

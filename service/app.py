@@ -24,6 +24,7 @@ from service.decoding import Decoder
 from service.http import FastJSON, install_error_handlers, key_guard
 from service.middleware import BodyLimit, CrossOriginGuard, HeadAsGet, ReadDeadline, RequestCounter
 from service.routes import Context, operations, repository
+from service.routes import outcomes as outcome_routes
 from service.routes import v1 as v1_routes
 from service.routes import v2 as v2_routes
 from service.settings import Settings
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     context = Context(plane, decoder, guarded, [] if settings.api_keys else state.model_names())
     for routes in (v1_routes, v2_routes, repository, operations):
         routes.install(app, context)
+    outcome_routes.install(app, context)  # outcomes in, live quality out (service/live/)
     ui.install(app, guarded)
     docs.install(app)
     _middleware(app, state, settings)

@@ -21,6 +21,7 @@ import numpy as np
 from mcdropout.answer import OPTION_NAMES, OptionError, check_level, parse_options
 from mcdropout.bundle import Bundle, Manifest
 from service.inputs import ApiError, shown
+from service.live import check_id, new_id
 from service.request import InferAnswer, InferRequest
 from service.state import ServiceState
 
@@ -45,12 +46,12 @@ class DataPlane:
         return self.state.bundle(name, version)
 
     def request(self, bundle: Bundle, rows: np.ndarray, given: Mapping[str, Any], prefix: str = "",
-                draws: bool = True, seconds_left: float | None = None) -> InferRequest:
+                draws: bool = True, seconds_left: float | None = None, answer_id: str | None = None) -> InferRequest:
         """``given`` (the protocol's named parameters, absent or None: the defaults) checked against
         ``bundle``; an ApiError 422 names the field (with ``prefix``, e.g. ``parameters.``) at fault.
         ``draws``: whether the protocol carries return_samples' draws (v1 does, the OIP does not);
         ``seconds_left``: the time to the caller's own deadline (gRPC's); its work is dropped at nine
-        tenths of it (within MCD_REQUEST_TIMEOUT_S)."""
+        tenths of it (within MCD_REQUEST_TIMEOUT_S); ``answer_id``: the client's id of the answer (else a new one)."""
         manifest = bundle.manifest
         unknown = [name for name in given if name not in REQUEST_PARAMETERS and name not in OPTION_NAMES]
         if unknown:
@@ -82,7 +83,9 @@ class DataPlane:
         return_samples = bool(return_samples)
         # a tenth early, so that the caller hears the server's 504 rather than its own time-out
         deadline = None if seconds_left is None else time.monotonic() + 0.9 * seconds_left
-        return InferRequest(bundle, rows, samples, seed, level, options, tolerance, return_samples, deadline)
+        answer_id = new_id() if answer_id is None else check_id(answer_id, "id")
+        return InferRequest(bundle, rows, samples, seed, level, options, tolerance, return_samples, deadline,
+                            answer_id)
 
     def _samples(self, samples: Any, manifest: Manifest, prefix: str) -> int | str:
         if samples is None:
@@ -111,7 +114,9 @@ class DataPlane:
     async def infer(self, request: InferRequest, gone: asyncio.Future | None = None) -> InferAnswer:
         """The answer to ``request``; ``gone`` completes when the client went away (its work is dropped)."""
         result = await self.state.predict(request, gone)
-        return InferAnswer(request, result, self.state.version_of(request.bundle))
+        answer = InferAnswer(request, result, self.state.version_of(request.bundle))
+        self.state.live.record(answer)  # queued: written to the answer store off the request path
+        return answer
 
 
 def _bad(field: str, message: str) -> ApiError:

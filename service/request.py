@@ -24,6 +24,7 @@ class InferRequest:
     tolerance: float | None = None  # for samples="auto"; None: the engine's default (0.01)
     return_samples: bool = False
     deadline: float | None = None  # time.monotonic() past which nobody waits for the answer (gRPC's deadline)
+    id: str = ""  # the answer's id (the client's, or a fresh one): outcomes name it (service/live/)
 
 
 @dataclass(frozen=True)

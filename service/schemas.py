@@ -76,6 +76,8 @@ PredictRequest = create_model(
     instances=(Optional[list[dict[str, Any]]], Field(None, description="tabular rows as {feature: value}",
                                                      json_schema_extra=_INSTANCES)),
     **{name: (Any, field) for name, field in PARAMETERS.items()},
+    id=(Any, Field(None, description="the answer's id, for reporting its outcomes later (1 to 128 characters of"
+                   " A-Z a-z 0-9 . _ : -); default: a new one", json_schema_extra={"type": "string"})),
 )
 
 
@@ -110,6 +112,7 @@ class PredictionBase(BaseModel):
     samples: Union[int, Literal["auto"]] = Field(description="the T asked for")
     samples_used: list[int] = Field(description=next(s for s in STATISTICS if s.name == "samples_used").description)
     seed: int
+    id: str = Field(description="the answer's id: report outcomes for its rows to /v1/models/{name}/outcomes")
     tolerance: Optional[float] = Field(None, description="with samples 'auto': the tolerance asked for")
 
 

@@ -113,6 +113,27 @@ class Settings(BaseSettings):
         "text", description="server log lines: text, or json (one JSON object a line; `mcdropout serve`,"
         " or --log-format)"
     )
+    store: bool = Field(
+        True, description="keep what each answer needs to be scored later (docs/live-quality.md), so that"
+        " outcomes can be reported for it; off: answers still carry an id, the outcome route answers 409"
+    )
+    store_path: Path = Field(
+        Path("mcdropout-answers.sqlite3"), description="the answer store: one SQLite file (WAL mode), shared by"
+        " every worker of `mcdropout serve --workers N`; kept across restarts"
+    )
+    store_max_rows: int = Field(1_000_000, ge=1, description="answer rows, and outcomes, kept per model; the"
+                                " oldest go first")
+    store_max_age_s: float = Field(7 * 86400.0, gt=0, description="seconds an answer row or outcome is kept")
+    store_flush_s: float = Field(0.25, gt=0, description="seconds between writes of answers to the store (off"
+                                 " the request path, in batches)")
+    store_max_pending_rows: int = Field(
+        100_000, ge=1, description="answer rows waiting to be written; past it, answers are not kept (counted in"
+        " mcdropout_store_dropped_rows_total) so memory stays bounded"
+    )
+    max_outcomes: int = Field(10_000, ge=1, description="outcomes per POST /v1/models/{name}/outcomes request")
+    quality_window_rows: int = Field(1000, ge=1, description="live quality's count window: the newest outcomes")
+    quality_window_s: float = Field(3600.0, gt=0, description="live quality's time window: outcomes received in"
+                                    " the last seconds")
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

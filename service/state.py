@@ -24,6 +24,7 @@ from mcdropout.answer import Result
 from mcdropout.bundle import Bundle, NonFiniteError, load_bundle
 from service.batcher import Batcher, ClientGone, DeadlineExceeded, Overloaded
 from service.inputs import ApiError
+from service.live import Live
 from service.metrics import ServiceMetrics
 from service.repository import Listing, Version, model_names, parse_version, scan
 from service.settings import Settings
@@ -50,6 +51,8 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
+        self.live = Live(settings, self.metrics.registry)  # the answer store, outcomes and live quality
+        self.metrics.on_forget(self.live.gauges.forget)
         self.served: dict[str, dict[int, Served]] = {}
         # versions that did not load: the stamp of the files tried, and why (tried again when they change)
         self.failed: dict[str, dict[int, tuple[tuple, str]]] = {}
@@ -71,6 +74,7 @@ class ServiceState:
     async def open(self) -> None:
         """Load every version in the repository and serve it; start the poller when MCD_RELOAD is on."""
         self._lock = asyncio.Lock()
+        await asyncio.to_thread(self.live.open)
         folder = Path(self.settings.models_dir)
         if not folder.is_dir():
             log.error("models folder %s does not exist: serving no models", folder)
@@ -87,6 +91,7 @@ class ServiceState:
         await asyncio.gather(*(batcher.close() for batcher in batchers), *self._retiring)
         for lane in self.lanes.values():
             lane.shutdown(wait=True)
+        await asyncio.to_thread(self.live.close)
 
     async def reload(self, name: str | None = None) -> None:
         """Pick up what changed in the folder (one model's folder, or all); the repository API's load."""

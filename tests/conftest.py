@@ -43,7 +43,8 @@ def run_server(tmp_path: Path, cli: bool = False, **settings: str) -> Iterator[S
     """uvicorn service.app:app (``cli``: ``mcdropout serve``, gRPC off unless set) on a free port with MCD_*
     settings; stopped (SIGTERM) afterwards."""
     port = free_port()
-    env = {**os.environ, "MCD_MODELS_DIR": str(MODELS), **{f"MCD_{k.upper()}": str(v) for k, v in settings.items()}}
+    env = {**os.environ, "MCD_MODELS_DIR": str(MODELS), "MCD_STORE_PATH": str(tmp_path / "answers.sqlite3"),
+           **{f"MCD_{k.upper()}": str(v) for k, v in settings.items()}}
     if cli:
         command = [sys.executable, "-m", "mcdropout.cli", "serve"]
         env = {"MCD_GRPC_PORT": "0", **env, "MCD_HOST": "127.0.0.1", "MCD_PORT": str(port)}

@@ -609,10 +609,12 @@ def test_score_local_and_remote_give_the_librarys_columns(name, scored, infos, b
     parameters = parameters_of_score(score_options(name, infos[name]))
     result = library(bundles[name], rows[name], parameters, infos[name]["max_samples"])
     expected = pd.DataFrame({"row": np.arange(ROWS, dtype=np.int64), **result.columns()})
+    answers = ["answer_id", "answer_row"]  # the server's answer ids (remote), empty (local): not the library's
     through_client = client.predict(name, rows[name], **parameters)  # what the remote engine runs on
     assert_same(from_library(result, TASKS[name]), from_library(through_client, TASKS[name]), f"client {name}")
     for engine, table in scored[name].items():
-        assert list(table.columns) == list(expected.columns), engine
+        assert list(table.columns) == list(expected.columns) + answers, engine
+        assert table.answer_id.notna().all() if engine == "remote" else table.answer_id.isna().all(), engine
         for column in expected.columns:
             reference, value = expected[column].to_numpy(), table[column].to_numpy()
             where = f"score --engine {engine} {name}: {column}"

@@ -56,6 +56,7 @@ __all__ = ["AsyncClient", "BadAnswer", "ClassificationResult", "Client", "Invali
 EXCERPT_CHARS = 200  # of a bad answer's body, in its error
 MAX_ANSWER_BYTES = 256 * 2**20  # the default cap on one answer, decompressed: 256 MiB
 _UNSET: Any = object()
+OUTCOMES_PER_REQUEST = 5000  # outcomes per POST .../outcomes (the server takes up to MCD_MAX_OUTCOMES)
 # The server's lists of rows in its errors: "rows numbered from 0: 3, 7, ..." and "in row(s) 3, 7, ..."
 _ROW_LIST = re.compile(r"(rows numbered from 0: |in row\(s\) )(\d+(?:, \d+)*)")
 
@@ -246,6 +247,8 @@ class _Base:
         step = info.max_rows or len(rows)
         parts = []
         for start in range(0, len(rows), step):
+            if start and calibration and calibration.get("id") is not None:  # one id per request
+                options["id"] = f"{calibration['id']}.{start // step}"
             try:
                 body = yield from self._call(_Request("POST", f"/v1/models/{name}/predict",
                                                       json={"inputs": rows[start:start + step].tolist(), **options}))
@@ -255,6 +258,16 @@ class _Base:
             parts.append(part)
             options.setdefault("seed", parts[0].seed)  # the server's default seed, kept for later chunks
         return concatenate(parts)
+
+    def _outcomes_flow(self, name: str, outcomes: Result | list[dict[str, Any]], y: Any) -> Flow:
+        entries = _outcome_entries(outcomes, y)
+        total = {"accepted": 0, "duplicates": 0}
+        for start in range(0, len(entries), OUTCOMES_PER_REQUEST):
+            body = yield from self._call(_Request("POST", f"/v1/models/{name}/outcomes",
+                                                  json=entries[start:start + OUTCOMES_PER_REQUEST]))
+            for key in total:
+                total[key] += int(body.get(key, 0)) if isinstance(body, dict) else 0
+        return total
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """The backoff, or the server's Retry-After when longer: never past ``max_backoff``."""
@@ -299,15 +312,17 @@ class Client(_Base):
                 set_method: str | None = None, max_risk: float | None = None, delta: float | None = None,
                 abstain_score: str | None = None, max_std: float | None = None,
                 max_interval_width: float | None = None, tolerance: float | None = None,
-                return_samples: bool = False) -> Result:
+                return_samples: bool = False, id: str | None = None) -> Result:
         """MC dropout prediction for every row of ``inputs``; fields are numpy arrays.
 
         A calibrated bundle also takes ``interval_method``, ``set_level`` / ``set_method`` (adds
         ``prediction_set``, ``set_size``), ``max_risk`` / ``delta`` / ``abstain_score`` (adds ``abstain``);
         regression takes ``max_std`` / ``max_interval_width`` (adds ``abstain``) calibrated or not.
         ``tolerance`` goes with ``samples="auto"``; ``return_samples`` puts each row's draws in ``result.draws``.
+        ``id``: the answer's id (default: the server's); ``result.answer_id`` and ``result.answer_row`` name each
+        row for :meth:`report_outcomes` (inputs sent as several requests: ``<id>.1``, ``<id>.2``, ... after the first).
         """
-        calibration = {"interval_method": interval_method, "set_level": set_level, "set_method": set_method,
+        calibration = {"id": id, "interval_method": interval_method, "set_level": set_level, "set_method": set_method,
                        "max_risk": max_risk, "delta": delta, "abstain_score": abstain_score, "max_std": max_std,
                        "max_interval_width": max_interval_width, "tolerance": tolerance,
                        "return_samples": return_samples or None}
@@ -316,6 +331,16 @@ class Client(_Base):
     def health(self) -> dict[str, bool]:
         """``{"live": ..., "ready": ...}`` from the server's health endpoints."""
         return self._run(self._health_flow())
+
+    def report_outcomes(self, name: str, outcomes: Result | list[dict[str, Any]], y: Any = None) -> dict[str, int]:
+        """Report outcomes: a list of ``{"id", "row", "y"}``, or a predict result and its rows' outcomes ``y``.
+        Sent in requests of :data:`OUTCOMES_PER_REQUEST`, each kept whole or not at all; an outcome already
+        reported is left out (the first one wins), so a retry is harmless. ``{"accepted": n, "duplicates": m}``."""
+        return self._run(self._outcomes_flow(name, outcomes, y))
+
+    def quality(self, name: str) -> dict[str, Any]:
+        """The model's live quality (``GET /v1/models/{name}/quality``)."""
+        return self._run(self._call(_Request("GET", f"/v1/models/{name}/quality")))
 
     def close(self) -> None:
         self._http.close()
@@ -451,8 +476,8 @@ class AsyncClient(_Base):
                       set_level: float | None = None, set_method: str | None = None, max_risk: float | None = None,
                       delta: float | None = None, abstain_score: str | None = None, max_std: float | None = None,
                       max_interval_width: float | None = None, tolerance: float | None = None,
-                      return_samples: bool = False) -> Result:
-        calibration = {"interval_method": interval_method, "set_level": set_level, "set_method": set_method,
+                      return_samples: bool = False, id: str | None = None) -> Result:
+        calibration = {"id": id, "interval_method": interval_method, "set_level": set_level, "set_method": set_method,
                        "max_risk": max_risk, "delta": delta, "abstain_score": abstain_score, "max_std": max_std,
                        "max_interval_width": max_interval_width, "tolerance": tolerance,
                        "return_samples": return_samples or None}
@@ -460,6 +485,13 @@ class AsyncClient(_Base):
 
     async def health(self) -> dict[str, bool]:
         return await self._run(self._health_flow())
+
+    async def report_outcomes(self, name: str, outcomes: Result | list[dict[str, Any]], y: Any = None
+                              ) -> dict[str, int]:
+        return await self._run(self._outcomes_flow(name, outcomes, y))
+
+    async def quality(self, name: str) -> dict[str, Any]:
+        return await self._run(self._call(_Request("GET", f"/v1/models/{name}/quality")))
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -642,6 +674,26 @@ def _outcome(response: httpx.Response, request: _Request) -> Any:
         field = body.get("field") if isinstance(body, dict) else None
         return InvalidInput(str(message)[:1000], status, field if isinstance(field, str) else None)
     return ServerError(f"HTTP {status}: {message}", status)
+
+
+def _outcome_entries(outcomes: Result | list[dict[str, Any]], y: Any) -> list[dict[str, Any]]:
+    """``outcomes`` as the outcome route's entries, in plain JSON types."""
+    if isinstance(outcomes, (RegressionResult, ClassificationResult)):
+        if outcomes.answer_id is None:
+            raise ValueError("this result carries no answer ids (it did not come from the service)")
+        values = np.asarray(y, dtype=object)
+        if len(values) != len(outcomes):
+            raise ValueError(f"y has {len(values)} outcome(s) for {len(outcomes)} row(s)")
+        return [{"id": str(i), "row": int(r), "y": _plain(v)}
+                for i, r, v in zip(outcomes.answer_id, outcomes.answer_row, values)]
+    if y is not None:
+        raise ValueError("y goes with a predict result; a list of outcomes carries its own 'y'")
+    return [{"id": str(entry["id"]), "row": int(entry["row"]), "y": _plain(entry["y"])} for entry in outcomes]
+
+
+def _plain(value: Any) -> Any:
+    """numpy numbers and arrays as Python's (JSON has no numpy types)."""
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
 
 
 def _seconds(value: str | None) -> float | None:

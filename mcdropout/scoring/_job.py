@@ -108,8 +108,13 @@ def rows_text(rows: np.ndarray) -> str:
 
 
 def rows_table(id_name: str, ids: pa.Array, result: Result) -> pa.Table:
-    """The output rows of one chunk: the id column, then the statistics."""
-    return pa.table({id_name: ids, **{key: pa.array(value) for key, value in result.columns().items()}})
+    """The output rows of one chunk: the id column, the statistics, then the id of the service's answer that holds
+    each row and its index there (``answer_id``, ``answer_row``: what ``mcdropout outcomes`` reports; empty where
+    a local engine answered, since no server keeps those answers)."""
+    columns = {key: pa.array(value) for key, value in result.columns().items()}
+    if "answer_id" not in columns:
+        columns.update(answer_id=pa.nulls(len(result), pa.string()), answer_row=pa.nulls(len(result), pa.int64()))
+    return pa.table({id_name: ids, **columns})
 
 def partial_folder(output: str | Path) -> Path:
     """Where the parts and the progress record of a run writing ``output`` live until it is complete."""

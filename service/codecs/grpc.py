@@ -68,7 +68,7 @@ def _parameter(value: Any) -> pb.InferParameter:
 def encode(request: V2InferRequest, answer: InferAnswer) -> pb.ModelInferResponse:
     """The ModelInfer response: every selected output as raw bytes, the answer's parameters echoed."""
     response = pb.ModelInferResponse(model_name=answer.manifest.name, model_version=str(answer.model_version),
-                                     id=request.id or "")
+                                     id=answer.request.id)
     for name, value in v2.echoed(answer).items():
         response.parameters[name].CopyFrom(_parameter(value))
     for name, array, _ in v2.selected_outputs(request, answer.manifest, answer.result):

@@ -23,6 +23,7 @@ class V1Body:
 
     rows: np.ndarray
     parameters: dict[str, Any]
+    answer_id: Any = None  # the client's id of the answer (checked by the data plane)
 
 
 def decode(raw: bytes, spec: InputSpec, max_rows: int) -> V1Body:
@@ -41,7 +42,7 @@ def decode(raw: bytes, spec: InputSpec, max_rows: int) -> V1Body:
     else:
         rows = instances_array(body.instances, spec, max_rows)
     given = {name: getattr(body, name) for name in PARAMETERS if getattr(body, name) is not None}
-    return V1Body(rows, given)
+    return V1Body(rows, given, body.id)
 
 
 def encode(answer: InferAnswer) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def encode(answer: InferAnswer) -> dict[str, Any]:
     request, result, manifest = answer.request, answer.result, answer.manifest
     body: dict[str, Any] = {"model": manifest.name, "version": manifest.version, "model_version": answer.model_version,
                             "task": manifest.task, "samples": request.samples, "samples_used": result.samples_used,
-                            "seed": request.seed}
+                            "seed": request.seed, "id": request.id}
     if request.tolerance is not None:
         body["tolerance"] = request.tolerance
     if isinstance(result, RegressionResult):

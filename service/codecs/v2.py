@@ -198,7 +198,7 @@ def response(request: V2InferRequest, answer: InferAnswer) -> tuple[bytes, dict[
     header = orjson.dumps({
         "model_name": answer.manifest.name,
         "model_version": str(answer.model_version),
-        "id": request.id,
+        "id": answer.request.id,
         "parameters": echoed(answer),
         "outputs": outputs,
     }, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -211,7 +211,8 @@ def response(request: V2InferRequest, answer: InferAnswer) -> tuple[bytes, dict[
 def echoed(answer: InferAnswer) -> dict[str, Any]:
     """The response's parameters: what answered the request (T, seed, level) and how its interval was made."""
     request, result = answer.request, answer.result
-    params: dict[str, Any] = {"samples": request.samples, "seed": request.seed, "interval": request.level}
+    params: dict[str, Any] = {"samples": request.samples, "seed": request.seed, "interval": request.level,
+                              "id": request.id}
     if request.tolerance is not None:
         params["tolerance"] = request.tolerance
     if isinstance(result, RegressionResult):

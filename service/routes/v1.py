@@ -51,7 +51,7 @@ def install(app: FastAPI, context: Context) -> None:
         bundle = plane.bundle(request.path_params["name"], request.query_params.get("version"))
         body = await context.decoder.run(len(raw), v1.decode, raw, InputSpec.of(bundle.manifest),
                                          context.settings.max_rows)
-        infer = plane.request(bundle, body.rows, body.parameters)
+        infer = plane.request(bundle, body.rows, body.parameters, answer_id=body.answer_id)
         async with watching(request) as gone:
             answer = await plane.infer(infer, gone)
         return FastJSON(v1.encode(answer))

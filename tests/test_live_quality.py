@@ -1,0 +1,190 @@
+"""Answers with ids, the answer store, outcomes in and live quality out, against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from mcdropout.client import Client
+from tests.conftest import ROOT, free_port, run_server
+
+DIABETES_ROWS = np.random.default_rng(3).normal(scale=0.05, size=(400, 10)).round(4).tolist()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("live")
+    with run_server(folder, reload="false", store_flush_s="0.05") as server, \
+            httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http, folder / "answers.sqlite3"
+
+
+def _predict(http: httpx.Client, model: str, rows: list, **parameters) -> dict:
+    answer = http.post(f"/v1/models/{model}/predict", json={"inputs": rows, **parameters})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def _outcomes(http: httpx.Client, model: str, entries: list) -> httpx.Response:
+    return http.post(f"/v1/models/{model}/outcomes", json=entries)
+
+
+def _rows_stored(path, table: str, model: str) -> int:
+    with sqlite3.connect(path) as connection:
+        return connection.execute(f"SELECT COUNT(*) FROM {table} WHERE model = ?", (model,)).fetchone()[0]
+
+
+def test_answers_carry_an_id_the_client_may_set(live):
+    http, _ = live
+    fresh = [_predict(http, "diabetes", DIABETES_ROWS[:1], samples=4)["id"] for _ in range(2)]
+    assert all(len(value) == 32 for value in fresh) and fresh[0] != fresh[1]
+    assert _predict(http, "diabetes", DIABETES_ROWS[:1], samples=4, id="order-17.a")["id"] == "order-17.a"
+    for bad in ("", "x" * 129, "white space", "ü", 17):
+        refused = http.post("/v1/models/diabetes/predict", json={"inputs": DIABETES_ROWS[:1], "id": bad})
+        assert refused.status_code == 422 and refused.json()["field"] == "id", refused.text
+        assert "A-Z a-z 0-9" in refused.json()["error"]
+    v2 = http.post("/v2/models/diabetes/infer", json={"id": "v2-call", "inputs": [
+        {"name": "input", "shape": [1, 10], "datatype": "FP32", "data": DIABETES_ROWS[0]}]}).json()
+    assert v2["id"] == v2["parameters"]["id"] == "v2-call"
+    unnamed = http.post("/v2/models/diabetes/infer", json={"inputs": [
+        {"name": "input", "shape": [1, 10], "datatype": "FP32", "data": DIABETES_ROWS[0]}]}).json()
+    assert len(unnamed["id"]) == 32 and unnamed["parameters"]["id"] == unnamed["id"]
+
+
+def test_an_exchangeable_stream_keeps_live_coverage_within_binomial_bounds(live):
+    """Outcomes drawn from each row's own Gaussian predictive distribution fall in its gaussian 90% interval
+    with probability 0.9, independently: the window's covered count is Binomial(n, 0.9). The check is the
+    exact binomial interval holding all but 1e-6 of that mass (so the fixed seed is not what makes it pass)."""
+    http, _ = live
+    rng = np.random.default_rng(11)
+    n = len(DIABETES_ROWS)
+    answer = _predict(http, "diabetes", DIABETES_ROWS, samples=16, interval=0.9, interval_method="gaussian")
+    y = rng.normal(np.asarray(answer["mean"])[:, 0], np.asarray(answer["std"])[:, 0])
+    reported = _outcomes(http, "diabetes", [{"id": answer["id"], "row": i, "y": float(v)} for i, v in enumerate(y)])
+    assert reported.status_code == 200 and reported.json() == {"model": "diabetes", "accepted": n, "duplicates": 0}
+    quality = http.get("/v1/models/diabetes/quality").json()
+    window = quality["windows"]["count"]
+    (interval,) = [entry for entry in window["intervals"] if entry["level"] == 0.9]
+    low, high = binom.ppf(5e-7, n, 0.9) / n, binom.isf(5e-7, n, 0.9) / n
+    assert interval["rows"] == n and low <= interval["coverage"] <= high, (interval, low, high)
+    width = np.mean(np.asarray(answer["interval"]["upper"]) - np.asarray(answer["interval"]["lower"]))
+    assert interval["mean_width"] == pytest.approx(width)
+    assert quality["windows"]["time"]["rows"] == n and window["nll"] > 0
+    metrics = http.get("/metrics").text
+    assert 'mcdropout_live_coverage{kind="interval",level="0.9",model="diabetes",window="count"}' in metrics
+
+
+def test_classifier_outcomes_give_accuracy_ece_and_class_names(live):
+    http, _ = live
+    rows = np.random.default_rng(5).uniform(0, 16, size=(60, 1, 8, 8)).round(2).tolist()
+    answer = _predict(http, "digits", rows, samples=8)
+    labels = answer["label"]
+    names = answer["classes"]
+    entries = [{"id": answer["id"], "row": i, "y": names[label] if i % 2 else label} for i, label in enumerate(labels)]
+    assert _outcomes(http, "digits", entries).json()["accepted"] == 60
+    window = http.get("/v1/models/digits/quality").json()["windows"]["count"]
+    assert window["accuracy"] == 1.0 and window["rows"] == 60
+    confidence = np.max(np.asarray(answer["probs"]), axis=1)
+    assert window["ece"] == pytest.approx(1.0 - confidence.mean(), abs=1e-9)  # all correct: the gap is 1 - conf
+
+
+@pytest.mark.parametrize("entry, field", [
+    ({"id": "never-answered", "row": 0, "y": 1.0}, "[1].id"),
+    ({"row": 0, "y": 1.0}, "[1].id"),
+    ({"id": "ANSWER", "row": 2, "y": 1.0}, "[1].row"),
+    ({"id": "ANSWER", "row": -1, "y": 1.0}, "[1].row"),
+    ({"id": "ANSWER", "row": 0, "y": "tall"}, "[1].y"),
+    ({"id": "ANSWER", "row": 0, "y": [1.0, 2.0]}, "[1].y"),
+    ({"id": "ANSWER", "row": 0, "y": None}, "[1].y"),
+    ({"id": "ANSWER", "row": 0, "y": 1.0, "weight": 2}, "[1].weight"),
+])
+def test_bad_outcomes_are_refused_naming_the_field_and_nothing_is_stored(live, entry, field):
+    http, store = live
+    answer = _predict(http, "diabetes", DIABETES_ROWS[:2], samples=4)
+    entry = {key: answer["id"] if value == "ANSWER" else value for key, value in entry.items()}
+    before = _rows_stored(store, "outcomes", "diabetes")
+    refused = _outcomes(http, "diabetes", [{"id": answer["id"], "row": 1, "y": 3.0}, entry])
+    assert refused.status_code == 422 and refused.json()["field"] == field, refused.text
+    assert refused.json()["error"].startswith(field)
+    assert _rows_stored(store, "outcomes", "diabetes") == before
+    # the good entry was not kept: it is accepted now, not a duplicate
+    assert _outcomes(http, "diabetes", [{"id": answer["id"], "row": 1, "y": 3.0}]).json()["accepted"] == 1
+
+
+def test_the_first_outcome_of_a_row_wins_and_a_retry_is_harmless(live):
+    http, _ = live
+    answer = _predict(http, "diabetes", DIABETES_ROWS[:2], samples=4)
+    first = [{"id": answer["id"], "row": 0, "y": 1.0}, {"id": answer["id"], "row": 0, "y": 500.0}]
+    assert _outcomes(http, "diabetes", first).json() == {"model": "diabetes", "accepted": 1, "duplicates": 1}
+    again = [{"id": answer["id"], "row": 0, "y": 2.0}, {"id": answer["id"], "row": 1, "y": 2.0}]
+    assert _outcomes(http, "diabetes", again).json() == {"model": "diabetes", "accepted": 1, "duplicates": 1}
+    for body in ({"id": "x"}, [], "text"):
+        assert _outcomes(http, "diabetes", body).json()["field"] == "body"
+
+
+def test_the_client_reports_a_results_outcomes_and_reads_quality(live):
+    http, _ = live
+    with Client(str(http.base_url)) as client:
+        result = client.predict("diabetes", DIABETES_ROWS[:5], samples=4, id="client-run")
+        assert list(result.answer_id) == ["client-run"] * 5 and list(result.answer_row) == list(range(5))
+        assert list(result.to_pandas().columns[-2:]) == ["answer_id", "answer_row"]
+        assert client.report_outcomes("diabetes", result, result.mean[:, 0]) == {"accepted": 5, "duplicates": 0}
+        assert client.report_outcomes("diabetes", [{"id": "client-run", "row": 0, "y": 1.0}])["duplicates"] == 1
+        assert client.quality("diabetes")["windows"]["count"]["rows"] >= 5
+
+
+GRPC_CLIENT = r"""
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+client = grpcclient.InferenceServerClient(sys.argv[1])
+tensor = grpcclient.InferInput("input", [1, 10], "FP32")
+tensor.set_data_from_numpy(np.zeros((1, 10), dtype=np.float32))
+named = client.infer("diabetes", [tensor], request_id="grpc-17", parameters={"samples": 4}).get_response()
+fresh = client.infer("diabetes", [tensor], parameters={"samples": 4}).get_response()
+print(json.dumps({"named": [named.id, named.parameters["id"].string_param],
+                  "fresh": [fresh.id, fresh.parameters["id"].string_param]}))
+"""
+
+
+def test_grpc_answers_carry_the_id_and_a_restart_keeps_the_store(tmp_path):
+    """The gRPC client runs in a process of its own (tritonclient's protos and kserve's cannot share one)."""
+    pytest.importorskip("tritonclient")
+    port = free_port()
+    with run_server(tmp_path, grpc_port=str(port), reload="false", store_flush_s="0.05") as server:
+        done = subprocess.run([sys.executable, "-c", GRPC_CLIENT, f"127.0.0.1:{port}"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        ids = json.loads(done.stdout)
+        assert ids["named"] == ["grpc-17", "grpc-17"] and ids["fresh"][0] == ids["fresh"][1] != ""
+        answer = httpx.post(f"{server.url}/v1/models/diabetes/predict",
+                            json={"inputs": DIABETES_ROWS[:3], "samples": 4}).json()
+        time.sleep(0.3)  # written by the background writer (every 0.05 s here)
+    with run_server(tmp_path, reload="false") as server:  # the same store file (conftest's default path)
+        reported = httpx.post(f"{server.url}/v1/models/diabetes/outcomes", json=[
+            {"id": answer["id"], "row": 2, "y": 1.0}, {"id": "grpc-17", "row": 0, "y": 1.0},
+            {"id": ids["fresh"][0], "row": 0, "y": 1.0}])
+        assert reported.status_code == 200 and reported.json()["accepted"] == 3, reported.text
+
+
+def test_retention_bounds_the_store_by_count(tmp_path):
+    with run_server(tmp_path, reload="false", store_max_rows="50", store_flush_s="0.05") as server, \
+            httpx.Client(base_url=server.url, timeout=60) as http:
+        first = _predict(http, "diabetes", DIABETES_ROWS[:10], samples=2)
+        for start in range(10, 200, 10):
+            _predict(http, "diabetes", DIABETES_ROWS[start:start + 10], samples=2)
+        deadline = time.monotonic() + 20  # retention runs after the writer's flushes, at most once a second
+        while _rows_stored(tmp_path / "answers.sqlite3", "answers", "diabetes") > 50 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _rows_stored(tmp_path / "answers.sqlite3", "answers", "diabetes") == 50
+        refused = _outcomes(http, "diabetes", [{"id": first["id"], "row": 0, "y": 1.0}])
+        assert refused.status_code == 422 and refused.json()["field"] == "[0].id"
