@@ -53,7 +53,7 @@ def check_gamma(gamma: Any, name: str = "gamma") -> float:
 
 
 def aci_bound(alpha_start: float, gamma: float, steps: int) -> float:
-    """Gibbs & Candès's bound on |mean error - alpha| after ``steps`` outcomes from ``alpha_start`` at step ``gamma``."""
+    """Gibbs & Candès's bound on |mean error - alpha| after ``steps`` outcomes from ``alpha_start``, step ``gamma``."""
     if steps < 1:
         return math.inf
     return (max(alpha_start, 1.0 - alpha_start) + gamma) / (gamma * steps)
