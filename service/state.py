@@ -74,7 +74,7 @@ class ServiceState:
     async def open(self) -> None:
         """Load every version in the repository and serve it; start the poller when MCD_RELOAD is on."""
         self._lock = asyncio.Lock()
-        await asyncio.to_thread(self.live.open)
+        await self.live.open()
         folder = Path(self.settings.models_dir)
         if not folder.is_dir():
             log.error("models folder %s does not exist: serving no models", folder)
@@ -91,7 +91,7 @@ class ServiceState:
         await asyncio.gather(*(batcher.close() for batcher in batchers), *self._retiring)
         for lane in self.lanes.values():
             lane.shutdown(wait=True)
-        await asyncio.to_thread(self.live.close)
+        await self.live.close()
 
     async def reload(self, name: str | None = None) -> None:
         """Pick up what changed in the folder (one model's folder, or all); the repository API's load."""

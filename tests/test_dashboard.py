@@ -45,6 +45,7 @@ def _live_metrics(http: httpx.Client) -> tuple[set[str], set[str]]:
                                                           "set_level": 0.9, "max_risk": smallest})
     assert answer.status_code == 200 and answer.json()["abstain"] == [True], answer.text
     assert http.post("/v1/models/diabetes/predict", json={"inputs": [[0.0] * 10], "samples": 4}).status_code == 200
+    _report_outcomes(http)
     text = http.get("/metrics").text
     names, labels = set(), set()
     for family in text_string_to_metric_families(text):
@@ -52,6 +53,18 @@ def _live_metrics(http: httpx.Client) -> tuple[set[str], set[str]]:
             names.add(sample.name)
             labels.update(sample.labels)
     return names, labels
+
+
+def _report_outcomes(http: httpx.Client) -> None:
+    """Outcomes for a regression and a classifier answer (with sets and abstention at a risk that accepts),
+    so that every live quality gauge is exported."""
+    regression = http.post("/v1/models/diabetes/predict", json={"inputs": [[0.0] * 10], "samples": 4}).json()
+    digits = http.post("/v1/models/digits/predict", json={"inputs": [[[[0.0] * 8] * 8]], "samples": 4,
+                                                          "set_level": 0.9, "max_risk": 0.99}).json()
+    assert digits["abstain"] == [False], digits
+    for model, answer, y in (("diabetes", regression, 150.0), ("digits", digits, 0)):
+        sent = http.post(f"/v1/models/{model}/outcomes", json=[{"id": answer["id"], "row": 0, "y": y}])
+        assert sent.status_code == 200, sent.text
 
 
 def test_every_metric_and_label_the_dashboard_queries_exists_in_a_live_metrics_page(http):

@@ -19,11 +19,17 @@ from tests.conftest import ROOT, free_port, run_server
 DIABETES_ROWS = np.random.default_rng(3).normal(scale=0.05, size=(400, 10)).round(4).tolist()
 
 
+RETAINED = 1000  # the module server's MCD_STORE_MAX_ROWS
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
+    """One server for the module, gRPC on (its port in ``http.grpc_port``), answers written every 0.05 s."""
     folder = tmp_path_factory.mktemp("live")
-    with run_server(folder, reload="false", store_flush_s="0.05") as server, \
-            httpx.Client(base_url=server.url, timeout=60) as http:
+    port = free_port()
+    with run_server(folder, reload="false", store_flush_s="0.05", store_max_rows=str(RETAINED),
+                    grpc_port=str(port)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        http.grpc_port = port
         yield http, folder / "answers.sqlite3"
 
 
@@ -156,35 +162,77 @@ print(json.dumps({"named": [named.id, named.parameters["id"].string_param],
 """
 
 
-def test_grpc_answers_carry_the_id_and_a_restart_keeps_the_store(tmp_path):
+def test_grpc_answers_carry_the_id(live):
     """The gRPC client runs in a process of its own (tritonclient's protos and kserve's cannot share one)."""
     pytest.importorskip("tritonclient")
-    port = free_port()
-    with run_server(tmp_path, grpc_port=str(port), reload="false", store_flush_s="0.05") as server:
-        done = subprocess.run([sys.executable, "-c", GRPC_CLIENT, f"127.0.0.1:{port}"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        ids = json.loads(done.stdout)
-        assert ids["named"] == ["grpc-17", "grpc-17"] and ids["fresh"][0] == ids["fresh"][1] != ""
+    http, _ = live
+    done = subprocess.run([sys.executable, "-c", GRPC_CLIENT, f"127.0.0.1:{http.grpc_port}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ids = json.loads(done.stdout)
+    assert ids["named"] == ["grpc-17", "grpc-17"] and len(ids["fresh"][0]) == 32 and ids["fresh"][1] == ids["fresh"][0]
+    entries = [{"id": "grpc-17", "row": 0, "y": 1.0}, {"id": ids["fresh"][0], "row": 0, "y": 1.0}]
+    assert _outcomes(http, "diabetes", entries).json()["accepted"] == 2
+
+
+def test_retention_bounds_the_store_by_count(live):
+    http, store = live
+    xs = np.linspace(-3, 3, 600).reshape(-1, 1).round(4).tolist()
+    first = _predict(http, "heteroscedastic-1d", xs, samples=2)
+    _predict(http, "heteroscedastic-1d", xs, samples=2)  # 1200 rows answered, 1000 kept
+    deadline = time.monotonic() + 20  # retention runs after the writer's flushes, at most once a second
+    while _rows_stored(store, "answers", "heteroscedastic-1d") != RETAINED and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _rows_stored(store, "answers", "heteroscedastic-1d") == RETAINED
+    refused = _outcomes(http, "heteroscedastic-1d", [{"id": first["id"], "row": 0, "y": 1.0}])
+    assert refused.status_code == 422 and refused.json()["field"] == "[0].row"  # the oldest rows went first
+    assert "past the store's retention (rows 200 to 599 are kept)" in refused.json()["error"]
+    assert _outcomes(http, "heteroscedastic-1d", [{"id": first["id"], "row": 599, "y": 1.0}]).status_code == 200
+
+
+def test_a_restart_keeps_the_store(tmp_path):
+    with run_server(tmp_path, reload="false", store_flush_s="0.05") as server:
         answer = httpx.post(f"{server.url}/v1/models/diabetes/predict",
                             json={"inputs": DIABETES_ROWS[:3], "samples": 4}).json()
-        time.sleep(0.3)  # written by the background writer (every 0.05 s here)
-    with run_server(tmp_path, reload="false") as server:  # the same store file (conftest's default path)
+    # stopped (SIGTERM): the writer wrote what was queued; the next server opens the same file
+    with run_server(tmp_path, reload="false") as server:
         reported = httpx.post(f"{server.url}/v1/models/diabetes/outcomes", json=[
-            {"id": answer["id"], "row": 2, "y": 1.0}, {"id": "grpc-17", "row": 0, "y": 1.0},
-            {"id": ids["fresh"][0], "row": 0, "y": 1.0}])
-        assert reported.status_code == 200 and reported.json()["accepted"] == 3, reported.text
+            {"id": answer["id"], "row": 2, "y": 1.0}])
+        assert reported.status_code == 200 and reported.json()["accepted"] == 1, reported.text
 
 
-def test_retention_bounds_the_store_by_count(tmp_path):
-    with run_server(tmp_path, reload="false", store_max_rows="50", store_flush_s="0.05") as server, \
-            httpx.Client(base_url=server.url, timeout=60) as http:
-        first = _predict(http, "diabetes", DIABETES_ROWS[:10], samples=2)
-        for start in range(10, 200, 10):
-            _predict(http, "diabetes", DIABETES_ROWS[start:start + 10], samples=2)
-        deadline = time.monotonic() + 20  # retention runs after the writer's flushes, at most once a second
-        while _rows_stored(tmp_path / "answers.sqlite3", "answers", "diabetes") > 50 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _rows_stored(tmp_path / "answers.sqlite3", "answers", "diabetes") == 50
-        refused = _outcomes(http, "diabetes", [{"id": first["id"], "row": 0, "y": 1.0}])
-        assert refused.status_code == 422 and refused.json()["field"] == "[0].id"
+def test_the_outcomes_command_joins_a_scoring_runs_output_with_later_labels(live, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.csv as csv
+    import pyarrow.parquet as pq
+
+    from mcdropout.cli import main
+
+    http, _ = live
+    names = http.get("/v1/models/diabetes").json()["feature_names"]
+    x = np.asarray(DIABETES_ROWS[:30])
+    csv.write_csv(pa.table({"pid": [f"p{i}" for i in range(30)], **dict(zip(names, x.T))}), tmp_path / "rows.csv")
+    scores = tmp_path / "scores.parquet"
+    assert main(["score", "diabetes", str(tmp_path / "rows.csv"), str(scores), "--engine", "remote", "--url",
+                 str(http.base_url), "--id-column", "pid", "--samples", "4", "--interval", "0.9", "--quiet"]) == 0
+    table = pq.read_table(scores).to_pandas()
+    assert table.answer_id.nunique() == 1 and table.answer_row.tolist() == list(range(30))
+    later = table.sample(frac=1, random_state=0).head(20)  # labels arrive later, in another order
+    y = later["mean"] + 10.0
+    csv.write_csv(pa.table({"pid": later.pid.tolist(), "progression": y.tolist()}), tmp_path / "labels.csv")
+    command = ["outcomes", str(scores), str(tmp_path / "labels.csv"), "--id-column", "pid", "--target", "progression"]
+    capsys.readouterr()
+    assert main([*command, "--server", str(http.base_url), "--model", "diabetes"]) == 0
+    assert "20 accepted, 0 already reported" in capsys.readouterr().out
+    assert main([*command, "--server", str(http.base_url), "--model", "diabetes"]) == 0
+    assert "0 accepted, 20 already reported" in capsys.readouterr().out
+    assert main([*command, "--interval", "0.9", "--report", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    inside = ((later.lower <= y) & (y <= later.upper)).mean()
+    assert report["rows"] == 20 and report["intervals"][0] == {
+        "level": 0.9, "rows": 20, "coverage": pytest.approx(inside),
+        "mean_width": pytest.approx((later.upper - later.lower).mean()),
+        "interval_score": pytest.approx(report["intervals"][0]["interval_score"])}
+    csv.write_csv(pa.table({"pid": ["nobody"], "progression": [1.0]}), tmp_path / "stray.csv")
+    assert main(["outcomes", str(scores), str(tmp_path / "stray.csv"), "--target", "progression"]) == 2
+    assert "1 label(s) with no scored row of that 'pid'" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 :class:`Live` is the one object of an app (``ServiceState.live``) that the data plane, the outcome routes
 and the gauges use. Its seam, for code that learns from outcomes (an adaptive level, a drift monitor):
 
-- :meth:`Live.stored_answer` ``(model, id, row)``: the kept answer row (:class:`StoredAnswer`) or None;
+- ``await`` :meth:`Live.stored_answer` ``(model, id, row)``: the kept answer row (:class:`StoredAnswer`) or None;
 - :meth:`Live.on_outcomes` ``(hook)``: ``hook(model, pairs)`` is called on the event loop with each accepted
   batch of outcomes, after it was committed, as a list of (:class:`StoredAnswer`, :class:`Outcome`) pairs in
   the request's order (duplicates left out). A hook that raises is logged; the request is still answered.
@@ -17,7 +17,9 @@ received the outcomes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +43,7 @@ __all__ = ["Live", "Outcome", "OutcomeHook", "StoredAnswer", "check_id", "new_id
 log = logging.getLogger("mcdropout.service")
 
 OutcomeHook = Callable[[str, list[tuple[StoredAnswer, Outcome]]], None]
+REFRESH_S = 1.0  # the gauges of a model are recomputed at most this often while outcomes stream in
 
 
 def new_id() -> str:
@@ -57,20 +60,29 @@ class Live:
         self.gauges = QualityGauges(registry)
         self._hooks: list[OutcomeHook] = []
         self._thread: ThreadPoolExecutor | None = None
+        self._refreshed: dict[str, float] = {}  # model -> time.monotonic() of its last gauge refresh
+        self._later: dict[str, asyncio.Task] = {}  # model -> its refresh waiting out REFRESH_S
 
     @property
     def enabled(self) -> bool:
         return self.settings.store
 
-    def open(self) -> None:
-        if not self.enabled:
-            return
+    async def open(self) -> None:
+        if self.enabled:
+            await asyncio.to_thread(self._open)
+
+    async def close(self) -> None:
+        for waiting in self._later.values():
+            waiting.cancel()
+        await asyncio.to_thread(self._close)
+
+    def _open(self) -> None:
         s = self.settings
         self.store = AnswerStore(Path(s.store_path), max_rows=s.store_max_rows, max_age_s=s.store_max_age_s,
                                  flush_s=s.store_flush_s, max_pending_rows=s.store_max_pending_rows)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="mcdropout-store")
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
         if self.store is not None:
@@ -82,6 +94,8 @@ class Live:
         if self.store is None:
             return
         result, options = answer.result, answer.request.options
+        if result.draws is not None:  # not kept: the queue holds what scoring needs, not the draws
+            result = dataclasses.replace(result, draws=None)
         max_risk = None if options is None else options.max_risk
         name = answer.manifest.name
         if not self.store.record(name, answer.request.id, answer.manifest.task, len(result),
@@ -93,11 +107,15 @@ class Live:
         """Call ``hook(model, pairs)`` with each accepted batch of (stored answer, outcome) pairs."""
         self._hooks.append(hook)
 
-    def stored_answer(self, model: str, answer_id: str, row: int) -> StoredAnswer | None:
-        """The kept answer row (blocking: call it off the event loop, or through :meth:`run`)."""
+    async def stored_answer(self, model: str, answer_id: str, row: int) -> StoredAnswer | None:
+        """The kept answer row (this process's answers given so far included), or None."""
         if self.store is None:
             return None
-        self.store.flush()
+        return await self.run(self._stored_answer, model, answer_id, row)
+
+    def _stored_answer(self, model: str, answer_id: str, row: int) -> StoredAnswer | None:
+        assert self.store is not None
+        self.store.flush(timeout=self.settings.store_flush_s * 4 + 1)
         hit = self.store.kept(model, [(answer_id, row)]).get((answer_id, row))
         return None if hit is None else StoredAnswer(model, answer_id, row, hit[0], hit[1])
 
@@ -110,20 +128,42 @@ class Live:
         """Check and keep a ``POST .../outcomes`` body; ApiError (nothing kept) names the entry at fault."""
         entries = parse_entries(raw, self.settings.max_outcomes)
         assert self.store is not None
-        self.store.flush(timeout=self.settings.store_flush_s * 4 + 1)  # this process's answers, written
-        accepted, duplicates = await self.run(ingest, self.store, model, classes, entries)
+        accepted, duplicates = await self.run(self._ingest, model, classes, entries)
         for hook in self._hooks:
             try:
                 hook(model, accepted)
             except Exception:
                 log.exception("an outcome hook failed on %d outcome(s) of %s", len(accepted), model)
-        await self.quality(model, task)  # the gauges follow every accepted batch
+        await self._refresh(model, task)
         return {"model": model, "accepted": len(accepted), "duplicates": duplicates}
+
+    def _ingest(self, model: str, classes: list[str] | None, entries: list) -> tuple[list, int]:
+        assert self.store is not None
+        self.store.flush(timeout=self.settings.store_flush_s * 4 + 1)  # this process's answers, written
+        return ingest(self.store, model, classes, entries)
+
+    async def _refresh(self, model: str, task: str) -> None:
+        """The gauges follow the accepted outcomes: now, or REFRESH_S after the last refresh (one waiting
+        refresh per model), so that a stream of posts does not recompute the windows for each."""
+        if model in self._later:
+            return
+        wait = self._refreshed.get(model, -REFRESH_S) + REFRESH_S - time.monotonic()
+        if wait <= 0:
+            await self.quality(model, task)
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(wait)
+            del self._later[model]
+            await self.quality(model, task)
+
+        self._later[model] = asyncio.get_running_loop().create_task(later(), name=f"mcdropout-quality-{model}")
 
     async def quality(self, model: str, task: str) -> dict[str, Any]:
         """The model's figures over the count and the time window (and the gauges set from them)."""
         s = self.settings
         assert self.store is not None
+        self._refreshed[model] = time.monotonic()
         windows = await self.run(window_figures, self.store.connection, model, task, s.quality_window_rows,
                                  s.quality_window_s)
         self.gauges.show(model, task, windows)

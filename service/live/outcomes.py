@@ -117,8 +117,10 @@ def _checked(store: AnswerStore, model: str, classes: list[str] | None,
     hit = found.get((answer_id, row))
     if hit is None:
         rows = store.answer_rows(model, answer_id)
-        if rows:
-            raise ApiError(422, f"[{i}].row: answer {answer_id!r} has rows 0 to {rows - 1}; got {row}", f"[{i}].row")
+        if rows is not None:
+            why = "is past the store's retention" if row < rows[0] else "was never answered"
+            raise ApiError(422, f"[{i}].row: row {row} of answer {answer_id!r} {why} (rows {rows[0]} to {rows[1]} are"
+                           " kept)", f"[{i}].row")
         raise ApiError(422, f"[{i}].id: no answer {answer_id!r} of model {model!r} is kept (never answered, past"
                        " the store's retention, or answered by a server with another store)", f"[{i}].id")
     task, kept = hit

@@ -11,7 +11,8 @@ import numpy as np
 
 from mcdropout.quality import SCORE_COLUMNS, summarise
 
-_COLUMNS = ", ".join(SCORE_COLUMNS)
+# NULL (a figure a row has none of) comes back as the text 'NaN', which numpy reads as nan
+_COLUMNS = ", ".join(f"COALESCE({name}, 'NaN')" for name in SCORE_COLUMNS)
 
 
 def window_figures(connection: sqlite3.Connection, model: str, task: str, rows: int, seconds: float
@@ -26,8 +27,5 @@ def window_figures(connection: sqlite3.Connection, model: str, task: str, rows: 
 
 
 def _columns(found: list[tuple]) -> dict[str, np.ndarray]:
-    if not found:
-        return {name: np.empty(0) for name in SCORE_COLUMNS}
-    table = np.array(found, dtype=object)
-    return {name: np.array([np.nan if v is None else v for v in table[:, i]], dtype=np.float64)
-            for i, name in enumerate(SCORE_COLUMNS)}
+    table = np.array(found, dtype=np.float64).reshape(len(found), len(SCORE_COLUMNS))
+    return {name: table[:, i] for i, name in enumerate(SCORE_COLUMNS)}

@@ -117,26 +117,36 @@ class AnswerStore:
 
     def _write_loop(self) -> None:
         connection = connect(self.path)
-        last_retention = 0.0
+        retained, unretained = time.monotonic(), set()  # models written to since retention last ran
         stop = False
         while not stop:
-            batch: list[Pending] = []
-            item = self._pending.get()
-            deadline = time.monotonic() + self.flush_s
-            while item is not None:
-                batch.append(item)
-                if len(batch) >= self.batch_answers:
-                    break
-                try:
-                    item = self._pending.get(timeout=max(deadline - time.monotonic(), 0.0))
-                except queue.Empty:
-                    break
-            stop = item is None
-            self._write(connection, batch)
-            if time.monotonic() - last_retention > 1.0:
-                last_retention = time.monotonic()
-                self._retain(connection, {model for model, *_ in batch})
+            batch, stop = self._next_batch(wait=1.0 if unretained else None)
+            if batch:
+                self._write(connection, batch)
+                unretained.update(model for model, *_ in batch)
+            if unretained and time.monotonic() - retained >= 1.0:
+                self._retain(connection, unretained)
+                retained, unretained = time.monotonic(), set()
         connection.close()
+
+    def _next_batch(self, wait: float | None) -> tuple[list[Pending], bool]:
+        """The answers queued within ``flush_s`` of the first (waiting up to ``wait`` s for it; None: for ever),
+        at most ``batch_answers``; and whether close() asked the writer to stop."""
+        batch: list[Pending] = []
+        try:
+            item = self._pending.get(timeout=wait)
+        except queue.Empty:
+            return batch, False
+        deadline = time.monotonic() + self.flush_s
+        while item is not None:
+            batch.append(item)
+            if len(batch) >= self.batch_answers:
+                break
+            try:
+                item = self._pending.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                break
+        return batch, item is None
 
     def _write(self, connection: sqlite3.Connection, batch: list[Pending]) -> None:
         rows, count = [], 0
@@ -176,10 +186,11 @@ class AnswerStore:
                 found[(answer_id, row)] = (hit[0], orjson.loads(hit[1]))
         return found
 
-    def answer_rows(self, model: str, answer_id: str) -> int:
-        """How many rows the store holds of answer ``answer_id``."""
-        return self.connection.execute("SELECT COUNT(*) FROM answers WHERE model = ? AND id = ?",
-                                       (model, answer_id)).fetchone()[0]
+    def answer_rows(self, model: str, answer_id: str) -> tuple[int, int] | None:
+        """The first and last row the store holds of answer ``answer_id`` (None: none)."""
+        first, last = self.connection.execute("SELECT MIN(row), MAX(row) FROM answers WHERE model = ? AND id = ?",
+                                              (model, answer_id)).fetchone()
+        return None if first is None else (first, last)
 
 
 def prune(connection: sqlite3.Connection, models: Iterable[str], max_rows: int, max_age_s: float) -> None:

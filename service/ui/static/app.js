@@ -136,6 +136,7 @@ async function modelPage(name) {
   const page = new ModelPage(info, example);
   view.append(page.render());
   page.loadScales();  // computed once per loaded model by the server; drawn when they come
+  if (typeof liveQuality === "function") liveQuality(name, view, api, el, fmt);  // quality.js
   await page.predict();
 }
 
