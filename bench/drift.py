@@ -105,9 +105,10 @@ def via_server(bundle_path: Path, stream: np.ndarray, gamma: float, seed: int) -
 
     port = _free_port()
     env = {**os.environ, "MCD_MODELS_DIR": str(bundle_path.parent), "MCD_ADAPTIVE_GAMMA": str(gamma),
-           "MCD_OUTCOMES_DIR": str(bundle_path.parent.parent / "outcomes")}
-    server = subprocess.Popen([sys.executable, "-m", "mcdropout", "serve", "--host", "127.0.0.1", "--port",
-                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "MCD_STORE_PATH": str(bundle_path.parent.parent / "answers.sqlite3"), "MCD_RELOAD": "false",
+           "MCD_STORE_FLUSH_S": "0.01", "MCD_GRPC_PORT": "0", "MCD_HOST": "127.0.0.1", "MCD_PORT": str(port)}
+    server = subprocess.Popen([sys.executable, "-m", "mcdropout.cli", "serve"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     name = bundle_path.name
     try:
         base = f"http://127.0.0.1:{port}"
@@ -126,7 +127,7 @@ def via_server(bundle_path: Path, stream: np.ndarray, gamma: float, seed: int) -
                     runs[key]["upper"].append(np.inf if upper is None else upper)
                     runs[key]["levels"].append(interval.get("adapted_level", LEVEL))
                     http.post(f"/v1/models/{name}/outcomes",
-                              json={"outcomes": [{"id": body["id"], "row": 0, "y": float(y[i])}]}).raise_for_status()
+                              json=[{"id": body["id"], "row": 0, "y": float(y[i])}]).raise_for_status()
     finally:
         server.terminate()
         server.wait(30)
@@ -147,7 +148,7 @@ def _wait_ready(http, seconds: float = 120.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if http.get("/health/ready").status_code == 200:
+            if http.get("/v2/health/ready").status_code == 200:
                 return
         except httpx.TransportError:
             pass
