@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Gauge
+
 from mcdropout.answer import Options, OptionError
 from service.live import Outcome, StoredAnswer
 from service.live.store import connect, transaction
@@ -41,10 +43,14 @@ CREATE TABLE IF NOT EXISTS adaptive_levels (
 class AdaptiveLevels:
     """The ACI controllers of one app, over the answer store's file; see the module's description."""
 
-    def __init__(self, enabled: bool, path: Path, gamma: float) -> None:
+    def __init__(self, enabled: bool, path: Path, gamma: float, registry: CollectorRegistry | None = None) -> None:
         self.enabled, self.path, self.gamma = enabled, Path(path), gamma
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self.gauge = None if registry is None else Gauge(
+            "mcdropout_adaptive_level", "the adapted conformal level (ACI) that requests with adaptive: true get, by"
+            " kind (interval, set) and nominal level", ["model", "kind", "level"], registry=registry,
+            multiprocess_mode="mostrecent")
 
     def _db(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -97,11 +103,18 @@ class AdaptiveLevels:
             return
         with self._lock, transaction(self._db()) as db:
             for (kind, level), (step, steps, errors) in sums.items():
-                db.execute("INSERT INTO adaptive_levels (model, kind, level, gamma, alpha_t, steps, errors)"
-                           " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, kind, level, gamma) DO UPDATE SET"
-                           " alpha_t = alpha_t + ?, steps = steps + excluded.steps, errors = errors + excluded.errors",
-                           (model, kind, level, self.gamma, (1.0 - level) + self.gamma * step, steps, errors,
-                            self.gamma * step))
+                moved = self.gamma * step
+                alpha_t, = db.execute(_UPDATE, (model, kind, level, self.gamma, (1.0 - level) + moved, steps, errors,
+                                                moved)).fetchone()
+                if self.gauge is not None:
+                    self.gauge.labels(model, kind, f"{level:g}").set(1.0 - alpha_t)
+
+
+# ACI's update as one atomic sum, whichever process writes it: alpha_t += gamma sum(alpha - err)
+_UPDATE = ("INSERT INTO adaptive_levels (model, kind, level, gamma, alpha_t, steps, errors)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, kind, level, gamma) DO UPDATE SET"
+           " alpha_t = alpha_t + ?, steps = steps + excluded.steps, errors = errors + excluded.errors"
+           " RETURNING alpha_t")
 
 
 def _misses(pairs: Iterable[tuple[StoredAnswer, Outcome]]) -> Iterable[tuple[str, float, float]]:

@@ -42,7 +42,8 @@ class DataPlane:
     def __init__(self, state: ServiceState) -> None:
         self.state = state
         self.settings = state.settings
-        self.adaptive = AdaptiveLevels(state.settings.store, state.settings.store_path, state.settings.adaptive_gamma)
+        self.adaptive = AdaptiveLevels(state.settings.store, state.settings.store_path, state.settings.adaptive_gamma,
+                                       state.metrics.registry)
         state.live.on_outcomes(self.adaptive.observe)  # outcomes of adapted answers move their level
 
     def bundle(self, name: str, version: str | int | None = None) -> Bundle:

@@ -33,7 +33,7 @@ def _adapted(http: httpx.Client, level: float = 0.9) -> float:
     return _predict(http, "diabetes", ROWS[:1], interval=level, adaptive=True)["interval"]["adapted_level"]
 
 
-def test_outcomes_move_the_adapted_level_and_a_restart_keeps_it(tmp_path):
+def test_outcomes_move_the_adapted_level_kept_in_the_store(tmp_path):
     alpha_t = 0.1  # ACI by hand: alpha_{t+1} = alpha_t + gamma (alpha - err_t)
     with run_server(tmp_path, reload="false", store_flush_s="0.05", adaptive_gamma=str(GAMMA)) as server, \
             httpx.Client(base_url=server.url, timeout=60) as http:
@@ -74,6 +74,11 @@ def test_outcomes_move_the_adapted_level_and_a_restart_keeps_it(tmp_path):
         held = _adapted(http)
         quality = http.get("/v1/models/diabetes/quality").json()
         assert quality["windows"]["count"]["rows"] > 0  # the live figures took these outcomes too
+        shown = {(entry["kind"], entry["level"]): entry for entry in quality["adaptive"]}
+        assert shown["interval", 0.9]["adapted_level"] == pytest.approx(held, abs=1e-12)
+        assert shown["interval", 0.9]["outcomes"] == 18 and shown["interval", 0.8]["miss_rate"] == 1.0
+        metrics = http.get("/metrics").text
+        assert f'mcdropout_adaptive_level{{kind="interval",level="0.9",model="diabetes"}} {held}' in metrics
         # The level is kept in the store's file, where every worker and a restarted server read it.
         with sqlite3.connect(tmp_path / "answers.sqlite3") as db:
             kept = db.execute("SELECT alpha_t, steps FROM adaptive_levels WHERE model = 'diabetes' AND level = 0.9"
