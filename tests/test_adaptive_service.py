@@ -105,3 +105,28 @@ def test_outcomes_move_the_adapted_level_kept_in_the_store(tmp_path):
         moved = http.post("/v1/models/digits/predict", json={"inputs": [[0.0] * 64], "samples": 8,
                                                              "set_level": 0.9, "adaptive": True}).json()
         assert moved["adapted_level"] == pytest.approx(0.9 + GAMMA * (0.9 if outside else -0.1), abs=1e-12)
+
+
+def test_workers_share_one_controller_through_the_store_file(tmp_path):
+    # Two AdaptiveLevels over one file stand for two worker processes: outcomes received by either move the
+    # level both read, by the sum of ACI's steps (so the order of the workers' writes does not matter).
+    from service.adaptive import AdaptiveLevels
+    from service.live import Outcome, StoredAnswer
+
+    first, second = (AdaptiveLevels(True, tmp_path / "answers.sqlite3", 0.01) for _ in range(2))
+    kept = {"mean": [0.0], "std": [1.0], "lower": [-1.0], "upper": [1.0], "level": 0.9, "adapted_level": 0.9}
+
+    def pair(covered: float, adapted: bool = True) -> tuple[StoredAnswer, Outcome]:
+        return (StoredAnswer("m", "a", 0, "regression", {**kept, "adapted_level": 0.9 if adapted else None}),
+                Outcome("a", 0, [0.0], {"covered": covered}))
+
+    first.observe("m", [pair(0.0), pair(1.0)])
+    second.observe("m", [pair(0.0), pair(0.0, adapted=False)])  # a plain answer's outcome moves nothing
+    expected = 0.9 - 0.01 * ((0.1 - 1) + (0.1 - 0) + (0.1 - 1))
+    assert first.current("m", "interval", 0.9) == pytest.approx(expected, abs=1e-12)
+    assert second.current("m", "interval", 0.9) == pytest.approx(expected, abs=1e-12)
+    assert second.current("m", "interval", 0.95) == 0.95  # no outcome at that level yet
+    assert first.state("m") == [{"kind": "interval", "level": 0.9, "adapted_level": pytest.approx(expected),
+                                 "gamma": 0.01, "outcomes": 3, "miss_rate": pytest.approx(2 / 3)}]
+    first.close()
+    second.close()
