@@ -164,6 +164,8 @@ def test_adapted_level_is_set_by_the_controller_not_by_a_request():
         bundle.answer(x, samples=20, level=0.9, options={"adaptive": True, "interval_method": "gaussian"})
     with pytest.raises(OptionError, match="adaptive"):
         parse_options({"adaptive": "yes"}, bundle.manifest, 0.9)
+    with pytest.raises(OptionError, match="AdaptiveLevel"):  # the library holds no controller of its own
+        bundle.answer(x, samples=20, level=0.9, options={"adaptive": True})
 
 
 def test_classifier_sets_at_an_adapted_level():

@@ -19,6 +19,7 @@ import torch
 
 from mcdropout.answer import (
     ClassificationResult,
+    OptionError,
     Options,
     RegressionResult,
     Result,
@@ -37,7 +38,11 @@ def options_for(manifest: Manifest, options: Options | Mapping[str, Any] | None,
     if isinstance(options, Options):
         options = {item.name: getattr(options, item.name) for item in dataclasses.fields(Options)
                    if getattr(options, item.name) != item.default}
-    return parse_options(dict(options or {}), manifest, level)
+    checked = parse_options(dict(options or {}), manifest, level)
+    if checked is not None and checked.adaptive and checked.adapted_level is None:
+        raise OptionError("adaptive", "adapts from outcomes the server holds; in the library give adapted_level,"
+                                      " the level of a mcdropout.AdaptiveLevel (docs/adaptive.md)")
+    return checked
 
 
 def user_units(manifest: Manifest, prediction: Any, calibrated: bool) -> Any:
