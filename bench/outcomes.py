@@ -49,7 +49,11 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env)
-        wait_ready(f"http://127.0.0.1:{self.port}", self.process)
+        try:
+            wait_ready(f"http://127.0.0.1:{self.port}", self.process, seconds=300)
+        except RuntimeError:
+            self.process.kill()
+            raise
         self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
 
     def post(self, path: str, body: object) -> dict:
@@ -115,9 +119,10 @@ def main() -> None:
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()};"
           " client and servers share the machine")
     with tempfile.TemporaryDirectory() as folder:
-        servers = {"store on": Server(True, Path(folder), args.rows),
-                   "store off": Server(False, Path(folder) / "off", args.rows)}
+        servers: dict[str, Server] = {}
         try:
+            servers["store on"] = Server(True, Path(folder), args.rows)
+            servers["store off"] = Server(False, Path(folder) / "off", args.rows)
             spent = latencies(servers, args.blocks)
             rng = np.random.default_rng(1)
             rounds = []

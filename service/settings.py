@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     quality_window_rows: int = Field(1000, ge=1, description="live quality's count window: the newest outcomes")
     quality_window_s: float = Field(3600.0, gt=0, description="live quality's time window: outcomes received in"
                                     " the last seconds")
+    quality_window_max_rows: int = Field(
+        100_000, ge=1, description="at most this many of the time window's outcomes, the newest, are read to compute"
+        " its figures (bounds the memory and time of one refresh)"
+    )
     adaptive_gamma: float = Field(0.02, gt=0, lt=1, description="step of the adaptive conformal level (requests with"
                                   " adaptive: true; docs/adaptive.md): larger follows drift faster, with jumpier"
                                   " levels")

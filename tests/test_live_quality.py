@@ -190,15 +190,22 @@ def test_retention_bounds_the_store_by_count(live):
     assert _outcomes(http, "heteroscedastic-1d", [{"id": first["id"], "row": 599, "y": 1.0}]).status_code == 200
 
 
-def test_a_restart_keeps_the_store(tmp_path):
-    with run_server(tmp_path, reload="false", store_flush_s="0.05") as server:
-        answer = httpx.post(f"{server.url}/v1/models/diabetes/predict",
-                            json={"inputs": DIABETES_ROWS[:3], "samples": 4}).json()
-    # stopped (SIGTERM): the writer wrote what was queued; the next server opens the same file
-    with run_server(tmp_path, reload="false") as server:
-        reported = httpx.post(f"{server.url}/v1/models/diabetes/outcomes", json=[
-            {"id": answer["id"], "row": 2, "y": 1.0}])
-        assert reported.status_code == 200 and reported.json()["accepted"] == 1, reported.text
+def test_processes_share_the_store_and_a_restart_keeps_it(live, tmp_path):
+    """Two processes on one store file (as the workers of ``mcdropout serve --workers N``): an answer of one is
+    scored by the other; a process started after the first stopped finds its answers, and both report the
+    same figures from the file."""
+    http, store = live
+    with run_server(tmp_path, reload="false", store_flush_s="0.05", store_path=str(store)) as server:
+        answer = httpx.post(f"{server.url}/v1/models/sequence/predict",
+                            json={"inputs": np.zeros((3, 20, 1)).tolist(), "samples": 4}).json()
+    # stopped (SIGTERM): its writer wrote what it had queued
+    assert _outcomes(http, "sequence", [{"id": answer["id"], "row": 0, "y": 0.5}]).json()["accepted"] == 1
+    with run_server(tmp_path, reload="false", store_path=str(store)) as server:
+        reported = httpx.post(f"{server.url}/v1/models/sequence/outcomes", json=[
+            {"id": answer["id"], "row": 0, "y": 9.0}, {"id": answer["id"], "row": 2, "y": 0.5}])
+        assert reported.json() == {"model": "sequence", "accepted": 1, "duplicates": 1}, reported.text
+        there = httpx.get(f"{server.url}/v1/models/sequence/quality").json()["windows"]["count"]
+    assert there == http.get("/v1/models/sequence/quality").json()["windows"]["count"] and there["rows"] == 2
 
 
 def test_the_outcomes_command_joins_a_scoring_runs_output_with_later_labels(live, tmp_path, capsys):

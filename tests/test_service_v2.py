@@ -43,7 +43,7 @@ def test_tritonclient_defaults_binary_data_both_ways(triton_client, http):
     assert np.allclose(result.as_numpy("upper"), native["interval"]["upper"], rtol=1e-6)
     assert result.as_numpy("samples_used").tolist() == [50] * 4
     assert result.get_response()["parameters"] == {"samples": 50, "seed": 3, "interval": 0.95,
-                                                  "interval_method": "conformal"}
+                                                  "interval_method": "conformal", "id": result.get_response()["id"]}
 
 
 def test_tritonclient_json_data_and_chosen_outputs(triton_client):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcdropout.quality import kept_rows
+from service.inputs import ApiError
 from service.live.gauges import QualityGauges
 from service.live.outcomes import Outcome, StoredAnswer, check_id, ingest, parse_entries
 from service.live.quality import window_figures
@@ -43,7 +45,7 @@ __all__ = ["Live", "Outcome", "OutcomeHook", "StoredAnswer", "check_id", "new_id
 log = logging.getLogger("mcdropout.service")
 
 OutcomeHook = Callable[[str, list[tuple[StoredAnswer, Outcome]]], None]
-REFRESH_S = 1.0  # the gauges of a model are recomputed at most this often while outcomes stream in
+REFRESH_S = 2.0  # the gauges of a model are recomputed at most this often while outcomes stream in
 
 
 def new_id() -> str:
@@ -128,7 +130,12 @@ class Live:
         """Check and keep a ``POST .../outcomes`` body; ApiError (nothing kept) names the entry at fault."""
         entries = parse_entries(raw, self.settings.max_outcomes)
         assert self.store is not None
-        accepted, duplicates = await self.run(self._ingest, model, classes, entries)
+        try:
+            accepted, duplicates = await self.run(self._ingest, model, classes, entries)
+        except sqlite3.OperationalError as error:  # another process held the file past the 10 s busy wait
+            log.warning("answer store %s: %s", self.store.path, error)
+            raise ApiError(503, "the answer store is busy; retry (nothing of this request was kept)", None,
+                           {"Retry-After": str(self.settings.retry_after_s)}) from None
         for hook in self._hooks:
             try:
                 hook(model, accepted)
@@ -165,6 +172,6 @@ class Live:
         assert self.store is not None
         self._refreshed[model] = time.monotonic()
         windows = await self.run(window_figures, self.store.connection, model, task, s.quality_window_rows,
-                                 s.quality_window_s)
+                                 s.quality_window_s, s.quality_window_max_rows)
         self.gauges.show(model, task, windows)
         return {"model": model, "task": task, "windows": windows}

@@ -10,7 +10,6 @@ retry a request whose answer it did not hear.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -88,31 +87,29 @@ def ingest(store: AnswerStore, model: str, classes: list[str] | None, entries: l
     """Check, score and write ``entries`` in one transaction: the accepted (answer, outcome) pairs and the
     number of duplicates left out. Runs on the store's own thread."""
     connection = store.connection
-    with transaction(connection):
-        found = store.kept(model, [(answer_id, row) for answer_id, row, _ in entries])
-        pairs, seen = [], set()
+    with transaction(connection):  # BEGIN IMMEDIATE: no other process writes outcomes until it ends
+        ids = {answer_id for answer_id, _, _ in entries}
+        found = store.answers_of(model, ids)
+        seen = store.outcome_keys(model, ids)  # the first outcome of a row wins
+        accepted = []
         for i, (answer_id, row, y) in enumerate(entries):
             pair = _checked(store, model, classes, found, i, answer_id, row, y)
             if (answer_id, row) not in seen:
                 seen.add((answer_id, row))
-                pairs.append(pair)
+                accepted.append(pair)
         now = time.time()
         columns = ", ".join(SCORE_COLUMNS)
-        accepted = []
-        for answer, outcome in pairs:
-            cursor = connection.execute(
-                f"INSERT OR IGNORE INTO outcomes (model, id, row, at, y, {columns}) VALUES"
-                f" (?, ?, ?, ?, ?{', ?' * len(SCORE_COLUMNS)})",
-                (model, outcome.id, outcome.row, now, orjson.dumps(outcome.y).decode(),
-                 *(outcome.scores.get(name) for name in SCORE_COLUMNS)))
-            if cursor.rowcount:
-                accepted.append((answer, outcome))
+        connection.executemany(
+            f"INSERT INTO outcomes (model, id, row, at, y, {columns})"
+            f" VALUES (?, ?, ?, ?, ?{', ?' * len(SCORE_COLUMNS)})",
+            [(model, outcome.id, outcome.row, now, orjson.dumps(outcome.y).decode(),
+              *(outcome.scores.get(name) for name in SCORE_COLUMNS)) for _, outcome in accepted])
         prune(connection, [model], store.max_rows, store.max_age_s)
     return accepted, len(entries) - len(accepted)
 
 
 def _checked(store: AnswerStore, model: str, classes: list[str] | None,
-             found: dict[tuple[str, int], tuple[str, dict]], i: int, answer_id: str, row: int, y: Any
+             found: dict[tuple[str, int], tuple[str, str]], i: int, answer_id: str, row: int, y: Any
              ) -> tuple[StoredAnswer, Outcome]:
     hit = found.get((answer_id, row))
     if hit is None:
@@ -123,13 +120,10 @@ def _checked(store: AnswerStore, model: str, classes: list[str] | None,
                            " kept)", f"[{i}].row")
         raise ApiError(422, f"[{i}].id: no answer {answer_id!r} of model {model!r} is kept (never answered, past"
                        " the store's retention, or answered by a server with another store)", f"[{i}].id")
-    task, kept = hit
+    task, kept = hit[0], orjson.loads(hit[1])
     try:
         checked = check_target(kept, y, f"[{i}].y", classes)
     except InputError as error:
         raise ApiError(422, str(error), f"[{i}].y") from None
     return StoredAnswer(model, answer_id, row, task, kept), Outcome(answer_id, row, checked, score_row(kept, checked))
 
-
-def is_locked(error: BaseException) -> bool:
-    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)

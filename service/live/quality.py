@@ -15,15 +15,16 @@ from mcdropout.quality import SCORE_COLUMNS, summarise
 _COLUMNS = ", ".join(f"COALESCE({name}, 'NaN')" for name in SCORE_COLUMNS)
 
 
-def window_figures(connection: sqlite3.Connection, model: str, task: str, rows: int, seconds: float
-                   ) -> dict[str, Any]:
-    """``{"count": {...}, "time": {...}}``: each window's size and figures."""
-    by_count = connection.execute(f"SELECT {_COLUMNS} FROM outcomes WHERE model = ? ORDER BY seq DESC LIMIT ?",
-                                  (model, rows)).fetchall()
-    by_time = connection.execute(f"SELECT {_COLUMNS} FROM outcomes WHERE model = ? AND at >= ?",
-                                 (model, time.time() - seconds)).fetchall()
+def window_figures(connection: sqlite3.Connection, model: str, task: str, rows: int, seconds: float,
+                   most: int) -> dict[str, Any]:
+    """``{"count": {...}, "time": {...}}``: each window's size and figures; the time window's of at most its
+    ``most`` newest outcomes (``capped`` says when it held more)."""
+    newest = f"SELECT {_COLUMNS} FROM outcomes WHERE model = ? AND at >= ? ORDER BY seq DESC LIMIT ?"
+    by_count = connection.execute(newest, (model, 0.0, rows)).fetchall()
+    by_time = connection.execute(newest, (model, time.time() - seconds, most + 1)).fetchall()
     return {"count": {"size_rows": rows, **summarise(_columns(by_count), task)},
-            "time": {"size_seconds": seconds, **summarise(_columns(by_time), task)}}
+            "time": {"size_seconds": seconds, "capped": len(by_time) > most,
+                     **summarise(_columns(by_time[:most]), task)}}
 
 
 def _columns(found: list[tuple]) -> dict[str, np.ndarray]:
