@@ -22,9 +22,10 @@ alpha_t >= 1 (a level of 0 or less) to cover nothing: :func:`adapted_interval` a
 from a bundle's calibration (which stores the sorted calibration scores, so any level has its quantile). A level
 above n / (n + 1) has the infinite conformal quantile: the interval (-inf, inf), the set of every class.
 
-Outcomes that arrive late (after other rows were answered) still count: the identity behind the bound holds for
-any order of updates, and alpha_t stays within [-gamma d, 1 + gamma d] when at most d answers wait for their
-outcome, so the bound above grows to (max(alpha_1, 1 - alpha_1) + gamma d) / (gamma T).
+Outcomes that arrive late (after other rows were answered) still count: the identity behind the bound,
+alpha_{T+1} - alpha_1 = gamma sum(alpha - err_t), holds for any order of updates, and alpha_t stays within
+[-gamma d, 1 + gamma d] when at most d answers await their outcome at any time (d = 1: each outcome comes before
+the next answer), so the bound above grows to (max(alpha_1, 1 - alpha_1) + gamma d) / (gamma T).
 """
 
 from __future__ import annotations
