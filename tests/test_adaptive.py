@@ -177,3 +177,23 @@ def test_classifier_sets_at_an_adapted_level():
     assert answer.adapted_level == 2.0 and answer.set_level == 0.9 and answer.prediction_set.all()
     empty = bundle.answer(x, samples=10, seed=0, options={"set_level": 0.9, "adapted_level": -1.0})
     assert (empty.set_size == 0).all()
+
+
+def test_late_outcomes_keep_the_bound_with_the_delay():
+    # Outcomes come back d = 5 answers late (at most 5 answers await theirs): alpha_t stays in
+    # [-gamma d, 1 + gamma d] and |mean err - alpha| <= (max(a1, 1 - a1) + gamma d) / (gamma T), exactly.
+    gamma, delay, steps = 0.05, 5, 2000
+    conformal, ys = _calibration(), _Drift(steps + delay, 6)
+    controller, waiting, misses, alphas = AdaptiveLevel(0.9, gamma), [], [], []
+    for t in range(steps + delay - 1):
+        lower, upper = adapted_interval(conformal, np.zeros((1, 1)), np.ones((1, 1)), controller.adapted_level)
+        waiting.append(not (lower[0, 0] <= ys(t, 0.0) <= upper[0, 0]))
+        if len(waiting) == delay:  # the oldest answer's outcome arrives
+            misses.append(waiting.pop(0))
+            controller.update(not misses[-1])
+            alphas.append(controller.alpha_t)
+    assert len(misses) == steps
+    assert min(alphas) >= -gamma * delay - 1e-12 and max(alphas) <= 1 + gamma * delay + 1e-12
+    running = np.cumsum(misses) / np.arange(1, steps + 1)
+    bound = (0.9 + gamma * delay) / (gamma * np.arange(1, steps + 1))
+    assert (np.abs(running - 0.1) <= bound + 1e-12).all()
