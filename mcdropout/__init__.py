@@ -32,10 +32,12 @@ _EXPORTS = {
     "MCDropoutError": "mcdropout.errors",
     "InputError": "mcdropout.errors",
     "acquire": "mcdropout.acquisition",
+    "AdaptiveLevel": "mcdropout.stats.adaptive",
 }
 
 __all__ = [
     "STOCHASTIC_TYPES",
+    "AdaptiveLevel",
     "Bundle",
     "BundleError",
     "ClassificationPrediction",
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
     from mcdropout.engine import STOCHASTIC_TYPES, is_stochastic, mc_dropout
     from mcdropout.stats import ClassificationPrediction, RegressionPrediction
     from mcdropout.acquisition import acquire
+    from mcdropout.stats.adaptive import AdaptiveLevel
 
 
 def __getattr__(name: str) -> Any:

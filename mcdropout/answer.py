@@ -115,13 +115,16 @@ class Options:
     abstain_score: str = "one_minus_max_prob"
     max_std: float | None = None
     max_interval_width: float | None = None
+    adaptive: bool = False  # the conformal level adapts online from reported outcomes (ACI; the server's controller)
+    adapted_level: float | None = None  # the level the conformal interval / set is made at in place of the nominal
+    # one: set by whoever holds the controller (mcdropout.stats.adaptive), never by a request
 
     @property
     def abstains(self) -> bool:
         return self.max_risk is not None or self.max_std is not None or self.max_interval_width is not None
 
 
-OPTION_NAMES = tuple(item.name for item in fields(Options))
+OPTION_NAMES = tuple(item.name for item in fields(Options) if item.name != "adapted_level")  # a request's options
 
 
 class OptionError(InputError):
@@ -154,7 +157,7 @@ def parse_options(given: dict[str, Any], manifest: Any, level: float = 0.95) -> 
     risk asked of a regression model or limits on std asked of a classifier, a guarantee asked of a bundle
     without that calibration, and a level too high for the bundle's calibration rows.
     """
-    unknown = [name for name in given if name not in OPTION_NAMES]
+    unknown = [name for name in given if name not in OPTION_NAMES and name != "adapted_level"]
     if unknown:
         raise OptionError(unknown[0], f"unknown option; expected one of {', '.join(OPTION_NAMES)}")
     calibration = getattr(manifest, "calibration", None)
@@ -164,13 +167,18 @@ def parse_options(given: dict[str, Any], manifest: Any, level: float = 0.95) -> 
                       set_method=_choice(given, "set_method", SET_METHODS, "lac"),
                       max_risk=_fraction(given, "max_risk"), delta=_fraction(given, "delta"),
                       abstain_score=_choice(given, "abstain_score", ABSTAIN_SCORES, "one_minus_max_prob"),
-                      max_std=_positive(given, "max_std"), max_interval_width=_positive(given, "max_interval_width"))
+                      max_std=_positive(given, "max_std"), max_interval_width=_positive(given, "max_interval_width"),
+                      adaptive=_flag(given, "adaptive"), adapted_level=_real(given, "adapted_level"))
+    adapts = options.adaptive or options.adapted_level is not None
     uncalibrated = f"model {manifest.name!r} is not calibrated (run `mcdropout calibrate`)"
     if task == "regression":
         for name in ("set_level", "set_method", "max_risk", "delta", "abstain_score"):
             if given.get(name) is not None:
                 raise OptionError(name, f"applies to classifiers; model {manifest.name!r} is a regression model")
         conformal = None if calibration is None else calibration.conformal
+        if adapts and (conformal is None or method == "gaussian"):
+            raise OptionError("adaptive", f"adapts a conformal interval; {uncalibrated}" if conformal is None
+                              else "adapts a conformal interval, not interval_method 'gaussian'")
         if method == "conformal" and conformal is None:
             raise OptionError("interval_method", f"'conformal' needs a calibrated bundle; {uncalibrated}")
         if conformal is not None and method != "gaussian" and level > conformal.scores[0].max_level():
@@ -188,6 +196,8 @@ def parse_options(given: dict[str, Any], manifest: Any, level: float = 0.95) -> 
         raise OptionError("set_method", "applies with set_level")
     if given.get("abstain_score") is not None and options.max_risk is None:
         raise OptionError("abstain_score", "applies with max_risk")
+    if adapts and options.set_level is None:
+        raise OptionError("adaptive", "adapts a classifier's prediction sets: it applies with set_level")
     if options.set_level is not None:
         sets = None if calibration is None else calibration.sets
         if sets is None:
@@ -234,6 +244,22 @@ def _positive(given: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
+def _flag(given: dict[str, Any], name: str) -> bool:
+    value = given.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise OptionError(name, f"must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _real(given: dict[str, Any], name: str) -> float | None:
+    value = given.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
+        raise OptionError(name, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
 def statistics(task: str) -> tuple[Statistic, ...]:
     """The statistics of ``task``'s answer, in column order."""
     return tuple(stat for stat in STATISTICS if stat.task in (task, "both"))
@@ -275,6 +301,7 @@ class RegressionResult:
     upper: np.ndarray
     abstain: np.ndarray | None = None
     interval_method: str = "gaussian"  # "conformal": mean +- q std with q from the bundle's calibration
+    adapted_level: float | None = None  # the adapted conformal level the interval was made at (Options.adaptive)
     draws: np.ndarray | list[np.ndarray] | None = None  # return_samples: (rows, T, outputs); 'auto': per row
     answer_id: np.ndarray | None = None  # per row: the id of the service's answer that holds it (outcomes name it)
     answer_row: np.ndarray | None = None  # per row: its index in that answer
@@ -282,10 +309,13 @@ class RegressionResult:
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> RegressionResult:
         rows = len(body["samples_used"])
-        return cls(model=body["model"], version=body["version"], seed=body["seed"], outputs=list(body["outputs"]),
-                   level=body["interval"]["level"], interval_method=body["interval"].get("method", "gaussian"),
-                   draws=_draws(body.get("draws")), **_ids(body, rows),
-                   **{stat.name: _read(body, stat, rows) for stat in statistics("regression")})
+        result = cls(model=body["model"], version=body["version"], seed=body["seed"], outputs=list(body["outputs"]),
+                     level=body["interval"]["level"], interval_method=body["interval"].get("method", "gaussian"),
+                     adapted_level=body["interval"].get("adapted_level"), draws=_draws(body.get("draws")),
+                     **_ids(body, rows), **{stat.name: _read(body, stat, rows) for stat in statistics("regression")})
+        if result.adapted_level is not None:  # JSON has no infinity: an unbounded end comes as null
+            result.lower[np.isnan(result.lower)], result.upper[np.isnan(result.upper)] = -np.inf, np.inf
+        return result
 
     def columns(self) -> dict[str, np.ndarray]:
         single = len(self.outputs) == 1
@@ -329,6 +359,7 @@ class ClassificationResult:
     set_size: np.ndarray | None = None
     abstain: np.ndarray | None = None
     set_level: float | None = None
+    adapted_level: float | None = None  # the adapted conformal level the sets were made at (Options.adaptive)
     draws: np.ndarray | list[np.ndarray] | None = None  # return_samples: (rows, T, classes) probabilities
     answer_id: np.ndarray | None = None  # per row: the id of the service's answer that holds it (outcomes name it)
     answer_row: np.ndarray | None = None  # per row: its index in that answer
@@ -338,7 +369,8 @@ class ClassificationResult:
         rows = len(body["samples_used"])
         classes = list(body["classes"])
         return cls(model=body["model"], version=body["version"], seed=body["seed"], classes=classes,
-                   set_level=body.get("set_level"), draws=_draws(body.get("draws")), **_ids(body, rows),
+                   set_level=body.get("set_level"), adapted_level=body.get("adapted_level"),
+                   draws=_draws(body.get("draws")), **_ids(body, rows),
                    **{stat.name: _read(body, stat, rows, len(classes)) for stat in statistics("classification")})
 
     def set_members(self) -> list[list[int]] | None:

@@ -44,10 +44,11 @@ def kept_rows(result: Any, max_risk: float | None = None) -> list[dict[str, Any]
         sets = result.set_members()
         return [{"probs": probs, "label": label, "set": None if sets is None else sets[i],
                  "set_level": result.set_level, "abstain": None if abstain is None else abstain[i],
-                 "max_risk": max_risk if abstain is not None else None}
+                 "max_risk": max_risk if abstain is not None else None, "adapted_level": result.adapted_level}
                 for i, (probs, label) in enumerate(zip(result.probs.tolist(), result.label.tolist()))]
     return [{"mean": mean, "std": std, "lower": lower, "upper": upper, "level": result.level,
-             "method": result.interval_method, "abstain": None if abstain is None else abstain[i]}
+             "method": result.interval_method, "abstain": None if abstain is None else abstain[i],
+             "adapted_level": result.adapted_level}
             for i, (mean, std, lower, upper) in enumerate(zip(result.mean.tolist(), result.std.tolist(),
                                                               result.lower.tolist(), result.upper.tolist()))]
 
@@ -85,6 +86,7 @@ def score_row(kept: dict[str, Any], y: Any) -> dict[str, Any]:
     alpha = 1.0 - kept["level"]
     covered = width = score = nll = 0.0
     for value, mean, std, lower, upper in zip(y, kept["mean"], kept["std"], kept["lower"], kept["upper"]):
+        lower, upper = -math.inf if lower is None else lower, math.inf if upper is None else upper  # JSON's null
         covered += lower <= value <= upper
         width += upper - lower
         score += (upper - lower) + 2.0 / alpha * (max(lower - value, 0.0) + max(value - upper, 0.0))

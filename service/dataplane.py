@@ -20,6 +20,7 @@ import numpy as np
 
 from mcdropout.answer import OPTION_NAMES, OptionError, check_level, parse_options
 from mcdropout.bundle import Bundle, Manifest
+from service.adaptive import AdaptiveLevels
 from service.inputs import ApiError, shown
 from service.live import check_id, new_id
 from service.request import InferAnswer, InferRequest
@@ -42,6 +43,9 @@ class DataPlane:
     def __init__(self, state: ServiceState) -> None:
         self.state = state
         self.settings = state.settings
+        self.adaptive = AdaptiveLevels(state.settings.store, state.settings.store_path, state.settings.adaptive_gamma,
+                                       state.metrics.registry)
+        state.live.on_outcomes(self.adaptive.observe)  # outcomes of adapted answers move their level
 
     def bundle(self, name: str, version: str | int | None = None) -> Bundle:
         return self.state.bundle(name, version)
@@ -73,6 +77,7 @@ class DataPlane:
             tolerance = None if tolerance is None else check_level(tolerance, "tolerance")
             asked = {name: given[name] for name in OPTION_NAMES if given.get(name) is not None}
             options = parse_options(asked, manifest, level)
+            options = self.adaptive.adapt(manifest, level, options)  # adaptive: the level ACI has reached
         except OptionError as error:
             raise _bad(prefix + error.field, str(error).removeprefix(f"{error.field}: ")) from None
         if tolerance is not None and samples != "auto":

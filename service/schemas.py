@@ -65,6 +65,9 @@ PARAMETERS: dict[str, Any] = {
                             _choice(AbstainScore)),
     "max_std": _param("regression: abstain where any output's std exceeds this", _POSITIVE),
     "max_interval_width": _param("regression: abstain where an interval is wider than this", _POSITIVE),
+    "adaptive": _param("conformal interval (regression) or prediction set (with set_level) at a level adapted"
+                       " online from the outcomes reported for this model (ACI); the answer says the level used"
+                       " (adapted_level)", {"type": "boolean"}),
 }
 
 PredictRequest = create_model(
@@ -119,6 +122,9 @@ Interval = create_model("Interval", level=(float, Field(description="the interva
                         method=(Literal["conformal", "gaussian"], Field(
                             "gaussian", description="'conformal': mean +- q std with the bundle's calibrated q;"
                             " 'gaussian': the normal interval of the MC mean and variance")),
+                        adapted_level=(Optional[float], Field(None, description="with adaptive: the level the"
+                                                              " conformal interval was made at (ACI); null ends"
+                                                              " are unbounded")),
                         **_fields("regression", "interval"))
 RegressionResponse = create_model(
     "RegressionResponse", __base__=PredictionBase, outputs=(list[str], ...), interval=(Interval, ...),
@@ -130,6 +136,7 @@ ClassificationResponse = create_model(
     "ClassificationResponse", __base__=PredictionBase, classes=(list[str], ...),
     draws=(Optional[list[list[list[float]]]], Field(None, description="(rows, T, classes) probabilities")),
     set_level=(Optional[float], Field(None, description="the level of `prediction_set`")),
+    adapted_level=(Optional[float], Field(None, description="with adaptive: the level `prediction_set` was made at")),
     **_fields("classification", None),
 )
 

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
         100_000, ge=1, description="at most this many of the time window's outcomes, the newest, are read to compute"
         " its figures (bounds the memory and time of one refresh)"
     )
+    adaptive_gamma: float = Field(0.02, gt=0, lt=1, description="step of the adaptive conformal level (requests with"
+                                  " adaptive: true; docs/adaptive.md): larger follows drift faster, with jumpier"
+                                  " levels")
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ import torch
 
 from mcdropout.answer import (
     ClassificationResult,
+    OptionError,
     Options,
     RegressionResult,
     Result,
@@ -26,6 +27,7 @@ from mcdropout.answer import (
     parse_options,
 )
 from mcdropout.stats import ClassificationPrediction, RegressionPrediction, normal_interval
+from mcdropout.stats.adaptive import adapted_interval, adapted_sets
 
 Manifest = Any  # a mcdropout.bundle.Manifest (not imported: the bundle module imports this one)
 
@@ -36,7 +38,11 @@ def options_for(manifest: Manifest, options: Options | Mapping[str, Any] | None,
     if isinstance(options, Options):
         options = {item.name: getattr(options, item.name) for item in dataclasses.fields(Options)
                    if getattr(options, item.name) != item.default}
-    return parse_options(dict(options or {}), manifest, level)
+    checked = parse_options(dict(options or {}), manifest, level)
+    if checked is not None and checked.adaptive and checked.adapted_level is None:
+        raise OptionError("adaptive", "adapts from outcomes the server holds; in the library give adapted_level,"
+                                      " the level of a mcdropout.AdaptiveLevel (docs/adaptive.md)")
+    return checked
 
 
 def user_units(manifest: Manifest, prediction: Any, calibrated: bool) -> Any:
@@ -99,7 +105,10 @@ def _regression(manifest: Manifest, prediction: Any, level: float, options: Opti
     std = np.sqrt(variance)
     calibration = manifest.calibration
     conformal = None if calibration is None else calibration.conformal
-    if options is not None and conformal is not None and options.interval_method != "gaussian":
+    adapted = None if options is None else options.adapted_level
+    if adapted is not None:  # parse_options refuses it without a conformal calibration
+        (lower, upper), method = adapted_interval(conformal, means, std, adapted), "conformal"
+    elif options is not None and conformal is not None and options.interval_method != "gaussian":
         (lower, upper), method = conformal.interval(means, std, level), "conformal"
     else:
         (lower, upper), method = normal_interval(means, std, level), "gaussian"
@@ -114,6 +123,7 @@ def _regression(manifest: Manifest, prediction: Any, level: float, options: Opti
         **_common(manifest, prediction), outputs=manifest.output_names or [f"y{i}" for i in range(means.shape[1])],
         level=level, mean=means, std=std, variance=variance, epistemic_variance=epistemic,
         aleatoric_variance=aleatoric, lower=lower, upper=upper, abstain=abstain, interval_method=method,
+        adapted_level=adapted,
     )
 
 
@@ -135,9 +145,12 @@ def _classification(manifest: Manifest, prediction: Any, options: Options | None
         return result
     calibration = manifest.calibration
     if options.set_level is not None:
-        members = calibration.sets.predict_sets(probs, options.set_level, options.set_method)
+        if options.adapted_level is not None:
+            members = adapted_sets(calibration.sets, probs, options.adapted_level, options.set_method)
+        else:
+            members = calibration.sets.predict_sets(probs, options.set_level, options.set_method)
         result.prediction_set, result.set_size = members, members.sum(axis=1).astype(np.int64)
-        result.set_level = options.set_level
+        result.set_level, result.adapted_level = options.set_level, options.adapted_level
     if options.max_risk is not None:
         statistics = {"probs": probs, "entropy": result.entropy, "mutual_information": result.mutual_information}
         result.abstain = calibration.selective.abstain(statistics, options.max_risk, options.abstain_score,

@@ -316,7 +316,7 @@ class Client(_Base):
                 set_method: str | None = None, max_risk: float | None = None, delta: float | None = None,
                 abstain_score: str | None = None, max_std: float | None = None,
                 max_interval_width: float | None = None, tolerance: float | None = None,
-                return_samples: bool = False, id: str | None = None) -> Result:
+                return_samples: bool = False, id: str | None = None, adaptive: bool | None = None) -> Result:
         """MC dropout prediction for every row of ``inputs``; fields are numpy arrays.
 
         A calibrated bundle also takes ``interval_method``, ``set_level`` / ``set_method`` (adds
@@ -325,11 +325,13 @@ class Client(_Base):
         ``tolerance`` goes with ``samples="auto"``; ``return_samples`` puts each row's draws in ``result.draws``.
         ``id``: the answer's id (default: the server's); ``result.answer_id`` and ``result.answer_row`` name each
         row for :meth:`report_outcomes` (inputs sent as several requests: ``<id>.1``, ``<id>.2``, ... after the first).
+        ``adaptive``: the conformal interval or set at the level adapted from the outcomes reported so far
+        (``result.adapted_level``; docs/adaptive.md).
         """
         calibration = {"id": id, "interval_method": interval_method, "set_level": set_level, "set_method": set_method,
                        "max_risk": max_risk, "delta": delta, "abstain_score": abstain_score, "max_std": max_std,
                        "max_interval_width": max_interval_width, "tolerance": tolerance,
-                       "return_samples": return_samples or None}
+                       "return_samples": return_samples or None, "adaptive": adaptive}
         return self._run(self._predict_flow(name, inputs, samples, seed, interval, calibration))
 
     def health(self) -> dict[str, bool]:
@@ -489,11 +491,12 @@ class AsyncClient(_Base):
                       set_level: float | None = None, set_method: str | None = None, max_risk: float | None = None,
                       delta: float | None = None, abstain_score: str | None = None, max_std: float | None = None,
                       max_interval_width: float | None = None, tolerance: float | None = None,
-                      return_samples: bool = False, id: str | None = None) -> Result:
+                      return_samples: bool = False, id: str | None = None,
+                      adaptive: bool | None = None) -> Result:
         calibration = {"id": id, "interval_method": interval_method, "set_level": set_level, "set_method": set_method,
                        "max_risk": max_risk, "delta": delta, "abstain_score": abstain_score, "max_std": max_std,
                        "max_interval_width": max_interval_width, "tolerance": tolerance,
-                       "return_samples": return_samples or None}
+                       "return_samples": return_samples or None, "adaptive": adaptive}
         return await self._run(self._predict_flow(name, inputs, samples, seed, interval, calibration))
 
     async def health(self) -> dict[str, bool]:

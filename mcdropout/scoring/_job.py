@@ -53,7 +53,7 @@ class Job:
     def options(self) -> dict[str, object]:
         """The calibration options asked, by their answer names (mcdropout.answer.Options), and the tolerance
         of samples "auto"."""
-        asked = {name: getattr(self, name) for name in (*OPTION_NAMES, "tolerance")}
+        asked = {name: getattr(self, name, None) for name in (*OPTION_NAMES, "tolerance")}  # adaptive: a server's
         return {name: value for name, value in asked.items() if value is not None}
 
 @dataclass

@@ -60,10 +60,14 @@ def encode(answer: InferAnswer) -> dict[str, Any]:
         body["tolerance"] = request.tolerance
     if isinstance(result, RegressionResult):
         body.update(outputs=result.outputs, interval={"level": result.level, "method": result.interval_method})
+        if result.adapted_level is not None:
+            body["interval"]["adapted_level"] = result.adapted_level
     else:
         body.update(classes=manifest.class_names or [])
         if result.set_level is not None:
             body["set_level"] = result.set_level
+        if result.adapted_level is not None:
+            body["adapted_level"] = result.adapted_level
     for stat in statistics(manifest.task):
         value = getattr(result, stat.name)
         if value is None:

@@ -227,6 +227,8 @@ def echoed(answer: InferAnswer) -> dict[str, Any]:
         params["interval_method"] = result.interval_method
     elif result.set_level is not None:
         params["set_level"] = result.set_level
+    if result.adapted_level is not None:
+        params["adapted_level"] = result.adapted_level
     return params
 
 

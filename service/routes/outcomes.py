@@ -30,6 +30,8 @@ class Quality(BaseModel):
     windows: dict[str, dict[str, Any]] = Field(description="'count' (the newest MCD_QUALITY_WINDOW_ROWS outcomes)"
                                                " and 'time' (those of the last MCD_QUALITY_WINDOW_S seconds):"
                                                " each window's size and figures (docs/live-quality.md)")
+    adaptive: list[dict[str, Any]] = Field(default_factory=list, description="the adaptive conformal levels in use"
+                                           " (requests with adaptive: true; docs/adaptive.md)")
 
 OUTCOMES_BODY = {"required": True, "content": {"application/json": {"schema": {
     "type": "array", "minItems": 1, "items": {
@@ -56,7 +58,7 @@ def install(app: FastAPI, context: Context) -> None:
              summary="live quality over the count and time windows of reported outcomes")
     async def quality(name: str = context.model_name()) -> dict:
         manifest = _served(state, name).manifest
-        return await state.live.quality(name, manifest.task)
+        return {**await state.live.quality(name, manifest.task), "adaptive": context.plane.adaptive.state(name)}
 
 
 def _served(state: ServiceState, name: str):
