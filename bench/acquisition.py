@@ -157,10 +157,7 @@ def run_child(kind: str, options: dict) -> dict:
         probs = np.load(options["file"], mmap_mode="r")
 
         def chunks():  # read by plain reads, 2,000 rows at a time, so the file is not held resident
-            with open(options["file"], "rb") as handle:
-                version = np.lib.format.read_magic(handle)
-                np.lib.format._read_array_header(handle, version)  # noqa: SLF001  (skip the .npy header)
-                offset = handle.tell()
+            offset = probs.offset  # where the .npy header ends
             row_bytes = probs.shape[1] * probs.shape[2] * 4
             for first in range(0, len(probs), 2000):
                 count = min(2000, len(probs) - first)
