@@ -304,17 +304,17 @@ def digits_section(rows: int, budget: int, work: Path, generated: bool) -> None:
 
 def million_section(rows: int, samples: int, engine: str) -> None:
     small = rows // 10
-    out = []
+    print(f"\n## 4. generated pool, T = {samples}, C = 10, chunks of 2,000 rows, engine {engine}\n")
+    header = ["method", f"{small:,} rows s", f"{rows:,} rows s", f"{small:,} peak MB", f"{rows:,} peak MB", "peak ratio"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
     for method, candidates in (("bald", None), ("power", None), ("batchbald", 10_000)):
         runs = [child("million", {"rows": n, "samples": samples, "method": method, "candidates": candidates,
                                   "engine": engine})
                 for n in (small, rows)]
-        out.append([method + ("" if candidates is None else f", candidates={candidates:,}"),
-                    f"{runs[0]['seconds']:.1f}", f"{runs[1]['seconds']:.1f}", f"{runs[0]['peak_bytes'] / 1e6:.0f}",
-                    f"{runs[1]['peak_bytes'] / 1e6:.0f}", f"{runs[1]['peak_bytes'] / max(runs[0]['peak_bytes'], 1):.2f}x"])
-    print(f"\n## 4. generated pool, T = {samples}, C = 10, chunks of 2,000 rows, engine {engine}\n")
-    table(["method", f"{small:,} rows s", f"{rows:,} rows s", f"{small:,} peak MB", f"{rows:,} peak MB",
-           "peak ratio"], out)
+        print(f"| {method}" + ("" if candidates is None else f", candidates={candidates:,}")
+              + f" | {runs[0]['seconds']:.1f} | {runs[1]['seconds']:.1f} | {runs[0]['peak_bytes'] / 1e6:.0f} |"
+              f" {runs[1]['peak_bytes'] / 1e6:.0f} | {runs[1]['peak_bytes'] / max(runs[0]['peak_bytes'], 1):.2f}x |",
+              flush=True)
 
 
 def main() -> None:
