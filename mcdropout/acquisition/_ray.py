@@ -155,6 +155,7 @@ class _Run:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
+        context.print_on_execution_start = False  # a line per greedy step otherwise
         self.gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         groups = pq.ParquetFile(staging).num_row_groups
         self.items = ray.data.from_items([{"path": str(staging), "group": g} for g in range(groups)])
