@@ -19,6 +19,7 @@ sampled; power: beta = 1).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import sys
@@ -108,7 +109,7 @@ def summarise(results: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, network: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +122,7 @@ def plot(results: list[dict], path: Path) -> None:
         axes.fill_between(labels, mean - error, mean + error, alpha=0.2, color=COLOURS[method])
     seeds = len({r["seed"] for r in results})
     axes.set(xlabel="labelled rows", ylabel="test accuracy",
-             title=f"digits: 10 acquired a round, CNN retrained ({seeds} seeds, mean ± 1 s.e.)")
+             title=f"digits: 10 acquired a round, {network.upper()} retrained ({seeds} seeds, mean ± 1 s.e.)")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -154,23 +155,31 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "images" / "active-learning.png")
     parser.add_argument("--json", type=Path, help="also write every curve here")
+    parser.add_argument("--jobs", type=int, default=1, help="runs (method, seed) in this many processes")
+    parser.add_argument("--replot", type=Path, help="draw the plot and table from a --json file of an earlier run")
     args = parser.parse_args()
+    if args.replot:
+        results = json.loads(args.replot.read_text())
+        print(table(results))
+        plot(results, args.plot, args.network)
+        return
     torch.set_num_threads(1)  # tiny batches: one thread, no spinning workers on a shared machine
     data = load(args.test_rows)
     started = time.perf_counter()
-    results = []
-    for seed in range(args.seeds):
-        for method in args.methods:
-            result = run(method, seed, data, args.rounds, args.batch, args.samples, args.min_steps, args.network)
+    tasks = [(method, seed, data, args.rounds, args.batch, args.samples, args.min_steps, args.network)
+             for seed in range(args.seeds) for method in args.methods]
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        results = []
+        for result in pool.map(run, *zip(*tasks)):
             results.append(result)
-            print(f"seed {seed} {method:9s} " + " ".join(f"{a:.2f}" for a in result["accuracy"])
+            print(f"seed {result['seed']} {result['method']:9s} " + " ".join(f"{a:.2f}" for a in result["accuracy"])
                   + f"  ({time.perf_counter() - started:.0f} s)", flush=True)
     print(f"\n{args.network}, {args.seeds} seeds, {args.rounds} rounds of {args.batch}, T = {args.samples},"
           f" {time.perf_counter() - started:.0f} s in all\n")
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    plot(results, args.plot)
+    plot(results, args.plot, args.network)
     print(f"\nplot: {args.plot}")
 
 
