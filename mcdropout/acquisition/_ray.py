@@ -37,7 +37,7 @@ from mcdropout.acquisition._acquire import (
     new_seed,
     parse_budget,
 )
-from mcdropout.acquisition._command import AcquireJob, Pool, Recorder, check_task
+from mcdropout.acquisition._pool_file import AcquireJob, Pool, Recorder, check_task
 from mcdropout.acquisition._greedy import Candidate, Greedy, batchbald, best_candidate, better
 from mcdropout.acquisition._scores import RowScores, top_k
 from mcdropout.acquisition._source import iter_chunks
