@@ -19,9 +19,9 @@ process over its own baseline once its inputs are in memory, the input probabili
    digits images and shifted, noisy copies of them), within a 64 MB budget: prediction time, acquisition
    time and peak memory; then the BALD prefilter (``candidates``) on the same probabilities: picks shared
    with the unfiltered run, and time.
-4. a million rows: BALD and power in one pass over a generated 1,000,000-row pool (T = 100, C = 10,
-   chunks of 2,000 rows made as they are read) and BatchBALD with ``candidates=10000``, beside the same at
-   100,000 rows: time and peak memory (flat: the 1,000,000-row peak over the 100,000-row one).
+4. a million rows: BALD and power in one pass over a generated 1,000,000-row pool (T = 20 by default,
+   ``--million-samples``; C = 10; chunks of 2,000 rows made as they are read) and BatchBALD with
+   ``candidates=10000``, beside the same at 100,000 rows: time and peak memory (flat: the 1,000,000-row peak over the 100,000-row one).
    ``--engine ray`` runs the same pool through an engine named ``mcdropout.acquisition.acquire_ray``
    where the library has one.
 """
@@ -135,6 +135,13 @@ def run_child(kind: str, options: dict) -> dict:
         ranks = heuristic(probs)
         return {"seconds": time.perf_counter() - start, "peak_bytes": peak_resident_bytes() - baseline,
                 "picks": np.asarray(ranks)[:10].tolist()}
+    if kind == "digits-generate":  # probabilities shaped like a network's, in place of the digits model's
+        start = time.perf_counter()
+        probs = np.lib.format.open_memmap(options["file"], mode="w+", dtype=np.float32, shape=(options["rows"], 100, 10))
+        for first in range(0, options["rows"], 2000):
+            probs[first:first + 2000] = model_like_probs(min(2000, options["rows"] - first), 100, 10, seed=first)
+        probs.flush()
+        return {"seconds": time.perf_counter() - start}
     if kind == "digits-predict":
         bundle = mcd.load_bundle(ROOT / "models" / "digits", device="cpu")
         pool = digits_pool(options["rows"])
@@ -150,10 +157,7 @@ def run_child(kind: str, options: dict) -> dict:
         probs = np.load(options["file"], mmap_mode="r")
 
         def chunks():  # read by plain reads, 2,000 rows at a time, so the file is not held resident
-            with open(options["file"], "rb") as handle:
-                version = np.lib.format.read_magic(handle)
-                np.lib.format._read_array_header(handle, version)  # noqa: SLF001  (skip the .npy header)
-                offset = handle.tell()
+            offset = probs.offset  # where the .npy header ends
             row_bytes = probs.shape[1] * probs.shape[2] * 4
             for first in range(0, len(probs), 2000):
                 count = min(2000, len(probs) - first)
@@ -176,9 +180,10 @@ def run_child(kind: str, options: dict) -> dict:
 
         def chunks():
             for first in range(0, rows, chunk):
-                yield Chunk(first, model_like_probs(min(chunk, rows - first), 100, 10, seed=first))
+                yield Chunk(first, model_like_probs(min(chunk, rows - first), samples, 10, seed=first))
 
-        acquire_probabilities(model_like_probs(50, 100, 10, 0), 2, options["method"], seed=0,
+        samples = options["samples"]
+        acquire_probabilities(model_like_probs(50, samples, 10, 0), 2, options["method"], seed=0,
                               candidates=None if options["method"] != "batchbald" else 10)
         reset_peak()
         baseline = resident_bytes()
@@ -274,43 +279,52 @@ def baal_section(baal_rows: list[int]) -> None:
           " (target >= 50x)")
 
 
-def digits_section(rows: int, budget: int, work: Path) -> None:
+def digits_section(rows: int, budget: int, work: Path, generated: bool) -> None:
+    """Rows are printed as they finish (the unfiltered run first), since each takes minutes on a busy machine."""
     file = work / "digits-probs.npy"
-    predicted = child("digits-predict", {"rows": rows, "file": str(file)})
+    predicted = child("digits-generate" if generated else "digits-predict", {"rows": rows, "file": str(file)})
+    source = "generated probabilities shaped like a network's" if generated else "the digits bundle's probabilities"
+    print(f"\n## 3. k = 10 from {rows:,} rows, T = 100, C = 10, {source}, memory budget {budget / 1e6:.0f} MB\n")
+    print(f"{'generating' if generated else 'prediction'}: {predicted['seconds']:.1f} s\n")
+    header = ["pool searched", "acquire s", "peak MB", "within budget", "exact steps", "picks shared", "vs every row"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
     full = child("digits-acquire", {"file": str(file), "budget": budget, "spill": str(work)})
-    print(f"\n## 3. digits: k = 10 from {rows:,} digits-sized rows, T = 100, memory budget {budget / 1e6:.0f} MB\n")
-    out = [["every row", f"{predicted['seconds']:.1f}", f"{full['seconds']:.1f}", f"{full['peak_bytes'] / 1e6:.0f}",
-            full["peak_bytes"] <= budget, "10/10", "1.00x"]]
-    for candidates in (200, 1000, 5000):
+    print(f"| every row | {full['seconds']:.1f} | {full['peak_bytes'] / 1e6:.0f} | {full['peak_bytes'] <= budget} |"
+          f" {full['exact_steps']} | 10/10 | 1.00x |", flush=True)
+    for candidates in (1000, 200, 5000):
         run = child("digits-acquire", {"file": str(file), "budget": budget, "spill": str(work),
                                        "candidates": candidates})
         shared = len(set(run["picks"]) & set(full["picks"]))
-        out.append([f"candidates={candidates}", "", f"{run['seconds']:.1f}", f"{run['peak_bytes'] / 1e6:.0f}",
-                    run["peak_bytes"] <= budget, f"{shared}/10" + (" same order" if run["picks"] == full["picks"] else ""),
-                    f"{full['seconds'] / run['seconds']:.1f}x faster"])
-    table(["pool searched", "predict s", "acquire s", "peak MB", "within budget", "picks shared", "vs every row"], out)
+        print(f"| candidates={candidates} | {run['seconds']:.1f} | {run['peak_bytes'] / 1e6:.0f} |"
+              f" {run['peak_bytes'] <= budget} | {run['exact_steps']} | {shared}/10"
+              + (" same order" if run["picks"] == full["picks"] else "")
+              + f" | {full['seconds'] / run['seconds']:.1f}x faster |", flush=True)
     file.unlink()
 
 
-def million_section(rows: int, engine: str) -> None:
+def million_section(rows: int, samples: int, engine: str) -> None:
     small = rows // 10
-    out = []
+    print(f"\n## 4. generated pool, T = {samples}, C = 10, chunks of 2,000 rows, engine {engine}\n")
+    header = ["method", f"{small:,} rows s", f"{rows:,} rows s", f"{small:,} peak MB", f"{rows:,} peak MB", "peak ratio"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
     for method, candidates in (("bald", None), ("power", None), ("batchbald", 10_000)):
-        runs = [child("million", {"rows": n, "method": method, "candidates": candidates, "engine": engine})
+        runs = [child("million", {"rows": n, "samples": samples, "method": method, "candidates": candidates,
+                                  "engine": engine})
                 for n in (small, rows)]
-        out.append([method + ("" if candidates is None else f", candidates={candidates:,}"),
-                    f"{runs[0]['seconds']:.1f}", f"{runs[1]['seconds']:.1f}", f"{runs[0]['peak_bytes'] / 1e6:.0f}",
-                    f"{runs[1]['peak_bytes'] / 1e6:.0f}", f"{runs[1]['peak_bytes'] / max(runs[0]['peak_bytes'], 1):.2f}x"])
-    print(f"\n## 4. generated pool, T = 100, C = 10, chunks of 2,000 rows, engine {engine}\n")
-    table(["method", f"{small:,} rows s", f"{rows:,} rows s", f"{small:,} peak MB", f"{rows:,} peak MB",
-           "peak ratio"], out)
+        print(f"| {method}" + ("" if candidates is None else f", candidates={candidates:,}")
+              + f" | {runs[0]['seconds']:.1f} | {runs[1]['seconds']:.1f} | {runs[0]['peak_bytes'] / 1e6:.0f} |"
+              f" {runs[1]['peak_bytes'] / 1e6:.0f} | {runs[1]['peak_bytes'] / max(runs[0]['peak_bytes'], 1):.2f}x |",
+              flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baal-rows", type=int, nargs="+", default=[100, 200])
     parser.add_argument("--digits-rows", type=int, default=20_000)
+    parser.add_argument("--digits-generated", action="store_true",
+                        help="section 3 on generated probabilities instead of the digits bundle's predictions")
     parser.add_argument("--million", type=int, default=1_000_000)
+    parser.add_argument("--million-samples", type=int, default=20)
     parser.add_argument("--engine", choices=["local", "ray"], default="local")
     parser.add_argument("--skip-million", action="store_true")
     parser.add_argument("--only", choices=["exact", "baal", "digits", "million"])
@@ -328,9 +342,9 @@ def main() -> None:
         baal_section(args.baal_rows)
     if args.only in (None, "digits"):
         with tempfile.TemporaryDirectory(prefix="mcdropout-bench-") as work:
-            digits_section(args.digits_rows, 64_000_000, Path(work))
+            digits_section(args.digits_rows, 64_000_000, Path(work), args.digits_generated)
     if args.only in (None, "million") and not args.skip_million:
-        million_section(args.million, args.engine)
+        million_section(args.million, args.million_samples, args.engine)
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def acquire_probabilities(
         raise InputError(f"joint_budget: expected a positive number of joint values (C^n x T), got {joint_budget!r}")
     budget = parse_budget(memory_budget)
     seed = new_seed() if seed is None else int(seed)
-    collector = _Collector(method, candidates, budget // 2, spill_dir)
+    collector = _Collector(method, candidates, budget // 2, spill_dir, score_bytes=budget // 8)
     try:
         for chunk in iter_chunks(probabilities, chunk_bytes=budget // 8):
             collector.add(chunk.offset, chunk.probs)
@@ -180,8 +180,9 @@ class _Collector:
     """One pass over the chunks: every row's scores, and for BatchBALD the candidates' probabilities
     (every row appended in order, or the ``candidates`` rows of highest BALD in fixed slots)."""
 
-    def __init__(self, method: str, candidates: int | None, buffer_bytes: int, spill_dir) -> None:
+    def __init__(self, method: str, candidates: int | None, buffer_bytes: int, spill_dir, score_bytes: int) -> None:
         self.keep = method == "batchbald"
+        self.score_bytes = score_bytes  # float64 work arrays of the per-row scores: a few per value
         self.candidates = candidates
         self.buffer_bytes = buffer_bytes
         self.spill_dir = spill_dir
@@ -196,7 +197,9 @@ class _Collector:
         self.slot_bald = np.zeros(0)
 
     def add(self, offset: int, probs: np.ndarray) -> None:
-        row_scores = RowScores.of(probs)
+        step = max(1, self.score_bytes // (32 * probs.shape[1] * probs.shape[2]))
+        row_scores = RowScores.concatenate([RowScores.of(probs[first:first + step])
+                                            for first in range(0, len(probs), step)])
         for name in self.fields:
             self.scores[name].append(getattr(row_scores, name))
         self.rows = offset + len(probs)
