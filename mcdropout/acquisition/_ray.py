@@ -37,7 +37,7 @@ from mcdropout.acquisition._acquire import (
     new_seed,
     parse_budget,
 )
-from mcdropout.acquisition._command import AcquireJob, Pool, Recorder, check_task
+from mcdropout.acquisition._pool_file import AcquireJob, Pool, Recorder, check_task
 from mcdropout.acquisition._greedy import Candidate, Greedy, batchbald, best_candidate, better
 from mcdropout.acquisition._scores import RowScores, top_k
 from mcdropout.acquisition._source import iter_chunks
@@ -155,6 +155,7 @@ class _Run:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
+        context.print_on_execution_start = False  # a line per greedy step otherwise
         self.gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         groups = pq.ParquetFile(staging).num_row_groups
         self.items = ray.data.from_items([{"path": str(staging), "group": g} for g in range(groups)])

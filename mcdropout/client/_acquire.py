@@ -1,9 +1,4 @@
-"""The client's ``acquire``: ``POST /v1/models/{name}/acquire``, its answer checked and typed.
-
-A pool is picked from as a whole (BatchBALD's score of a row depends on the rows picked before it), so
-unlike ``predict`` a pool over the server's row limit is not split into several requests: it is refused
-before anything is sent, naming the limit (``mcdropout acquire`` takes pools of any size).
-"""
+"""The answer of ``POST /v1/models/{name}/acquire`` as :class:`Picks`, checked to be one."""
 
 from __future__ import annotations
 
@@ -12,14 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from mcdropout.client._client import Flow, InvalidInput, _bad, _Request, _rows
-
 
 @dataclass
 class Picks:
     """What ``POST /v1/models/{name}/acquire`` answers: the pool's rows picked, in order.
 
-    ``indices``: rows of the pool (numbered from 0), best first; ``scores``: each step's score (for
+    ``indices``: rows of the pool (numbered from 0), in the order picked; ``scores``: each step's score (for
     BatchBALD the batch's joint mutual information once that row is added; for the one-pass methods the
     row's own score); ``bald``: every pool row's mutual information (BALD). ``raw`` holds the whole answer.
     """
@@ -34,25 +27,8 @@ class Picks:
     raw: dict = field(default_factory=dict, repr=False)
 
 
-def acquire_flow(client: Any, name: str, inputs: Any, k: int, method: str, samples: int | None,
-                 seed: int | None, parameters: dict[str, Any]) -> Flow:
-    """The steps of one acquire call of ``client`` (a Client or an AsyncClient)."""
-    info = yield from client._model_flow(name)
-    rows = _rows(inputs, info)
-    if len(rows) == 0:
-        raise InvalidInput("inputs: no rows to pick from", None, "inputs")
-    if info.max_rows and len(rows) > info.max_rows:
-        raise InvalidInput(f"inputs: {len(rows)} rows is over the server's limit of {info.max_rows} per request"
-                           " (MCD_MAX_ROWS); a pool is picked from as a whole, so it is not split: pick from a"
-                           " larger pool with `mcdropout acquire`", None, "inputs")
-    body = {"inputs": rows.tolist(), "k": k, "method": method, "samples": samples, "seed": seed, **parameters}
-    body = {key: value for key, value in body.items() if value is not None}
-    answer = yield from client._call(_Request("POST", f"/v1/models/{name}/acquire", json=body))
-    return _picks(answer, name, len(rows))
-
-
-def _picks(body: Any, name: str, pool: int) -> Picks:
-    """An acquire answer as :class:`Picks`, checked to be one for a pool of ``pool`` rows."""
+def picks_from(body: Any, pool: int) -> Picks:
+    """An acquire answer as :class:`Picks` for a pool of ``pool`` rows; ValueError saying what is wrong."""
     try:
         indices = np.asarray(body["indices"], dtype=np.int64)
         scores = np.asarray(body["scores"], dtype=np.float64)
@@ -60,11 +36,11 @@ def _picks(body: Any, name: str, pool: int) -> Picks:
         picks = Picks(str(body["model"]), str(body["method"]), int(body["samples"]), int(body["seed"]), indices,
                       scores, bald, body)
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise _bad(f"model {name!r}: the acquire answer is not a list of picks", body) from None
+        raise ValueError("the acquire answer is not a list of picks") from None
     if indices.ndim != 1 or scores.shape != indices.shape:
-        raise _bad(f"model {name!r}: the acquire answer's indices and scores differ in shape", body)
+        raise ValueError("the acquire answer's indices and scores differ in shape")
     if len(indices) and not ((indices >= 0) & (indices < pool)).all() or len(set(indices.tolist())) != len(indices):
-        raise _bad(f"model {name!r}: the acquire answer names rows outside the pool of {pool}, or one twice", body)
+        raise ValueError(f"the acquire answer names rows outside the pool of {pool}, or one twice")
     if bald is not None and bald.shape != (pool,):
-        raise _bad(f"model {name!r}: the acquire answer's bald has shape {bald.shape}, expected ({pool},)", body)
+        raise ValueError(f"the acquire answer's bald has shape {bald.shape}, expected ({pool},)")
     return picks

@@ -34,7 +34,7 @@ import time
 import zlib
 from collections.abc import Generator
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import httpcore
 import httpx
@@ -48,9 +48,7 @@ from mcdropout.answer import (
     from_json,
     statistics,
 )
-
-if TYPE_CHECKING:  # acquire's answer
-    from mcdropout.client._acquire import Picks
+from mcdropout.client._acquire import Picks, picks_from
 
 __all__ = ["AsyncClient", "BadAnswer", "ClassificationResult", "Client", "InvalidInput", "ModelInfo", "NotFound",
            "Overloaded", "RegressionResult", "Result", "ServerError", "ServiceError", "TimedOut", "Unauthorized",
@@ -273,6 +271,26 @@ class _Base:
                 total[key] += int(body.get(key, 0)) if isinstance(body, dict) else 0
         return total
 
+    def _acquire_flow(self, name: str, inputs: Any, k: int, method: str, samples: int | None, seed: int | None,
+                      parameters: dict[str, Any]) -> Flow:
+        # A pool is picked from as a whole (a row's BatchBALD score depends on the rows picked before it), so
+        # unlike predict's rows it is never split: a pool over the server's row limit is refused here.
+        info = yield from self._model_flow(name)
+        rows = _rows(inputs, info)
+        if len(rows) == 0:
+            raise InvalidInput("inputs: no rows to pick from", None, "inputs")
+        if info.max_rows and len(rows) > info.max_rows:
+            raise InvalidInput(f"inputs: {len(rows)} rows is over the server's limit of {info.max_rows} per request"
+                               " (MCD_MAX_ROWS); a pool is picked from as a whole, so it is not split: pick from a"
+                               " larger pool with `mcdropout acquire`", None, "inputs")
+        body = {"inputs": rows.tolist(), "k": k, "method": method, "samples": samples, "seed": seed, **parameters}
+        body = {key: value for key, value in body.items() if value is not None}
+        answer = yield from self._call(_Request("POST", f"/v1/models/{name}/acquire", json=body))
+        try:
+            return picks_from(answer, len(rows))
+        except ValueError as problem:
+            raise _bad(f"model {name!r}: {problem}", answer) from None
+
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """The backoff, or the server's Retry-After when longer: never past ``max_backoff``."""
         wait = max(self.backoff * 2**attempt, retry_after or 0.0)
@@ -343,9 +361,7 @@ class Client(_Base):
         """The ``k`` rows of the pool ``inputs`` to label next, in order (``POST /v1/models/{name}/acquire``):
         ``method`` is one of the library's (:func:`mcdropout.acquire`), ``parameters`` its own (``candidates``,
         ``configurations``, ``beta``...). The pool goes as one request, at most the server's ``max_rows``."""
-        from mcdropout.client._acquire import acquire_flow
-
-        return self._run(acquire_flow(self, name, inputs, k, method, samples, seed, parameters))
+        return self._run(self._acquire_flow(name, inputs, k, method, samples, seed, parameters))
 
     def report_outcomes(self, name: str, outcomes: Result | list[dict[str, Any]], y: Any = None) -> dict[str, int]:
         """Report outcomes: a list of ``{"id", "row", "y"}``, or a predict result and its rows' outcomes ``y``.
@@ -504,9 +520,7 @@ class AsyncClient(_Base):
 
     async def acquire(self, name: str, inputs: Any, k: int, *, method: str = "batchbald",
                       samples: int | None = None, seed: int | None = None, **parameters: Any) -> Picks:
-        from mcdropout.client._acquire import acquire_flow
-
-        return await self._run(acquire_flow(self, name, inputs, k, method, samples, seed, parameters))
+        return await self._run(self._acquire_flow(name, inputs, k, method, samples, seed, parameters))
 
     async def report_outcomes(self, name: str, outcomes: Result | list[dict[str, Any]], y: Any = None
                               ) -> dict[str, int]:
