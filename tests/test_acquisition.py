@@ -155,7 +155,7 @@ def test_bad_requests_name_the_field():
     probs = _probs(20, 4, 3)
     for kwargs, field in [({"k": 0}, "k:"), ({"k": 21}, "k:"), ({"k": 2, "method": "coreset"}, "method:"),
                           ({"k": 5, "candidates": 3}, "candidates:"), ({"k": 2, "beta": -1.0}, "beta:"),
-                          ({"k": 2, "method": "bald", "start": [1]}, "start:")]:
+                          ({"k": 2, "method": "bald", "start": [1]}, "start:"), ({"k": 2, "seed": -1}, "seed:")]:
         with pytest.raises(InputError, match=field):
             acquire_probabilities(probs, **kwargs)
     with pytest.raises(InputError, match="shape"):
