@@ -155,7 +155,7 @@ def test_bad_requests_name_the_field():
     probs = _probs(20, 4, 3)
     for kwargs, field in [({"k": 0}, "k:"), ({"k": 21}, "k:"), ({"k": 2, "method": "coreset"}, "method:"),
                           ({"k": 5, "candidates": 3}, "candidates:"), ({"k": 2, "beta": -1.0}, "beta:"),
-                          ({"k": 2, "method": "bald", "start": [1]}, "start:")]:
+                          ({"k": 2, "method": "bald", "start": [1]}, "start:"), ({"k": 2, "seed": -1}, "seed:")]:
         with pytest.raises(InputError, match=field):
             acquire_probabilities(probs, **kwargs)
     with pytest.raises(InputError, match="shape"):
@@ -175,8 +175,8 @@ def test_a_model_over_a_chunked_pool_picks_what_its_probabilities_pick():
     samples = mcd.predict(model, pool, samples=20, task="classification", seed=9, return_samples=True).samples
     direct = acquire_probabilities(samples.numpy(), 4, seed=9)
     # shared masks: sample t is the same sub-network in every chunk, so chunking changes nothing
-    chunked = mcd.acquire(model, pool, 4, samples=20, seed=9, chunk_rows=16)
-    streamed = mcd.acquire(model, (pool[s:s + 40] for s in range(0, 150, 40)), 4, samples=20, seed=9)
+    chunked = mcd.acquire(model, pool, 4, samples=20, seed=9, chunk_rows=64)
+    streamed = mcd.acquire(model, (pool[s:s + 70] for s in range(0, 150, 70)), 4, samples=20, seed=9)
     assert chunked.indices.tolist() == direct.indices.tolist() == streamed.indices.tolist()
     np.testing.assert_allclose(chunked.bald, direct.bald, rtol=1e-6)
     assert chunked.samples == 20 and chunked.classes == 3 and chunked.seed == 9

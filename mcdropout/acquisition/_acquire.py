@@ -131,6 +131,9 @@ def acquire_probabilities(
                                      or joint_budget < 1):
         raise InputError(f"joint_budget: expected a positive number of joint values (C^n x T), got {joint_budget!r}")
     budget = parse_budget(memory_budget)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or not 0 <= seed < 2**63):
+        raise InputError(f"seed: expected a whole number from 0 to 2^63-1 or None, got {seed!r}")
     seed = new_seed() if seed is None else int(seed)
     collector = _Collector(method, candidates, budget // 2, spill_dir, score_bytes=budget // 8)
     try:
