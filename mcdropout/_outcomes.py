@@ -35,7 +35,10 @@ def joined(scores_path: str | Path, labels_path: str | Path, key: str | None, ta
     if len(set(keys)) != len(keys):
         twice = next(value for value in keys if keys.count(value) > 1)
         raise OutcomesError(f"{labels_path}: key {twice!r} of column {key!r} appears more than once")
-    labelled = pa.table({key: labels.column(key), "__y": labels.column(target)})
+    y = labels.column(target)
+    if pa.types.is_floating(y.type) and all(v is None or float(v).is_integer() for v in y.to_pylist()):
+        y = y.cast(pa.int64())  # class indices read as floats (a CSV column with a gap, say): whole numbers
+    labelled = pa.table({key: labels.column(key), "__y": y})
     found = scores.join(labelled, key, join_type="inner")
     if found.num_rows < labels.num_rows:
         unknown = sorted(set(keys) - set(found.column(key).to_pylist()), key=str)

@@ -243,3 +243,11 @@ def test_the_outcomes_command_joins_a_scoring_runs_output_with_later_labels(live
     csv.write_csv(pa.table({"pid": ["nobody"], "progression": [1.0]}), tmp_path / "stray.csv")
     assert main(["outcomes", str(scores), str(tmp_path / "stray.csv"), "--target", "progression"]) == 2
     assert "1 label(s) with no scored row of that 'pid'" in capsys.readouterr().err
+
+
+def test_the_model_page_loads_the_live_quality_panel(live):
+    http, _ = live
+    assert '<script src="quality.js"></script>' in http.get("/ui/").text
+    script = http.get("/ui/quality.js")
+    assert script.status_code == 200 and "/quality`" in script.text and "function liveQuality" in script.text
+    assert "liveQuality(name, view, api, el, fmt)" in http.get("/ui/app.js").text

@@ -128,10 +128,9 @@ class Live:
     # --- outcomes and quality ----------------------------------------------------------------
     async def report(self, model: str, task: str, classes: list[str] | None, raw: bytes) -> dict[str, Any]:
         """Check and keep a ``POST .../outcomes`` body; ApiError (nothing kept) names the entry at fault."""
-        entries = parse_entries(raw, self.settings.max_outcomes)
         assert self.store is not None
-        try:
-            accepted, duplicates = await self.run(self._ingest, model, classes, entries)
+        try:  # parsed, checked and written on the store's thread: the event loop goes on answering
+            accepted, duplicates = await self.run(self._ingest, model, classes, raw)
         except sqlite3.OperationalError as error:  # another process held the file past the 10 s busy wait
             log.warning("answer store %s: %s", self.store.path, error)
             raise ApiError(503, "the answer store is busy; retry (nothing of this request was kept)", None,
@@ -144,8 +143,9 @@ class Live:
         await self._refresh(model, task)
         return {"model": model, "accepted": len(accepted), "duplicates": duplicates}
 
-    def _ingest(self, model: str, classes: list[str] | None, entries: list) -> tuple[list, int]:
+    def _ingest(self, model: str, classes: list[str] | None, raw: bytes) -> tuple[list, int]:
         assert self.store is not None
+        entries = parse_entries(raw, self.settings.max_outcomes)
         self.store.flush(timeout=self.settings.store_flush_s * 4 + 1)  # this process's answers, written
         return ingest(self.store, model, classes, entries)
 

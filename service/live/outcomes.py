@@ -19,7 +19,7 @@ import orjson
 from mcdropout.errors import InputError
 from mcdropout.quality import SCORE_COLUMNS, check_target, score_row
 from service.inputs import ApiError, shown
-from service.live.store import AnswerStore, transaction, prune
+from service.live.store import AnswerStore, transaction
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ID_RULE = "1 to 128 characters of A-Z a-z 0-9 . _ : -"
@@ -104,7 +104,7 @@ def ingest(store: AnswerStore, model: str, classes: list[str] | None, entries: l
             f" VALUES (?, ?, ?, ?, ?{', ?' * len(SCORE_COLUMNS)})",
             [(model, outcome.id, outcome.row, now, orjson.dumps(outcome.y).decode(),
               *(outcome.scores.get(name) for name in SCORE_COLUMNS)) for _, outcome in accepted])
-        prune(connection, [model], store.max_rows, store.max_age_s)
+    store.reported(model)  # retention, off this request's path
     return accepted, len(entries) - len(accepted)
 
 

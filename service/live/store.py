@@ -87,6 +87,7 @@ class AnswerStore:
         self._written = 0  # answers written (or given up) by the writer, to wait for in flush()
         self._queued = 0
         self._stopping = False
+        self._reported: set[str] = set()  # models with outcomes written since retention last ran
         # The writer wakes when the queue stops being empty (not on every answer: a thread woken per request
         # makes the event loop's thread wait for the GIL, measured at +4 ms a request), then gathers for
         # flush_s, unless flush() or close() wants it written now.
@@ -142,6 +143,8 @@ class AnswerStore:
             self._now.clear()
             with self._lock:
                 batch, self._pending, stopping = self._pending, [], self._stopping
+                unretained |= self._reported
+                self._reported = set()
             for first in range(0, len(batch), self.batch_answers):
                 self._write(connection, batch[first:first + self.batch_answers])
             unretained.update(model for model, *_ in batch)
@@ -187,6 +190,12 @@ class AnswerStore:
             if hit is not None:
                 found[(answer_id, row)] = (hit[0], orjson.loads(hit[1]))
         return found
+
+    def reported(self, model: str) -> None:
+        """Outcomes of ``model`` were written: the writer applies retention to them within a second."""
+        with self._lock:
+            self._reported.add(model)
+        self._wake.set()
 
     def answers_of(self, model: str, ids: set[str]) -> dict[tuple[str, int], tuple[str, str]]:
         """Every kept row of the answers ``ids`` of ``model``: (id, row) -> (task, the kept row as JSON text).
