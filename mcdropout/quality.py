@@ -153,7 +153,13 @@ def _floats(values: Any) -> np.ndarray:
 
 
 def _finite(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    """A number within float64's range (an int past it, 10**400 say, is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _shown(value: Any) -> str:

@@ -107,6 +107,7 @@ def test_classifier_outcomes_give_accuracy_ece_and_class_names(live):
     ({"row": 0, "y": 1.0}, "[1].id"),
     ({"id": "ANSWER", "row": 2, "y": 1.0}, "[1].row"),
     ({"id": "ANSWER", "row": -1, "y": 1.0}, "[1].row"),
+    ({"id": "ANSWER", "row": 2**64, "y": 1.0}, "[1].row"),
     ({"id": "ANSWER", "row": 0, "y": "tall"}, "[1].y"),
     ({"id": "ANSWER", "row": 0, "y": [1.0, 2.0]}, "[1].y"),
     ({"id": "ANSWER", "row": 0, "y": None}, "[1].y"),

@@ -76,8 +76,9 @@ def parse_entries(raw: bytes, limit: int) -> list[tuple[str, int, Any]]:
             if name not in entry:
                 raise ApiError(422, f"[{i}].{name}: missing", f"[{i}].{name}")
         row = entry["row"]
-        if isinstance(row, bool) or not isinstance(row, int) or row < 0:
-            raise ApiError(422, f"[{i}].row: must be a row index (an integer >= 0); got {shown(row)}", f"[{i}].row")
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < 2**31:
+            raise ApiError(422, f"[{i}].row: must be a row index (an integer from 0 to 2^31-1); got {shown(row)}",
+                           f"[{i}].row")
         entries.append((check_id(entry["id"], f"[{i}].id"), row, entry["y"]))
     return entries
 
