@@ -95,13 +95,18 @@ class Contender:
         return [rss[pid] for pid in workers if pid in rss], sum(rss.values()), len(processes)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        """SIGTERM to every process it started (its own session), then SIGKILL to what is left: LitServe's
+        workers outlive their parent."""
+        for sig, seconds in ((signal.SIGTERM, 60), (signal.SIGKILL, 10)):
             try:
-                self.process.wait(60)
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(seconds)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)  # its own session: every process it started
-                self.process.wait()
+                continue
+            time.sleep(1 if sig == signal.SIGTERM else 0)
 
 
 def contenders(models: Path) -> list[Contender]:
