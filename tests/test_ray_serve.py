@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -49,7 +48,6 @@ class Cluster:
     env: dict[str, str]
     token: str
     logs: Path
-    metrics_ports: list[int]  # each node's metrics agent (Ray's metrics export)
 
 
 def _started(process: subprocess.Popen, log: Path, line: str, seconds: float) -> None:
@@ -139,8 +137,7 @@ def cluster() -> Iterator[Cluster]:
         address = f"127.0.0.1:{_argument(nodes[0].args, '--port')}"
         # the second node before the deployment: Serve starts a proxy on every node it sees
         _node(["--address", address, "--temp-dir", str(temp)], env, temp / "node", nodes)
-        ports = [int(_argument(node.args, "--metrics-export-port")) for node in nodes]
-        yield Cluster(address, env, token, temp, ports)
+        yield Cluster(address, env, token, temp)
     finally:
         for node in reversed(nodes):
             _stop(node)
@@ -216,6 +213,16 @@ async def _concurrently(url: str, indices: list[int]) -> list[httpx.Response]:
         return await asyncio.gather(*(client.post("/v1/models/diabetes/predict", json=_body(i)) for i in indices))
 
 
+async def _answering(url: str) -> set[str]:
+    """The replicas that answer 16 readiness probes on connections of their own: each node's proxy prefers its
+    own node's replica, and new connections spread over the proxies (they share the port)."""
+    async def probe() -> str | None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return (await client.get("/v2/health/ready")).headers.get("x-mcdropout-replica")
+
+    return {replica for replica in await asyncio.gather(*(probe() for _ in range(16))) if replica}
+
+
 def test_200_concurrent_requests_over_two_replicas_each_equal_the_librarys_solo_answer(deployed):
     responses = asyncio.run(_concurrently(deployed.url, list(range(200))))
     assert [r.status_code for r in responses] == [200] * 200, [r.text for r in responses if r.status_code != 200]
@@ -244,27 +251,6 @@ def test_an_updated_model_folder_reaches_every_replica_within_the_reload_interva
                 np.testing.assert_allclose(_served(response.json()), _solo(3), rtol=1e-6)
     assert len(seen) == 2, f"replicas serving version 2 after 30 s: {seen}"
     assert max(seen.values()) < 2 * RELOAD_INTERVAL_S + 10, seen
-
-
-def test_every_replicas_series_reach_rays_metrics_export_under_their_own_names(deployed, cluster):
-    """What monitoring/prometheus/ray.yml scrapes: each node's metrics agent, the replicas' mcdropout_* series
-    under Ray's ray_ prefix (which that config drops), one series per replica."""
-    pattern = re.compile(r'^ray_mcdropout_requests_total\{([^}]*)\} ([0-9.e+]+)$', re.M)
-    deadline = time.monotonic() + 60  # a replica exports every 5 s, and Ray's agent every 10 s
-    replicas: dict[str, float] = {}
-    while len(replicas) < 2:
-        assert time.monotonic() < deadline, f"replicas in Ray's metrics export after 60 s: {replicas}"
-        for port in cluster.metrics_ports:
-            try:
-                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-            except httpx.HTTPError:
-                continue
-            for labels, value in pattern.findall(text):
-                tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-                if tags.get("model") == "diabetes" and tags.get("status") == "200":
-                    replicas[tags["replica"]] = replicas.get(tags["replica"], 0) + float(value)
-        time.sleep(1)
-    assert sum(replicas.values()) >= 200  # the 200 concurrent requests, at least
 
 
 def test_a_replica_killed_under_load_is_replaced_its_requests_get_503_and_a_retry_the_same_answer(deployed,
@@ -311,9 +297,8 @@ def test_a_replica_killed_under_load_is_replaced_its_requests_get_503_and_a_retr
             np.testing.assert_allclose(_served(response.json()), [solo.mean.item(), solo.std.item()], rtol=1e-6)
     # Serve starts a replica in the killed one's place, and it answers
     known = {o.headers.get("x-mcdropout-replica") for _, o, _ in outcomes}
-    deadline = time.monotonic() + 90
-    with httpx.Client(base_url=deployed.url, timeout=30) as client:
-        while client.get("/v2/health/ready").headers.get("x-mcdropout-replica") in known:
-            assert time.monotonic() < deadline, "no new replica answered within 90 s of the kill"
-            time.sleep(0.2)
+    deadline = time.monotonic() + 180  # a replica starts in 10-20 s; far longer on a machine busy with other work
+    while not asyncio.run(_answering(deployed.url)) - known:
+        assert time.monotonic() < deadline, "no new replica answered within 180 s of the kill"
+        time.sleep(0.5)
     assert len(_replica_processes(cluster.token)) == 2
