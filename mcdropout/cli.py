@@ -330,6 +330,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.trust_bundle_code:
         os.environ["MCD_TRUST_BUNDLE_CODE"] = "1"
     _allow_modules(args)
+    if args.ray and args.workers not in (None, 1):
+        raise UsageError("--workers goes without --ray: a Ray Serve deployment's processes are its replicas"
+                         " (--replicas or --autoscale)")
     if args.ray:
         return _serve_ray(args)
     if args.address or args.autoscale or (args.replicas, args.replica_cpus, args.replica_gpus) != (1, 1.0, 0.0):
