@@ -79,7 +79,9 @@ def models(server) -> dict[str, dict]:
             assert httpx.post(f"{server.url}/v2/repository/models/{path.name}/load", timeout=60).status_code == 200
     listed = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
     assert all(m["status"] == "ready" for m in listed.values()) and len(listed) >= 5, listed
-    return listed
+    # rows of numbers are generated from each model's input shape; a text model's strings are fuzzed by
+    # tests/test_text_service.py
+    return {name: m for name, m in listed.items() if m.get("text") is None}
 
 
 def _operation(schema, method: str, path: str):

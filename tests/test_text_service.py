@@ -26,7 +26,7 @@ pytest.importorskip("transformers")
 MODEL = "reviews"
 TEXTS = ["the acting was really superb", "i thought the plot was not clever", "quarterly earnings beat forecasts"]
 T, SEED = 12, 7
-MAX_TOKENS, MAX_ROWS = 20, 8  # the server's MCD_MAX_TOKENS and MCD_MAX_ROWS
+MAX_TOKENS, MAX_ROWS = 12, 8  # the server's MCD_MAX_TOKENS (below the model's 16) and MCD_MAX_ROWS
 
 GRPC_CLIENT = r"""
 import json, sys
@@ -122,8 +122,9 @@ def test_grpc_bytes_give_the_same_answer_and_name_bad_rows(served, library):
     grpc = json.loads(done.stdout)
     np.testing.assert_allclose(grpc["probs"], library.probs, rtol=1e-6)
     assert grpc["input"] == {"name": "input", "datatype": "BYTES", "shape": ["-1"]}
-    assert grpc["empty"] == "input[1]: is empty (or only white space); send some text"
-    assert grpc["long"] == f"input[0]: 32 tokens is over the limit of {MAX_TOKENS} (MCD_MAX_TOKENS); shorten it"
+    assert grpc["empty"] == "input 'input'[1]: is empty (or only white space); send some text"
+    assert grpc["long"] == \
+        f"input 'input'[0]: 32 tokens is over the limit of {MAX_TOKENS} (MCD_MAX_TOKENS); shorten it"
 
 
 @pytest.mark.parametrize("inputs, field, words", [

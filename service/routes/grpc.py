@@ -125,7 +125,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         rows = v2.input_array(infer_request, binary, bundle.manifest, settings.max_rows)
         plane.check_outputs(bundle, infer_request, len(rows))
         asked = plane.request(bundle, rows, v2.parameters_of(infer_request), prefix="parameters.", draws=False,
-                              seconds_left=context.time_remaining(), rows_field=v2.INPUT_NAME,
+                              seconds_left=context.time_remaining(), rows_field=f"input {v2.INPUT_NAME!r}",
                               answer_id=infer_request.id)
         return codec.encode(infer_request, await plane.infer(asked))
 

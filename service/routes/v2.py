@@ -62,7 +62,7 @@ def install(app: FastAPI, context: Context) -> None:
                                             InputSpec.of(bundle.manifest), context.settings.max_rows)
         plane.check_outputs(bundle, decoded.request, len(decoded.rows))
         asked = plane.request(bundle, decoded.rows, v2.parameters_of(decoded.request), prefix="parameters.",
-                              draws=False, rows_field=v2.INPUT_NAME, answer_id=decoded.request.id)
+                              draws=False, rows_field=f"input {v2.INPUT_NAME!r}", answer_id=decoded.request.id)
         async with watching(request) as gone:
             answer = await plane.infer(asked, gone)
         content, headers = v2.response(decoded.request, answer)
