@@ -102,8 +102,8 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor, dict[str, str]]:
         ids = torch.randint(1, 1000, (BATCH, 128), generator=generator)
         for row in range(0, BATCH, 4):  # a quarter of the rows padded
             ids[row, 64 + row:] = 0
-        every = "hidden (13), attention (4 layers)"
-        fewer = "hidden (13); attention dropout off"
+        every = "hidden (10), attention (4 layers)"
+        fewer = "hidden (10); attention dropout off"
     else:
         model = StackedLSTM()
         ids = torch.randint(1, 1000, (BATCH, 64), generator=generator)

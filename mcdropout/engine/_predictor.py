@@ -505,9 +505,9 @@ class MCPredictor:
             capacity = min(capacity, self.chunk_rows)
         elif self._on_cpu and not probe.sequence:
             # Recurrent and attention layers are left out: a recurrent kernel steps through time with one
-            # small product per step, which needs many rows to be efficient (a 2-layer LSTM of 256 units
-            # ran 3x slower in cache-sized passes of 32 replicas than in one of 960), and an attention
-            # layer's rows are whole sequences, far wider than a cache.
+            # small product per step, which needs many rows to be efficient (bench/transformers.py's 2-layer
+            # LSTM took 49 s a call in cache-sized passes, 15 s in one pass of 960 replicas, on a loaded
+            # 2-core machine), and an attention layer's rows are whole sequences, far wider than a cache.
             width = probe.activation_bytes
             thinned = probe.structure.thinned
             if thinned is not None and thinned.pays(min(rows, capacity), probe.hidden_shape):  # samples hold only their kept units
