@@ -20,7 +20,6 @@ import numpy as np
 
 from mcdropout.answer import OPTION_NAMES, OptionError, check_level, parse_options
 from mcdropout.bundle import Bundle, Manifest
-from service.adaptive import AdaptiveLevels
 from service.inputs import ApiError, shown
 from service.live import check_id, new_id
 from service.request import InferAnswer, InferRequest
@@ -43,9 +42,7 @@ class DataPlane:
     def __init__(self, state: ServiceState) -> None:
         self.state = state
         self.settings = state.settings
-        self.adaptive = AdaptiveLevels(state.settings.store, state.settings.store_path, state.settings.adaptive_gamma,
-                                       state.metrics.registry)
-        state.live.on_outcomes(self.adaptive.observe)  # outcomes of adapted answers move their level
+        self.adaptive = state.adaptive
 
     def bundle(self, name: str, version: str | int | None = None) -> Bundle:
         return self.state.bundle(name, version)

@@ -22,6 +22,7 @@ import torch
 
 from mcdropout.answer import Result
 from mcdropout.bundle import Bundle, NonFiniteError, load_bundle
+from service.adaptive import AdaptiveLevels
 from service.batcher import Batcher, ClientGone, DeadlineExceeded, Overloaded
 from service.inputs import ApiError
 from service.live import Live
@@ -53,6 +54,10 @@ class ServiceState:
         self.metrics = ServiceMetrics()
         self.live = Live(settings, self.metrics.registry)  # the answer store, outcomes and live quality
         self.metrics.on_forget(self.live.gauges.forget)
+        # the ACI controllers, one set per app however many data planes serve it
+        self.adaptive = AdaptiveLevels(settings.store, settings.store_path, settings.adaptive_gamma,
+                                       self.metrics.registry)
+        self.live.on_outcomes(self.adaptive.observe)  # outcomes of adapted answers move their level
         self.served: dict[str, dict[int, Served]] = {}
         # versions that did not load: the stamp of the files tried, and why (tried again when they change)
         self.failed: dict[str, dict[int, tuple[tuple, str]]] = {}

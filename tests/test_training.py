@@ -24,6 +24,10 @@ def test_short_training_writes_a_loadable_bundle(name, tmp_path, capsys):
     assert bundle.manifest.training["epochs"] == 2 and bundle.manifest.training["seed"] == 1
     assert bundle.manifest.metrics["mc"]
     x = np.zeros((3, *bundle.manifest.input_shape), dtype=np.float32)
+    if bundle.text is not None:  # a text model takes strings (float rows are refused: they are no token ids)
+        with pytest.raises(mcd.InputError, match="strings, or token ids as integers"):
+            bundle.predict(x, seed=0, samples=8)
+        x = ["a film", "the plot was good", "xyzzy"]
     pred = bundle.predict(x, seed=0, samples=8)
     assert len(pred.num_samples) == 3
 

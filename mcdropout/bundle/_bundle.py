@@ -354,8 +354,8 @@ class Bundle:
     def model_inputs(self, x: ArrayLike) -> torch.Tensor:
         """Rows of ``x`` validated and standardised as the network was trained on them; a text bundle's
         strings tokenised (:class:`~mcdropout.bundle._text.TextError` names a row it cannot take)."""
-        if self.text is not None and is_text(x):
-            x = self.text.encode(list(x))
+        if self.text is not None:
+            x = self.text.encode(list(x)) if is_text(x) else self.text.check_ids(x)
         inputs = self.predictor.prepare_input(x)
         if self.manifest.input_standardisation is not None:
             inputs = self.manifest.input_standardisation.forward(inputs.to(self.predictor.dtype))

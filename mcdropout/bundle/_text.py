@@ -115,6 +115,20 @@ class TextEncoder:
             ids[row, :len(tokens)] = tokens
         return ids
 
+    def check_ids(self, rows: Any) -> np.ndarray:
+        """Rows given as token ids instead of strings: integers in the vocabulary, ``length`` per row
+        (InputError otherwise: a float row would reach the embedding as an index)."""
+        ids = rows.detach().cpu().numpy() if hasattr(rows, "detach") else np.asarray(rows)
+        if ids.dtype.kind not in "iu":
+            raise InputError(f"a text model takes strings, or token ids as integers; got rows of dtype {ids.dtype}")
+        if ids.ndim != 2 or ids.shape[1] != self.length:
+            raise InputError(f"token ids must have shape (rows, {self.length}) (padded with {self.pad_id}), got"
+                             f" {ids.shape}")
+        outside = np.flatnonzero(((ids < 0) | (ids >= self.vocabulary)).any(axis=1))
+        if len(outside):
+            raise TextError(int(outside[0]), f"holds token ids outside the vocabulary [0, {self.vocabulary})")
+        return ids.astype(np.int64, copy=False)
+
     def probe_rows(self) -> np.ndarray:
         """Two short rows for the probe prediction at load."""
         return self.encode(PROBE_TEXTS)
